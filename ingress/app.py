@@ -1,0 +1,48 @@
+"""The ingress application: routes, and the broker's life cycle."""
+
+from collections.abc import AsyncIterator
+
+import structlog
+from aiohttp import web
+
+from ingress.context import BROKER, SETTINGS
+from ingress.postbacks import receive_postbacks
+from txmail.broker import Broker
+from txmail.http import json_error, json_errors
+from txmail.settings import Settings
+from txmail.topology import Topology
+
+log = structlog.get_logger(__name__)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    if request.app[BROKER].is_ready:
+        return web.json_response({"status": "ready"})
+    return json_error(503, "not_ready", "not connected to RabbitMQ")
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(middlewares=[json_errors], client_max_size=settings.max_body_bytes)
+    app[SETTINGS] = settings
+    app[BROKER] = Broker(settings.amqp_url, Topology(settings.namespace), settings.publish_timeout)
+    app.router.add_post("/postbacks", receive_postbacks)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.cleanup_ctx.append(_broker_lifecycle)
+    if settings.postback_token is None:
+        log.warning(
+            "TXMAIL_POSTBACK_TOKEN is not set: POST /postbacks accepts anyone's postbacks; "
+            "set a token and put it in Braze's postback URL"
+        )
+    return app
+
+
+async def _broker_lifecycle(app: web.Application) -> AsyncIterator[None]:
+    broker = app[BROKER]
+    broker.start()
+    yield
+    await broker.close()

@@ -1,0 +1,123 @@
+"""``POST /postbacks``: Braze's transactional status postbacks onto the events exchange."""
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from aiohttp import web
+from pydantic import ValidationError
+
+from ingress.auth import forbidden_source, source_allowed, token_matches, unauthorized
+from ingress.context import BROKER, SETTINGS
+from txmail.broker import Outgoing
+from txmail.errors import BrokerUnavailable
+from txmail.events import POSTBACK_TYPE, Postback, event_id, postback_routing_key, utc_now
+from txmail.http import json_error
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class BadPostbacks(Exception):
+    """The request body is not what the contract asks; nothing of it is published."""
+
+    status: int
+    error: str
+    message: str
+    details: list[dict[str, Any]] = field(default_factory=list)
+
+    def response(self) -> web.Response:
+        extra = {"details": self.details} if self.details else {}
+        return json_error(self.status, self.error, self.message, **extra)
+
+
+def parse_postbacks(body: bytes, max_events: int) -> list[tuple[Postback, dict[str, Any]]]:
+    """Validate a body holding one postback object or an array of them.
+
+    Returns each postback with the raw object it came from (what is published, unchanged).
+    Raises BadPostbacks for the whole request at the first kind of problem, listing every
+    invalid item, so one bad item in a batch publishes nothing.
+    """
+    try:
+        payload = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise BadPostbacks(400, "invalid_json", f"body is not valid JSON: {error}") from None
+    items = payload if isinstance(payload, list) else [payload]
+    if not isinstance(payload, (list, dict)):
+        raise BadPostbacks(
+            400, "wrong_type", f"expected a JSON object or array, got {type(payload).__name__}"
+        )
+    if not items:
+        raise BadPostbacks(400, "empty_array", "the array holds no postbacks")
+    if len(items) > max_events:
+        raise BadPostbacks(
+            413,
+            "too_many_postbacks",
+            f"{len(items)} postbacks in one request; at most {max_events} are accepted",
+        )
+    parsed, details = [], []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            details.append({"index": index, "field": None, "message": "not a JSON object"})
+            continue
+        try:
+            parsed.append((Postback.model_validate(item), item))
+        except ValidationError as error:
+            details.extend(
+                {
+                    "index": index,
+                    "field": ".".join(str(p) for p in e["loc"]) or None,
+                    "message": e["msg"],
+                }
+                for e in error.errors(include_url=False)
+            )
+    if details:
+        raise BadPostbacks(422, "invalid_postback", "postback failed validation", details)
+    return parsed
+
+
+def to_outgoing(postback: Postback, raw: dict[str, Any], received_at: str) -> Outgoing:
+    return Outgoing(
+        routing_key=postback_routing_key(postback.status),
+        body=json.dumps(raw, separators=(",", ":"), ensure_ascii=False).encode(),
+        message_id=event_id(raw),
+        type=POSTBACK_TYPE,
+        headers={"received_at": received_at},
+    )
+
+
+async def receive_postbacks(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS]
+    if not source_allowed(request, settings.allowed_networks):
+        return forbidden_source(request)
+    token = settings.postback_token
+    if token is not None and not token_matches(token.get_secret_value(), request):
+        return unauthorized("postbacks")
+    try:
+        postbacks = parse_postbacks(await request.read(), settings.max_events_per_request)
+    except BadPostbacks as bad:
+        log.info("postback rejected", error=bad.error, reason=bad.message)
+        return bad.response()
+    received_at = utc_now().isoformat()
+    outgoing = [to_outgoing(postback, raw, received_at) for postback, raw in postbacks]
+    try:
+        await request.app[BROKER].publish(outgoing)
+    except BrokerUnavailable as error:
+        log.error("postbacks not accepted: broker did not confirm", error=str(error))
+        return json_error(
+            503, "broker_unavailable", "RabbitMQ did not confirm the postbacks; retry later"
+        )
+    for (postback, _), message in zip(postbacks, outgoing, strict=True):
+        bound = log.bind(
+            dispatch_id=postback.dispatch_id,
+            external_send_id=postback.external_send_id,
+            event_id=message.message_id,
+        )
+        if postback.is_known_status:
+            bound.debug("postback accepted", status=postback.status)
+        else:
+            bound.warning("postback with an undocumented status accepted", status=postback.status)
+    return web.json_response(
+        {"accepted": len(outgoing), "event_ids": [m.message_id for m in outgoing]}, status=202
+    )

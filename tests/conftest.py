@@ -1,0 +1,56 @@
+"""Real parts for every test: a RabbitMQ found as DESIGN.md says, and a namespace per test.
+
+The broker is, in order: ``TXMAIL_TEST_AMQP_URL``; one listening on localhost:5672;
+a RabbitMQ container started with testcontainers. Every test gets its own namespace
+(exchange and queue prefix), deleted after it, so tests never see each other's messages.
+"""
+
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import aio_pika
+import pytest
+
+from txmail.settings import Settings
+from txmail.topology import Topology
+
+LOCAL_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
+
+
+def _listening(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def amqp_url() -> Iterator[str]:
+    if url := os.environ.get("TXMAIL_TEST_AMQP_URL"):
+        yield url
+    elif _listening("127.0.0.1", 5672):
+        yield LOCAL_AMQP_URL
+    else:
+        from testcontainers.rabbitmq import RabbitMqContainer
+
+        with RabbitMqContainer("rabbitmq:3.13-alpine") as container:
+            host = container.get_container_host_ip()
+            port = container.get_exposed_port(5672)
+            yield f"amqp://guest:guest@{host}:{port}/"
+
+
+@pytest.fixture
+async def namespace(amqp_url: str) -> AsyncIterator[str]:
+    name = f"txmail-test-{uuid.uuid4().hex[:12]}"
+    yield name
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        await Topology(name).delete(await connection.channel())
+
+
+@pytest.fixture
+def settings(amqp_url: str, namespace: str) -> Settings:
+    return Settings(amqp_url=amqp_url, namespace=namespace, http_host="127.0.0.1", http_port=0)

@@ -1,0 +1,58 @@
+"""The ``txmail`` command: one entry point, one subcommand per process kind or question."""
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Callable, Sequence
+
+from txmail.errors import ConfigError
+from txmail.logs import configure_logging
+from txmail.settings import Settings, load_settings
+
+
+def run_ingress(settings: Settings, args: argparse.Namespace) -> int:
+    from ingress.app import create_app
+    from txmail.http import serve_until_stopped
+
+    asyncio.run(
+        serve_until_stopped(
+            create_app(settings),
+            settings.http_host,
+            settings.http_port,
+            settings.shutdown_timeout.total_seconds(),
+        )
+    )
+    return 0
+
+
+Command = Callable[[Settings, argparse.Namespace], int]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="txmail",
+        description="Track Braze transactional emails and run a fallback when one fails. "
+        "Configured through TXMAIL_* environment variables (see the README).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    ingress = commands.add_parser(
+        "ingress", help="serve POST /postbacks and publish each postback to RabbitMQ"
+    )
+    ingress.set_defaults(handler=run_ingress)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler: Command = args.handler
+    try:
+        settings = load_settings()
+    except ConfigError as error:
+        print(f"txmail: {error}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level)
+    return handler(settings, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

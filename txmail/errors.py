@@ -1,0 +1,16 @@
+"""The one exception base of txmail, and the few errors every part shares."""
+
+
+class TxmailError(Exception):
+    """Base of every error txmail raises on purpose."""
+
+
+class ConfigError(TxmailError):
+    """The configuration (environment or rules file) is invalid; the message says where."""
+
+
+class BrokerUnavailable(TxmailError):
+    """RabbitMQ did not confirm a publish: unreachable, refused, or too slow.
+
+    Callers must treat the message as *not* sent (the ingress answers 503).
+    """

@@ -1,0 +1,165 @@
+"""The events on the wire: what the ingress publishes and the workers consume.
+
+A postback travels as the JSON object Braze posted, unchanged, with AMQP properties
+that say what it is (``type``), when txmail received it (``timestamp``) and which
+event it is (``message_id``, the same for the same postback posted twice).
+"""
+
+import hashlib
+import json
+import re
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, Final
+
+from pydantic import BaseModel, ConfigDict, Field, StrictStr
+
+from txmail.durations import Duration
+
+KNOWN_STATUSES: Final = frozenset({"sent", "processed", "aborted", "delivered", "bounced"})
+POSTBACK_TYPE: Final = "postback"
+JSON: Final = "application/json"
+
+
+class Postback(BaseModel):
+    """One Braze transactional status postback. Unknown fields are kept."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    dispatch_id: StrictStr = Field(min_length=1, max_length=200)
+    status: StrictStr = Field(min_length=1, max_length=64)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def external_send_id(self) -> str | None:
+        value = self.metadata.get("external_send_id")
+        return value if isinstance(value, str) else None
+
+    @property
+    def campaign_api_id(self) -> str | None:
+        value = self.metadata.get("campaign_api_id")
+        return value if isinstance(value, str) else None
+
+    @property
+    def is_known_status(self) -> bool:
+        return self.status in KNOWN_STATUSES
+
+
+def canonical_json(value: Any) -> bytes:
+    """One byte string per JSON value, whatever the key order or spacing it arrived with."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def event_id(raw: dict[str, Any]) -> str:
+    """A deterministic id for a postback: the same object posted twice gets the same id.
+
+    It covers the whole object (dispatch id, status, and every timestamp and reason),
+    because that is what makes two postbacks the same event.
+    """
+    return hashlib.sha256(canonical_json(raw)).hexdigest()[:32]
+
+
+_NOT_A_WORD = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def postback_routing_key(status: str) -> str:
+    """``postback.<status>``; characters that mean something to a topic exchange become ``_``."""
+    return f"postback.{_NOT_A_WORD.sub('_', status)}"
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+# --- Registered sends, fallback requests and fallback attempts --------------------
+# The ingress publishes SendRegistration; the workers publish FallbackRequest; the
+# fallback executor publishes FallbackAttempt, which the workers put on the timeline.
+
+SEND_REGISTRATION_TYPE: Final = "send_registration"
+FALLBACK_REQUEST_TYPE: Final = "fallback_request"
+FALLBACK_ATTEMPT_TYPE: Final = "fallback_attempt"
+SEND_REGISTERED_ROUTING_KEY: Final = "send.registered"
+
+
+class Trigger(StrEnum):
+    """Why a fallback was decided."""
+
+    ABORTED = "aborted"
+    BOUNCED = "bounced"
+    TIMEOUT = "timeout"  # sent or processed, but not delivered before the deadline
+    NOT_SENT = "not_sent"  # registered, but Braze never reported even a `sent` in time
+
+
+class Recipient(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    email: StrictStr | None = Field(default=None, max_length=320)
+    phone: StrictStr | None = Field(default=None, max_length=32)
+
+
+class SendRegistration(BaseModel):
+    """An internal app saying "I asked Braze to send this; here is who it is for"."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    external_send_id: StrictStr = Field(min_length=1, max_length=200)
+    campaign_api_id: StrictStr | None = Field(default=None, max_length=200)
+    recipient: Recipient = Field(default_factory=Recipient)
+    variables: dict[str, StrictStr | int | float | bool] = Field(default_factory=dict)
+    delivery_timeout: Duration | None = None
+
+
+class FallbackRequest(BaseModel):
+    """Everything a fallback handler needs about one failed or late email.
+
+    ``idempotency_key`` is stable per message: the same message never gets two keys,
+    so a handler can pass ``f"{idempotency_key}:{handler}"`` downstream.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    idempotency_key: StrictStr
+    trigger: Trigger
+    dispatch_id: StrictStr | None
+    external_send_id: StrictStr | None
+    campaign_api_id: StrictStr | None
+    reason: StrictStr | None = None
+    # Braze's own timestamps by name (`sent_at`, `bounced_at`, ...), as Braze wrote them.
+    braze_timestamps: dict[str, str] = Field(default_factory=dict)
+    recipient: Recipient = Field(default_factory=Recipient)
+    variables: dict[str, StrictStr | int | float | bool] = Field(default_factory=dict)
+    decided_at: datetime
+
+    @property
+    def routing_key(self) -> str:
+        return f"fallback.request.{self.trigger.value}"
+
+
+class AttemptOutcome(StrEnum):
+    SUCCEEDED = "succeeded"
+    RETRYING = "retrying"  # transient failure, scheduled again
+    PARKED = "parked"  # permanent failure or retries exhausted: in the dead-letter queue
+    NO_RULE = "no_rule"  # no rule matched: nothing runs, by configuration
+
+
+class FallbackAttempt(BaseModel):
+    """One attempt of one handler for one fallback request, for the message's timeline."""
+
+    model_config = ConfigDict(frozen=True)
+
+    idempotency_key: StrictStr
+    dispatch_id: StrictStr | None
+    external_send_id: StrictStr | None
+    handler: StrictStr | None
+    attempt: int = Field(ge=0)
+    outcome: AttemptOutcome
+    detail: StrictStr = ""
+    at: datetime
+
+    @property
+    def routing_key(self) -> str:
+        return f"fallback.result.{self.outcome.value}"
+
+    @property
+    def event_id(self) -> str:
+        return event_id(self.model_dump(mode="json"))

@@ -1,0 +1,74 @@
+"""Settings from the environment, every name prefixed ``TXMAIL_``; the README lists them all."""
+
+import ipaddress
+import re
+from datetime import timedelta
+from typing import Annotated
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from txmail.durations import Duration
+from txmail.errors import ConfigError
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TXMAIL_", extra="ignore")
+
+    amqp_url: str = "amqp://guest:guest@localhost:5672/"
+    # Prefix of every exchange and queue name, so several installations (or test runs)
+    # can share one broker.
+    namespace: str = "txmail"
+    http_host: str = "0.0.0.0"  # noqa: S104 -- the ingress is meant to be reached from Braze.
+    http_port: int = Field(default=8080, ge=0, le=65535)
+    postback_token: SecretStr | None = None
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    max_events_per_request: int = Field(default=1000, ge=1)
+    # Empty means every source may post; Braze documents no source IPs to put here.
+    allowed_networks: Annotated[list[IPNetwork], NoDecode] = Field(default_factory=list)
+    publish_timeout: Duration = timedelta(seconds=5)
+    # How long SIGTERM waits for requests in flight before closing.
+    shutdown_timeout: Duration = timedelta(seconds=10)
+    log_level: str = "info"
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace_is_a_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", value):
+            raise ValueError("use letters, digits, '.', '_' and '-' (at most 100 characters)")
+        return value
+
+    @field_validator("postback_token", mode="before")
+    @classmethod
+    def _empty_token_is_none(cls, value: object) -> object:
+        # `TXMAIL_POSTBACK_TOKEN=` in a compose file means "not set", not "the empty token".
+        return None if value == "" else value
+
+    @field_validator("allowed_networks", mode="before")
+    @classmethod
+    def _split_networks(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = value.lower()
+        if level not in {"debug", "info", "warning", "error"}:
+            raise ValueError("use one of debug, info, warning, error")
+        return level
+
+
+def load_settings() -> Settings:
+    """Read the environment; raise ConfigError naming each bad variable."""
+    try:
+        return Settings()
+    except ValidationError as error:
+        problems = [
+            f"TXMAIL_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+            for e in error.errors()
+        ]
+        raise ConfigError("invalid settings:\n  " + "\n  ".join(problems)) from None

@@ -1,0 +1,92 @@
+"""Every exchange and queue txmail uses, named from the namespace, declared idempotently.
+
+Whichever process starts first declares them; the others find them as they are. All
+queues are quorum queues (replicated, durable) that dead-letter what cannot be
+processed after ``DELIVERY_LIMIT`` deliveries, so nothing loops for ever.
+"""
+
+from dataclasses import dataclass
+from typing import Any, Final
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractExchange
+
+DELIVERY_LIMIT: Final = 5
+
+
+@dataclass(frozen=True)
+class Topology:
+    namespace: str
+
+    @property
+    def events_exchange(self) -> str:
+        """Topic exchange every event is published on."""
+        return f"{self.namespace}.events"
+
+    @property
+    def tracker_queue(self) -> str:
+        """What the workers consume: postbacks, registered sends, fallback attempts."""
+        return f"{self.namespace}.tracker"
+
+    @property
+    def fallback_queue(self) -> str:
+        """What the fallback executor consumes: every fallback request."""
+        return f"{self.namespace}.fallback"
+
+    @property
+    def dead_letter_exchange(self) -> str:
+        return f"{self.namespace}.dead-letter"
+
+    @property
+    def dead_letter_queue(self) -> str:
+        """Where a message lands that could not be processed within the delivery limit."""
+        return f"{self.namespace}.dead-letter"
+
+    @property
+    def exchanges(self) -> tuple[str, ...]:
+        return (self.events_exchange, self.dead_letter_exchange)
+
+    @property
+    def queues(self) -> tuple[str, ...]:
+        return (self.tracker_queue, self.fallback_queue, self.dead_letter_queue)
+
+    def quorum_arguments(self) -> dict[str, Any]:
+        return {
+            "x-queue-type": "quorum",
+            "x-delivery-limit": DELIVERY_LIMIT,
+            "x-dead-letter-exchange": self.dead_letter_exchange,
+            # At-least-once dead-lettering: a message is kept until the dead-letter
+            # queue confirmed it, so parking never loses one.
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
+        }
+
+    async def declare(self, channel: AbstractChannel) -> AbstractExchange:
+        """Declare everything (a no-op where it exists) and return the events exchange."""
+        events = await channel.declare_exchange(
+            self.events_exchange, aio_pika.ExchangeType.TOPIC, durable=True
+        )
+        dead = await channel.declare_exchange(
+            self.dead_letter_exchange, aio_pika.ExchangeType.FANOUT, durable=True
+        )
+        dead_queue = await channel.declare_queue(
+            self.dead_letter_queue, durable=True, arguments={"x-queue-type": "quorum"}
+        )
+        await dead_queue.bind(dead)
+        tracker = await channel.declare_queue(
+            self.tracker_queue, durable=True, arguments=self.quorum_arguments()
+        )
+        for pattern in ("postback.#", "send.#", "fallback.result.#"):
+            await tracker.bind(events, routing_key=pattern)
+        fallback = await channel.declare_queue(
+            self.fallback_queue, durable=True, arguments=self.quorum_arguments()
+        )
+        await fallback.bind(events, routing_key="fallback.request.#")
+        return events
+
+    async def delete(self, channel: AbstractChannel) -> None:
+        """Remove every queue and exchange of this namespace (tests, and uninstalling)."""
+        for queue in self.queues:
+            await channel.queue_delete(queue)
+        for exchange in self.exchanges:
+            await channel.exchange_delete(exchange)
