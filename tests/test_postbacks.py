@@ -1,0 +1,168 @@
+"""POST /postbacks: what Braze posts comes out of the tracker queue intact."""
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.amqp_helpers import drain, queue_depth
+from tests.ingress_server import running_ingress
+from txmail.events import event_id
+from txmail.settings import Settings
+from txmail.topology import Topology
+
+EXAMPLES: list[dict[str, Any]] = json.loads(
+    (Path(__file__).parent / "braze-postbacks.json").read_text()
+)["examples"]
+
+
+async def test_each_braze_example_is_published_intact(settings: Settings, amqp_url: str) -> None:
+    async with running_ingress(settings) as client:
+        for example in EXAMPLES:
+            response = await client.post("/postbacks", json=example)
+            assert response.status == 202
+            assert await response.json() == {"accepted": 1, "event_ids": [event_id(example)]}
+
+    messages = await drain(amqp_url, Topology(settings.namespace).tracker_queue, len(EXAMPLES))
+    by_status = {json.loads(m.body)["status"]: m for m in messages}
+    for example in EXAMPLES:
+        message = by_status[example["status"]]
+        assert json.loads(message.body) == example
+        assert message.routing_key == f"postback.{example['status']}"
+        assert message.content_type == "application/json"
+        assert message.delivery_mode == 2  # persistent
+        assert message.message_id == event_id(example)
+        assert message.type == "postback"
+        assert message.headers["received_at"]
+
+
+async def test_an_array_publishes_one_message_per_postback(
+    settings: Settings, amqp_url: str
+) -> None:
+    async with running_ingress(settings) as client:
+        response = await client.post("/postbacks", json=EXAMPLES)
+        assert response.status == 202
+        assert (await response.json())["accepted"] == 5
+
+    messages = await drain(amqp_url, Topology(settings.namespace).tracker_queue, 5)
+    assert sorted(json.loads(m.body)["status"] for m in messages) == sorted(
+        e["status"] for e in EXAMPLES
+    )
+
+
+async def test_a_duplicate_gets_the_same_event_id(settings: Settings, amqp_url: str) -> None:
+    reordered = json.loads(json.dumps(EXAMPLES[4]))
+    reordered["metadata"] = dict(reversed(list(reordered["metadata"].items())))
+    async with running_ingress(settings) as client:
+        first = await (await client.post("/postbacks", json=EXAMPLES[4])).json()
+        second = await (await client.post("/postbacks", json=reordered)).json()
+    assert first["event_ids"] == second["event_ids"]
+    messages = await drain(amqp_url, Topology(settings.namespace).tracker_queue, 2)
+    assert messages[0].message_id == messages[1].message_id
+
+
+async def test_an_undocumented_status_is_kept_under_its_own_routing_key(
+    settings: Settings, amqp_url: str
+) -> None:
+    postback = {"dispatch_id": "d-1", "status": "deferred", "metadata": {}, "extra": [1, 2]}
+    async with running_ingress(settings) as client:
+        assert (await client.post("/postbacks", json=postback)).status == 202
+    [message] = await drain(amqp_url, Topology(settings.namespace).tracker_queue, 1)
+    assert message.routing_key == "postback.deferred"
+    assert json.loads(message.body) == postback
+
+
+async def test_a_status_with_topic_characters_cannot_escape_its_routing_key(
+    settings: Settings, amqp_url: str
+) -> None:
+    async with running_ingress(settings) as client:
+        response = await client.post("/postbacks", json={"dispatch_id": "d", "status": "a.b#*"})
+        assert response.status == 202
+    [message] = await drain(amqp_url, Topology(settings.namespace).tracker_queue, 1)
+    assert message.routing_key == "postback.a_b__"
+
+
+TOO_LONG = "x" * 201
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "error"),
+    [
+        (b"{not json", 400, "invalid_json"),
+        (b"\xff\xfe", 400, "invalid_json"),
+        (b'"a string"', 400, "wrong_type"),
+        (b"42", 400, "wrong_type"),
+        (b"null", 400, "wrong_type"),
+        (b"[]", 400, "empty_array"),
+        (b'[{"dispatch_id": "d", "status": "sent"}, 7]', 422, "invalid_postback"),
+        (b'{"status": "sent"}', 422, "invalid_postback"),
+        (b'{"dispatch_id": "", "status": "sent"}', 422, "invalid_postback"),
+        (b'{"dispatch_id": 12, "status": "sent"}', 422, "invalid_postback"),
+        (f'{{"dispatch_id": "{TOO_LONG}", "status": "sent"}}'.encode(), 422, "invalid_postback"),
+        (b'{"dispatch_id": "d", "status": 3}', 422, "invalid_postback"),
+        (b'{"dispatch_id": "d"}', 422, "invalid_postback"),
+        (b'{"dispatch_id": "d", "status": "sent", "metadata": "x"}', 422, "invalid_postback"),
+    ],
+)
+async def test_bad_input_is_refused_with_a_json_error_and_publishes_nothing(
+    settings: Settings, amqp_url: str, body: bytes, status: int, error: str
+) -> None:
+    async with running_ingress(settings) as client:
+        response = await client.post(
+            "/postbacks", data=body, headers={"Content-Type": "application/json"}
+        )
+        assert response.status == status
+        payload = await response.json()
+        assert payload["error"] == error
+        assert payload["message"]
+    assert await queue_depth(amqp_url, Topology(settings.namespace).tracker_queue) == 0
+
+
+async def test_validation_errors_name_the_item_and_field(settings: Settings) -> None:
+    body = [{"dispatch_id": "ok", "status": "sent"}, {"dispatch_id": "", "status": "sent"}]
+    async with running_ingress(settings) as client:
+        response = await client.post("/postbacks", json=body)
+        details = (await response.json())["details"]
+    assert details == [
+        {"index": 1, "field": "dispatch_id", "message": "String should have at least 1 character"}
+    ]
+
+
+async def test_an_oversize_body_is_refused_with_413(settings: Settings, amqp_url: str) -> None:
+    settings = settings.model_copy(update={"max_body_bytes": 2048})
+    big = {"dispatch_id": "d", "status": "sent", "metadata": {"pad": "x" * 4096}}
+    async with running_ingress(settings) as client:
+        response = await client.post("/postbacks", json=big)
+        assert response.status == 413
+        assert (await response.json())["error"] == "payload_too_large"
+    assert await queue_depth(amqp_url, Topology(settings.namespace).tracker_queue) == 0
+
+
+async def test_too_long_an_array_is_refused_with_413(settings: Settings, amqp_url: str) -> None:
+    settings = settings.model_copy(update={"max_events_per_request": 3})
+    async with running_ingress(settings) as client:
+        response = await client.post("/postbacks", json=EXAMPLES[:4])
+        assert response.status == 413
+        assert (await response.json())["error"] == "too_many_postbacks"
+    assert await queue_depth(amqp_url, Topology(settings.namespace).tracker_queue) == 0
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [("GET", "/postbacks", 405), ("PUT", "/postbacks", 405), ("POST", "/nowhere", 404)],
+)
+async def test_wrong_method_and_unknown_path_answer_json(
+    settings: Settings, method: str, path: str, status: int
+) -> None:
+    async with running_ingress(settings) as client:
+        response = await client.request(method, path)
+        assert response.status == status
+        assert response.content_type == "application/json"
+        assert (await response.json())["message"]
+
+
+async def test_health_endpoints(settings: Settings) -> None:
+    async with running_ingress(settings) as client:
+        assert (await client.get("/healthz")).status == 200
+        assert await (await client.get("/readyz")).json() == {"status": "ready"}
