@@ -7,6 +7,7 @@ from aiohttp import web
 
 from ingress.context import BROKER, SETTINGS
 from ingress.postbacks import receive_postbacks
+from ingress.sends import register_send
 from txmail.broker import Broker
 from txmail.http import json_error, json_errors
 from txmail.settings import Settings
@@ -30,6 +31,7 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app[BROKER] = Broker(settings.amqp_url, Topology(settings.namespace), settings.publish_timeout)
     app.router.add_post("/postbacks", receive_postbacks)
+    app.router.add_post("/v1/sends", register_send)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.cleanup_ctx.append(_broker_lifecycle)
@@ -38,6 +40,8 @@ def create_app(settings: Settings) -> web.Application:
             "TXMAIL_POSTBACK_TOKEN is not set: POST /postbacks accepts anyone's postbacks; "
             "set a token and put it in Braze's postback URL"
         )
+    if settings.api_token is None:
+        log.warning("TXMAIL_API_TOKEN is not set: POST /v1/sends accepts anyone's registrations")
     return app
 
 

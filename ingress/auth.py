@@ -7,6 +7,7 @@ import ipaddress
 from collections.abc import Sequence
 
 from aiohttp import web
+from pydantic import SecretStr
 
 from txmail.http import json_error
 from txmail.settings import IPNetwork
@@ -35,6 +36,17 @@ def token_matches(expected: str, request: web.Request) -> bool:
     wanted = expected.encode()
     # compare_digest on every candidate, so timing says nothing about which part matched.
     return any([hmac.compare_digest(wanted, token.encode()) for token in presented_tokens(request)])
+
+
+def refusal(
+    request: web.Request, token: SecretStr | None, networks: Sequence[IPNetwork], realm: str
+) -> web.Response | None:
+    """The response refusing this request (403 or 401), or None when it may go on."""
+    if not source_allowed(request, networks):
+        return forbidden_source(request)
+    if token is not None and not token_matches(token.get_secret_value(), request):
+        return unauthorized(realm)
+    return None
 
 
 def unauthorized(realm: str) -> web.Response:

@@ -1,57 +1,39 @@
 """``POST /postbacks``: Braze's transactional status postbacks onto the events exchange."""
 
 import json
-from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 from aiohttp import web
 from pydantic import ValidationError
 
-from ingress.auth import forbidden_source, source_allowed, token_matches, unauthorized
+from ingress.auth import refusal
+from ingress.bad_request import BadRequest, broker_unavailable, parse_json, validation_details
 from ingress.context import BROKER, SETTINGS
 from txmail.broker import Outgoing
 from txmail.errors import BrokerUnavailable
 from txmail.events import POSTBACK_TYPE, Postback, event_id, postback_routing_key, utc_now
-from txmail.http import json_error
 
 log = structlog.get_logger(__name__)
-
-
-@dataclass
-class BadPostbacks(Exception):
-    """The request body is not what the contract asks; nothing of it is published."""
-
-    status: int
-    error: str
-    message: str
-    details: list[dict[str, Any]] = field(default_factory=list)
-
-    def response(self) -> web.Response:
-        extra = {"details": self.details} if self.details else {}
-        return json_error(self.status, self.error, self.message, **extra)
 
 
 def parse_postbacks(body: bytes, max_events: int) -> list[tuple[Postback, dict[str, Any]]]:
     """Validate a body holding one postback object or an array of them.
 
     Returns each postback with the raw object it came from (what is published, unchanged).
-    Raises BadPostbacks for the whole request at the first kind of problem, listing every
+    Raises BadRequest for the whole request at the first kind of problem, listing every
     invalid item, so one bad item in a batch publishes nothing.
     """
-    try:
-        payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as error:
-        raise BadPostbacks(400, "invalid_json", f"body is not valid JSON: {error}") from None
+    payload = parse_json(body)
     items = payload if isinstance(payload, list) else [payload]
     if not isinstance(payload, (list, dict)):
-        raise BadPostbacks(
+        raise BadRequest(
             400, "wrong_type", f"expected a JSON object or array, got {type(payload).__name__}"
         )
     if not items:
-        raise BadPostbacks(400, "empty_array", "the array holds no postbacks")
+        raise BadRequest(400, "empty_array", "the array holds no postbacks")
     if len(items) > max_events:
-        raise BadPostbacks(
+        raise BadRequest(
             413,
             "too_many_postbacks",
             f"{len(items)} postbacks in one request; at most {max_events} are accepted",
@@ -64,16 +46,9 @@ def parse_postbacks(body: bytes, max_events: int) -> list[tuple[Postback, dict[s
         try:
             parsed.append((Postback.model_validate(item), item))
         except ValidationError as error:
-            details.extend(
-                {
-                    "index": index,
-                    "field": ".".join(str(p) for p in e["loc"]) or None,
-                    "message": e["msg"],
-                }
-                for e in error.errors(include_url=False)
-            )
+            details.extend(validation_details(error, index))
     if details:
-        raise BadPostbacks(422, "invalid_postback", "postback failed validation", details)
+        raise BadRequest(422, "invalid_postback", "postback failed validation", details)
     return parsed
 
 
@@ -89,14 +64,11 @@ def to_outgoing(postback: Postback, raw: dict[str, Any], received_at: str) -> Ou
 
 async def receive_postbacks(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
-    if not source_allowed(request, settings.allowed_networks):
-        return forbidden_source(request)
-    token = settings.postback_token
-    if token is not None and not token_matches(token.get_secret_value(), request):
-        return unauthorized("postbacks")
+    if refused := refusal(request, settings.postback_token, settings.allowed_networks, "postbacks"):
+        return refused
     try:
         postbacks = parse_postbacks(await request.read(), settings.max_events_per_request)
-    except BadPostbacks as bad:
+    except BadRequest as bad:
         log.info("postback rejected", error=bad.error, reason=bad.message)
         return bad.response()
     received_at = utc_now().isoformat()
@@ -105,9 +77,7 @@ async def receive_postbacks(request: web.Request) -> web.Response:
         await request.app[BROKER].publish(outgoing)
     except BrokerUnavailable as error:
         log.error("postbacks not accepted: broker did not confirm", error=str(error))
-        return json_error(
-            503, "broker_unavailable", "RabbitMQ did not confirm the postbacks; retry later"
-        )
+        return broker_unavailable("postbacks")
     for (postback, _), message in zip(postbacks, outgoing, strict=True):
         bound = log.bind(
             dispatch_id=postback.dispatch_id,

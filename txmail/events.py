@@ -93,8 +93,11 @@ class Trigger(StrEnum):
 class Recipient(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    email: StrictStr | None = Field(default=None, max_length=320)
-    phone: StrictStr | None = Field(default=None, max_length=32)
+    # Loose on purpose: the company's mailer is the judge of an address; this only
+    # catches what is plainly not one.
+    email: StrictStr | None = Field(default=None, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")
+    # E.164, what SMS APIs in Twilio's shape accept.
+    phone: StrictStr | None = Field(default=None, pattern=r"^\+[1-9]\d{6,14}$")
 
 
 class SendRegistration(BaseModel):

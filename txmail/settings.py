@@ -24,6 +24,8 @@ class Settings(BaseSettings):
     http_host: str = "0.0.0.0"  # noqa: S104 -- the ingress is meant to be reached from Braze.
     http_port: int = Field(default=8080, ge=0, le=65535)
     postback_token: SecretStr | None = None
+    # Internal apps registering sends (POST /v1/sends) use their own token.
+    api_token: SecretStr | None = None
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     max_events_per_request: int = Field(default=1000, ge=1)
     # Empty means every source may post; Braze documents no source IPs to put here.
@@ -40,7 +42,7 @@ class Settings(BaseSettings):
             raise ValueError("use letters, digits, '.', '_' and '-' (at most 100 characters)")
         return value
 
-    @field_validator("postback_token", mode="before")
+    @field_validator("postback_token", "api_token", mode="before")
     @classmethod
     def _empty_token_is_none(cls, value: object) -> object:
         # `TXMAIL_POSTBACK_TOKEN=` in a compose file means "not set", not "the empty token".

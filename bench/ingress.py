@@ -1,0 +1,213 @@
+"""How fast the ingress takes postbacks, next to what bounds it.
+
+Runs, one after the other on this machine, at 64 concurrent connections:
+  1. the ingress (`txmail ingress`, its own process) publishing to RabbitMQ with confirms;
+  2. a bare aiohttp handler (its own process) that answers 202 without publishing;
+  3. raw aio-pika publishing with confirms, 64 publishes in flight, of the same bodies.
+Prints postbacks per second, p50 and p99 latency of each, and the ratios.
+
+    python bench/ingress.py [--requests 20000] [--concurrency 64]
+
+Needs a RabbitMQ (TXMAIL_AMQP_URL, default localhost). Not a test: it never fails on speed.
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import aio_pika
+import aiohttp
+from aiohttp import web
+
+from txmail.topology import Topology
+
+AMQP_URL = os.environ.get("TXMAIL_AMQP_URL", "amqp://guest:guest@localhost:5672/")
+
+
+def body(i: int) -> bytes:
+    return json.dumps(
+        {
+            "dispatch_id": f"bench-{i:08d}",
+            "status": "delivered",
+            "metadata": {
+                "delivered_at": "2020-08-31T18:27:32.000+00:00",
+                "campaign_api_id": "417220e4-5a2a-b634-7f7d-9ec891532368",
+                "external_send_id": f"order-{i}",
+            },
+        }
+    ).encode()
+
+
+@dataclass
+class Result:
+    name: str
+    count: int
+    seconds: float
+    latencies: list[float]
+
+    @property
+    def rate(self) -> float:
+        return self.count / self.seconds
+
+    def percentile(self, p: float) -> float:
+        return statistics.quantiles(self.latencies, n=100)[int(p) - 1] * 1000
+
+    def line(self) -> str:
+        return (
+            f"{self.name:<28} {self.rate:>10,.0f}/s   p50 {self.percentile(50):6.1f} ms"
+            f"   p99 {self.percentile(99):6.1f} ms"
+        )
+
+
+async def run_load(
+    name: str, total: int, concurrency: int, one: Callable[[int], Awaitable[None]]
+) -> Result:
+    latencies: list[float] = []
+    counter = iter(range(total))
+
+    async def worker() -> None:
+        for i in counter:
+            start = time.perf_counter()
+            await one(i)
+            latencies.append(time.perf_counter() - start)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return Result(name, total, time.perf_counter() - start, latencies)
+
+
+async def http_load(name: str, port: int, total: int, concurrency: int) -> Result:
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        url = f"http://127.0.0.1:{port}/postbacks"
+        headers = {"Content-Type": "application/json"}
+
+        async def one(i: int) -> None:
+            async with session.post(url, data=body(i), headers=headers) as response:
+                await response.read()
+                if response.status != 202:
+                    raise SystemExit(f"{name}: got {response.status}")
+
+        await run_load(name, min(500, total), concurrency, one)  # warm-up
+        return await run_load(name, total, concurrency, one)
+
+
+async def raw_publish_load(namespace: str, total: int, concurrency: int) -> Result:
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        exchange = await Topology(namespace).declare(channel)
+
+        async def one(i: int) -> None:
+            message = aio_pika.Message(
+                body(i),
+                content_type="application/json",
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                message_id=uuid.uuid4().hex,
+            )
+            await exchange.publish(message, "postback.delivered")
+
+        await run_load("raw", min(500, total), concurrency, one)
+        return await run_load("raw aio-pika publish+confirm", total, concurrency, one)
+
+
+async def start(*args: str, env: dict[str, str]) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable, *args, env={**os.environ, **env}, stdout=asyncio.subprocess.DEVNULL
+    )
+
+
+async def wait_ready(port: int, path: str) -> None:
+    async with aiohttp.ClientSession() as session:
+        for _ in range(200):
+            try:
+                async with session.get(f"http://127.0.0.1:{port}{path}") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.05)
+    raise SystemExit(f"server on {port} never became ready")
+
+
+async def serve_bare(port: int) -> None:
+    async def accept(request: web.Request) -> web.Response:
+        await request.read()
+        return web.json_response({"accepted": 1}, status=202)
+
+    async def ready(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ready"})
+
+    app = web.Application()
+    app.router.add_post("/postbacks", accept)
+    app.router.add_get("/readyz", ready)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    await asyncio.Event().wait()
+
+
+async def purge(namespace: str) -> None:
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection:
+        await Topology(namespace).delete(await connection.channel())
+
+
+async def main(total: int, concurrency: int) -> None:
+    namespace = f"bench-{uuid.uuid4().hex[:8]}"
+    results: dict[str, Result] = {}
+    try:
+        ingress = await start(
+            "-m",
+            "txmail.cli",
+            "ingress",
+            env={
+                "TXMAIL_NAMESPACE": namespace,
+                "TXMAIL_HTTP_HOST": "127.0.0.1",
+                "TXMAIL_HTTP_PORT": "18480",
+                "TXMAIL_LOG_LEVEL": "warning",
+                "TXMAIL_AMQP_URL": AMQP_URL,
+            },
+        )
+        try:
+            await wait_ready(18480, "/readyz")
+            results["ingress"] = await http_load("txmail ingress", 18480, total, concurrency)
+        finally:
+            ingress.terminate()
+            await ingress.wait()
+        bare = await start(__file__, "--serve-bare", "18481", env={})
+        try:
+            await wait_ready(18481, "/readyz")
+            results["bare"] = await http_load("bare aiohttp 202", 18481, total, concurrency)
+        finally:
+            bare.terminate()
+            await bare.wait()
+        results["raw"] = await raw_publish_load(namespace, total, concurrency)
+    finally:
+        await purge(namespace)
+
+    print(f"{total} postbacks, {concurrency} concurrent, on {os.cpu_count()} cores")
+    for result in results.values():
+        print(result.line())
+    ingress_rate = results["ingress"].rate
+    print(f"ingress / raw publish rate: {ingress_rate / results['raw'].rate:6.0%}")
+    print(f"ingress / bare handler rate: {ingress_rate / results['bare'].rate:6.0%}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--requests", type=int, default=20000)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--serve-bare", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_bare:
+        asyncio.run(serve_bare(args.serve_bare))
+    else:
+        asyncio.run(main(args.requests, args.concurrency))

@@ -1,0 +1,50 @@
+"""A request the ingress refuses: its status, a code, a message, and what exactly is wrong."""
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from txmail.http import json_error
+
+
+@dataclass
+class BadRequest(Exception):
+    """The request body is not what the contract asks; nothing of it is published."""
+
+    status: int
+    error: str
+    message: str
+    details: list[dict[str, Any]] = field(default_factory=list)
+
+    def response(self) -> web.Response:
+        extra = {"details": self.details} if self.details else {}
+        return json_error(self.status, self.error, self.message, **extra)
+
+
+def parse_json(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise BadRequest(400, "invalid_json", f"body is not valid JSON: {error}") from None
+
+
+def validation_details(error: ValidationError, index: int | None = None) -> list[dict[str, Any]]:
+    """One entry per problem: which item (in an array), which field, what is wrong."""
+    where = {} if index is None else {"index": index}
+    return [
+        {
+            **where,
+            "field": ".".join(str(p) for p in e["loc"]) or None,
+            "message": e["msg"],
+        }
+        for e in error.errors(include_url=False)
+    ]
+
+
+def broker_unavailable(what: str) -> web.Response:
+    return json_error(
+        503, "broker_unavailable", f"RabbitMQ did not confirm the {what}; retry later"
+    )
