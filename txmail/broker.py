@@ -6,6 +6,7 @@ and ``is_ready`` is false, so callers can answer 503 instead of hanging.
 """
 
 import asyncio
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -23,6 +24,11 @@ log = structlog.get_logger(__name__)
 # How long to wait between attempts to make the first connection; after that,
 # aio-pika's robust connection reconnects on its own with the same interval.
 RECONNECT_INTERVAL = 1.0
+
+# aio-pika holds a channel's lock until each publish frame is written to the socket,
+# so one channel writes one publish at a time; a few channels keep several in the
+# write path while their confirms come back pipelined.
+PUBLISH_CHANNELS = 4
 
 # What a lost, refused or slow broker raises through aio-pika.
 BROKER_ERRORS = (*CONNECTION_EXCEPTIONS, asyncio.TimeoutError)
@@ -56,8 +62,9 @@ class Broker:
         self._topology = topology
         self._publish_timeout = publish_timeout.total_seconds()
         self._connection: AbstractRobustConnection | None = None
-        self._channel: AbstractRobustChannel | None = None
-        self._exchange: AbstractExchange | None = None
+        self._channels: list[AbstractRobustChannel] = []
+        self._exchanges: list[AbstractExchange] = []
+        self._turn = itertools.count()
         self._connecting: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -71,9 +78,12 @@ class Broker:
                 connection = await aio_pika.connect_robust(
                     self._url, reconnect_interval=RECONNECT_INTERVAL
                 )
-                # Returned (unroutable) messages raise instead of vanishing after an ack.
-                channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-                exchange = await self._topology.declare(channel)
+                channels = [
+                    # Returned (unroutable) messages raise instead of vanishing after an ack.
+                    await connection.channel(publisher_confirms=True, on_return_raises=True)
+                    for _ in range(PUBLISH_CHANNELS)
+                ]
+                exchanges = [await self._topology.declare(channel) for channel in channels]
             except BROKER_ERRORS as error:
                 # Also a topology that exists with other arguments (PRECONDITION_FAILED):
                 # say so and keep trying, an operator can fix it without a restart.
@@ -83,19 +93,19 @@ class Broker:
                 await asyncio.sleep(RECONNECT_INTERVAL)
                 continue
             self._connection = connection
-            self._channel = channel
-            self._exchange = exchange
+            self._channels = channels
+            self._exchanges = exchanges
             log.info("broker connected", namespace=self._topology.namespace)
             return
 
     @property
     def is_ready(self) -> bool:
-        """True while the connection and the publishing channel are open."""
+        """True while the connection and the publishing channels are open."""
         return (
             self._connection is not None
             and not self._connection.is_closed
-            and self._channel is not None
-            and not self._channel.is_closed
+            and bool(self._channels)
+            and not any(channel.is_closed for channel in self._channels)
         )
 
     async def publish(self, messages: Sequence[Outgoing]) -> None:
@@ -105,18 +115,21 @@ class Broker:
         have been stored all the same, which is why every event carries an id that
         makes a republish harmless.
         """
-        exchange = self._exchange
-        if exchange is None or not self.is_ready:
+        if not self.is_ready:
             raise BrokerUnavailable("not connected to RabbitMQ")
-        try:
-            await asyncio.gather(
-                *(
-                    exchange.publish(
-                        m.to_message(), m.routing_key, mandatory=True, timeout=self._publish_timeout
-                    )
-                    for m in messages
-                )
+        exchanges = self._exchanges
+        publishes = [
+            exchanges[next(self._turn) % len(exchanges)].publish(
+                m.to_message(), m.routing_key, mandatory=True
             )
+            for m in messages
+        ]
+        try:
+            async with asyncio.timeout(self._publish_timeout):
+                if len(publishes) == 1:
+                    await publishes[0]  # most requests carry one event: spare gather's task
+                else:
+                    await asyncio.gather(*publishes)
         except BROKER_ERRORS as error:
             raise BrokerUnavailable(f"RabbitMQ did not confirm: {error!r}") from error
 
