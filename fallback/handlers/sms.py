@@ -6,9 +6,9 @@ idempotency key travels in ``I-Twilio-Idempotency-Token`` (Twilio honours it for
 its webhooks; a company gateway can de-duplicate on it).
 """
 
+import base64
 from typing import ClassVar
 
-import aiohttp
 from pydantic import AnyHttpUrl, Field, SecretStr
 
 from fallback.handler import HandlerConfig, HandlerResources, TransientFailure
@@ -38,7 +38,8 @@ class SmsHandler:
         self._http = resources.http
         base = str(config.base_url).rstrip("/")
         self._url = f"{base}/2010-04-01/Accounts/{config.account_sid}/Messages.json"
-        self._auth = aiohttp.BasicAuth(config.account_sid, config.auth_token.get_secret_value())
+        credentials = f"{config.account_sid}:{config.auth_token.get_secret_value()}"
+        self._authorization = "Basic " + base64.b64encode(credentials.encode()).decode()
 
     async def send(self, request: FallbackRequest, idempotency_key: str) -> None:
         context = template_context(request)
@@ -51,8 +52,10 @@ class SmsHandler:
             async with self._http.post(
                 self._url,
                 data=form,
-                auth=self._auth,
-                headers={IDEMPOTENCY_HEADER: idempotency_key},
+                headers={
+                    "Authorization": self._authorization,
+                    IDEMPOTENCY_HEADER: idempotency_key,
+                },
                 allow_redirects=False,
             ) as response:
                 await check_http_response(response, self._url)

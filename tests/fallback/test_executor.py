@@ -1,0 +1,269 @@
+"""The executor against real RabbitMQ and real receivers: retries, parking, replay."""
+
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import aio_pika
+
+from fallback.executor import fallback_topology, running_executor
+from fallback.parking import ParkedRequest, list_parked, replay_parked
+from fallback.rules_file import RulesFile
+from tests.fallback.conftest import AttemptLog
+from tests.fallback.servers import SMS_SID, SMS_TOKEN, WEBHOOK_SECRET, Receiver
+from tests.waiting import wait_until
+from txmail.events import FALLBACK_REQUEST_TYPE, FallbackRequest, Recipient, Trigger
+from txmail.settings import Settings
+
+WriteRules = Callable[[str], RulesFile]
+
+
+def a_request(**changes: object) -> FallbackRequest:
+    fields: dict[str, object] = {
+        "idempotency_key": uuid.uuid4().hex,
+        "trigger": Trigger.BOUNCED,
+        "dispatch_id": "dispatch-1",
+        "external_send_id": "order-1234",
+        "campaign_api_id": "campaign-a",
+        "reason": "550 5.1.1 no such user",
+        "braze_timestamps": {"bounced_at": "2026-11-27T10:00:00+00:00"},
+        "recipient": Recipient(email="jane@example.com", phone="+15550001111"),
+        "variables": {"first_name": "Jane"},
+        "decided_at": datetime(2026, 11, 27, 10, 0, tzinfo=UTC),
+    }
+    return FallbackRequest.model_validate({**fields, **changes})
+
+
+def handlers_toml(receiver: Receiver) -> str:
+    return f"""
+[handlers.ops-hook]
+type = "webhook"
+url = "{receiver.url}/hook"
+secret = "{WEBHOOK_SECRET}"
+timeout = "2s"
+
+[handlers.sms]
+type = "sms"
+base_url = "{receiver.url}"
+account_sid = "{SMS_SID}"
+auth_token = "{SMS_TOKEN}"
+from = "+15559990000"
+body = "Hi $first_name, your order $external_send_id mail bounced."
+"""
+
+
+async def publish_raw(settings: Settings, body: bytes, routing_key: str) -> None:
+    connection = await aio_pika.connect(settings.amqp_url)
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        exchange = await fallback_topology(settings).declare(channel)
+        message = aio_pika.Message(
+            body,
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=uuid.uuid4().hex,
+            type=FALLBACK_REQUEST_TYPE,
+        )
+        await exchange.publish(message, routing_key, mandatory=True)
+
+
+async def publish(settings: Settings, request: FallbackRequest) -> None:
+    await publish_raw(settings, request.model_dump_json().encode(), request.routing_key)
+
+
+async def parked_requests(settings: Settings) -> list[ParkedRequest]:
+    connection = await aio_pika.connect_robust(settings.amqp_url)
+    async with connection:
+        return await list_parked(connection, fallback_topology(settings))
+
+
+async def parked(settings: Settings) -> list[str]:
+    return [p.idempotency_key or p.message_id for p in await parked_requests(settings)]
+
+
+async def test_a_receiver_that_fails_at_first_gets_the_fallback_once_it_recovers(
+    fallback_settings: Settings,
+    receiver: Receiver,
+    write_rules: WriteRules,
+    attempt_log: AttemptLog,
+) -> None:
+    rules = write_rules(
+        handlers_toml(receiver) + '[[rules]]\non = ["bounced"]\nhandlers = ["ops-hook"]\n'
+    )
+    receiver.webhook.answers.extend([503, 429])
+    request = a_request()
+    async with running_executor(fallback_settings, rules):
+        await publish(fallback_settings, request)
+        await wait_until(lambda: len(attempt_log.attempts) == 3, what="three attempts")
+
+    assert [c.status for c in receiver.webhook.calls] == [503, 429, 200]
+    assert receiver.webhook.keys == {f"{request.idempotency_key}:ops-hook"}
+    assert len(receiver.webhook.accepted) == 1
+    assert receiver.webhook.accepted[0].body["data"]["external_send_id"] == "order-1234"
+    assert attempt_log.outcomes() == ["retrying", "retrying", "succeeded"]
+    assert [a.attempt for a in attempt_log.attempts] == [1, 2, 3]
+    assert "503" in attempt_log.attempts[0].detail
+    assert await parked(fallback_settings) == []
+
+
+async def test_a_refusing_receiver_parks_the_request_and_a_replay_delivers_it_once(
+    fallback_settings: Settings,
+    receiver: Receiver,
+    write_rules: WriteRules,
+    attempt_log: AttemptLog,
+) -> None:
+    rules = write_rules(
+        handlers_toml(receiver) + '[[rules]]\non = ["*"]\nhandlers = ["ops-hook"]\n'
+    )
+    receiver.webhook.default = 400
+    request = a_request()
+    async with running_executor(fallback_settings, rules):
+        await publish(fallback_settings, request)
+        await wait_until(lambda: attempt_log.outcomes() == ["parked"], what="parked")
+        # Listing twice shows the same thing: listing takes nothing away.
+        assert await parked(fallback_settings) == [request.idempotency_key]
+        connection = await aio_pika.connect_robust(fallback_settings.amqp_url)
+        async with connection:
+            [listed] = await list_parked(connection, fallback_topology(fallback_settings))
+            assert "400" in listed.reason
+            assert listed.trigger == "bounced"
+
+            receiver.webhook.default = 200
+            replayed = await replay_parked(
+                connection, fallback_topology(fallback_settings), {request.idempotency_key}
+            )
+        assert [r.idempotency_key for r in replayed] == [request.idempotency_key]
+        await wait_until(lambda: len(receiver.webhook.accepted) == 1, what="delivery")
+        await wait_until(lambda: attempt_log.outcomes() == ["parked", "succeeded"])
+
+    assert [c.status for c in receiver.webhook.calls] == [400, 200]
+    assert await parked(fallback_settings) == []
+
+
+async def test_retries_run_out_then_the_request_is_parked_with_the_last_error(
+    fallback_settings: Settings,
+    receiver: Receiver,
+    write_rules: WriteRules,
+    attempt_log: AttemptLog,
+) -> None:
+    rules = write_rules(
+        handlers_toml(receiver) + '[[rules]]\non = ["bounced"]\nhandlers = ["ops-hook"]\n'
+    )
+    receiver.webhook.default = 502
+    async with running_executor(fallback_settings, rules):
+        await publish(fallback_settings, a_request())
+        await wait_until(lambda: "parked" in attempt_log.outcomes(), what="parked")
+        [request] = await parked_requests(fallback_settings)
+    reason = request.reason
+    assert attempt_log.outcomes() == ["retrying", "retrying", "parked"]
+    assert len(receiver.webhook.calls) == 3
+    assert reason.startswith("retries exhausted after 3 attempts")
+    assert "502" in reason
+
+
+async def test_all_mode_does_not_repeat_a_handler_that_already_succeeded(
+    fallback_settings: Settings,
+    receiver: Receiver,
+    write_rules: WriteRules,
+    attempt_log: AttemptLog,
+) -> None:
+    rules = write_rules(
+        handlers_toml(receiver)
+        + '[[rules]]\non = ["bounced"]\nhandlers = ["sms", "ops-hook"]\nmode = "all"\n'
+    )
+    receiver.webhook.answers.append(500)
+    request = a_request()
+    async with running_executor(fallback_settings, rules):
+        await publish(fallback_settings, request)
+        await wait_until(lambda: len(receiver.webhook.accepted) == 1, what="webhook delivery")
+        await wait_until(lambda: len(attempt_log.attempts) == 3, what="three attempts")
+
+    assert len(receiver.sms.calls) == 1
+    sms = receiver.sms.calls[0]
+    assert sms.idempotency_key == f"{request.idempotency_key}:sms"
+    assert sms.body == {
+        "To": "+15550001111",
+        "From": "+15559990000",
+        "Body": "Hi Jane, your order order-1234 mail bounced.",
+    }
+    assert attempt_log.outcomes("sms") == ["succeeded"]
+    assert attempt_log.outcomes("ops-hook") == ["retrying", "succeeded"]
+
+
+async def test_first_success_goes_on_to_the_next_handler_after_a_failure(
+    fallback_settings: Settings,
+    receiver: Receiver,
+    write_rules: WriteRules,
+    attempt_log: AttemptLog,
+) -> None:
+    rules = write_rules(
+        handlers_toml(receiver) + '[[rules]]\non = ["bounced"]\nhandlers = ["ops-hook", "sms"]\n'
+    )
+    receiver.webhook.default = 404
+    async with running_executor(fallback_settings, rules):
+        await publish(fallback_settings, a_request())
+        await wait_until(lambda: len(attempt_log.attempts) == 2, what="two attempts")
+    assert attempt_log.outcomes("ops-hook") == ["failed"]
+    assert attempt_log.outcomes("sms") == ["succeeded"]
+    assert await parked(fallback_settings) == []
+
+
+async def test_no_matching_rule_is_recorded_and_nothing_runs(
+    fallback_settings: Settings,
+    receiver: Receiver,
+    write_rules: WriteRules,
+    attempt_log: AttemptLog,
+) -> None:
+    rules = write_rules(
+        handlers_toml(receiver)
+        + '[[rules]]\non = ["bounced"]\ncampaigns = ["other"]\nhandlers = ["sms"]\n'
+    )
+    async with running_executor(fallback_settings, rules):
+        await publish(fallback_settings, a_request())
+        await wait_until(lambda: attempt_log.outcomes() == ["no_rule"], what="no_rule")
+    assert attempt_log.attempts[0].handler is None
+    assert receiver.sms.calls == []
+
+
+async def test_an_unreadable_request_is_parked_and_the_executor_goes_on(
+    fallback_settings: Settings,
+    receiver: Receiver,
+    write_rules: WriteRules,
+    attempt_log: AttemptLog,
+) -> None:
+    rules = write_rules(handlers_toml(receiver) + '[[rules]]\non = ["*"]\nhandlers = ["sms"]\n')
+    async with running_executor(fallback_settings, rules):
+        await publish_raw(fallback_settings, b'{"trigger": "bounced"', "fallback.request.bounced")
+        await publish(fallback_settings, a_request())
+        await wait_until(lambda: len(receiver.sms.accepted) == 1, what="the good request")
+        await wait_until(lambda: _parked_count_is(fallback_settings, 1), what="bad one parked")
+    [bad] = await parked_requests(fallback_settings)
+    assert bad.reason.startswith("not a valid fallback request")
+
+
+async def _parked_count_is(settings: Settings, count: int) -> bool:
+    return len(await parked_requests(settings)) == count
+
+
+async def test_an_open_circuit_stops_calling_a_failing_handler(
+    fallback_settings: Settings,
+    receiver: Receiver,
+    write_rules: WriteRules,
+    attempt_log: AttemptLog,
+) -> None:
+    failures_to_open = 2
+    settings = fallback_settings.model_copy(
+        update={
+            "fallback_retry_schedule": [timedelta(milliseconds=200)] * 4,
+            "fallback_circuit_failures": failures_to_open,
+            "fallback_circuit_open_for": timedelta(minutes=1),
+        }
+    )
+    rules = write_rules(handlers_toml(receiver) + '[[rules]]\non = ["*"]\nhandlers = ["sms"]\n')
+    receiver.sms.default = 503
+    async with running_executor(settings, rules):
+        await publish(settings, a_request())
+        await wait_until(lambda: "parked" in attempt_log.outcomes(), what="parked")
+    assert len(receiver.sms.calls) == failures_to_open
+    assert len(attempt_log.attempts) == 5
+    assert all("circuit open" in a.detail for a in attempt_log.attempts[failures_to_open:])
