@@ -7,11 +7,13 @@ from datetime import timedelta
 from pathlib import Path
 
 import aio_pika
+import aiohttp
 import pytest
 from aiohttp import web
 from aiosmtpd.controller import Controller
 
 from fallback.executor import fallback_topology
+from fallback.handler import HandlerResources
 from fallback.rules_file import RulesFile, load_rules_file
 from tests.fallback.servers import MailCollector, Receiver, free_port
 from txmail.events import FALLBACK_ATTEMPT_TYPE, FallbackAttempt
@@ -100,3 +102,11 @@ async def attempt_log(fallback_settings: Settings) -> AsyncIterator[AttemptLog]:
         queue = await channel.get_queue(fallback_topology(fallback_settings).tracker_queue)
         await queue.consume(log.on_message)
         yield log
+
+
+@pytest.fixture
+async def resources(amqp_url: str) -> AsyncIterator[HandlerResources]:
+    """What the executor gives handlers: an HTTP client and a broker connection."""
+    connection = await aio_pika.connect_robust(amqp_url)
+    async with connection, aiohttp.ClientSession() as http:
+        yield HandlerResources(http, connection)

@@ -8,7 +8,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import aio_pika
-import aiohttp
 import pytest
 
 from fallback.handler import (
@@ -46,13 +45,6 @@ def a_request(**changes: Any) -> FallbackRequest:
         "decided_at": datetime(2026, 11, 27, 10, 0, tzinfo=UTC),
     }
     return FallbackRequest.model_validate({**fields, **changes})
-
-
-@pytest.fixture
-async def resources(amqp_url: str) -> AsyncIterator[HandlerResources]:
-    connection = await aio_pika.connect_robust(amqp_url)
-    async with connection, aiohttp.ClientSession() as http:
-        yield HandlerResources(http, connection)
 
 
 def test_every_built_in_is_a_fallback_handler(resources: HandlerResources) -> None:
