@@ -72,7 +72,11 @@ def run_fallback(settings: Settings, args: argparse.Namespace) -> int:
     except ConfigError as error:
         print(f"txmail: {error}", file=sys.stderr)
         return 2
-    asyncio.run(_serve(settings, rules_file))
+    try:
+        asyncio.run(_serve(settings, rules_file))
+    except ConfigError as error:  # a plug-in that turned out unusable when built
+        print(f"txmail: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -30,14 +30,14 @@ from fallback.chain import (
     run_chain,
 )
 from fallback.circuit import Circuits
-from fallback.handler import HandlerResources
+from fallback.handler import FallbackHandler, HandlerResources
 from fallback.progress import PARKED_AT, PARKED_REASON, Progress
 from fallback.publisher import ConfirmedPublisher, QueuedMessage
 from fallback.retries import RetrySchedule
 from fallback.rules import select_rule
 from fallback.rules_file import RulesFile
 from txmail.broker import BROKER_ERRORS, RECONNECT_INTERVAL
-from txmail.errors import BrokerUnavailable
+from txmail.errors import BrokerUnavailable, ConfigError
 from txmail.events import AttemptOutcome, FallbackAttempt, FallbackRequest, utc_now
 from txmail.settings import Settings
 from txmail.topology import Topology
@@ -69,14 +69,18 @@ async def connect_until_up(url: str) -> AbstractRobustConnection:
 
 
 def build_handlers(rules_file: RulesFile, resources: HandlerResources) -> dict[str, ReadyHandler]:
-    return {
-        name: ReadyHandler(
-            name,
-            configured.handler_type(name, configured.config, resources),
-            configured.config.timeout,
-        )
-        for name, configured in rules_file.handlers.items()
-    }
+    """One handler per ``[handlers.NAME]`` table; ConfigError for a plug-in that builds
+    something without an async ``send``."""
+    handlers = {}
+    for name, configured in rules_file.handlers.items():
+        handler = configured.handler_type(name, configured.config, resources)
+        if not isinstance(handler, FallbackHandler):
+            raise ConfigError(
+                f"handlers.{name}: type {configured.type_name!r} built {handler!r}, "
+                "which has no send(request, idempotency_key) method"
+            )
+        handlers[name] = ReadyHandler(name, handler, configured.config.timeout)
+    return handlers
 
 
 class FallbackExecutor:

@@ -18,6 +18,7 @@ from fallback.rules_file import RulesFile, load_rules_file
 from tests.fallback.servers import MailCollector, Receiver, free_port
 from txmail.events import FALLBACK_ATTEMPT_TYPE, FallbackAttempt
 from txmail.settings import Settings
+from txmail.topology import Topology
 
 RETRY_SCHEDULE = [timedelta(milliseconds=200), timedelta(milliseconds=500)]
 
@@ -39,9 +40,7 @@ async def namespace(namespace: str, amqp_url: str) -> AsyncIterator[str]:
     yield namespace
     connection = await aio_pika.connect(amqp_url)
     async with connection:
-        topology = fallback_topology(
-            Settings(namespace=namespace, fallback_retry_schedule=RETRY_SCHEDULE)
-        )
+        topology = Topology(namespace, tuple(RETRY_SCHEDULE))
         await topology.delete(await connection.channel())
 
 

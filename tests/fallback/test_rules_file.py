@@ -224,3 +224,11 @@ def test_check_config_passes_a_good_file(
     monkeypatch.setenv("TXMAIL_RULES", str(write(tmp_path, HOOK + RULE)))
     assert main(["check-config"]) == 0
     assert "ok (1 handlers, 1 rules)" in capsys.readouterr().out
+
+
+def test_the_documented_example_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
+    for variable in ("OPS_HOOK_SECRET", "TWILIO_AUTH_TOKEN", "RELAY_PASSWORD"):
+        monkeypatch.setenv(variable, WEBHOOK_SECRET)
+    example = Path(__file__).parents[2] / "fallback" / "rules.example.toml"
+    rules_file = load_rules_file(example)
+    assert len(rules_file.rules) == 3
