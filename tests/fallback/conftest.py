@@ -15,7 +15,7 @@ from aiosmtpd.controller import Controller
 from fallback.executor import fallback_topology
 from fallback.handler import HandlerResources
 from fallback.rules_file import RulesFile, load_rules_file
-from tests.fallback.servers import MailCollector, Receiver, free_port
+from tests.fallback.servers import MailCollector, Receiver, check_login, free_port
 from txmail.events import FALLBACK_ATTEMPT_TYPE, FallbackAttempt
 from txmail.settings import Settings
 from txmail.topology import Topology
@@ -61,6 +61,24 @@ def smtp_server() -> Iterator[tuple[MailCollector, int]]:
     collector = MailCollector()
     port = free_port()
     controller = Controller(collector, hostname="127.0.0.1", port=port)
+    controller.start()
+    yield collector, port
+    controller.stop()
+
+
+@pytest.fixture
+def smtp_server_with_login() -> Iterator[tuple[MailCollector, int]]:
+    """A relay that wants a login (over plain text: there is no certificate in tests)."""
+    collector = MailCollector()
+    port = free_port()
+    controller = Controller(
+        collector,
+        hostname="127.0.0.1",
+        port=port,
+        authenticator=check_login,
+        auth_required=True,
+        auth_require_tls=False,
+    )
     controller.start()
     yield collector, port
     controller.stop()

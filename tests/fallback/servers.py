@@ -111,3 +111,18 @@ class MailCollector:
         self.mails.append(message_from_bytes(envelope.content))
         self.envelope_recipients.append(list(envelope.rcpt_tos))
         return "250 OK"
+
+
+SMTP_USER = "txmail"
+SMTP_PASSWORD = "relay-password"  # noqa: S105 -- a test credential
+
+
+def check_login(server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any) -> Any:
+    """aiosmtpd authenticator accepting only SMTP_USER / SMTP_PASSWORD."""
+    from aiosmtpd.smtp import AuthResult, LoginPassword
+
+    ok = isinstance(auth_data, LoginPassword) and (
+        auth_data.login.decode(),
+        auth_data.password.decode(),
+    ) == (SMTP_USER, SMTP_PASSWORD)
+    return AuthResult(success=ok, handled=False)

@@ -24,6 +24,8 @@ from fallback.handlers.webhook import WebhookConfig, WebhookHandler, sign
 from tests.fallback.servers import (
     SMS_SID,
     SMS_TOKEN,
+    SMTP_PASSWORD,
+    SMTP_USER,
     WEBHOOK_SECRET,
     MailCollector,
     Receiver,
@@ -159,6 +161,36 @@ async def test_smtp_sends_through_the_relay_with_a_stable_message_id(
     assert "we could not email you (User not emailable)." in first.get_payload()
     assert first["Message-ID"] == second["Message-ID"]
     assert first["Message-ID"].endswith("@shop.example>")
+
+
+@pytest.mark.parametrize(("password", "delivered"), [(SMTP_PASSWORD, True), ("wrong", False)])
+# The test relay has no certificate, so it takes a login without TLS, and says so.
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
+async def test_smtp_logs_in_when_configured(
+    smtp_server_with_login: tuple[MailCollector, int],
+    resources: HandlerResources,
+    password: str,
+    delivered: bool,
+) -> None:
+    collector, port = smtp_server_with_login
+    table = {
+        "host": "127.0.0.1",
+        "port": port,
+        "starttls": False,
+        "username": SMTP_USER,
+        "password": password,
+        "from": "a@b.example",
+        "subject": "s",
+        "body": "b",
+    }
+    handler = SmtpHandler("mailer", SmtpConfig.model_validate(table), resources)
+    if delivered:
+        await handler.send(a_request(), "k")
+        assert len(collector.mails) == 1
+    else:
+        with pytest.raises(PermanentFailure, match="535"):
+            await handler.send(a_request(), "k")
+        assert collector.mails == []
 
 
 async def test_smtp_relay_down_is_transient(resources: HandlerResources) -> None:
