@@ -7,10 +7,11 @@ Message-ID and a relay or mailbox that de-duplicates on it keeps one copy.
 import hashlib
 from email.message import EmailMessage
 from email.utils import formatdate
+from pathlib import Path
 from typing import ClassVar
 
 import aiosmtplib
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from fallback.handler import HandlerConfig, HandlerResources, PermanentFailure, TransientFailure
 from fallback.templates import TextTemplate, template_context
@@ -23,6 +24,9 @@ class SmtpConfig(HandlerConfig):
     host: str = Field(min_length=1)
     port: int = Field(default=587, ge=1, le=65535)
     starttls: bool = True
+    # CA certificates (PEM) to verify the relay with, e.g. the company's internal CA;
+    # by default the system's.
+    ca_file: Path | None = None
     username: str | None = None
     password: SecretStr | None = None
     sender: str = Field(alias="from", min_length=3, pattern=r"@")
@@ -35,6 +39,13 @@ class SmtpConfig(HandlerConfig):
         if (self.username is None) != (self.password is None):
             raise ValueError("set both 'username' and 'password' (or 'password_env'), or neither")
         return self
+
+    @field_validator("ca_file")
+    @classmethod
+    def _readable(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"no such file: {value}")
+        return value
 
 
 def message_id(idempotency_key: str, sender: str) -> str:
@@ -73,6 +84,7 @@ class SmtpHandler:
                 username=config.username,
                 password=config.password.get_secret_value() if config.password else None,
                 timeout=config.timeout.total_seconds(),
+                cert_bundle=str(config.ca_file) if config.ca_file else None,
             )
         except aiosmtplib.SMTPRecipientsRefused as error:
             codes = [refused.code for refused in error.recipients]

@@ -2,6 +2,9 @@
 file writer, and a view of the attempt events the executor publishes."""
 
 import json
+import shutil
+import ssl
+import subprocess
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -78,6 +81,43 @@ def smtp_server_with_login() -> Iterator[tuple[MailCollector, int]]:
         authenticator=check_login,
         auth_required=True,
         auth_require_tls=False,
+    )
+    controller.start()
+    yield collector, port
+    controller.stop()
+
+
+@pytest.fixture
+def relay_certificate(tmp_path: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 (certificate, key), made with openssl."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is needed to make a test certificate")
+    cert, key = tmp_path / "relay.pem", tmp_path / "relay.key"
+    subprocess.run(  # noqa: S603 -- fixed arguments
+        [
+            *(openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"),
+            *("-keyout", str(key), "-out", str(cert)),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+@pytest.fixture
+def smtp_server_with_starttls(
+    relay_certificate: tuple[Path, Path],
+) -> Iterator[tuple[MailCollector, int]]:
+    """A relay that takes mail only after STARTTLS."""
+    cert, key = relay_certificate
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    collector = MailCollector()
+    port = free_port()
+    controller = Controller(
+        collector, hostname="127.0.0.1", port=port, tls_context=context, require_starttls=True
     )
     controller.start()
     yield collector, port

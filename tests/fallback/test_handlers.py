@@ -5,6 +5,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import aio_pika
@@ -191,6 +192,31 @@ async def test_smtp_logs_in_when_configured(
         with pytest.raises(PermanentFailure, match="535"):
             await handler.send(a_request(), "k")
         assert collector.mails == []
+
+
+async def test_smtp_starttls_with_the_company_ca(
+    smtp_server_with_starttls: tuple[MailCollector, int],
+    relay_certificate: tuple[Path, Path],
+    resources: HandlerResources,
+) -> None:
+    collector, port = smtp_server_with_starttls
+    table = {
+        "host": "127.0.0.1",
+        "port": port,
+        "from": "a@b.example",
+        "subject": "s",
+        "body": "b",
+    }
+    verified = SmtpConfig.model_validate({**table, "ca_file": str(relay_certificate[0])})
+    await SmtpHandler("mailer", verified, resources).send(a_request(), "k")
+    assert len(collector.mails) == 1
+
+    without_tls = SmtpConfig.model_validate({**table, "starttls": False})
+    with pytest.raises(PermanentFailure, match="530"):
+        await SmtpHandler("mailer", without_tls, resources).send(a_request(), "k")
+    unverified = SmtpConfig.model_validate(table)  # the system's CAs do not know it
+    with pytest.raises(TransientFailure, match="CERTIFICATE_VERIFY_FAILED"):
+        await SmtpHandler("mailer", unverified, resources).send(a_request(), "k")
 
 
 async def test_smtp_relay_down_is_transient(resources: HandlerResources) -> None:
