@@ -138,8 +138,8 @@ class FallbackExecutor:
     async def _handle(self, message: AbstractIncomingMessage) -> None:
         try:
             await self._process(message)
-        except BrokerUnavailable as error:
-            log.warning("outcome not recorded, requeueing", error=str(error))
+        except (BrokerUnavailable, *BROKER_ERRORS) as error:
+            log.warning("outcome not recorded, requeueing", error=str(error) or repr(error))
             await self._requeue(message)
         except Exception:
             # A bug, not bad input: requeued; the queue's delivery limit dead-letters
@@ -150,7 +150,7 @@ class FallbackExecutor:
     async def _requeue(self, message: AbstractIncomingMessage) -> None:
         await asyncio.sleep(REQUEUE_PAUSE)
         # If the channel is gone the broker requeues it by itself.
-        with suppress(*BROKER_ERRORS, RuntimeError):
+        with suppress(*BROKER_ERRORS):
             await message.nack(requeue=True)
 
     async def _process(self, message: AbstractIncomingMessage) -> None:
@@ -158,7 +158,10 @@ class FallbackExecutor:
         try:
             request = FallbackRequest.model_validate_json(message.body)
         except ValidationError as error:
-            reason = f"not a valid fallback request: {error}"
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in error.errors()
+            )
+            reason = f"not a valid fallback request: {problems}"
             log.warning("parking an unreadable fallback request", reason=reason)
             await self._publisher.publish([], [self._parked(message, Progress(), reason)])
             await message.ack()
