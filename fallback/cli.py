@@ -142,8 +142,10 @@ async def _with_connection(
 
 def _print_parked(request: ParkedRequest) -> None:
     print(f"- id: {request.message_id}")
-    print(f"  idempotency_key: {request.idempotency_key}")
-    print(f"  trigger: {request.trigger}  external_send_id: {request.external_send_id}")
+    print(f"  idempotency_key: {request.idempotency_key or '-'}")
+    print(
+        f"  trigger: {request.trigger or '-'}  external_send_id: {request.external_send_id or '-'}"
+    )
     print(
         f"  parked_at: {request.parked_at}  attempts: {request.attempts}"
         f"  succeeded: {', '.join(request.succeeded) or '-'}"
