@@ -111,7 +111,9 @@ class FallbackExecutor:
         self._publisher = ConfirmedPublisher(publishing, events, self._settings.publish_timeout)
         consuming = await self._connection.channel()
         await consuming.set_qos(prefetch_count=self._settings.fallback_prefetch)
-        self._queue = await consuming.get_queue(self._topology.fallback_queue, ensure=False)
+        # Declared (passively), not just named: only declared queues get their consumer
+        # back when the robust connection reconnects.
+        self._queue = await consuming.declare_queue(self._topology.fallback_queue, passive=True)
         self._consumer_tag = await self._queue.consume(self._on_message, no_ack=False)
         log.info("fallback executor consuming", queue=self._topology.fallback_queue)
 

@@ -5,6 +5,7 @@ The HTTP side checks what the real ones would check (signature, basic auth, form
 fields) and answers with whatever status the test queued up next.
 """
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -37,6 +38,13 @@ class Endpoint:
     answers: deque[int] = field(default_factory=deque)
     default: int = 200
     calls: list[Call] = field(default_factory=list)
+    # When set, the next call waits for this event before it answers.
+    hold_next: asyncio.Event | None = None
+
+    async def wait_if_held(self) -> None:
+        gate, self.hold_next = self.hold_next, None
+        if gate is not None:
+            await gate.wait()
 
     def next_status(self) -> int:
         return self.answers.popleft() if self.answers else self.default
@@ -74,6 +82,7 @@ class Receiver:
     async def _webhook(self, request: web.Request) -> web.Response:
         body = await request.read()
         webhook_id = verify_standard_webhook(request.headers, body)
+        await self.webhook.wait_if_held()
         status = self.webhook.next_status()
         self.webhook.calls.append(Call(webhook_id, status, await request.json()))
         return web.json_response({"status": status}, status=status)

@@ -1,7 +1,9 @@
 """The executor against real RabbitMQ and real receivers: retries, parking, replay."""
 
+import asyncio
 from collections.abc import Callable
 from datetime import timedelta
+from urllib.parse import urlsplit
 
 import aio_pika
 
@@ -9,6 +11,7 @@ from fallback.executor import fallback_topology, running_executor
 from fallback.parking import list_parked, replay_parked
 from fallback.rules_file import RulesFile
 from tests.fallback.conftest import AttemptLog
+from tests.fallback.proxy import CuttableProxy
 from tests.fallback.requests import (
     a_request,
     handlers_toml,
@@ -210,3 +213,32 @@ async def test_an_open_circuit_stops_calling_a_failing_handler(
     assert len(receiver.sms.calls) == failures_to_open
     assert len(attempt_log.attempts) == 5
     assert all("circuit open" in a.detail for a in attempt_log.attempts[failures_to_open:])
+
+
+async def test_a_connection_lost_before_the_ack_runs_the_handler_again_with_the_same_key(
+    fallback_settings: Settings,
+    receiver: Receiver,
+    write_rules: WriteRules,
+    attempt_log: AttemptLog,
+) -> None:
+    rules = write_rules(
+        handlers_toml(receiver) + '[[rules]]\non = ["*"]\nhandlers = ["ops-hook"]\n'
+    )
+    gate = asyncio.Event()
+    receiver.webhook.hold_next = gate
+    request = a_request()
+    broker = urlsplit(fallback_settings.amqp_url)
+    async with CuttableProxy(broker.hostname or "127.0.0.1", broker.port or 5672) as proxy:
+        through_proxy = fallback_settings.model_copy(
+            update={"amqp_url": f"amqp://guest:guest@127.0.0.1:{proxy.port}/"}
+        )
+        async with running_executor(through_proxy, rules):
+            await publish(fallback_settings, request)
+            await wait_until(lambda: receiver.webhook.hold_next is None, what="the first call")
+            proxy.cut()  # the handler is running; its outcome cannot be recorded now
+            gate.set()
+            await wait_until(lambda: len(receiver.webhook.calls) == 2, what="the redelivery")
+            await wait_until(lambda: attempt_log.outcomes() == ["succeeded"], what="recorded")
+
+    assert receiver.webhook.keys == {f"{request.idempotency_key}:ops-hook"}
+    assert await parked(fallback_settings) == []
