@@ -8,11 +8,9 @@ them again harmless. A request that cannot even be read is parked, never retried
 """
 
 import asyncio
-import hashlib
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager, suppress
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from datetime import UTC, datetime
 
 import aio_pika
 import aiohttp
@@ -32,7 +30,7 @@ from fallback.chain import (
 from fallback.circuit import Circuits
 from fallback.handler import FallbackHandler, HandlerResources
 from fallback.progress import PARKED_AT, PARKED_REASON, Progress
-from fallback.publisher import ConfirmedPublisher, QueuedMessage
+from fallback.publisher import ConfirmedPublisher, QueuedMessage, with_new_headers
 from fallback.retries import RetrySchedule
 from fallback.rules import select_rule
 from fallback.rules_file import RulesFile
@@ -227,7 +225,7 @@ class FallbackExecutor:
         assert delay is not None  # noqa: S101 -- decide() only retries within the schedule
         return QueuedMessage(
             self._topology.fallback_delay_queue(delay),
-            _copy(message, progress.to_headers(), expiration=RetrySchedule.jittered(delay)),
+            with_new_headers(message, progress.to_headers(), RetrySchedule.jittered(delay)),
         )
 
     def _parked(
@@ -238,7 +236,9 @@ class FallbackExecutor:
             PARKED_REASON: reason,
             PARKED_AT: datetime.now(UTC).isoformat(),
         }
-        return QueuedMessage(self._topology.fallback_parking_queue, _copy(message, headers))
+        return QueuedMessage(
+            self._topology.fallback_parking_queue, with_new_headers(message, headers)
+        )
 
 
 def _outcome(result: HandlerResult, verdict: Verdict) -> AttemptOutcome:
@@ -254,25 +254,6 @@ def _detail(result: HandlerResult, verdict: Verdict, rule_index: int) -> str:
     if verdict.decision is Decision.PARK and result.kind is not ResultKind.SUCCEEDED:
         text += f" (parked: {verdict.reason})"
     return text
-
-
-def _copy(
-    message: AbstractIncomingMessage,
-    headers: dict[str, Any],
-    expiration: timedelta | None = None,
-) -> aio_pika.Message:
-    """The same request with new progress headers. The broker's own ``x-`` headers
-    (x-death, delivery counts) are dropped: they would only grow with every retry."""
-    kept = {k: v for k, v in (message.headers or {}).items() if not k.startswith("x-")}
-    return aio_pika.Message(
-        message.body,
-        content_type=message.content_type,
-        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        message_id=message.message_id or hashlib.sha256(message.body).hexdigest()[:32],
-        type=message.type,
-        headers={**kept, **headers},
-        expiration=expiration,
-    )
 
 
 @asynccontextmanager

@@ -10,10 +10,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import aio_pika
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
 from fallback.progress import PARKED_AT, PARKED_REASON, Progress
+from fallback.publisher import with_new_headers
 from txmail.broker import BROKER_ERRORS
 from txmail.errors import BrokerUnavailable
 from txmail.topology import Topology
@@ -98,8 +98,11 @@ async def _visit(
                 parked = ParkedRequest.from_message(message)
                 seen.append(parked)
                 if replay(parked):
+                    progress = Progress.from_headers(message.headers).for_replay()
                     await channel.default_exchange.publish(
-                        _for_replay(message), topology.fallback_queue, mandatory=True
+                        with_new_headers(message, progress.to_headers()),
+                        topology.fallback_queue,
+                        mandatory=True,
                     )
                     await message.ack()
                     replayed.append(parked)
@@ -109,16 +112,3 @@ async def _visit(
     except BROKER_ERRORS as error:
         raise BrokerUnavailable(f"RabbitMQ: {error!r}") from error
     return seen, replayed
-
-
-def _for_replay(message: AbstractIncomingMessage) -> aio_pika.Message:
-    headers = {k: v for k, v in (message.headers or {}).items() if not k.startswith("x-")}
-    headers.update(Progress.from_headers(message.headers).for_replay().to_headers())
-    return aio_pika.Message(
-        message.body,
-        content_type=message.content_type,
-        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        message_id=message.message_id,
-        type=message.type,
-        headers=headers,
-    )

@@ -5,12 +5,14 @@ acked only after the broker confirmed all of it (DESIGN.md, invariant 1).
 """
 
 import asyncio
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractExchange
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
 
 from txmail.broker import BROKER_ERRORS, Outgoing
 from txmail.errors import BrokerUnavailable
@@ -24,6 +26,24 @@ class QueuedMessage:
 
     queue: str
     message: aio_pika.Message
+
+
+def with_new_headers(
+    message: AbstractIncomingMessage, headers: dict[str, Any], expiration: timedelta | None = None
+) -> aio_pika.Message:
+    """The same request, to publish again with new progress headers. The broker's own
+    ``x-`` headers (x-death, delivery counts) are dropped: they would only grow with
+    every retry. A message without an id gets one from its body, for ``dlq replay ID``."""
+    kept = {k: v for k, v in (message.headers or {}).items() if not k.startswith("x-")}
+    return aio_pika.Message(
+        message.body,
+        content_type=message.content_type,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        message_id=message.message_id or hashlib.sha256(message.body).hexdigest()[:32],
+        type=message.type,
+        headers={**kept, **headers},
+        expiration=expiration,
+    )
 
 
 def attempt_message(attempt: FallbackAttempt) -> Outgoing:
