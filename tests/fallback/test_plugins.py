@@ -21,7 +21,9 @@ SENT = []
 
 
 class PagerConfig(HandlerConfig):
+    secret_fields = ("token",)
     service: str
+    token: str = ""
 
 
 class PagerHandler:
@@ -61,12 +63,21 @@ def installed_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-def test_a_handler_type_from_an_entry_point_is_used(installed_plugin: Path) -> None:
+def test_a_handler_type_from_an_entry_point_is_used(
+    installed_plugin: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PAGER_TOKEN", "t0ken")
     rules = installed_plugin / "rules.toml"
-    rules.write_text('[handlers.page-ops]\ntype = "pager"\nservice = "email"\n')
+    rules.write_text(
+        '[handlers.page-ops]\ntype = "pager"\nservice = "email"\ntoken_env = "PAGER_TOKEN"\n'
+    )
     configured = load_rules_file(rules).handlers["page-ops"]
     assert configured.type_name == "pager"
-    assert configured.config.model_dump()["service"] == "email"
+    assert configured.config.model_dump() == {
+        "timeout": configured.config.timeout,
+        "service": "email",
+        "token": "t0ken",
+    }
 
 
 def test_its_config_is_checked_like_a_built_in(installed_plugin: Path) -> None:
