@@ -74,7 +74,7 @@ def test_a_handler_type_from_an_entry_point_is_used(
     configured = load_rules_file(rules).handlers["page-ops"]
     assert configured.type_name == "pager"
     assert configured.config.model_dump() == {
-        "timeout": configured.config.timeout,
+        "timeout": "10s",
         "service": "email",
         "token": "t0ken",
     }
