@@ -2,6 +2,6 @@
 executor that runs them (``txmail fallback``).
 
 Other processes check the rules file at start-up with
-``fallback.rules_file.load_rules_file(path)``, which raises txmail.errors.ConfigError
+``fallback.rules_file.load_configured_rules(settings)``, which raises txmail.errors.ConfigError
 listing every problem, with the same text ``txmail check-config`` prints.
 """

@@ -68,13 +68,8 @@ def run_fallback(settings: Settings, args: argparse.Namespace) -> int:
         print("txmail: TXMAIL_RULES is not set: the executor needs a rules file", file=sys.stderr)
         return 2
     try:
-        rules_file = load_rules_file(settings.rules)
-    except ConfigError as error:
-        print(f"txmail: {error}", file=sys.stderr)
-        return 2
-    try:
-        asyncio.run(_serve(settings, rules_file))
-    except ConfigError as error:  # a plug-in that turned out unusable when built
+        asyncio.run(_serve(settings, load_rules_file(settings.rules)))
+    except ConfigError as error:  # an invalid file, or a plug-in unusable once built
         print(f"txmail: {error}", file=sys.stderr)
         return 2
     return 0

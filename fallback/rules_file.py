@@ -1,7 +1,7 @@
 """The rules file (TOML, at ``TXMAIL_RULES``): read it, check all of it, say where it is wrong.
 
-``load_rules_file`` is what every process calls at start-up: it returns the checked
-file, or raises ConfigError listing every problem with its place, e.g.
+``load_configured_rules`` is what every process calls at start-up: it returns the
+checked file, or raises ConfigError listing every problem with its place, e.g.
 ``rules[1].handlers[0]: unknown handler 'smss'`` (indexes count from 0).
 """
 
@@ -19,6 +19,7 @@ from fallback.registry import resolve_handler_type
 from fallback.rules import Rule
 from txmail.durations import Duration
 from txmail.errors import ConfigError
+from txmail.settings import Settings
 
 # Handler names end up in AMQP headers and idempotency keys: keep them plain.
 _HANDLER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
@@ -68,6 +69,12 @@ class RulesFile:
     tracking: Tracking
     handlers: dict[str, ConfiguredHandler]
     rules: list[Rule]
+
+
+def load_configured_rules(settings: Settings) -> RulesFile | None:
+    """For every process's start-up: the checked file at ``TXMAIL_RULES`` (None when
+    it is not set); raises ConfigError, with every problem, when it is invalid."""
+    return None if settings.rules is None else load_rules_file(settings.rules)
 
 
 def load_rules_file(path: Path) -> RulesFile:

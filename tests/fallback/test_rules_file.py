@@ -7,10 +7,11 @@ import pytest
 
 from fallback.handlers.webhook import WebhookConfig
 from fallback.rules import Mode
-from fallback.rules_file import check_rules_file, load_rules_file
+from fallback.rules_file import check_rules_file, load_configured_rules, load_rules_file
 from tests.fallback.servers import WEBHOOK_SECRET
 from txmail.cli import main
 from txmail.errors import ConfigError
+from txmail.settings import Settings
 
 EXAMPLE = f"""
 [tracking]
@@ -232,3 +233,14 @@ def test_the_documented_example_is_valid(monkeypatch: pytest.MonkeyPatch) -> Non
     example = Path(__file__).parents[2] / "fallback" / "rules.example.toml"
     rules_file = load_rules_file(example)
     assert len(rules_file.rules) == 3
+
+
+def test_the_start_up_check_of_other_processes(tmp_path: Path) -> None:
+    assert load_configured_rules(Settings(rules=None)) is None
+    good = write(tmp_path, HOOK + RULE)
+    configured = load_configured_rules(Settings(rules=good))
+    assert configured is not None
+    assert configured.path == good
+    bad = write(tmp_path, '[[rules]]\non = ["bounced"]\nhandlers = ["smss"]\n')
+    with pytest.raises(ConfigError, match=r"rules\[0\]\.handlers\[0\]: unknown handler 'smss'"):
+        load_configured_rules(Settings(rules=bad))
