@@ -1,9 +1,9 @@
 """When to try a fallback request again: the retry schedule, with jitter.
 
 Each delay of the schedule has its own delay queue with a fixed TTL (no broker plugin
-needed). The message's own expiration is a random part of the last fifth shorter, so
-requests that failed together do not all come back together; it never exceeds the
-queue's TTL, so one message cannot hold up the ones behind it for longer than that.
+needed). Each message's own expiration is that delay shortened by up to a fifth, at
+random, so requests that failed together do not all come back together; it never
+exceeds the queue's TTL, so no message holds up the ones behind it for longer.
 """
 
 import random
