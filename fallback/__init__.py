@@ -1,0 +1,7 @@
+"""Fallbacks: the handler protocol, the built-in handlers, the rules ops write, and the
+executor that runs them (``txmail fallback``).
+
+Other processes check the rules file at start-up with
+``fallback.rules_file.load_configured_rules(settings)``, which raises txmail.errors.ConfigError
+listing every problem, with the same text ``txmail check-config`` prints.
+"""

@@ -39,6 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
         "ingress", help="serve POST /postbacks and publish each postback to RabbitMQ"
     )
     ingress.set_defaults(handler=run_ingress)
+
+    # --- fallback: `fallback`, `check-config`, `dlq list|replay` ---
+    from fallback.cli import add_fallback_commands
+
+    add_fallback_commands(commands)
     return parser
 
 

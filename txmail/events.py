@@ -143,6 +143,9 @@ class AttemptOutcome(StrEnum):
     RETRYING = "retrying"  # transient failure, scheduled again
     PARKED = "parked"  # permanent failure or retries exhausted: in the dead-letter queue
     NO_RULE = "no_rule"  # no rule matched: nothing runs, by configuration
+    # This handler failed, but the request is done: a later handler of a
+    # `first_success` chain succeeded instead.
+    FAILED = "failed"
 
 
 class FallbackAttempt(BaseModel):

@@ -3,12 +3,13 @@
 import ipaddress
 import re
 from datetime import timedelta
+from pathlib import Path
 from typing import Annotated
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from txmail.durations import Duration
+from txmail.durations import Duration, parse_duration
 from txmail.errors import ConfigError
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -35,6 +36,21 @@ class Settings(BaseSettings):
     shutdown_timeout: Duration = timedelta(seconds=10)
     log_level: str = "info"
 
+    # --- fallback executor (see the README's "Fallbacks" section) ---
+    # The rules file: tracking timeouts, fallback handlers and the rules that pick them.
+    rules: Path | None = None
+    # How long a fallback waits before each retry of a transient failure; after the
+    # last one it is parked. Comma-separated, e.g. "10s,1m,5m,30m,2h".
+    fallback_retry_schedule: Annotated[list[Duration], NoDecode] = Field(
+        default_factory=lambda: [parse_duration(d) for d in ("10s", "1m", "5m", "30m", "2h")]
+    )
+    # Fallback requests one executor runs at the same time.
+    fallback_prefetch: int = Field(default=16, ge=1, le=1000)
+    # A handler's circuit opens after this many transient failures in a row ...
+    fallback_circuit_failures: int = Field(default=5, ge=1)
+    # ... and stays open this long before one probe call may close it again.
+    fallback_circuit_open_for: Duration = timedelta(seconds=30)
+
     @field_validator("namespace")
     @classmethod
     def _namespace_is_a_name(cls, value: str) -> str:
@@ -53,6 +69,20 @@ class Settings(BaseSettings):
     def _split_networks(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("fallback_retry_schedule", mode="before")
+    @classmethod
+    def _split_schedule(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("fallback_retry_schedule")
+    @classmethod
+    def _positive_delays(cls, value: list[timedelta]) -> list[timedelta]:
+        if any(delay <= timedelta(0) for delay in value):
+            raise ValueError("every delay must be longer than 0s")
         return value
 
     @field_validator("log_level")

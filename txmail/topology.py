@@ -6,10 +6,13 @@ processed after ``DELIVERY_LIMIT`` deliveries, so nothing loops for ever.
 """
 
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Final
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange
+
+from txmail.durations import format_duration
 
 DELIVERY_LIMIT: Final = 5
 
@@ -17,6 +20,9 @@ DELIVERY_LIMIT: Final = 5
 @dataclass(frozen=True)
 class Topology:
     namespace: str
+    # The fallback executor's retry schedule: one delay queue per distinct delay.
+    # Processes that never retry fallbacks leave it empty and declare none.
+    fallback_retry_delays: tuple[timedelta, ...] = ()
 
     @property
     def events_exchange(self) -> str:
@@ -42,13 +48,50 @@ class Topology:
         """Where a message lands that could not be processed within the delivery limit."""
         return f"{self.namespace}.dead-letter"
 
+    # --- fallback executor: parking queue and retry delay queues ---
+
+    @property
+    def fallback_parking_queue(self) -> str:
+        """Fallback requests that failed for good, with the reason in their headers."""
+        return f"{self.namespace}.fallback.parked"
+
+    def fallback_delay_queue(self, delay: timedelta) -> str:
+        """A queue whose messages wait ``delay`` and then go back to the fallback queue.
+
+        Named by its delay, so a changed schedule declares new queues instead of
+        clashing with the fixed TTL of the old ones (which drain by themselves).
+        """
+        return f"{self.namespace}.fallback.delay.{format_duration(delay)}"
+
+    @property
+    def fallback_delay_queues(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(map(self.fallback_delay_queue, self.fallback_retry_delays)))
+
+    def fallback_delay_arguments(self, delay: timedelta) -> dict[str, Any]:
+        return {
+            "x-queue-type": "quorum",
+            "x-message-ttl": max(1, round(delay.total_seconds() * 1000)),
+            # Expired messages go through the default exchange straight to the fallback
+            # queue only, kept until it confirmed them.
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": self.fallback_queue,
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
+        }
+
     @property
     def exchanges(self) -> tuple[str, ...]:
         return (self.events_exchange, self.dead_letter_exchange)
 
     @property
     def queues(self) -> tuple[str, ...]:
-        return (self.tracker_queue, self.fallback_queue, self.dead_letter_queue)
+        return (
+            self.tracker_queue,
+            self.fallback_queue,
+            self.dead_letter_queue,
+            self.fallback_parking_queue,
+            *self.fallback_delay_queues,
+        )
 
     def quorum_arguments(self) -> dict[str, Any]:
         return {
@@ -82,6 +125,25 @@ class Topology:
             self.fallback_queue, durable=True, arguments=self.quorum_arguments()
         )
         await fallback.bind(events, routing_key="fallback.request.#")
+        # Nothing consumes the parking queue: ops list and replay it. Should a broker's
+        # default delivery limit ever drop a message listed too often, it is
+        # dead-lettered to the shared dead-letter queue instead of lost.
+        await channel.declare_queue(
+            self.fallback_parking_queue,
+            durable=True,
+            arguments={
+                "x-queue-type": "quorum",
+                "x-dead-letter-exchange": self.dead_letter_exchange,
+                "x-dead-letter-strategy": "at-least-once",
+                "x-overflow": "reject-publish",
+            },
+        )
+        for delay in dict.fromkeys(self.fallback_retry_delays):
+            await channel.declare_queue(
+                self.fallback_delay_queue(delay),
+                durable=True,
+                arguments=self.fallback_delay_arguments(delay),
+            )
         return events
 
     async def delete(self, channel: AbstractChannel) -> None:

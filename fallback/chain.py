@@ -1,0 +1,150 @@
+"""Run one rule's handler chain for one request, and decide what happens next.
+
+``run_handler`` calls a handler (through its circuit breaker, within its timeout) and
+turns whatever happened into a HandlerResult; ``decide`` is a pure function from the
+rule, the progress so far and this attempt's results to done, retry or park.
+"""
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from enum import StrEnum
+
+import structlog
+
+from fallback.circuit import Circuits
+from fallback.handler import FallbackHandler, PermanentFailure, TransientFailure
+from fallback.progress import Progress
+from fallback.rules import Mode, Rule
+from txmail.durations import format_duration
+from txmail.events import FallbackRequest
+
+log = structlog.get_logger(__name__)
+
+
+class ResultKind(StrEnum):
+    SUCCEEDED = "succeeded"
+    TRANSIENT = "transient"
+    PERMANENT = "permanent"
+
+
+@dataclass(frozen=True)
+class HandlerResult:
+    handler: str
+    kind: ResultKind
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class ReadyHandler:
+    """A handler built from the rules file, with the limit on one call of it."""
+
+    name: str
+    handler: FallbackHandler
+    timeout: timedelta
+
+
+class Decision(StrEnum):
+    DONE = "done"
+    RETRY = "retry"
+    PARK = "park"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    decision: Decision
+    progress: Progress  # after this attempt
+    reason: str = ""  # why it is parked
+
+
+def idempotency_key(request: FallbackRequest, handler: str) -> str:
+    """Stable per message and handler: the same on every retry and replay."""
+    return f"{request.idempotency_key}:{handler}"
+
+
+async def run_handler(
+    ready: ReadyHandler, request: FallbackRequest, circuits: Circuits
+) -> HandlerResult:
+    circuit = circuits[ready.name]
+    if not circuit.try_call():
+        return HandlerResult(ready.name, ResultKind.TRANSIENT, "circuit open: not called")
+    try:
+        async with asyncio.timeout(ready.timeout.total_seconds()):
+            await ready.handler.send(request, idempotency_key(request, ready.name))
+    except PermanentFailure as failure:
+        circuit.record_success()  # it answered: the provider is up, the request is wrong
+        return HandlerResult(ready.name, ResultKind.PERMANENT, str(failure))
+    except TransientFailure as failure:
+        circuit.record_failure()
+        return HandlerResult(ready.name, ResultKind.TRANSIENT, str(failure))
+    except TimeoutError:
+        circuit.record_failure()
+        detail = f"no result within {format_duration(ready.timeout)}"
+        return HandlerResult(ready.name, ResultKind.TRANSIENT, detail)
+    except asyncio.CancelledError:
+        circuit.abandon_call()
+        raise
+    except Exception as error:  # a handler's bug must not stop the executor
+        log.exception("handler raised an unexpected error", handler=ready.name)
+        circuit.record_failure()
+        return HandlerResult(ready.name, ResultKind.TRANSIENT, f"unexpected error: {error!r}")
+    circuit.record_success()
+    return HandlerResult(ready.name, ResultKind.SUCCEEDED)
+
+
+async def run_chain(
+    rule: Rule,
+    handlers: Mapping[str, ReadyHandler],
+    request: FallbackRequest,
+    progress: Progress,
+    circuits: Circuits,
+) -> list[HandlerResult]:
+    """Call the rule's handlers in order, skipping those that already succeeded or
+    failed for good; in ``first_success`` mode, stop at the first success."""
+    if rule.mode is Mode.FIRST_SUCCESS and progress.succeeded & set(rule.handlers):
+        return []
+    results = []
+    for name in rule.handlers:
+        if name in progress.succeeded or name in progress.failed:
+            continue
+        result = await run_handler(handlers[name], request, circuits)
+        results.append(result)
+        if rule.mode is Mode.FIRST_SUCCESS and result.kind is ResultKind.SUCCEEDED:
+            break
+    return results
+
+
+def decide(
+    rule: Rule, progress: Progress, results: Sequence[HandlerResult], can_retry: bool
+) -> Verdict:
+    after = progress.next_attempt(
+        succeeded=(r.handler for r in results if r.kind is ResultKind.SUCCEEDED),
+        failed=(r.handler for r in results if r.kind is ResultKind.PERMANENT),
+    )
+    if rule.mode is Mode.FIRST_SUCCESS:
+        done = bool(after.succeeded & set(rule.handlers))
+        pending = [] if done else [h for h in rule.handlers if h not in after.failed]
+    else:
+        done = set(rule.handlers) <= after.succeeded
+        pending = [h for h in rule.handlers if h not in after.succeeded | after.failed]
+    if done:
+        return Verdict(Decision.DONE, after)
+    if pending and can_retry:
+        return Verdict(Decision.RETRY, after)
+    return Verdict(Decision.PARK, after, _park_reason(rule, after, results, bool(pending)))
+
+
+def _park_reason(
+    rule: Rule, after: Progress, results: Sequence[HandlerResult], retries_exhausted: bool
+) -> str:
+    failures = [f"{r.handler}: {r.kind.value}: {r.detail}" for r in results if r.detail]
+    earlier = sorted((after.failed & set(rule.handlers)) - {r.handler for r in results})
+    if earlier:
+        failures.append(f"failed permanently on an earlier attempt: {', '.join(earlier)}")
+    head = (
+        f"retries exhausted after {after.attempt} attempts"
+        if retries_exhausted
+        else "every remaining handler failed permanently"
+    )
+    return f"{head}; " + "; ".join(failures)

@@ -1,0 +1,275 @@
+"""``txmail fallback``: consume fallback requests, run the matching handler chain, and
+record the outcome: attempt events always, then a retry through a delay queue or a
+place in the parking queue when the chain did not finish.
+
+A request is acked only once everything its outcome needs is confirmed by RabbitMQ;
+a crash before that redelivers it, and the handlers' idempotency keys make running
+them again harmless. A request that cannot even be read is parked, never retried.
+"""
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager, suppress
+from datetime import UTC, datetime
+
+import aio_pika
+import aiohttp
+import structlog
+from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
+from pydantic import ValidationError
+
+from fallback.chain import (
+    Decision,
+    HandlerResult,
+    ReadyHandler,
+    ResultKind,
+    Verdict,
+    decide,
+    run_chain,
+)
+from fallback.circuit import Circuits
+from fallback.handler import FallbackHandler, HandlerResources
+from fallback.progress import PARKED_AT, PARKED_REASON, Progress
+from fallback.publisher import ConfirmedPublisher, QueuedMessage, with_new_headers
+from fallback.retries import RetrySchedule
+from fallback.rules import select_rule
+from fallback.rules_file import RulesFile
+from txmail.broker import BROKER_ERRORS, RECONNECT_INTERVAL
+from txmail.errors import BrokerUnavailable, ConfigError
+from txmail.events import AttemptOutcome, FallbackAttempt, FallbackRequest, utc_now
+from txmail.settings import Settings
+from txmail.topology import Topology
+
+log = structlog.get_logger(__name__)
+
+# A request whose outcome could not be recorded goes back to the queue after this
+# pause, so a broker in trouble is not hit in a tight loop.
+REQUEUE_PAUSE = 1.0
+
+_RESULT_OUTCOME = {
+    Decision.DONE: AttemptOutcome.FAILED,
+    Decision.RETRY: AttemptOutcome.RETRYING,
+    Decision.PARK: AttemptOutcome.PARKED,
+}
+
+
+def fallback_topology(settings: Settings) -> Topology:
+    return Topology(settings.namespace, tuple(settings.fallback_retry_schedule))
+
+
+async def connect_until_up(url: str) -> AbstractRobustConnection:
+    while True:
+        try:
+            return await aio_pika.connect_robust(url, reconnect_interval=RECONNECT_INTERVAL)
+        except BROKER_ERRORS as error:
+            log.warning("broker not reachable, retrying", error=str(error) or repr(error))
+            await asyncio.sleep(RECONNECT_INTERVAL)
+
+
+def build_handlers(rules_file: RulesFile, resources: HandlerResources) -> dict[str, ReadyHandler]:
+    """One handler per ``[handlers.NAME]`` table; ConfigError for a plug-in that builds
+    something without an async ``send``."""
+    handlers = {}
+    for name, configured in rules_file.handlers.items():
+        handler = configured.handler_type(name, configured.config, resources)
+        if not isinstance(handler, FallbackHandler):
+            raise ConfigError(
+                f"handlers.{name}: type {configured.type_name!r} built {handler!r}, "
+                "which has no send(request, idempotency_key) method"
+            )
+        handlers[name] = ReadyHandler(name, handler, configured.config.timeout)
+    return handlers
+
+
+class FallbackExecutor:
+    def __init__(
+        self,
+        settings: Settings,
+        rules_file: RulesFile,
+        handlers: Mapping[str, ReadyHandler],
+        connection: AbstractRobustConnection,
+    ) -> None:
+        self._settings = settings
+        self._rules = rules_file.rules
+        self._handlers = handlers
+        self._connection = connection
+        self._topology = fallback_topology(settings)
+        self._schedule = RetrySchedule(settings.fallback_retry_schedule)
+        self._circuits = Circuits(
+            settings.fallback_circuit_failures, settings.fallback_circuit_open_for
+        )
+        self._publisher: ConfirmedPublisher | None = None
+        self._queue: AbstractQueue | None = None
+        self._consumer_tag: str | None = None
+        self._in_flight: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        publishing = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
+        events = await self._topology.declare(publishing)
+        self._publisher = ConfirmedPublisher(publishing, events, self._settings.publish_timeout)
+        consuming = await self._connection.channel()
+        await consuming.set_qos(prefetch_count=self._settings.fallback_prefetch)
+        # Declared (passively), not just named: only declared queues get their consumer
+        # back when the robust connection reconnects.
+        self._queue = await consuming.declare_queue(self._topology.fallback_queue, passive=True)
+        self._consumer_tag = await self._queue.consume(self._on_message, no_ack=False)
+        log.info("fallback executor consuming", queue=self._topology.fallback_queue)
+
+    async def stop(self) -> None:
+        """Stop taking requests, and let those in progress finish (within the shutdown
+        timeout; unfinished ones are redelivered to another executor)."""
+        if self._queue is not None and self._consumer_tag is not None:
+            with suppress(*BROKER_ERRORS):
+                await self._queue.cancel(self._consumer_tag)
+        if self._in_flight:
+            _, unfinished = await asyncio.wait(
+                self._in_flight, timeout=self._settings.shutdown_timeout.total_seconds()
+            )
+            for task in unfinished:
+                task.cancel()
+            await asyncio.gather(*unfinished, return_exceptions=True)
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        # Each request in its own task, so up to `prefetch` run at the same time.
+        task = asyncio.create_task(self._handle(message))
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
+
+    async def _handle(self, message: AbstractIncomingMessage) -> None:
+        try:
+            await self._process(message)
+        except (BrokerUnavailable, *BROKER_ERRORS) as error:
+            log.warning("outcome not recorded, requeueing", error=str(error) or repr(error))
+            await self._requeue(message)
+        except Exception:
+            # A bug, not bad input: requeued; the queue's delivery limit dead-letters
+            # a request that keeps failing, so it cannot loop for ever.
+            log.exception("fallback request failed unexpectedly, requeueing")
+            await self._requeue(message)
+
+    async def _requeue(self, message: AbstractIncomingMessage) -> None:
+        await asyncio.sleep(REQUEUE_PAUSE)
+        # If the channel is gone the broker requeues it by itself.
+        with suppress(*BROKER_ERRORS):
+            await message.nack(requeue=True)
+
+    async def _process(self, message: AbstractIncomingMessage) -> None:
+        assert self._publisher is not None  # noqa: S101 -- start() ran before any delivery
+        try:
+            request = FallbackRequest.model_validate_json(message.body)
+        except ValidationError as error:
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in error.errors()
+            )
+            reason = f"not a valid fallback request: {problems}"
+            log.warning("parking an unreadable fallback request", reason=reason)
+            await self._publisher.publish([], [self._parked(message, Progress(), reason)])
+            await message.ack()
+            return
+
+        progress = Progress.from_headers(message.headers)
+        bound = log.bind(idempotency_key=request.idempotency_key, attempt=progress.attempt + 1)
+        match = select_rule(self._rules, request)
+        if match is None:
+            bound.info("no rule matches: nothing to run")
+            no_rule = self._attempt(request, None, progress, AttemptOutcome.NO_RULE, "")
+            await self._publisher.publish([no_rule])
+            await message.ack()
+            return
+
+        index, rule = match
+        results = await run_chain(rule, self._handlers, request, progress, self._circuits)
+        can_retry = self._schedule.delay_before(progress.attempt + 1) is not None
+        verdict = decide(rule, progress, results, can_retry)
+        attempts = [
+            self._attempt(
+                request, r.handler, progress, _outcome(r, verdict), _detail(r, verdict, index)
+            )
+            for r in results
+        ]
+        queued = []
+        if verdict.decision is Decision.RETRY:
+            queued.append(self._retry(message, verdict.progress))
+        elif verdict.decision is Decision.PARK:
+            queued.append(self._parked(message, verdict.progress, verdict.reason))
+        await self._publisher.publish(attempts, queued)
+        await message.ack()
+        bound.info(
+            "fallback attempt recorded",
+            rule=index,
+            decision=verdict.decision.value,
+            results={r.handler: r.kind.value for r in results},
+        )
+
+    def _attempt(
+        self,
+        request: FallbackRequest,
+        handler: str | None,
+        progress: Progress,
+        outcome: AttemptOutcome,
+        detail: str,
+    ) -> FallbackAttempt:
+        return FallbackAttempt(
+            idempotency_key=request.idempotency_key,
+            dispatch_id=request.dispatch_id,
+            external_send_id=request.external_send_id,
+            handler=handler,
+            attempt=progress.attempt + 1,
+            outcome=outcome,
+            detail=detail,
+            at=utc_now(),
+        )
+
+    def _retry(self, message: AbstractIncomingMessage, progress: Progress) -> QueuedMessage:
+        delay = self._schedule.delay_before(progress.attempt)
+        assert delay is not None  # noqa: S101 -- decide() only retries within the schedule
+        return QueuedMessage(
+            self._topology.fallback_delay_queue(delay),
+            with_new_headers(message, progress.to_headers(), RetrySchedule.jittered(delay)),
+        )
+
+    def _parked(
+        self, message: AbstractIncomingMessage, progress: Progress, reason: str
+    ) -> QueuedMessage:
+        headers = {
+            **progress.to_headers(),
+            PARKED_REASON: reason,
+            PARKED_AT: datetime.now(UTC).isoformat(),
+        }
+        return QueuedMessage(
+            self._topology.fallback_parking_queue, with_new_headers(message, headers)
+        )
+
+
+def _outcome(result: HandlerResult, verdict: Verdict) -> AttemptOutcome:
+    if result.kind is ResultKind.SUCCEEDED:
+        return AttemptOutcome.SUCCEEDED
+    return _RESULT_OUTCOME[verdict.decision]
+
+
+def _detail(result: HandlerResult, verdict: Verdict, rule_index: int) -> str:
+    text = f"rules[{rule_index}]"
+    if result.detail:
+        text += f": {result.kind.value}: {result.detail}"
+    if verdict.decision is Decision.PARK and result.kind is not ResultKind.SUCCEEDED:
+        text += f" (parked: {verdict.reason})"
+    return text
+
+
+@asynccontextmanager
+async def running_executor(
+    settings: Settings, rules_file: RulesFile
+) -> AsyncIterator[FallbackExecutor]:
+    """A started executor with its connection and HTTP client; stopped on exit."""
+    connection = await connect_until_up(settings.amqp_url)
+    try:
+        async with aiohttp.ClientSession() as http:
+            handlers = build_handlers(rules_file, HandlerResources(http, connection))
+            executor = FallbackExecutor(settings, rules_file, handlers, connection)
+            await executor.start()
+            try:
+                yield executor
+            finally:
+                await executor.stop()
+    finally:
+        await connection.close()

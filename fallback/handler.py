@@ -1,0 +1,92 @@
+"""What a fallback handler is: the protocol every built-in and third-party handler meets.
+
+A handler *type* is a class: ``config_model`` validates its ``[handlers.NAME]`` table
+in the rules file, and calling the class with that config and the shared resources
+gives a handler. A handler's ``send`` either returns (done) or raises
+TransientFailure (worth retrying) or PermanentFailure (retrying cannot help).
+Anything else it raises counts as transient, so retries stay bounded by the schedule.
+"""
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import aiohttp
+from aio_pika.abc import AbstractRobustConnection
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from txmail.durations import Duration
+from txmail.errors import TxmailError
+from txmail.events import FallbackRequest
+
+
+class HandlerFailure(TxmailError):
+    """A handler could not do its job; the message says why, for the timeline."""
+
+
+class TransientFailure(HandlerFailure):
+    """Might work later: connection errors, timeouts, 5xx, 429. Retried."""
+
+
+class PermanentFailure(HandlerFailure):
+    """Will not work without a change: 4xx, a template missing a variable. Parked."""
+
+
+@dataclass(frozen=True)
+class HandlerResources:
+    """What the executor shares with every handler; handlers own nothing long-lived."""
+
+    http: aiohttp.ClientSession
+    amqp: AbstractRobustConnection
+
+
+class HandlerConfig(BaseModel):
+    """Base of every handler's table in the rules file.
+
+    A field listed in ``secret_fields`` may instead be given as ``<field>_env``: the
+    name of an environment variable holding it, read when the file is loaded, so the
+    rules file itself can be committed without secrets.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    secret_fields: ClassVar[tuple[str, ...]] = ()
+
+    # How long one call of the handler may take before it counts as a transient failure.
+    timeout: Duration = Field(default=timedelta(seconds=10), gt=timedelta(0))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secrets_from_environment(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for name in cls.secret_fields:
+            env_key = f"{name}_env"
+            if env_key not in data:
+                continue
+            variable = data.pop(env_key)
+            if name in data:
+                raise ValueError(f"set either {name!r} or {env_key!r}, not both")
+            if not isinstance(variable, str) or variable not in os.environ:
+                raise ValueError(f"{env_key}: environment variable {variable!r} is not set")
+            data[name] = os.environ[variable]
+        return data
+
+
+@runtime_checkable
+class FallbackHandler(Protocol):
+    """One configured handler, e.g. ``[handlers.ops-hook]``."""
+
+    async def send(self, request: FallbackRequest, idempotency_key: str) -> None:
+        """Deliver the fallback. ``idempotency_key`` is the same on every retry of this
+        request with this handler: pass it downstream so the effect happens once."""
+
+
+class HandlerType(Protocol):
+    """A handler class: validates its config, and builds a handler from it."""
+
+    @property
+    def config_model(self) -> type[HandlerConfig]: ...
+
+    def __call__(self, name: str, config: Any, resources: HandlerResources) -> FallbackHandler: ...

@@ -1,0 +1,1 @@
+"""The built-in fallback handlers, one module each."""

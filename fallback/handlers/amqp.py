@@ -1,0 +1,73 @@
+"""``amqp``: the fallback as a persistent JSON message on an exchange of the operator's
+choice, for internal systems that listen on RabbitMQ.
+
+Published with ``mandatory`` and confirms: it counts as done only once the broker
+routed it to a queue and confirmed it. ``message_id`` is the idempotency key.
+"""
+
+import asyncio
+import json
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractRobustConnection
+from aio_pika.exceptions import CONNECTION_EXCEPTIONS, ChannelNotFoundEntity, DeliveryError
+from pydantic import Field
+
+from fallback.handler import HandlerConfig, HandlerResources, PermanentFailure, TransientFailure
+from fallback.handlers.common import fallback_payload
+from fallback.templates import TextTemplate, template_context
+from txmail.events import FallbackRequest
+
+MESSAGE_TYPE = "email_fallback"
+
+
+class AmqpConfig(HandlerConfig):
+    # Must exist already: txmail does not declare other teams' exchanges.
+    exchange: str = Field(min_length=1, max_length=255)
+    routing_key: TextTemplate = TextTemplate("email.fallback.$trigger")
+
+
+class AmqpHandler:
+    config_model = AmqpConfig
+
+    def __init__(self, name: str, config: AmqpConfig, resources: HandlerResources) -> None:
+        self._name = name
+        self._config = config
+        self._connection: AbstractRobustConnection = resources.amqp
+        self._channel: AbstractChannel | None = None
+        self._opening = asyncio.Lock()
+
+    async def _open_channel(self) -> AbstractChannel:
+        # Its own channel: a missing exchange closes the channel it was used on, and
+        # that must not be the executor's.
+        async with self._opening:
+            if self._channel is None or self._channel.is_closed:
+                self._channel = await self._connection.channel(
+                    publisher_confirms=True, on_return_raises=True
+                )
+            return self._channel
+
+    async def send(self, request: FallbackRequest, idempotency_key: str) -> None:
+        routing_key = self._config.routing_key.render(template_context(request), "routing_key")
+        message = aio_pika.Message(
+            json.dumps(fallback_payload(request, self._name)).encode(),
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=idempotency_key,
+            type=MESSAGE_TYPE,
+        )
+        where = f"exchange {self._config.exchange!r}"
+        try:
+            channel = await self._open_channel()
+            exchange = await channel.get_exchange(self._config.exchange, ensure=False)
+            await exchange.publish(message, routing_key, mandatory=True)
+        except ChannelNotFoundEntity as error:
+            self._channel = None
+            raise PermanentFailure(f"{where} does not exist: {error}") from error
+        except DeliveryError as error:
+            raise TransientFailure(
+                f"{where} has no queue bound for routing key {routing_key!r}"
+            ) from error
+        except (*CONNECTION_EXCEPTIONS, TimeoutError) as error:
+            self._channel = None
+            raise TransientFailure(f"publishing on {where} failed: {error!r}") from error

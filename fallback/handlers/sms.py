@@ -1,0 +1,63 @@
+"""``sms``: a text message through any API in the shape of Twilio's Messages API.
+
+``POST {base_url}/2010-04-01/Accounts/{account_sid}/Messages.json`` with the form
+fields ``To``, ``From``, ``Body`` and basic auth ``account_sid:auth_token``. The
+idempotency key travels in ``I-Twilio-Idempotency-Token`` (Twilio honours it for
+its webhooks; a company gateway can de-duplicate on it).
+"""
+
+import base64
+from typing import ClassVar
+
+from pydantic import AnyHttpUrl, Field, SecretStr
+
+from fallback.handler import HandlerConfig, HandlerResources, TransientFailure
+from fallback.handlers.common import HTTP_TRANSPORT_ERRORS, check_http_response
+from fallback.templates import TextTemplate, template_context
+from txmail.events import FallbackRequest
+
+IDEMPOTENCY_HEADER = "I-Twilio-Idempotency-Token"
+
+
+class SmsConfig(HandlerConfig):
+    secret_fields: ClassVar[tuple[str, ...]] = ("auth_token",)
+
+    base_url: AnyHttpUrl = AnyHttpUrl("https://api.twilio.com")
+    account_sid: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_-]+$")
+    auth_token: SecretStr
+    sender: str = Field(alias="from", min_length=1)
+    to: TextTemplate = TextTemplate("$recipient_phone")
+    body: TextTemplate
+
+
+class SmsHandler:
+    config_model = SmsConfig
+
+    def __init__(self, name: str, config: SmsConfig, resources: HandlerResources) -> None:
+        self._config = config
+        self._http = resources.http
+        base = str(config.base_url).rstrip("/")
+        self._url = f"{base}/2010-04-01/Accounts/{config.account_sid}/Messages.json"
+        credentials = f"{config.account_sid}:{config.auth_token.get_secret_value()}"
+        self._authorization = "Basic " + base64.b64encode(credentials.encode()).decode()
+
+    async def send(self, request: FallbackRequest, idempotency_key: str) -> None:
+        context = template_context(request)
+        form = {
+            "To": self._config.to.render(context, "to"),
+            "From": self._config.sender,
+            "Body": self._config.body.render(context, "body"),
+        }
+        try:
+            async with self._http.post(
+                self._url,
+                data=form,
+                headers={
+                    "Authorization": self._authorization,
+                    IDEMPOTENCY_HEADER: idempotency_key,
+                },
+                allow_redirects=False,
+            ) as response:
+                await check_http_response(response, self._url)
+        except HTTP_TRANSPORT_ERRORS as error:
+            raise TransientFailure(f"POST {self._url} failed: {error!r}") from error

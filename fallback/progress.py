@@ -1,0 +1,60 @@
+"""How far a fallback request got, carried in its AMQP headers from attempt to attempt.
+
+So a retry (or a replay from the parking queue) knows which handlers already
+succeeded and does not run them again, and which failed for good.
+"""
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+ATTEMPT: Final = "x-txmail-attempt"
+SUCCEEDED: Final = "x-txmail-succeeded"
+FAILED: Final = "x-txmail-failed"
+PARKED_REASON: Final = "x-txmail-parked-reason"
+PARKED_AT: Final = "x-txmail-parked-at"
+
+
+@dataclass(frozen=True)
+class Progress:
+    attempt: int = 0  # attempts made before this one
+    succeeded: frozenset[str] = field(default_factory=frozenset)
+    failed: frozenset[str] = field(default_factory=frozenset)  # permanently
+
+    @classmethod
+    def from_headers(cls, headers: Mapping[str, Any] | None) -> "Progress":
+        """Read them leniently: headers someone else mangled count as a fresh start."""
+        headers = headers or {}
+        attempt = headers.get(ATTEMPT, 0)
+        return cls(
+            attempt=attempt if isinstance(attempt, int) and attempt >= 0 else 0,
+            succeeded=_names(headers.get(SUCCEEDED)),
+            failed=_names(headers.get(FAILED)),
+        )
+
+    def to_headers(self) -> dict[str, Any]:
+        return {
+            ATTEMPT: self.attempt,
+            SUCCEEDED: sorted(self.succeeded),
+            FAILED: sorted(self.failed),
+        }
+
+    def next_attempt(self, succeeded: Iterable[str], failed: Iterable[str]) -> "Progress":
+        return Progress(
+            attempt=self.attempt + 1,
+            succeeded=self.succeeded | frozenset(succeeded),
+            failed=self.failed | frozenset(failed),
+        )
+
+    def for_replay(self) -> "Progress":
+        """A replay starts the retry schedule over and gives every handler that failed
+        another chance (presumably the cause was fixed), but keeps what succeeded."""
+        return Progress(succeeded=self.succeeded)
+
+
+def _names(value: object) -> frozenset[str]:
+    if not isinstance(value, list):
+        return frozenset()
+    return frozenset(
+        v.decode() if isinstance(v, bytes) else v for v in value if isinstance(v, str | bytes)
+    )

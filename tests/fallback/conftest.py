@@ -1,0 +1,169 @@
+"""Fixtures for the fallback tests: tiny retry delays, the stand-in servers, a rules
+file writer, and a view of the attempt events the executor publishes."""
+
+import json
+import shutil
+import ssl
+import subprocess
+from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import aio_pika
+import aiohttp
+import pytest
+from aiohttp import web
+from aiosmtpd.controller import Controller
+
+from fallback.executor import fallback_topology
+from fallback.handler import HandlerResources
+from fallback.rules_file import RulesFile, load_rules_file
+from tests.fallback.servers import MailCollector, Receiver, check_login, free_port
+from txmail.events import FALLBACK_ATTEMPT_TYPE, FallbackAttempt
+from txmail.settings import Settings
+from txmail.topology import Topology
+
+RETRY_SCHEDULE = [timedelta(milliseconds=200), timedelta(milliseconds=500)]
+
+
+@pytest.fixture
+def fallback_settings(settings: Settings) -> Settings:
+    return settings.model_copy(
+        update={
+            "fallback_retry_schedule": RETRY_SCHEDULE,
+            "shutdown_timeout": timedelta(seconds=2),
+        }
+    )
+
+
+@pytest.fixture
+async def namespace(namespace: str, amqp_url: str) -> AsyncIterator[str]:
+    """The shared namespace fixture, plus the delay queues of the test schedule, which
+    only a topology that knows the schedule lists."""
+    yield namespace
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        topology = Topology(namespace, tuple(RETRY_SCHEDULE))
+        await topology.delete(await connection.channel())
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    receiver = Receiver()
+    runner = web.AppRunner(receiver.app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    receiver.url = f"http://127.0.0.1:{port}"
+    yield receiver
+    await runner.cleanup()
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[tuple[MailCollector, int]]:
+    collector = MailCollector()
+    port = free_port()
+    controller = Controller(collector, hostname="127.0.0.1", port=port)
+    controller.start()
+    yield collector, port
+    controller.stop()
+
+
+@pytest.fixture
+def smtp_server_with_login() -> Iterator[tuple[MailCollector, int]]:
+    """A relay that wants a login (over plain text: there is no certificate in tests)."""
+    collector = MailCollector()
+    port = free_port()
+    controller = Controller(
+        collector,
+        hostname="127.0.0.1",
+        port=port,
+        authenticator=check_login,
+        auth_required=True,
+        auth_require_tls=False,
+    )
+    controller.start()
+    yield collector, port
+    controller.stop()
+
+
+@pytest.fixture
+def relay_certificate(tmp_path: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 (certificate, key), made with openssl."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is needed to make a test certificate")
+    cert, key = tmp_path / "relay.pem", tmp_path / "relay.key"
+    subprocess.run(
+        [
+            *(openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"),
+            *("-keyout", str(key), "-out", str(cert)),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+@pytest.fixture
+def smtp_server_with_starttls(
+    relay_certificate: tuple[Path, Path],
+) -> Iterator[tuple[MailCollector, int]]:
+    """A relay that takes mail only after STARTTLS."""
+    cert, key = relay_certificate
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    collector = MailCollector()
+    port = free_port()
+    controller = Controller(
+        collector, hostname="127.0.0.1", port=port, tls_context=context, require_starttls=True
+    )
+    controller.start()
+    yield collector, port
+    controller.stop()
+
+
+@pytest.fixture
+def write_rules(tmp_path: Path) -> Callable[[str], RulesFile]:
+    def write(text: str) -> RulesFile:
+        path = tmp_path / "rules.toml"
+        path.write_text(text)
+        return load_rules_file(path)
+
+    return write
+
+
+class AttemptLog:
+    """Every FallbackAttempt published, read from the tracker queue (the workers' input)."""
+
+    def __init__(self) -> None:
+        self.attempts: list[FallbackAttempt] = []
+
+    async def on_message(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        if message.type == FALLBACK_ATTEMPT_TYPE:
+            self.attempts.append(FallbackAttempt.model_validate(json.loads(message.body)))
+        await message.ack()
+
+    def outcomes(self, handler: str | None = None) -> list[str]:
+        return [a.outcome.value for a in self.attempts if handler is None or a.handler == handler]
+
+
+@pytest.fixture
+async def attempt_log(fallback_settings: Settings) -> AsyncIterator[AttemptLog]:
+    log = AttemptLog()
+    connection = await aio_pika.connect(fallback_settings.amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        await fallback_topology(fallback_settings).declare(channel)
+        queue = await channel.get_queue(fallback_topology(fallback_settings).tracker_queue)
+        await queue.consume(log.on_message)
+        yield log
+
+
+@pytest.fixture
+async def resources(amqp_url: str) -> AsyncIterator[HandlerResources]:
+    """What the executor gives handlers: an HTTP client and a broker connection."""
+    connection = await aio_pika.connect_robust(amqp_url)
+    async with connection, aiohttp.ClientSession() as http:
+        yield HandlerResources(http, connection)

@@ -1,0 +1,289 @@
+"""Each built-in handler against a real server: what it sends, and how it reads answers."""
+
+import base64
+import json
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import pytest
+
+from fallback.handler import (
+    FallbackHandler,
+    HandlerResources,
+    PermanentFailure,
+    TransientFailure,
+)
+from fallback.handlers.amqp import AmqpConfig, AmqpHandler
+from fallback.handlers.log import LogConfig, LogHandler
+from fallback.handlers.sms import SmsConfig, SmsHandler
+from fallback.handlers.smtp import SmtpConfig, SmtpHandler
+from fallback.handlers.webhook import WebhookConfig, WebhookHandler, sign
+from tests.fallback.servers import (
+    SMS_SID,
+    SMS_TOKEN,
+    SMTP_PASSWORD,
+    SMTP_USER,
+    WEBHOOK_SECRET,
+    MailCollector,
+    Receiver,
+    free_port,
+)
+from txmail.events import FallbackRequest, Recipient, Trigger
+
+
+def a_request(**changes: Any) -> FallbackRequest:
+    fields: dict[str, Any] = {
+        "idempotency_key": "msg-1",
+        "trigger": Trigger.ABORTED,
+        "dispatch_id": "d-1",
+        "external_send_id": "order-77",
+        "campaign_api_id": "c-1",
+        "reason": "User not emailable",
+        "recipient": Recipient(email="jane@example.com", phone="+15550001111"),
+        "variables": {"first_name": "Jane"},
+        "decided_at": datetime(2026, 11, 27, 10, 0, tzinfo=UTC),
+    }
+    return FallbackRequest.model_validate({**fields, **changes})
+
+
+def test_every_built_in_is_a_fallback_handler(resources: HandlerResources) -> None:
+    assert isinstance(LogHandler("log", LogConfig(), resources), FallbackHandler)
+
+
+def test_the_signature_is_the_standard_webhooks_one() -> None:
+    # The example from the Standard Webhooks specification's reference implementation.
+    key = base64.b64decode("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+    body = b'{"test": 2432232314}'
+    expected = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+    assert sign(key, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body) == expected
+
+
+async def test_webhook_sends_the_same_id_on_every_call(
+    receiver: Receiver, resources: HandlerResources
+) -> None:
+    config = WebhookConfig.model_validate({"url": f"{receiver.url}/hook", "secret": WEBHOOK_SECRET})
+    handler = WebhookHandler("ops-hook", config, resources)
+    receiver.webhook.answers.append(500)
+    with pytest.raises(TransientFailure, match="500"):
+        await handler.send(a_request(), "msg-1:ops-hook")
+    await handler.send(a_request(), "msg-1:ops-hook")
+    assert receiver.webhook.keys == {"msg-1:ops-hook"}
+    assert receiver.webhook.calls[0].body == receiver.webhook.calls[1].body
+    assert receiver.webhook.calls[1].body["data"]["reason"] == "User not emailable"
+
+
+async def test_webhook_to_nowhere_is_transient(resources: HandlerResources) -> None:
+    config = WebhookConfig.model_validate(
+        {"url": f"http://127.0.0.1:{free_port()}/hook", "secret": WEBHOOK_SECRET}
+    )
+    with pytest.raises(TransientFailure, match="failed"):
+        await WebhookHandler("h", config, resources).send(a_request(), "k")
+
+
+def sms_handler(receiver: Receiver, resources: HandlerResources, **changes: Any) -> SmsHandler:
+    table = {
+        "base_url": receiver.url,
+        "account_sid": SMS_SID,
+        "auth_token": SMS_TOKEN,
+        "from": "+15559990000",
+        "body": "Hi ${first_name}: $$5 off, order $external_send_id ($trigger)",
+        **changes,
+    }
+    return SmsHandler("sms", SmsConfig.model_validate(table), resources)
+
+
+async def test_sms_posts_twilio_form_fields_with_basic_auth(
+    receiver: Receiver, resources: HandlerResources
+) -> None:
+    await sms_handler(receiver, resources).send(a_request(), "msg-1:sms")
+    [call] = receiver.sms.calls
+    assert call.idempotency_key == "msg-1:sms"
+    assert call.body == {
+        "To": "+15550001111",
+        "From": "+15559990000",
+        "Body": "Hi Jane: $5 off, order order-77 (aborted)",
+    }
+
+
+@pytest.mark.parametrize(
+    ("status", "failure"),
+    [(429, TransientFailure), (503, TransientFailure), (400, PermanentFailure)],
+)
+async def test_sms_answers_are_classified(
+    receiver: Receiver, resources: HandlerResources, status: int, failure: type[Exception]
+) -> None:
+    receiver.sms.answers.append(status)
+    with pytest.raises(failure, match=str(status)):
+        await sms_handler(receiver, resources).send(a_request(), "k")
+
+
+async def test_sms_with_wrong_credentials_is_permanent(
+    receiver: Receiver, resources: HandlerResources
+) -> None:
+    handler = sms_handler(receiver, resources, auth_token="wrong")
+    with pytest.raises(PermanentFailure, match="401"):
+        await handler.send(a_request(), "k")
+
+
+async def test_a_template_variable_the_request_lacks_is_permanent(
+    receiver: Receiver, resources: HandlerResources
+) -> None:
+    handler = sms_handler(receiver, resources)
+    with pytest.raises(PermanentFailure, match=r"template 'to' uses \$recipient_phone"):
+        await handler.send(a_request(recipient=Recipient(email="jane@example.com")), "k")
+    assert receiver.sms.calls == []
+
+
+async def test_smtp_sends_through_the_relay_with_a_stable_message_id(
+    smtp_server: tuple[MailCollector, int], resources: HandlerResources
+) -> None:
+    collector, port = smtp_server
+    config = SmtpConfig.model_validate(
+        {
+            "host": "127.0.0.1",
+            "port": port,
+            "starttls": False,
+            "from": "fallback@shop.example",
+            "subject": "Your order $external_send_id",
+            "body": "Hello $first_name,\nwe could not email you ($reason).",
+        }
+    )
+    handler = SmtpHandler("mailer", config, resources)
+    await handler.send(a_request(), "msg-1:mailer")
+    await handler.send(a_request(), "msg-1:mailer")
+    first, second = collector.mails
+    assert collector.envelope_recipients == [["jane@example.com"], ["jane@example.com"]]
+    assert first["Subject"] == "Your order order-77"
+    assert first["From"] == "fallback@shop.example"
+    assert "we could not email you (User not emailable)." in first.get_payload()
+    assert first["Message-ID"] == second["Message-ID"]
+    assert first["Message-ID"].endswith("@shop.example>")
+
+
+@pytest.mark.parametrize(("password", "delivered"), [(SMTP_PASSWORD, True), ("wrong", False)])
+# The test relay has no certificate, so it takes a login without TLS, and says so.
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
+async def test_smtp_logs_in_when_configured(
+    smtp_server_with_login: tuple[MailCollector, int],
+    resources: HandlerResources,
+    password: str,
+    delivered: bool,
+) -> None:
+    collector, port = smtp_server_with_login
+    table = {
+        "host": "127.0.0.1",
+        "port": port,
+        "starttls": False,
+        "username": SMTP_USER,
+        "password": password,
+        "from": "a@b.example",
+        "subject": "s",
+        "body": "b",
+    }
+    handler = SmtpHandler("mailer", SmtpConfig.model_validate(table), resources)
+    if delivered:
+        await handler.send(a_request(), "k")
+        assert len(collector.mails) == 1
+    else:
+        with pytest.raises(PermanentFailure, match="535"):
+            await handler.send(a_request(), "k")
+        assert collector.mails == []
+
+
+async def test_smtp_starttls_with_the_company_ca(
+    smtp_server_with_starttls: tuple[MailCollector, int],
+    relay_certificate: tuple[Path, Path],
+    resources: HandlerResources,
+) -> None:
+    collector, port = smtp_server_with_starttls
+    table = {
+        "host": "127.0.0.1",
+        "port": port,
+        "from": "a@b.example",
+        "subject": "s",
+        "body": "b",
+    }
+    verified = SmtpConfig.model_validate({**table, "ca_file": str(relay_certificate[0])})
+    await SmtpHandler("mailer", verified, resources).send(a_request(), "k")
+    assert len(collector.mails) == 1
+
+    without_tls = SmtpConfig.model_validate({**table, "starttls": False})
+    with pytest.raises(PermanentFailure, match="530"):
+        await SmtpHandler("mailer", without_tls, resources).send(a_request(), "k")
+    unverified = SmtpConfig.model_validate(table)  # the system's CAs do not know it
+    with pytest.raises(TransientFailure, match="CERTIFICATE_VERIFY_FAILED"):
+        await SmtpHandler("mailer", unverified, resources).send(a_request(), "k")
+
+
+async def test_smtp_relay_down_is_transient(resources: HandlerResources) -> None:
+    config = SmtpConfig.model_validate(
+        {
+            "host": "127.0.0.1",
+            "port": free_port(),
+            "starttls": False,
+            "from": "a@b.example",
+            "subject": "s",
+            "body": "b",
+        }
+    )
+    with pytest.raises(TransientFailure, match="unreachable"):
+        await SmtpHandler("mailer", config, resources).send(a_request(), "k")
+
+
+@pytest.fixture
+async def bound_exchange(
+    amqp_url: str, namespace: str
+) -> AsyncIterator[tuple[str, aio_pika.abc.AbstractQueue]]:
+    """An exchange and queue of 'another team', made and removed by the test."""
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        exchange = await channel.declare_exchange(
+            f"{namespace}.ops", aio_pika.ExchangeType.TOPIC, auto_delete=True
+        )
+        queue = await channel.declare_queue(exclusive=True)
+        await queue.bind(exchange, "email.fallback.#")
+        yield exchange.name, queue
+
+
+async def test_amqp_publishes_a_persistent_message_keyed_by_idempotency_key(
+    bound_exchange: tuple[str, aio_pika.abc.AbstractQueue], resources: HandlerResources
+) -> None:
+    name, queue = bound_exchange
+    handler = AmqpHandler("bus", AmqpConfig(exchange=name), resources)
+    await handler.send(a_request(), "msg-1:bus")
+    message = await queue.get(timeout=5)
+    assert message.message_id == "msg-1:bus"
+    assert message.routing_key == "email.fallback.aborted"
+    assert message.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
+    assert json.loads(message.body)["data"]["external_send_id"] == "order-77"
+
+
+async def test_amqp_without_a_bound_queue_is_transient(
+    bound_exchange: tuple[str, aio_pika.abc.AbstractQueue], resources: HandlerResources
+) -> None:
+    name, _ = bound_exchange
+    config = AmqpConfig.model_validate({"exchange": name, "routing_key": "nobody.listens"})
+    with pytest.raises(TransientFailure, match="no queue bound"):
+        await AmqpHandler("bus", config, resources).send(a_request(), "k")
+
+
+async def test_amqp_to_a_missing_exchange_is_permanent_and_the_handler_recovers(
+    bound_exchange: tuple[str, aio_pika.abc.AbstractQueue], resources: HandlerResources
+) -> None:
+    missing = AmqpHandler("bus", AmqpConfig(exchange=f"missing-{uuid.uuid4().hex}"), resources)
+    with pytest.raises(PermanentFailure, match="does not exist"):
+        await missing.send(a_request(), "k")
+    # The closed channel was its own: the connection and other handlers are unharmed.
+    name, queue = bound_exchange
+    await AmqpHandler("bus", AmqpConfig(exchange=name), resources).send(a_request(), "k")
+    assert (await queue.get(timeout=5)).message_id == "k"
+    assert not resources.amqp.is_closed
+
+
+async def test_log_handler_only_logs(resources: HandlerResources) -> None:
+    await LogHandler("dry-run", LogConfig(), resources).send(a_request(), "k")

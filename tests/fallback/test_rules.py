@@ -1,0 +1,61 @@
+"""Which rule a fallback request gets: the first that matches, or none."""
+
+from datetime import UTC, datetime
+
+import pytest
+
+from fallback.rules import Rule, select_rule
+from txmail.events import FallbackRequest, Trigger
+
+RULES = [
+    Rule.model_validate(
+        {"on": ["bounced"], "campaigns": ["welcome"], "reason": r"^5\d\d", "handlers": ["a"]}
+    ),
+    Rule.model_validate(
+        {"on": ["bounced", "aborted"], "campaigns": ["welcome"], "handlers": ["b"]}
+    ),
+    Rule.model_validate({"on": ["timeout"], "campaigns": ["*"], "handlers": ["c"]}),
+    Rule.model_validate({"on": ["aborted"], "reason": "(?i)not emailable", "handlers": ["d"]}),
+    Rule.model_validate({"on": ["not_sent"], "campaigns": ["reset", "welcome"], "handlers": ["e"]}),
+]
+
+
+def request(trigger: str, campaign: str | None, reason: str | None) -> FallbackRequest:
+    return FallbackRequest(
+        idempotency_key="k",
+        trigger=Trigger(trigger),
+        dispatch_id="d",
+        external_send_id="x",
+        campaign_api_id=campaign,
+        reason=reason,
+        decided_at=datetime(2026, 1, 1, tzinfo=UTC),
+    )
+
+
+@pytest.mark.parametrize(
+    ("trigger", "campaign", "reason", "expected"),
+    [
+        ("bounced", "welcome", "550 5.1.1 no such user", 0),  # first rule wins over the second
+        ("bounced", "welcome", "421 try again later", 1),  # the regex does not match
+        ("bounced", "welcome", None, 1),  # a rule with a regex needs a reason
+        ("bounced", "other", "550 5.1.1", None),
+        ("aborted", "welcome", "User not emailable", 1),
+        ("aborted", "other", "User NOT emailable", 3),  # '*' by default; regex flags work
+        ("aborted", None, "user not emailable", 3),  # no campaign still matches '*'
+        ("aborted", None, None, None),
+        ("timeout", None, None, 2),
+        ("timeout", "anything", "x", 2),
+        ("not_sent", "reset", None, 4),
+        ("not_sent", None, None, None),  # a listed campaign needs that campaign
+    ],
+)
+def test_the_first_matching_rule_wins(
+    trigger: str, campaign: str | None, reason: str | None, expected: int | None
+) -> None:
+    found = select_rule(RULES, request(trigger, campaign, reason))
+    assert (found[0] if found else None) == expected
+
+
+def test_a_star_trigger_matches_every_trigger() -> None:
+    rule = Rule.model_validate({"on": ["*"], "handlers": ["a"]})
+    assert all(rule.matches(request(t.value, None, None)) for t in Trigger)

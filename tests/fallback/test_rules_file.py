@@ -1,0 +1,246 @@
+"""The rules file: the issue's example loads; every mistake is named with its place."""
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from fallback.handlers.webhook import WebhookConfig
+from fallback.rules import Mode
+from fallback.rules_file import check_rules_file, load_configured_rules, load_rules_file
+from tests.fallback.servers import WEBHOOK_SECRET
+from txmail.cli import main
+from txmail.errors import ConfigError
+from txmail.settings import Settings
+
+EXAMPLE = f"""
+[tracking]
+delivery_timeout = "10m"
+[tracking.campaigns."417220e4-5a2a-b634-7f7d-9ec891532368"]
+delivery_timeout = "2m"
+
+[handlers.ops-hook]
+type = "webhook"
+url = "https://ops.example.com/email-fallback"
+secret = "{WEBHOOK_SECRET}"
+
+[handlers.sms]
+type = "sms"
+account_sid = "AC123"
+auth_token_env = "TEST_SMS_TOKEN"
+from = "+15550000000"
+body = "Your order $external_send_id: we could not email you."
+
+[handlers.mailer]
+type = "smtp"
+host = "relay.internal"
+from = "noreply@shop.example"
+subject = "About your order $external_send_id"
+body = "Hello,\\n$reason"
+
+[handlers.bus]
+type = "amqp"
+exchange = "ops"
+
+[handlers.dry-run]
+type = "log"
+
+[[rules]]
+on = ["bounced", "aborted", "timeout"]
+campaigns = ["*"]
+reason = "^5\\\\d\\\\d"
+handlers = ["sms", "ops-hook"]
+mode = "first_success"
+
+[[rules]]
+on = ["*"]
+handlers = ["mailer", "bus", "dry-run"]
+mode = "all"
+"""
+
+
+@pytest.fixture
+def sms_token_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEST_SMS_TOKEN", "from-the-environment")
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "rules.toml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+@pytest.mark.usefixtures("sms_token_env")
+def test_the_issue_example_loads(tmp_path: Path) -> None:
+    rules_file = load_rules_file(write(tmp_path, EXAMPLE))
+    assert rules_file.tracking.delivery_timeout is not None
+    assert rules_file.tracking.delivery_timeout.total_seconds() == 600
+    campaign = rules_file.tracking.campaigns["417220e4-5a2a-b634-7f7d-9ec891532368"]
+    assert campaign.delivery_timeout.total_seconds() == 120
+    assert sorted(rules_file.handlers) == ["bus", "dry-run", "mailer", "ops-hook", "sms"]
+    assert rules_file.handlers["sms"].config.model_dump()["auth_token"].get_secret_value() == (
+        "from-the-environment"
+    )
+    assert isinstance(rules_file.handlers["ops-hook"].config, WebhookConfig)
+    assert [rule.mode for rule in rules_file.rules] == [Mode.FIRST_SUCCESS, Mode.ALL]
+
+
+HOOK = f"""
+[handlers.hook]
+type = "webhook"
+url = "https://ops.example.com/x"
+secret = "{WEBHOOK_SECRET}"
+"""
+
+RULE = '[[rules]]\non = ["bounced"]\nhandlers = ["hook"]\n'
+
+INVALID = [
+    ("[tracking\n", "not valid TOML"),
+    ('[tracking]\ndelivery_timeout = "10 minutes"\n', "tracking.delivery_timeout: '10 minutes'"),
+    ('[tracking]\ndelivery_timeout = "0s"\n', "tracking.delivery_timeout:"),
+    ('[tracking.campaigns."c 1"]\n', 'tracking.campaigns."c 1".delivery_timeout: missing'),
+    ("[trackin]\n", "trackin: unknown key"),
+    ("[[rule]]\n", "rule: unknown key"),
+    ('handlers = "sms"\n', "handlers: Input should be a valid dictionary"),
+    ('[handlers.x]\nurl = "https://a"\n', "handlers.x.type: missing"),
+    ('[handlers.x]\ntype = "smss"\n', "handlers.x.type: unknown handler type 'smss' (known: amqp"),
+    ('[handlers."a b"]\ntype = "log"\n', 'handlers."a b": a handler name uses letters'),
+    ('[handlers.x]\ntype = "log"\nlevel = "info"\n', "handlers.x.level: unknown key"),
+    ('[handlers.x]\ntype = "log"\ntimeout = "soon"\n', "handlers.x.timeout: 'soon' is not a"),
+    ('[handlers.x]\ntype = "webhook"\nsecret = "whsec_AAAA"\n', "handlers.x.url: missing"),
+    (
+        '[handlers.x]\ntype = "webhook"\nurl = "ftp://a"\nsecret = "whsec_x"\n',
+        "handlers.x.url: URL scheme should be 'http' or 'https'",
+    ),
+    (
+        '[handlers.x]\ntype = "webhook"\nurl = "https://a"\nsecret = "s3cret"\n',
+        "handlers.x.secret: the secret must start with 'whsec_'",
+    ),
+    (
+        '[handlers.x]\ntype = "webhook"\nurl = "https://a"\nsecret = "whsec_!!"\n',
+        "handlers.x.secret: the secret after 'whsec_' must be base64",
+    ),
+    (
+        '[handlers.x]\ntype = "webhook"\nurl = "https://a"\nsecret_env = "TXMAIL_TEST_UNSET"\n',
+        "handlers.x: secret_env: environment variable 'TXMAIL_TEST_UNSET' is not set",
+    ),
+    (
+        f'[handlers.x]\ntype = "webhook"\nurl = "https://a"\nsecret = "{WEBHOOK_SECRET}"\n'
+        'secret_env = "HOME"\n',
+        "handlers.x: set either 'secret' or 'secret_env', not both",
+    ),
+    (
+        '[handlers.x]\ntype = "sms"\naccount_sid = "AC1"\nauth_token = "t"\nfrom = "+1"\n',
+        "handlers.x.body: missing",
+    ),
+    (
+        '[handlers.x]\ntype = "sms"\naccount_sid = "AC1"\nauth_token = "t"\nfrom = "+1"\n'
+        'body = "50% off ${first_name"\n',
+        "handlers.x.body: invalid template '50% off ${first_name'",
+    ),
+    (
+        '[handlers.x]\ntype = "sms"\naccount_sid = "AC1"\nauth_token = "t"\nfrom = "+1"\n'
+        "body = 42\n",
+        "handlers.x.body: a template must be a string",
+    ),
+    (
+        '[handlers.x]\ntype = "smtp"\nhost = "h"\nfrom = "a@b"\nsubject = "s"\nbody = "b"\n'
+        'username = "u"\n',
+        "handlers.x: set both 'username' and 'password'",
+    ),
+    (
+        '[handlers.x]\ntype = "smtp"\nhost = "h"\nport = 70000\nfrom = "a@b"\nsubject = "s"\n'
+        'body = "b"\n',
+        "handlers.x.port: Input should be less than or equal to 65535",
+    ),
+    ('[handlers.x]\ntype = "amqp"\n', "handlers.x.exchange: missing"),
+    (HOOK + '[[rules]]\nhandlers = ["hook"]\n', "rules[0].on: missing"),
+    (HOOK + '[[rules]]\non = []\nhandlers = ["hook"]\n', "rules[0].on: List should have at least"),
+    (HOOK + '[[rules]]\non = "bounced"\nhandlers = ["hook"]\n', "rules[0].on: Input should be a"),
+    (
+        HOOK + '[[rules]]\non = ["bouncd"]\nhandlers = ["hook"]\n',
+        "rules[0].on[0]: unknown trigger 'bouncd' "
+        "(use aborted, bounced, timeout, not_sent, or '*')",
+    ),
+    (
+        HOOK + '[[rules]]\non = ["bounced"]\ncampaigns = [""]\nhandlers = ["hook"]\n',
+        "rules[0].campaigns: a campaign id cannot be empty",
+    ),
+    (
+        HOOK + '[[rules]]\non = ["bounced"]\nreason = "^5\\\\d(\\\\d"\nhandlers = ["hook"]\n',
+        "rules[0].reason: invalid regular expression",
+    ),
+    (HOOK + '[[rules]]\non = ["bounced"]\n', "rules[0].handlers: missing"),
+    (HOOK + '[[rules]]\non = ["bounced"]\nhandlers = []\n', "rules[0].handlers: List should"),
+    (
+        HOOK + RULE + '[[rules]]\non = ["bounced"]\nhandlers = ["hook", "smss"]\n',
+        "rules[1].handlers[1]: unknown handler 'smss' (define it as [handlers.smss]; "
+        "defined: hook)",
+    ),
+    (
+        HOOK + '[[rules]]\non = ["bounced"]\nhandlers = ["hook", "hook"]\n',
+        "rules[0].handlers: each handler at most once per rule: hook",
+    ),
+    (
+        HOOK + '[[rules]]\non = ["bounced"]\nhandlers = ["hook"]\nmode = "any"\n',
+        "rules[0].mode: Input should be 'first_success' or 'all'",
+    ),
+    (HOOK + '[[rules]]\non = ["bounced"]\nhandlers = ["hook"]\nwhen = 1\n', "rules[0].when:"),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), INVALID)
+def test_each_mistake_is_named_with_its_place(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_rules_file(write(tmp_path, text))
+    assert message in str(raised.value)
+    assert str(raised.value).startswith(f"invalid rules file {tmp_path / 'rules.toml'}:")
+
+
+def test_every_problem_is_listed_at_once(tmp_path: Path) -> None:
+    text = '[handlers.x]\ntype = "sms"\n[[rules]]\non = ["x"]\nhandlers = ["y"]\n'
+    _, problems = check_rules_file(write(tmp_path, text))
+    assert len(problems) == 4 + 1 + 1  # x's missing fields, a trigger, a handler
+    assert problems[-1].startswith("rules[0].handlers[0]: unknown handler 'y'")
+
+
+def test_a_missing_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read it: No such file or directory"):
+        load_rules_file(tmp_path / "nope.toml")
+
+
+def test_check_config_prints_every_problem_and_fails(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path, HOOK + '[[rules]]\non = ["bouncd"]\nhandlers = ["smss"]\n')
+    assert main(["check-config", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "rules[0].on[0]: unknown trigger 'bouncd'" in err
+    assert "rules[0].handlers[0]: unknown handler 'smss'" in err
+
+
+def test_check_config_passes_a_good_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TXMAIL_RULES", str(write(tmp_path, HOOK + RULE)))
+    assert main(["check-config"]) == 0
+    assert "ok (1 handlers, 1 rules)" in capsys.readouterr().out
+
+
+def test_the_documented_example_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
+    for variable in ("OPS_HOOK_SECRET", "TWILIO_AUTH_TOKEN", "RELAY_PASSWORD"):
+        monkeypatch.setenv(variable, WEBHOOK_SECRET)
+    example = Path(__file__).parents[2] / "fallback" / "rules.example.toml"
+    rules_file = load_rules_file(example)
+    assert len(rules_file.rules) == 3
+
+
+def test_the_start_up_check_of_other_processes(tmp_path: Path) -> None:
+    assert load_configured_rules(Settings(rules=None)) is None
+    good = write(tmp_path, HOOK + RULE)
+    configured = load_configured_rules(Settings(rules=good))
+    assert configured is not None
+    assert configured.path == good
+    bad = write(tmp_path, '[[rules]]\non = ["bounced"]\nhandlers = ["smss"]\n')
+    with pytest.raises(ConfigError, match=r"rules\[0\]\.handlers\[0\]: unknown handler 'smss'"):
+        load_configured_rules(Settings(rules=bad))
