@@ -3,6 +3,7 @@
 import ipaddress
 import re
 from datetime import timedelta
+from pathlib import Path
 from typing import Annotated
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
@@ -33,12 +34,34 @@ class Settings(BaseSettings):
     shutdown_timeout: Duration = timedelta(seconds=10)
     log_level: str = "info"
 
+    # --- workers -----------------------------------------------------------------
+    # sqlite:///path (one node, the default) or postgresql://... (many workers).
+    database_url: str = "sqlite:///txmail.db"
+    # How long after `sent` a message may take to be delivered; the rules file's
+    # [tracking] section can override it per campaign.
+    delivery_timeout: Duration = timedelta(minutes=10)
+    # The rules file (TOML); workers read its [tracking] section.
+    rules: Path | None = None
+    # How often each worker looks for due deadlines and unpublished decisions.
+    sweep_interval: Duration = timedelta(seconds=1)
+    # Messages older than this are purged with their events.
+    retention: Duration = timedelta(days=30)
+    # Deliveries applied in one store transaction: up to this many, or after this wait.
+    batch_size: int = Field(default=200, ge=1, le=10_000)
+    batch_wait: Duration = timedelta(milliseconds=5)
+    api_port: int = Field(default=8081, ge=0, le=65535)
+
     @field_validator("namespace")
     @classmethod
     def _namespace_is_a_name(cls, value: str) -> str:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", value):
             raise ValueError("use letters, digits, '.', '_' and '-' (at most 100 characters)")
         return value
+
+    @field_validator("rules", mode="before")
+    @classmethod
+    def _empty_rules_is_none(cls, value: object) -> object:
+        return None if value == "" else value
 
     @field_validator("postback_token", mode="before")
     @classmethod
