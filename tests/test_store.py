@@ -5,6 +5,7 @@ import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -12,7 +13,7 @@ from tests.factories import postback, registration, tracked
 from txmail.events import FALLBACK_ATTEMPT_TYPE, AttemptOutcome, FallbackAttempt, Trigger
 from workers.state import Outcome
 from workers.store import open_store
-from workers.store.protocol import Store
+from workers.store.protocol import Store, TrackedEvent
 from workers.timeouts import DeliveryTimeouts
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -28,7 +29,7 @@ async def store(database_url: str) -> AsyncIterator[Store]:
 
 
 async def test_events_are_kept_once_and_decide_once(store: Store) -> None:
-    events = [postback(**_braze(raw)) for raw in BRAZE]
+    events = [_braze(raw) for raw in BRAZE]
     first = await store.apply(events, NOW)
     again = await store.apply(list(reversed(events)), NOW + timedelta(seconds=1))
     assert [p.request.trigger for p in first] == [Trigger.BOUNCED]
@@ -183,12 +184,5 @@ async def test_migrations_run_once_when_processes_start_together(database_url: s
     await reopened.close()
 
 
-def _braze(raw: dict[str, object]) -> dict[str, object]:
-    metadata = raw["metadata"]
-    assert isinstance(metadata, dict)
-    return {
-        "dispatch_id": raw["dispatch_id"],
-        "status": raw["status"],
-        "arrived": NOW,
-        **metadata,
-    }
+def _braze(raw: dict[str, Any]) -> TrackedEvent:
+    return postback(raw["dispatch_id"], raw["status"], NOW, **raw["metadata"])
