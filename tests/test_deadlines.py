@@ -61,9 +61,7 @@ async def test_several_sweepers_on_postgres_claim_each_deadline_once(
             postback(f"due-{i}", "sent", NOW, sent_at=DUE_NOW) for i in range(start, start + 500)
         ]
         await setup.apply(sent, NOW)
-    sweepers = await asyncio.gather(
-        *(open_store(postgres_schema_url, TIMEOUTS) for _ in range(4))
-    )
+    sweepers = await asyncio.gather(*(open_store(postgres_schema_url, TIMEOUTS) for _ in range(4)))
     batches = await asyncio.gather(*(_sweep_until_empty(s, 50) for s in sweepers))
     claims = Counter(p.message_key for batch in batches for p in batch)
     assert len(claims) == total
