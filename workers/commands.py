@@ -17,7 +17,6 @@ from workers.store import open_store
 from workers.store.protocol import MessageView, StoreUnavailable
 from workers.worker import open_store_when_available, run_worker, serve_worker, timeouts_from
 
-
 Command = Callable[[Settings, argparse.Namespace], int]
 
 
