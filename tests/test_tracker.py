@@ -78,7 +78,8 @@ async def test_what_is_not_the_contract_is_dead_lettered_without_blocking(
     async with running_worker(worker_settings) as store, publisher(worker_settings) as broker:
         await broker.publish([*bad, good])
         await wait_until(
-            lambda: _outcome(store, "after-poison"), what="the good message after the bad ones"
+            lambda: _outcome_is(store, "after-poison", Outcome.DELIVERED),
+            what="the good message after the bad ones",
         )
         async with queue_readers(worker_settings) as (_, dead):
             parked = []
