@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     rules: Path | None = None
     # How often each worker looks for due deadlines and unpublished decisions.
     sweep_interval: Duration = timedelta(seconds=1)
+    # How long a decided fallback may stay unconfirmed before a sweeper publishes it again.
+    republish_after: Duration = timedelta(seconds=10)
     # Messages older than this are purged with their events.
     retention: Duration = timedelta(days=30)
     # Deliveries applied in one store transaction: up to this many, or after this wait.

@@ -36,7 +36,8 @@ class Sweeper:
         last_purge = -PURGE_INTERVAL
         while not stop.is_set():
             try:
-                await self.sweep(utc_now())
+                if self._broker.is_ready:  # else a claim could only wait for a retry
+                    await self.sweep(utc_now())
                 if loop.time() - last_purge >= PURGE_INTERVAL:
                     last_purge = loop.time()
                     await self.purge(utc_now())

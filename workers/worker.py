@@ -17,6 +17,7 @@ from workers.tracker import Tracker
 log = structlog.get_logger(__name__)
 
 STORE_RETRY_INTERVAL = 1.0
+BROKER_WAIT_INTERVAL = 0.05
 
 
 def timeouts_from(settings: Settings) -> DeliveryTimeouts:
@@ -30,7 +31,7 @@ async def open_store_when_available(
     """Open the store, waiting for the database to come up; None when stopped first."""
     while not stop.is_set():
         try:
-            return await open_store(settings.database_url, timeouts)
+            return await open_store(settings.database_url, timeouts, settings.republish_after)
         except StoreUnavailable as error:
             log.warning("store unavailable, retrying", error=str(error))
         await pause(stop, STORE_RETRY_INTERVAL)
@@ -51,6 +52,9 @@ async def run_worker(settings: Settings, store: Store, stop: asyncio.Event) -> N
     )
     sweeper = Sweeper(store, broker, settings.sweep_interval, settings.retention)
     try:
+        # Deciding while unable to publish would only postpone each publish by a retry.
+        while not broker.is_ready and not stop.is_set():
+            await pause(stop, BROKER_WAIT_INTERVAL)
         await asyncio.gather(tracker.run(stop), sweeper.run(stop))
     finally:
         await broker.close()

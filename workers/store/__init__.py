@@ -9,12 +9,9 @@ from workers.store.protocol import Store
 from workers.store.sqlite import SqliteStore
 from workers.timeouts import DeliveryTimeouts
 
-# How long a decided fallback may stay unconfirmed before a sweeper publishes it again.
-REPUBLISH_AFTER = timedelta(seconds=30)
-
 
 async def open_store(
-    url: str, timeouts: DeliveryTimeouts, republish_after: timedelta = REPUBLISH_AFTER
+    url: str, timeouts: DeliveryTimeouts, republish_after: timedelta = timedelta(seconds=10)
 ) -> Store:
     """Connect, migrate the schema if needed, and return the store for ``url``."""
     if url.startswith("sqlite:///"):
