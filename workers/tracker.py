@@ -112,8 +112,9 @@ class Tracker:
         if isinstance(decided, _Unexplained):
             await self._apply_one_by_one(accepted, stop)
             return
-        for _, message in accepted:
-            await _settle(message.ack())
+        # One ack for the whole batch: every earlier delivery on this channel is in it or
+        # already settled, because batches are handled one after another in order.
+        await _settle(accepted[-1][1].ack(multiple=True))
         await publish_decisions(self._broker, self._store, decided)
 
     async def _apply(
