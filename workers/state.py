@@ -113,7 +113,12 @@ def idempotency_key(key: str) -> str:
 
 
 def _smallest(a: str | None, b: str | None) -> str | None:
-    return min(x for x in (a, b) if x) if (a or b) else None
+    """The smaller of two ids, ignoring missing ones."""
+    if not a:
+        return b or None
+    if not b:
+        return a
+    return min(a, b)
 
 
 def _braze_timestamps(metadata: dict[str, object]) -> dict[str, str]:

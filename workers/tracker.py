@@ -8,11 +8,12 @@ blocks the messages behind it.
 """
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Sequence
 
 import aio_pika
 import structlog
-from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
 
 from txmail.broker import BROKER_ERRORS, RECONNECT_INTERVAL, Broker
 from txmail.events import utc_now
@@ -59,21 +60,39 @@ class Tracker:
         if connection is None:
             return
         try:
-            channel = await connection.channel()
-            # Room for the next batch to arrive while this one commits.
-            await channel.set_qos(prefetch_count=2 * self._batch_size)
-            await self._topology.declare(channel)
-            queue = await channel.get_queue(self._topology.tracker_queue, ensure=False)
-            consumer = await queue.consume(self._inbox.put)
-            log.info("tracker consuming", queue=self._topology.tracker_queue)
+            consuming = await self._consume(connection, stop)
+            if consuming is None:
+                return
             while not stop.is_set():
                 batch = await self._inbox.next_batch(idle_timeout=0.2)
                 if batch:
                     await self._handle(batch, stop)
-            await queue.cancel(consumer)
+            queue, consumer = consuming
+            with contextlib.suppress(*BROKER_ERRORS):
+                await queue.cancel(consumer)
         finally:
             # Whatever is still unacked goes back to the queue for another worker.
             await connection.close()
+
+    async def _consume(
+        self, connection: AbstractRobustConnection, stop: asyncio.Event
+    ) -> tuple[AbstractQueue, str] | None:
+        """Start consuming; after that, the robust connection resumes it by itself."""
+        while not stop.is_set():
+            try:
+                channel = await connection.channel()
+                # Room for the next batch to arrive while this one commits.
+                await channel.set_qos(prefetch_count=2 * self._batch_size)
+                await self._topology.declare(channel)
+                queue = await channel.get_queue(self._topology.tracker_queue, ensure=False)
+                consumer = await queue.consume(self._inbox.put)
+            except BROKER_ERRORS as error:
+                log.warning("cannot consume yet, retrying", error=str(error) or repr(error))
+                await pause(stop, RECONNECT_INTERVAL)
+                continue
+            log.info("tracker consuming", queue=self._topology.tracker_queue)
+            return queue, consumer
+        return None
 
     async def _connect(self, stop: asyncio.Event) -> AbstractRobustConnection | None:
         while not stop.is_set():
