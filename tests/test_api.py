@@ -10,7 +10,8 @@ import pytest
 from aiohttp import web
 
 from tests.factories import postback, registration
-from txmail.cli import main
+from txmail.cli import build_parser
+from txmail.settings import Settings
 from workers.api import create_api_app
 from workers.store import open_store
 from workers.store.protocol import Store
@@ -90,20 +91,22 @@ async def test_health_and_readiness(api: str) -> None:
 async def test_status_command_for_people_and_scripts(
     store: Store,
     database_url: str,
-    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    monkeypatch.setenv("TXMAIL_DATABASE_URL", database_url)
-    assert await _main_in_thread(["status", "order-7"]) == 0
+    settings = Settings(database_url=database_url)
+    assert await _status(settings, "order-7") == 0
     text = capsys.readouterr().out
     assert text.startswith("bounced: 550 5.1.1 no such user")
     assert "recipient         c@example.com" in text
-    assert await _main_in_thread(["status", "d7", "--json"]) == 0
+    assert await _status(settings, "d7", "--json") == 0
     assert json.loads(capsys.readouterr().out)["dispatch_id"] == "d7"
-    assert await _main_in_thread(["status", "unknown-id"]) == 1
+    assert await _status(settings, "unknown-id") == 1
     assert "nothing is known about 'unknown-id'" in capsys.readouterr().err
 
 
-async def _main_in_thread(argv: list[str]) -> int:
+async def _status(settings: Settings, *argv: str) -> int:
+    # Parsed as the shell would; not through main(), which sets up process-wide logging.
+    args = build_parser().parse_args(["status", *argv])
     # The command runs its own event loop, as it does from a shell.
-    return await asyncio.to_thread(main, argv)
+    code: int = await asyncio.to_thread(args.handler, settings, args)
+    return code
