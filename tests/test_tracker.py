@@ -21,6 +21,7 @@ from txmail.events import (
     utc_now,
 )
 from txmail.settings import Settings
+from txmail.topology import Topology
 from workers.state import Outcome
 from workers.store.protocol import Store
 
@@ -196,3 +197,39 @@ async def test_a_message_the_store_cannot_take_is_dead_lettered_after_the_delive
         assert await _outcome(store, "before") == Outcome.DELIVERED
         assert await _outcome(store, "after") == Outcome.DELIVERED
     assert [m.message_id for m in parked] == [poison.message_id]
+
+
+async def test_a_fallback_request_the_broker_refused_is_published_later_once(
+    worker_settings: Settings,
+) -> None:
+    worker_settings = worker_settings.model_copy(
+        update={"republish_after": timedelta(milliseconds=300)}
+    )
+    topology = Topology(worker_settings.namespace)
+    bounced = raw_postback("refused", "bounced", reason="550")
+    warm_up = raw_postback("warm-up", "delivered")
+    async with (
+        running_worker(worker_settings) as store,
+        publisher(worker_settings) as broker,
+        queue_readers(worker_settings) as (fallback, _),
+    ):
+        # Once the worker applied something it has declared the topology it wants...
+        await broker.publish([outgoing_postback(warm_up, utc_now())])
+        await wait_until(
+            lambda: _outcome_is(store, "warm-up", Outcome.DELIVERED), what="the worker consuming"
+        )
+        # ...so now the request is unroutable: returned to the worker, not confirmed.
+        queue = await fallback.channel.get_queue(topology.fallback_queue)
+        await queue.unbind(topology.events_exchange, "fallback.request.#")
+        await broker.publish([outgoing_postback(bounced, utc_now())])
+        await wait_until(lambda: _has_decision(store, "refused"), what="the decision recorded")
+        assert not await _published(store, dispatch_id="refused")
+        await queue.bind(topology.events_exchange, "fallback.request.#")
+        await wait_until(lambda: _published(store, dispatch_id="refused"), what="republish")
+        requests = await fallback.drain()
+    assert [body(r)["dispatch_id"] for r in requests] == ["refused"]
+
+
+async def _has_decision(store: Store, dispatch_id: str) -> bool:
+    message = await store.find(dispatch_id=dispatch_id)
+    return message is not None and message.decision is not None
