@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         "ingress", help="serve POST /postbacks and publish each postback to RabbitMQ"
     )
     ingress.set_defaults(handler=run_ingress)
+    # worker, api, status and run live with the workers, which own the state they serve.
     from workers.commands import add_commands as add_worker_commands
 
     add_worker_commands(commands)
