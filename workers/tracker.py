@@ -121,6 +121,15 @@ class Tracker:
                 )
                 await _settle(message.reject(requeue=False))
                 continue
+            except Exception:
+                log.exception(
+                    "cannot decode message; returning it to the queue, whose delivery limit "
+                    "dead-letters it",
+                    type=message.type,
+                    message_id=message.message_id,
+                )
+                await _settle(message.nack(requeue=True))
+                continue
             accepted.append((event, message))
         if not accepted:
             return
