@@ -9,6 +9,7 @@ import os
 import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import aio_pika
 import pytest
@@ -54,3 +55,49 @@ async def namespace(amqp_url: str) -> AsyncIterator[str]:
 @pytest.fixture
 def settings(amqp_url: str, namespace: str) -> Settings:
     return Settings(amqp_url=amqp_url, namespace=namespace, http_host="127.0.0.1", http_port=0)
+
+
+# --- State stores: SQLite and PostgreSQL ------------------------------------------
+# PostgreSQL is, in order: ``TXMAIL_TEST_POSTGRES_URL``; one listening on localhost:5432
+# (user postgres, database test); a container started with testcontainers. Every test
+# gets its own schema, dropped after it.
+
+LOCAL_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    if url := os.environ.get("TXMAIL_TEST_POSTGRES_URL"):
+        yield url
+    elif _listening("127.0.0.1", 5432):
+        yield LOCAL_POSTGRES_URL
+    else:
+        from testcontainers.postgres import PostgresContainer
+
+        with PostgresContainer("postgres:16-alpine", driver=None) as container:
+            yield container.get_connection_url()
+
+
+@pytest.fixture
+async def postgres_schema_url(postgres_url: str) -> AsyncIterator[str]:
+    """A URL whose connections work in a fresh, private schema."""
+    import asyncpg
+
+    schema = f"txmail_test_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(postgres_url)
+    try:
+        await admin.execute(f'CREATE SCHEMA "{schema}"')
+        separator = "&" if "?" in postgres_url else "?"
+        yield f"{postgres_url}{separator}search_path={schema}"
+        await admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each test using this runs once on SQLite and once on PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'txmail.db'}"
+    url: str = request.getfixturevalue("postgres_schema_url")
+    return url

@@ -6,7 +6,9 @@ from collections.abc import Awaitable, Callable
 
 
 async def wait_until(
-    condition: Callable[[], bool | Awaitable[bool]], timeout: float = 10.0, what: str = ""
+    condition: Callable[[], bool | Awaitable[bool]],
+    timeout: float = 10.0,
+    what: str = "",
 ) -> None:
     """Poll ``condition`` every 20 ms until it is true; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

@@ -25,7 +25,18 @@ def run_ingress(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def run_everything(settings: Settings, args: argparse.Namespace) -> int:
+    from txmail.run_all import run_all
+
+    asyncio.run(run_all(settings))
+    return 0
+
+
 Command = Callable[[Settings, argparse.Namespace], int]
+
+# The commands that start a long-running process: each refuses to start on an invalid
+# rules file, with the same message `txmail check-config` prints.
+PROCESSES = frozenset({"ingress", "worker", "api", "fallback", "run"})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,11 +50,20 @@ def build_parser() -> argparse.ArgumentParser:
         "ingress", help="serve POST /postbacks and publish each postback to RabbitMQ"
     )
     ingress.set_defaults(handler=run_ingress)
+    # worker, api, status and run live with the workers, which own the state they serve.
+    from workers.commands import add_commands as add_worker_commands
+
+    add_worker_commands(commands)
 
     # --- fallback: `fallback`, `check-config`, `dlq list|replay` ---
     from fallback.cli import add_fallback_commands
 
     add_fallback_commands(commands)
+    run = commands.add_parser(
+        "run",
+        help="ingress, worker, api and fallback executor in one process (SQLite by default)",
+    )
+    run.set_defaults(handler=run_everything)
     return parser
 
 
@@ -52,6 +72,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Command = args.handler
     try:
         settings = load_settings()
+        if args.command in PROCESSES:
+            from fallback.rules_file import load_configured_rules
+
+            load_configured_rules(settings)
     except ConfigError as error:
         print(f"txmail: {error}", file=sys.stderr)
         return 2

@@ -35,10 +35,28 @@ class Settings(BaseSettings):
     # How long SIGTERM waits for requests in flight before closing.
     shutdown_timeout: Duration = timedelta(seconds=10)
     log_level: str = "info"
+    # The rules file (TOML): delivery timeouts (read by the workers), fallback handlers
+    # and the rules that pick them (read by the executor). Every process checks it.
+    rules: Path | None = None
+
+    # --- workers -----------------------------------------------------------------
+    # sqlite:///path (one node, the default) or postgresql://... (many workers).
+    database_url: str = "sqlite:///txmail.db"
+    # How long after `sent` a message may take to be delivered; the rules file's
+    # [tracking] section can override it per campaign.
+    delivery_timeout: Duration = timedelta(minutes=10)
+    # How often each worker looks for due deadlines and unpublished decisions.
+    sweep_interval: Duration = timedelta(seconds=1)
+    # How long a decided fallback may stay unconfirmed before a sweeper publishes it again.
+    republish_after: Duration = timedelta(seconds=10)
+    # Messages older than this are purged with their events.
+    retention: Duration = timedelta(days=30)
+    # Deliveries applied in one store transaction: up to this many, or after this wait.
+    batch_size: int = Field(default=200, ge=1, le=10_000)
+    batch_wait: Duration = timedelta(milliseconds=5)
+    api_port: int = Field(default=8081, ge=0, le=65535)
 
     # --- fallback executor (see the README's "Fallbacks" section) ---
-    # The rules file: tracking timeouts, fallback handlers and the rules that pick them.
-    rules: Path | None = None
     # How long a fallback waits before each retry of a transient failure; after the
     # last one it is parked. Comma-separated, e.g. "10s,1m,5m,30m,2h".
     fallback_retry_schedule: Annotated[list[Duration], NoDecode] = Field(
@@ -57,6 +75,11 @@ class Settings(BaseSettings):
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", value):
             raise ValueError("use letters, digits, '.', '_' and '-' (at most 100 characters)")
         return value
+
+    @field_validator("rules", mode="before")
+    @classmethod
+    def _empty_rules_is_none(cls, value: object) -> object:
+        return None if value == "" else value
 
     @field_validator("postback_token", "api_token", mode="before")
     @classmethod

@@ -1,0 +1,1 @@
+"""The workers: every message's state, its deadline, and the one fallback decision."""

@@ -1,0 +1,258 @@
+"""Worker benchmark: raw queue rate, worker end-to-end rate on both stores, one sweep.
+
+Run with ``.venv/bin/python -m bench.worker`` against the local RabbitMQ and PostgreSQL
+(or TXMAIL_BENCH_AMQP_URL / TXMAIL_BENCH_POSTGRES_URL). Not part of CI.
+"""
+
+import asyncio
+import json
+import os
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from pathlib import Path
+
+import aio_pika
+import asyncpg
+
+from txmail.broker import Broker, Outgoing
+from txmail.events import POSTBACK_TYPE, event_id, postback_routing_key, utc_now
+from txmail.settings import Settings
+from txmail.topology import Topology
+from workers.state import Message, StatusSeen
+from workers.store import open_store
+from workers.timeouts import DeliveryTimeouts
+from workers.worker import run_worker
+
+AMQP_URL = os.environ.get("TXMAIL_BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+POSTGRES_URL = os.environ.get(
+    "TXMAIL_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+EVENTS = 20_000
+PENDING = 1_000_000
+DUE = 1_000
+# Due deadlines claimed once before timing, so connection warm-up (asyncpg's type
+# introspection, statement preparation) is not counted as the sweep.
+WARM_UP = 1_000
+TIMEOUTS = DeliveryTimeouts(timedelta(hours=1))
+
+
+def postbacks(count: int) -> list[Outgoing]:
+    """Half `sent`, half `delivered`, two per message, as the ingress publishes them."""
+    received_at = utc_now().isoformat()
+    made = []
+    for i in range(count):
+        status = "sent" if i % 2 == 0 else "delivered"
+        raw = {
+            "dispatch_id": f"bench-{i // 2}",
+            "status": status,
+            "metadata": {"external_send_id": f"order-{i // 2}", "campaign_api_id": "c1"},
+        }
+        made.append(
+            Outgoing(
+                postback_routing_key(status),
+                json.dumps(raw).encode(),
+                event_id(raw),
+                POSTBACK_TYPE,
+                headers={"received_at": received_at},
+            )
+        )
+    return made
+
+
+@asynccontextmanager
+async def namespace_with_backlog(count: int) -> AsyncIterator[Settings]:
+    """A fresh namespace whose tracker queue holds ``count`` postbacks."""
+    settings = Settings(amqp_url=AMQP_URL, namespace=f"txmail-bench-{uuid.uuid4().hex[:8]}")
+    topology = Topology(settings.namespace)
+    broker = Broker(AMQP_URL, topology, timedelta(seconds=30))
+    broker.start()
+    while not broker.is_ready:  # noqa: ASYNC110 -- a benchmark's set-up, not a service
+        await asyncio.sleep(0.05)
+    messages = postbacks(count)
+    for start in range(0, count, 2000):
+        await broker.publish(messages[start : start + 2000])
+    await broker.close()
+    try:
+        yield settings
+    finally:
+        connection = await aio_pika.connect(AMQP_URL)
+        async with connection:
+            await topology.delete(await connection.channel())
+
+
+async def raw_consume_rate(ack_every: int) -> float:
+    """Consume the backlog doing nothing but ack, every ``ack_every`` messages at once."""
+    async with namespace_with_backlog(EVENTS) as settings:
+        connection = await aio_pika.connect(AMQP_URL)
+        async with connection:
+            channel = await connection.channel()
+            await channel.set_qos(prefetch_count=2 * settings.batch_size)
+            queue = await channel.get_queue(Topology(settings.namespace).tracker_queue)
+            done = asyncio.Event()
+            seen = 0
+
+            async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+                nonlocal seen
+                seen += 1
+                if seen % ack_every == 0 or seen == EVENTS:
+                    await message.ack(multiple=True)
+                if seen == EVENTS:
+                    done.set()
+
+            started = time.perf_counter()
+            await queue.consume(on_message)
+            await done.wait()
+            return EVENTS / (time.perf_counter() - started)
+
+
+async def worker_rate(database_url: str) -> float:
+    async with namespace_with_backlog(EVENTS) as settings:
+        settings = settings.model_copy(update={"database_url": database_url})
+        store = await open_store(database_url, TIMEOUTS)
+        stop = asyncio.Event()
+        started = time.perf_counter()
+        worker = asyncio.create_task(run_worker(settings, store, stop))
+        while (await store.counts()).events < EVENTS:  # noqa: ASYNC110 -- polls the store
+            await asyncio.sleep(0.05)
+        elapsed = time.perf_counter() - started
+        stop.set()
+        await worker
+        await store.close()
+        return EVENTS / elapsed
+
+
+def _summary(key: str) -> str:
+    past = utc_now() - timedelta(hours=2)
+    seen = StatusSeen(received_at=past, event_id=key)
+    return Message(key=key, dispatch_id=key, statuses={"sent": seen}).model_dump_json()
+
+
+FIND_DUE_POSTGRES = (
+    "SELECT message_key FROM messages WHERE deadline <= $1 ORDER BY deadline LIMIT $2"
+)
+FIND_DUE_SQLITE = "SELECT message_key FROM messages WHERE deadline <= ? ORDER BY deadline LIMIT ?"
+
+
+async def postgres_sweep(url: str) -> tuple[float, float]:
+    """Seconds to find the due deadlines, and to claim them (find, decide, write)."""
+    schema = f"txmail_bench_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(url)
+    await admin.execute(f'CREATE SCHEMA "{schema}"')
+    try:
+        schema_url = f"{url}{'&' if '?' in url else '?'}search_path={schema}"
+        store = await open_store(schema_url, TIMEOUTS)
+        db = await asyncpg.connect(schema_url)
+        now = utc_now()
+        due = DUE + WARM_UP
+        rows = [
+            (
+                f"k{i}",
+                "in_flight",
+                now + (timedelta(seconds=-1) if i < due else timedelta(hours=1, seconds=i % 3600)),
+                _summary(f"k{i}") if i < due else "{}",
+                now,
+                now,
+            )
+            for i in range(PENDING + WARM_UP)
+        ]
+        await db.copy_records_to_table(
+            "messages",
+            records=rows,
+            columns=["message_key", "outcome", "deadline", "summary", "created_at", "updated_at"],
+        )
+        await db.execute("ANALYZE messages")
+        await store.claim_due(utc_now(), WARM_UP)
+        started = time.perf_counter()
+        found = await db.fetch(FIND_DUE_POSTGRES, utc_now(), DUE)
+        finding = time.perf_counter() - started
+        await db.close()
+        started = time.perf_counter()
+        claimed = await store.claim_due(utc_now(), DUE)
+        elapsed = time.perf_counter() - started
+        if len(claimed) != DUE or len(found) != DUE:
+            raise RuntimeError(f"claimed {len(claimed)} of {DUE} due deadlines")
+        await store.close()
+        return finding, elapsed
+    finally:
+        await admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        await admin.close()
+
+
+async def sqlite_sweep(path: Path) -> tuple[float, float]:
+    """Seconds to find the due deadlines, and to claim them (find, decide, write)."""
+    import sqlite3
+
+    from workers.store.sqlite import to_micros
+
+    store = await open_store(f"sqlite:///{path}", TIMEOUTS)
+    now = utc_now()
+    due = DUE + WARM_UP
+    db = sqlite3.connect(path)
+    db.executemany(
+        "INSERT INTO messages (message_key, outcome, deadline, summary, created_at, updated_at) "
+        "VALUES (?, 'in_flight', ?, ?, ?, ?)",
+        (
+            (
+                f"k{i}",
+                to_micros(now + (timedelta(seconds=-1) if i < due else timedelta(hours=1))),
+                _summary(f"k{i}") if i < due else "{}",
+                to_micros(now),
+                to_micros(now),
+            )
+            for i in range(PENDING + WARM_UP)
+        ),
+    )
+    db.commit()
+    db.execute("ANALYZE")
+    await store.claim_due(utc_now(), WARM_UP)
+    started = time.perf_counter()
+    found = db.execute(FIND_DUE_SQLITE, (to_micros(utc_now()), DUE)).fetchall()
+    finding = time.perf_counter() - started
+    db.close()
+    started = time.perf_counter()
+    claimed = await store.claim_due(utc_now(), DUE)
+    elapsed = time.perf_counter() - started
+    if len(claimed) != DUE or len(found) != DUE:
+        raise RuntimeError(f"claimed {len(claimed)} of {DUE} due deadlines")
+    await store.close()
+    return finding, elapsed
+
+
+async def main() -> None:
+    print(f"raw consume, ack each:     {await raw_consume_rate(1):8.0f} msg/s")
+    raw = await raw_consume_rate(200)
+    print(f"raw consume, ack per 200:  {raw:8.0f} msg/s  (the worker's ack pattern; the baseline)")
+    with tempfile.TemporaryDirectory() as scratch:
+        on_sqlite = await worker_rate(f"sqlite:///{Path(scratch) / 'bench.db'}")
+        print(
+            f"worker end-to-end, SQLite: {on_sqlite:8.0f} events/s ({on_sqlite / raw:.0%} of raw)"
+        )
+    schema = f"txmail_bench_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(POSTGRES_URL)
+    await admin.execute(f'CREATE SCHEMA "{schema}"')
+    try:
+        on_postgres = await worker_rate(f"{POSTGRES_URL}?search_path={schema}")
+    finally:
+        await admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        await admin.close()
+    print(
+        f"worker end-to-end, Postgres: {on_postgres:6.0f} events/s ({on_postgres / raw:.0%} of raw)"
+    )
+    among = f"{DUE} due among {PENDING:,} pending"
+    finding, claiming = await postgres_sweep(POSTGRES_URL)
+    print(
+        f"sweep, PostgreSQL: find {finding * 1000:.1f} ms, claim {claiming * 1000:.1f} ms, {among}"
+    )
+    with tempfile.TemporaryDirectory() as scratch:
+        finding, claiming = await sqlite_sweep(Path(scratch) / "sweep.db")
+    print(
+        f"sweep, SQLite:     find {finding * 1000:.1f} ms, claim {claiming * 1000:.1f} ms, {among}"
+    )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

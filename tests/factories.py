@@ -1,0 +1,44 @@
+"""Events as the ingress (or the fallback executor) would publish them, for tests."""
+
+import json
+from datetime import datetime
+from typing import Any
+
+from txmail.broker import Outgoing
+from txmail.events import (
+    POSTBACK_TYPE,
+    SEND_REGISTRATION_TYPE,
+    event_id,
+    postback_routing_key,
+)
+from workers.incoming import decode
+from workers.store.protocol import TrackedEvent
+
+
+def raw_postback(dispatch_id: str, status: str, **metadata: Any) -> dict[str, Any]:
+    return {"dispatch_id": dispatch_id, "status": status, "metadata": metadata}
+
+
+def tracked(kind: str, raw: dict[str, Any], received_at: datetime) -> TrackedEvent:
+    headers = {"received_at": received_at.isoformat()}
+    return decode(kind, json.dumps(raw).encode(), headers, None, received_at)
+
+
+def postback(dispatch_id: str, status: str, arrived: datetime, **metadata: Any) -> TrackedEvent:
+    """A postback that reached the ingress at ``arrived``; ``metadata`` as Braze sends it."""
+    return tracked(POSTBACK_TYPE, raw_postback(dispatch_id, status, **metadata), arrived)
+
+
+def registration(received_at: datetime, **fields: Any) -> TrackedEvent:
+    return tracked(SEND_REGISTRATION_TYPE, fields, received_at)
+
+
+def outgoing_postback(raw: dict[str, Any], received_at: datetime) -> Outgoing:
+    """The message the ingress publishes for ``raw``."""
+    return Outgoing(
+        routing_key=postback_routing_key(raw["status"]),
+        body=json.dumps(raw).encode(),
+        message_id=event_id(raw),
+        type=POSTBACK_TYPE,
+        headers={"received_at": received_at.isoformat()},
+    )

@@ -1,0 +1,97 @@
+"""``txmail run``: every part in one process, as on a laptop — a bounce posted to the
+ingress ends as a signed webhook at the receiver and an attempt on the API's timeline."""
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import aiohttp
+
+from tests.fallback.conftest import RETRY_SCHEDULE
+from tests.fallback.servers import WEBHOOK_SECRET, Receiver, free_port
+from tests.waiting import wait_until
+from txmail.durations import format_duration
+from txmail.settings import Settings
+
+RULES = """
+[handlers.ops-hook]
+type = "webhook"
+url = "{url}/hook"
+secret = "{secret}"
+
+[[rules]]
+on = ["bounced"]
+handlers = ["ops-hook"]
+"""
+
+
+async def test_a_bounce_posted_to_the_ingress_reaches_the_webhook_and_the_timeline(
+    settings: Settings, receiver: Receiver, tmp_path: Path
+) -> None:
+    rules = tmp_path / "rules.toml"
+    rules.write_text(RULES.format(url=receiver.url, secret=WEBHOOK_SECRET))
+    ingress_port, api_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "TXMAIL_AMQP_URL": settings.amqp_url,
+        "TXMAIL_NAMESPACE": settings.namespace,
+        "TXMAIL_DATABASE_URL": f"sqlite:///{tmp_path / 'txmail.db'}",
+        "TXMAIL_RULES": str(rules),
+        "TXMAIL_FALLBACK_RETRY_SCHEDULE": ",".join(map(format_duration, RETRY_SCHEDULE)),
+        "TXMAIL_HTTP_HOST": "127.0.0.1",
+        "TXMAIL_HTTP_PORT": str(ingress_port),
+        "TXMAIL_API_PORT": str(api_port),
+        "TXMAIL_LOG_LEVEL": "warning",
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "txmail.cli", "run", env=env,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    postback = {"dispatch_id": "laptop-1", "status": "bounced", "metadata": {"reason": "550"}}
+    try:
+        async with aiohttp.ClientSession() as session:
+
+            async def accepted() -> bool:
+                try:
+                    async with session.post(
+                        f"http://127.0.0.1:{ingress_port}/postbacks", data=json.dumps(postback)
+                    ) as response:
+                        return response.status == 202
+                except aiohttp.ClientConnectionError:
+                    return False
+
+            async def attempt_on_timeline() -> bool:
+                url = f"http://127.0.0.1:{api_port}/v1/messages/laptop-1"
+                async with session.get(url) as response:
+                    if response.status != 200:
+                        return False
+                    message = await response.json()
+                kinds = [entry["kind"] for entry in message["timeline"]]
+                return message["outcome"] == "bounced" and "fallback_attempt" in kinds
+
+            await wait_until(accepted, timeout=20, what="the ingress to accept the postback")
+            await wait_until(attempt_on_timeline, timeout=20, what="the attempt on the timeline")
+        [call] = receiver.webhook.calls
+        assert call.body["data"]["dispatch_id"] == "laptop-1"
+        assert call.body["data"]["trigger"] == "bounced"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 15) == 0
+
+
+async def test_every_process_refuses_an_invalid_rules_file(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.toml"
+    rules.write_text('[[rules]]\non = ["bounced"]\nhandlers = ["nowhere"]\n')
+    for command in ("ingress", "worker", "api", "fallback", "run"):
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "txmail.cli", command,
+            env={**os.environ, "TXMAIL_RULES": str(rules)},
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        _, stderr = await asyncio.wait_for(process.communicate(), 30)
+        assert process.returncode == 2, command
+        assert "rules[0].handlers[0]" in stderr.decode(), command
+        assert "Traceback" not in stderr.decode()

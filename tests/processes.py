@@ -1,0 +1,53 @@
+"""``txmail worker`` as a real process, configured like an operator would."""
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from txmail.durations import format_duration
+from txmail.settings import Settings
+
+
+def environment(settings: Settings) -> dict[str, str]:
+    return {
+        **os.environ,
+        "TXMAIL_AMQP_URL": settings.amqp_url,
+        "TXMAIL_NAMESPACE": settings.namespace,
+        "TXMAIL_DATABASE_URL": settings.database_url,
+        "TXMAIL_DELIVERY_TIMEOUT": format_duration(settings.delivery_timeout),
+        "TXMAIL_SWEEP_INTERVAL": format_duration(settings.sweep_interval),
+        "TXMAIL_BATCH_SIZE": str(settings.batch_size),
+        "TXMAIL_REPUBLISH_AFTER": format_duration(settings.republish_after),
+        "TXMAIL_LOG_LEVEL": "warning",
+    }
+
+
+def start_worker(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "txmail.cli", "worker"],
+            env=environment(settings),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+@contextmanager
+def worker_process(settings: Settings, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A worker process for the block; stopped with SIGTERM (and must stop by itself)."""
+    process = start_worker(settings, log)
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+                raise AssertionError(f"worker ignored SIGTERM; log: {log.read_text()}") from None

@@ -1,0 +1,112 @@
+"""The read side: the HTTP API and ``txmail status``."""
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from tests.factories import postback, registration
+from txmail.cli import build_parser
+from txmail.settings import Settings
+from workers.api import create_api_app
+from workers.store import open_store
+from workers.store.protocol import Store
+from workers.timeouts import DeliveryTimeouts
+
+NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+async def store(database_url: str) -> AsyncIterator[Store]:
+    opened = await open_store(database_url, DeliveryTimeouts(timedelta(minutes=10)))
+    await opened.apply(
+        [
+            registration(NOW, external_send_id="order-7", recipient={"email": "c@example.com"}),
+            postback("d7", "sent", NOW, external_send_id="order-7"),
+            postback(
+                "d7",
+                "bounced",
+                NOW + timedelta(seconds=1),
+                external_send_id="order-7",
+                reason="550 5.1.1 no such user",
+            ),
+        ],
+        NOW,
+    )
+    yield opened
+    await opened.close()
+
+
+@pytest.fixture
+async def api(store: Store) -> AsyncIterator[str]:
+    runner = web.AppRunner(create_api_app(store))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    yield f"http://127.0.0.1:{port}"
+    await runner.cleanup()
+
+
+async def _get(url: str) -> tuple[int, dict[str, object]]:
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        return response.status, await response.json()
+
+
+async def test_message_by_dispatch_id_and_by_external_send_id(api: str) -> None:
+    status, by_dispatch = await _get(f"{api}/v1/messages/d7")
+    assert status == 200
+    assert by_dispatch["outcome"] == "bounced"
+    assert by_dispatch["reason"] == "550 5.1.1 no such user"
+    decision = by_dispatch["decision"]
+    assert isinstance(decision, dict)
+    assert decision["trigger"] == "bounced"
+    timeline = by_dispatch["timeline"]
+    assert isinstance(timeline, list)
+    assert [e["label"] for e in timeline] == ["registered", "sent", "bounced"]
+    status, by_send = await _get(f"{api}/v1/messages?external_send_id=order-7")
+    assert (status, by_send) == (200, by_dispatch)
+
+
+async def test_unknown_and_malformed_lookups_are_json_errors(api: str) -> None:
+    assert await _get(f"{api}/v1/messages/nope") == (
+        404,
+        {"error": "not_found", "message": "no message is known for dispatch_id 'nope'"},
+    )
+    status, body = await _get(f"{api}/v1/messages")
+    assert (status, body["error"]) == (400, "bad_request")
+    status, body = await _get(f"{api}/v1/nothing-here")
+    assert (status, body["error"]) == (404, "not_found")
+
+
+async def test_health_and_readiness(api: str) -> None:
+    assert await _get(f"{api}/healthz") == (200, {"status": "ok"})
+    assert await _get(f"{api}/readyz") == (200, {"status": "ready"})
+
+
+async def test_status_command_for_people_and_scripts(
+    store: Store,
+    database_url: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    settings = Settings(database_url=database_url)
+    assert await _status(settings, "order-7") == 0
+    text = capsys.readouterr().out
+    assert text.startswith("bounced: 550 5.1.1 no such user")
+    assert "recipient         c@example.com" in text
+    assert await _status(settings, "d7", "--json") == 0
+    assert json.loads(capsys.readouterr().out)["dispatch_id"] == "d7"
+    assert await _status(settings, "unknown-id") == 1
+    assert "nothing is known about 'unknown-id'" in capsys.readouterr().err
+
+
+async def _status(settings: Settings, *argv: str) -> int:
+    # Parsed as the shell would; not through main(), which sets up process-wide logging.
+    args = build_parser().parse_args(["status", *argv])
+    # The command runs its own event loop, as it does from a shell.
+    code: int = await asyncio.to_thread(args.handler, settings, args)
+    return code

@@ -1,0 +1,161 @@
+"""The functional core, in microseconds: invariant 2 and the decision rules."""
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from txmail.events import Postback, SendRegistration, Trigger, event_id
+from workers.state import (
+    Event,
+    Message,
+    Outcome,
+    PostbackEvent,
+    RegistrationEvent,
+    claim_deadline,
+    deadline,
+    evolve,
+    fallback_request,
+    merge,
+    outcome,
+)
+from workers.timeouts import DeliveryTimeouts
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+TIMEOUTS = DeliveryTimeouts(timedelta(minutes=10), {"slow": timedelta(hours=2)})
+STATUSES = ("sent", "processed", "aborted", "delivered", "bounced", "deferred")
+BRAZE = json.loads((Path(__file__).parent / "braze-postbacks.json").read_text())["examples"]
+
+
+def postback(status: str, at: int = 0, **metadata: object) -> PostbackEvent:
+    raw = {
+        "dispatch_id": "d1",
+        "status": status,
+        "metadata": {"external_send_id": "o1", **metadata},
+    }
+    return PostbackEvent(
+        event_id=event_id(raw),
+        received_at=T0 + timedelta(seconds=at),
+        postback=Postback.model_validate(raw),
+    )
+
+
+def registration(at: int = 0, **fields: object) -> RegistrationEvent:
+    body = {"external_send_id": "o1", **fields}
+    return RegistrationEvent(
+        event_id=event_id(body),
+        received_at=T0 + timedelta(seconds=at),
+        registration=SendRegistration.model_validate(body),
+    )
+
+
+def fold(events: list[Event]) -> Message:
+    message = Message(key="send:o1")
+    for event in events:
+        message = merge(message, event)
+    return message
+
+
+events = st.lists(
+    st.one_of(
+        st.builds(
+            postback,
+            st.sampled_from(STATUSES),
+            st.integers(0, 5),
+            reason=st.sampled_from(["550 no such user", "User not emailable"]),
+        ),
+        st.builds(registration, st.integers(0, 5), campaign_api_id=st.sampled_from(["c1", "c2"])),
+    ),
+    max_size=12,
+)
+
+
+@given(events, st.data())
+def test_state_is_a_function_of_the_set_of_events(
+    history: list[Event], data: st.DataObject
+) -> None:
+    copies = data.draw(st.lists(st.sampled_from(history))) if history else []
+    replayed = data.draw(st.permutations(history + copies))
+    assert fold(replayed) == fold(history)
+
+
+@given(events, st.data())
+def test_evolve_in_batches_decides_once_and_agrees_with_one_batch(
+    history: list[Event], data: st.DataObject
+) -> None:
+    cut = data.draw(st.integers(0, len(history)))
+    first, first_decision = evolve(Message(key="send:o1"), history[:cut], T0)
+    second, second_decision = evolve(first, history[cut:], T0)
+    whole, _ = evolve(Message(key="send:o1"), history, T0)
+    assert outcome(second) == outcome(whole)
+    assert not (first_decision and second_decision)
+    assert (second.decision is not None) == (outcome(whole) in {Outcome.BOUNCED, Outcome.ABORTED})
+
+
+def test_failure_outranks_delivered_outranks_in_flight() -> None:
+    assert outcome(fold([postback("sent")])) == Outcome.IN_FLIGHT
+    assert outcome(fold([postback("sent"), postback("delivered")])) == Outcome.DELIVERED
+    assert outcome(fold([postback("delivered"), postback("bounced", 9)])) == Outcome.BOUNCED
+    assert outcome(fold([postback("aborted"), postback("bounced")])) == Outcome.BOUNCED
+
+
+def test_unknown_status_is_kept_without_changing_the_outcome() -> None:
+    message = fold([postback("deferred")])
+    assert "deferred" in message.statuses
+    assert outcome(message) == Outcome.IN_FLIGHT
+
+
+def test_braze_examples_in_any_order_end_bounced_with_one_decision() -> None:
+    events = [
+        PostbackEvent(event_id=event_id(raw), received_at=T0, postback=Postback.model_validate(raw))
+        for raw in BRAZE
+    ]
+    message, decision = evolve(Message(key="send:x"), list(reversed(events)), T0)
+    assert outcome(message) == Outcome.BOUNCED
+    assert decision is not None
+    assert decision.trigger == Trigger.BOUNCED
+    request = fallback_request(message)
+    assert request.reason == "550 5.1.1 The email account that you tried to reach does not exist"
+    assert request.braze_timestamps["sent_at"] == "2020-08-31T18:58:42.000+00:00"
+
+
+def test_deadline_is_armed_from_sent_at_and_uses_the_campaign_timeout() -> None:
+    message = fold([postback("sent", 30, sent_at="2026-01-01T00:00:10+00:00")])
+    assert deadline(message, TIMEOUTS) == T0 + timedelta(minutes=10, seconds=10)
+    slow = fold([postback("processed", 30, campaign_api_id="slow")])
+    assert deadline(slow, TIMEOUTS) == T0 + timedelta(hours=2, seconds=30)
+    assert deadline(fold([postback("sent"), postback("delivered")]), TIMEOUTS) is None
+
+
+def test_deadline_claim_then_delivered_is_delivered_late() -> None:
+    message = fold([postback("sent")])
+    unchanged, none = claim_deadline(message, TIMEOUTS, T0 + timedelta(minutes=9))
+    assert none is None
+    assert unchanged == message
+    claimed, decision = claim_deadline(message, TIMEOUTS, T0 + timedelta(minutes=10))
+    assert decision is not None
+    assert decision.trigger == Trigger.TIMEOUT
+    assert outcome(claimed) == Outcome.TIMED_OUT
+    assert claim_deadline(claimed, TIMEOUTS, T0 + timedelta(hours=1))[1] is None
+    late, again = evolve(claimed, [postback("delivered", 700)], T0 + timedelta(minutes=12))
+    assert again is None
+    assert outcome(late) == Outcome.DELIVERED_LATE
+
+
+def test_registration_without_sent_is_not_sent_with_its_own_timeout() -> None:
+    message = fold([registration(recipient={"phone": "+15550100"}, delivery_timeout="90s")])
+    assert deadline(message, TIMEOUTS) == T0 + timedelta(seconds=90)
+    claimed, decision = claim_deadline(message, TIMEOUTS, T0 + timedelta(seconds=90))
+    assert decision is not None
+    assert decision.trigger == Trigger.NOT_SENT
+    request = fallback_request(claimed)
+    assert request.recipient.phone == "+15550100"
+    assert request.dispatch_id is None
+    assert request.external_send_id == "o1"
+
+
+def test_unreadable_sent_at_falls_back_to_arrival() -> None:
+    message = fold([postback("sent", 5, sent_at="yesterday-ish")])
+    assert deadline(message, TIMEOUTS) == T0 + timedelta(minutes=10, seconds=5)

@@ -1,0 +1,188 @@
+"""Both stores, same behaviour: every test here runs on SQLite and on PostgreSQL."""
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.factories import postback, registration, tracked
+from txmail.events import FALLBACK_ATTEMPT_TYPE, AttemptOutcome, FallbackAttempt, Trigger
+from workers.state import Outcome
+from workers.store import open_store
+from workers.store.protocol import Store, TrackedEvent
+from workers.timeouts import DeliveryTimeouts
+
+NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+TIMEOUTS = DeliveryTimeouts(timedelta(minutes=10))
+BRAZE = json.loads((Path(__file__).parent / "braze-postbacks.json").read_text())["examples"]
+
+
+@pytest.fixture
+async def store(database_url: str) -> AsyncIterator[Store]:
+    opened = await open_store(database_url, TIMEOUTS)
+    yield opened
+    await opened.close()
+
+
+async def test_events_are_kept_once_and_decide_once(store: Store) -> None:
+    events = [_braze(raw) for raw in BRAZE]
+    first = await store.apply(events, NOW)
+    again = await store.apply(list(reversed(events)), NOW + timedelta(seconds=1))
+    assert [p.request.trigger for p in first] == [Trigger.BOUNCED]
+    assert again == []
+    message = await store.find(dispatch_id="acf471119f7449d579e8089032003ded")
+    assert message is not None
+    assert message.outcome == Outcome.BOUNCED
+    assert message.reason is not None
+    assert message.reason.startswith("550 5.1.1")
+    assert [e.label for e in message.timeline].count("sent") == 1
+    assert len(message.timeline) == 5
+    assert message.decision is not None
+    assert message.decision.request is not None
+    assert (
+        message.decision.request.braze_timestamps["bounced_at"] == "2020-08-31T18:58:43.000+00:00"
+    )
+    by_send = await store.find(external_send_id="34a2ceb3cf6184132f3d816e9984269a")
+    assert by_send == message
+
+
+async def test_unknown_messages_are_none(store: Store) -> None:
+    assert await store.find(dispatch_id="nope") is None
+    assert await store.find(external_send_id="nope") is None
+
+
+async def test_a_redelivered_event_keeps_its_earliest_arrival(store: Store) -> None:
+    await store.apply([postback("d1", "sent", NOW + timedelta(seconds=5))], NOW)
+    await store.apply([postback("d1", "sent", NOW)], NOW)
+    message = await store.find(dispatch_id="d1")
+    assert message is not None
+    assert message.statuses["sent"].received_at == NOW
+    assert [e.received_at for e in message.timeline] == [NOW]
+
+
+async def test_deadline_claimed_once_then_delivered_is_late(store: Store) -> None:
+    sent_at = (NOW - timedelta(minutes=11)).isoformat()
+    await store.apply([postback("d1", "sent", NOW, sent_at=sent_at)], NOW)
+    claimed = await store.claim_due(NOW, 100)
+    assert [p.request.trigger for p in claimed] == [Trigger.TIMEOUT]
+    assert await store.claim_due(NOW + timedelta(hours=1), 100) == []
+    late = await store.apply([postback("d1", "delivered", NOW)], NOW + timedelta(seconds=1))
+    assert late == []
+    message = await store.find(dispatch_id="d1")
+    assert message is not None
+    assert message.outcome == Outcome.DELIVERED_LATE
+    assert message.decision is not None
+    assert message.decision.trigger == "timeout"
+
+
+async def test_delivered_in_time_disarms_the_deadline(store: Store) -> None:
+    await store.apply([postback("d1", "processed", NOW)], NOW)
+    assert (await store.counts()).pending_deadlines == 1
+    await store.apply([postback("d1", "delivered", NOW)], NOW)
+    assert (await store.counts()).pending_deadlines == 0
+    assert await store.claim_due(NOW + timedelta(days=1), 100) == []
+
+
+async def test_a_decision_not_published_is_leased_out_again(store: Store) -> None:
+    decided = await store.apply([postback("d1", "aborted", NOW, reason="User not emailable")], NOW)
+    assert len(decided) == 1
+    assert await store.claim_unpublished(NOW, 10) == []  # the deciding worker publishes it
+    later = NOW + timedelta(minutes=1)
+    retried = await store.claim_unpublished(later, 10)
+    assert [p.request for p in retried] == [decided[0].request]
+    assert await store.claim_unpublished(later, 10) == []  # leased to the first caller
+    await store.mark_published([decided[0].message_key], later)
+    assert await store.claim_unpublished(NOW + timedelta(days=1), 10) == []
+    message = await store.find(dispatch_id="d1")
+    assert message is not None
+    assert message.decision is not None
+    assert message.decision.published_at == later
+
+
+async def test_registration_without_sent_is_not_sent(store: Store) -> None:
+    register = registration(
+        NOW,
+        external_send_id="order-1",
+        campaign_api_id="c1",
+        recipient={"email": "a@example.com", "phone": "+15550100"},
+        variables={"order": 1234},
+        delivery_timeout="2m",
+    )
+    await store.apply([register], NOW)
+    assert await store.claim_due(NOW + timedelta(minutes=1), 10) == []
+    [claimed] = await store.claim_due(NOW + timedelta(minutes=2), 10)
+    assert claimed.request.trigger == Trigger.NOT_SENT
+    assert claimed.request.recipient.phone == "+15550100"
+    assert claimed.request.variables == {"order": 1234}
+    message = await store.find(external_send_id="order-1")
+    assert message is not None
+    assert message.outcome == Outcome.TIMED_OUT
+
+
+async def test_registration_and_postbacks_are_one_message(store: Store) -> None:
+    await store.apply([postback("d1", "sent", NOW, external_send_id="order-2")], NOW)
+    register = registration(
+        NOW + timedelta(seconds=1), external_send_id="order-2", recipient={"email": "b@example.com"}
+    )
+    await store.apply([register], NOW)
+    bounced = postback(
+        "d1", "bounced", NOW + timedelta(seconds=2), external_send_id="order-2", reason="550"
+    )
+    [decided] = await store.apply([bounced], NOW)
+    assert decided.request.recipient.email == "b@example.com"
+    assert decided.request.dispatch_id == "d1"
+    message = await store.find(dispatch_id="d1")
+    assert message is not None
+    assert [e.kind for e in message.timeline] == ["postback", "send_registration", "postback"]
+
+
+async def test_fallback_attempts_land_on_the_timeline(store: Store) -> None:
+    [decided] = await store.apply([postback("d1", "bounced", NOW)], NOW)
+    attempt = FallbackAttempt(
+        idempotency_key=decided.request.idempotency_key,
+        dispatch_id="d1",
+        external_send_id=None,
+        handler="sms",
+        attempt=1,
+        outcome=AttemptOutcome.SUCCEEDED,
+        at=NOW + timedelta(seconds=3),
+    )
+    event = tracked(FALLBACK_ATTEMPT_TYPE, attempt.model_dump(mode="json"), attempt.at)
+    assert await store.apply([event, event], NOW) == []
+    message = await store.find(dispatch_id="d1")
+    assert message is not None
+    assert message.outcome == Outcome.BOUNCED
+    assert [e.label for e in message.timeline] == ["bounced", "sms: succeeded"]
+
+
+async def test_purge_removes_old_settled_messages_in_batches(store: Store) -> None:
+    old = NOW - timedelta(days=40)
+    await store.apply([postback(f"old{i}", "delivered", old) for i in range(5)], old)
+    await store.apply([postback("pending", "sent", old)], old)
+    await store.apply([postback("new", "delivered", NOW)], NOW)
+    cut = NOW - timedelta(days=30)
+    assert await store.purge(cut, 3) == 3
+    assert await store.purge(cut, 3) == 2
+    assert await store.purge(cut, 3) == 0
+    counts = await store.counts()
+    assert (counts.messages, counts.events) == (2, 2)
+    assert await store.find(dispatch_id="pending") is not None
+
+
+async def test_migrations_run_once_when_processes_start_together(database_url: str) -> None:
+    stores = await asyncio.gather(*(open_store(database_url, TIMEOUTS) for _ in range(4)))
+    await stores[0].apply([postback("d1", "sent", NOW)], NOW)
+    for opened in stores:
+        assert (await opened.counts()).messages == 1
+        await opened.close()
+    reopened = await open_store(database_url, TIMEOUTS)
+    assert (await reopened.counts()).messages == 1
+    await reopened.close()
+
+
+def _braze(raw: dict[str, Any]) -> TrackedEvent:
+    return postback(raw["dispatch_id"], raw["status"], NOW, **raw["metadata"])

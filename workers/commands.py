@@ -1,0 +1,97 @@
+"""The workers' subcommands of ``txmail``: worker, api, status."""
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Callable
+
+from txmail.errors import ConfigError
+from txmail.http import serve_until_stopped
+from txmail.settings import Settings
+from workers.api import create_api_app
+from workers.status import describe
+from workers.stopping import stop_on_signals
+from workers.store import open_store
+from workers.store.protocol import MessageView, StoreUnavailable
+from workers.worker import open_store_when_available, serve_worker, timeouts_from
+
+Command = Callable[[Settings, argparse.Namespace], int]
+
+
+def _fails_cleanly(command: Command) -> Command:
+    """Configuration problems end a command with the message and exit code 2."""
+
+    def run(settings: Settings, args: argparse.Namespace) -> int:
+        try:
+            return command(settings, args)
+        except ConfigError as error:
+            print(f"txmail: {error}", file=sys.stderr)
+            return 2
+
+    return run
+
+
+@_fails_cleanly
+def worker_command(settings: Settings, args: argparse.Namespace) -> int:
+    asyncio.run(serve_worker(settings))
+    return 0
+
+
+async def _serve_api(settings: Settings) -> None:
+    store = await open_store_when_available(settings, timeouts_from(settings), stop_on_signals())
+    if store is None:
+        return
+    try:
+        await serve_until_stopped(
+            create_api_app(store),
+            settings.http_host,
+            settings.api_port,
+            settings.shutdown_timeout.total_seconds(),
+        )
+    finally:
+        await store.close()
+
+
+@_fails_cleanly
+def api_command(settings: Settings, args: argparse.Namespace) -> int:
+    asyncio.run(_serve_api(settings))
+    return 0
+
+
+async def _lookup(settings: Settings, wanted: str) -> MessageView | None:
+    store = await open_store(settings.database_url, timeouts_from(settings))
+    try:
+        return await store.find(dispatch_id=wanted) or await store.find(external_send_id=wanted)
+    finally:
+        await store.close()
+
+
+@_fails_cleanly
+def status_command(settings: Settings, args: argparse.Namespace) -> int:
+    try:
+        message = asyncio.run(_lookup(settings, args.id))
+    except StoreUnavailable as error:
+        print(f"txmail: cannot read the store: {error}", file=sys.stderr)
+        return 2
+    if message is None:
+        print(
+            f"txmail: nothing is known about {args.id!r} (neither a dispatch id "
+            "nor an external send id seen by the workers)",
+            file=sys.stderr,
+        )
+        return 1
+    print(message.model_dump_json(indent=2) if args.json else describe(message))
+    return 0
+
+
+def add_commands(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    worker = commands.add_parser(
+        "worker", help="track every message: consume events, keep state, decide fallbacks"
+    )
+    worker.set_defaults(handler=worker_command)
+    api = commands.add_parser("api", help="serve the message state over HTTP (TXMAIL_API_PORT)")
+    api.set_defaults(handler=api_command)
+    status = commands.add_parser("status", help="show what happened to one message")
+    status.add_argument("id", help="a Braze dispatch id or your external send id")
+    status.add_argument("--json", action="store_true", help="print JSON for scripts")
+    status.set_defaults(handler=status_command)

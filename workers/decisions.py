@@ -1,0 +1,52 @@
+"""Publishing decided fallbacks: persistent, confirmed, and marked once confirmed.
+
+A decision is recorded before it is published (an outbox), so a publish that fails
+costs a retry by the sweeper, never the decision; the idempotency key as message id
+lets the executor recognise the rare republish of one already confirmed.
+"""
+
+from collections.abc import Sequence
+
+import structlog
+
+from txmail.broker import Broker, Outgoing
+from txmail.errors import BrokerUnavailable
+from txmail.events import FALLBACK_REQUEST_TYPE, FallbackRequest, utc_now
+from workers.store.protocol import PendingRequest, Store, StoreUnavailable
+
+log = structlog.get_logger(__name__)
+
+
+def to_outgoing(request: FallbackRequest) -> Outgoing:
+    return Outgoing(
+        routing_key=request.routing_key,
+        body=request.model_dump_json().encode(),
+        message_id=request.idempotency_key,
+        type=FALLBACK_REQUEST_TYPE,
+    )
+
+
+async def publish_decisions(
+    broker: Broker, store: Store, pending: Sequence[PendingRequest]
+) -> None:
+    """Publish and mark; on failure log and leave it to the sweeper's retry."""
+    if not pending:
+        return
+    try:
+        await broker.publish([to_outgoing(p.request) for p in pending])
+        await store.mark_published([p.message_key for p in pending], utc_now())
+    except (BrokerUnavailable, StoreUnavailable) as error:
+        log.warning(
+            "fallback requests not confirmed yet; the sweeper publishes them again",
+            count=len(pending),
+            error=str(error),
+        )
+        return
+    for p in pending:
+        log.info(
+            "fallback decided",
+            trigger=p.request.trigger.value,
+            dispatch_id=p.request.dispatch_id,
+            external_send_id=p.request.external_send_id,
+            idempotency_key=p.request.idempotency_key,
+        )

@@ -1,0 +1,43 @@
+"""Deliveries buffered by the consumer and handed out in batches.
+
+A batch is whatever arrived, up to ``size`` messages, waiting at most ``wait`` after
+the first one: one store transaction per batch is what makes the worker fast, and the
+short wait keeps a lone postback from waiting for company.
+"""
+
+import asyncio
+from collections import deque
+
+from aio_pika.abc import AbstractIncomingMessage
+
+
+class Inbox:
+    def __init__(self, size: int, wait: float) -> None:
+        self._size = size
+        self._wait = wait
+        self._buffer: deque[AbstractIncomingMessage] = deque()
+        self._arrived = asyncio.Event()
+
+    async def put(self, message: AbstractIncomingMessage) -> None:
+        """The consumer callback."""
+        self._buffer.append(message)
+        self._arrived.set()
+
+    async def next_batch(self, idle_timeout: float) -> list[AbstractIncomingMessage]:
+        """The next batch, or an empty list when nothing arrived within ``idle_timeout``."""
+        if not self._buffer:
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), idle_timeout)
+            except TimeoutError:
+                return []
+        loop = asyncio.get_running_loop()
+        until = loop.time() + self._wait
+        while len(self._buffer) < self._size and (remaining := until - loop.time()) > 0:
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+            except TimeoutError:
+                break
+        count = min(self._size, len(self._buffer))
+        return [self._buffer.popleft() for _ in range(count)]

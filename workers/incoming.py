@@ -1,0 +1,92 @@
+"""What arrives on the tracker queue, turned into events for a message's timeline.
+
+Anything that is not the contract raises NotTheContract: such a message can never be
+processed, so the tracker dead-letters it at once instead of retrying it.
+"""
+
+import json
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from txmail.errors import TxmailError
+from txmail.events import (
+    FALLBACK_ATTEMPT_TYPE,
+    POSTBACK_TYPE,
+    SEND_REGISTRATION_TYPE,
+    FallbackAttempt,
+    Postback,
+    SendRegistration,
+    event_id,
+)
+from workers.state import PostbackEvent, RegistrationEvent, message_key
+from workers.store.protocol import TrackedEvent
+
+
+class NotTheContract(TxmailError):
+    """A message on the tracker queue that no worker will ever be able to process."""
+
+
+def _received_at(headers: Mapping[str, Any], timestamp: datetime | None, now: datetime) -> datetime:
+    value = headers.get("received_at")
+    if isinstance(value, bytes):
+        value = value.decode(errors="replace")
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            pass
+        else:
+            return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    if timestamp is not None:
+        return timestamp if timestamp.tzinfo else timestamp.replace(tzinfo=UTC)
+    return now
+
+
+def decode(
+    kind: str | None,
+    body: bytes,
+    headers: Mapping[str, Any],
+    timestamp: datetime | None,
+    now: datetime,
+) -> TrackedEvent:
+    """Turn one delivery into a TrackedEvent; raise NotTheContract saying why it is not one."""
+    try:
+        text = body.decode()
+        raw = json.loads(text)
+    except (UnicodeDecodeError, ValueError) as error:
+        raise NotTheContract(f"body is not JSON: {error}") from None
+    if not isinstance(raw, dict):
+        raise NotTheContract(f"body is a JSON {type(raw).__name__}, not an object")
+    received_at = _received_at(headers, timestamp, now)
+    # The id is always computed from the body, never trusted from the publisher.
+    eid = event_id(raw)
+    try:
+        if kind == POSTBACK_TYPE:
+            postback = Postback.model_validate(raw)
+            key = message_key(postback.external_send_id, postback.dispatch_id)
+            core = PostbackEvent(event_id=eid, received_at=received_at, postback=postback)
+            return TrackedEvent(eid, key, kind, postback.status, received_at, text, core)
+        if kind == SEND_REGISTRATION_TYPE:
+            registration = SendRegistration.model_validate(raw)
+            key = message_key(registration.external_send_id, None)
+            registered = RegistrationEvent(
+                event_id=eid, received_at=received_at, registration=registration
+            )
+            return TrackedEvent(eid, key, kind, "registered", received_at, text, registered)
+        if kind == FALLBACK_ATTEMPT_TYPE:
+            attempt = FallbackAttempt.model_validate(raw)
+            if not (attempt.external_send_id or attempt.dispatch_id):
+                raise NotTheContract("fallback attempt names neither a dispatch nor a send id")
+            key = message_key(attempt.external_send_id, attempt.dispatch_id)
+            label = f"{attempt.handler or '-'}: {attempt.outcome.value}"
+            return TrackedEvent(eid, key, kind, label, received_at, text, None)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}"
+            for e in error.errors(include_url=False)
+        )
+        raise NotTheContract(f"not a valid {kind}: {problems}") from None
+    raise NotTheContract(f"unknown message type {kind!r}")

@@ -1,0 +1,270 @@
+"""The functional core: a message's events in, its state and the fallback decision out.
+
+No I/O here. The stores load a message, call ``evolve`` or ``claim_deadline`` and
+persist what comes back, so the rules below are the only place these rules live.
+
+Invariant 2 (order and duplicates do not matter) holds because ``merge`` is a join:
+for each status it keeps the earliest sighting (earliest arrival, then smallest event
+id), for the registration the latest one, and for ids the smallest non-empty one. Any
+order, any number of copies, same ``Message``. Only the decision is sticky: once made,
+it is part of the message and never made again (invariant 3).
+"""
+
+import hashlib
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Final
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from txmail.events import FallbackRequest, Postback, Recipient, SendRegistration, Trigger
+from workers.timeouts import DeliveryTimeouts
+
+# Failures in rank order: a bounce is the later, more definite verdict of the two.
+FAILURES: Final = ("bounced", "aborted")
+ARMING: Final = ("sent", "processed")
+LATE_TRIGGERS: Final = frozenset({Trigger.TIMEOUT, Trigger.NOT_SENT})
+
+
+class Outcome(StrEnum):
+    IN_FLIGHT = "in_flight"
+    DELIVERED = "delivered"
+    ABORTED = "aborted"
+    BOUNCED = "bounced"
+    TIMED_OUT = "timed_out"
+    DELIVERED_LATE = "delivered_late"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class PostbackEvent(_Frozen):
+    event_id: str
+    received_at: datetime
+    postback: Postback
+
+
+class RegistrationEvent(_Frozen):
+    event_id: str
+    received_at: datetime
+    registration: SendRegistration
+
+
+Event = PostbackEvent | RegistrationEvent
+
+
+class StatusSeen(_Frozen):
+    """The earliest sighting of one status: when it arrived, and what Braze said."""
+
+    received_at: datetime
+    event_id: str
+    reason: str | None = None
+    # Braze's own timestamps of that postback (`sent_at`, `bounced_at`, ...), as written.
+    timestamps: dict[str, str] = Field(default_factory=dict)
+
+    def _rank(self) -> tuple[datetime, str]:
+        return (self.received_at, self.event_id)
+
+
+class Registered(_Frozen):
+    received_at: datetime
+    event_id: str
+    registration: SendRegistration
+
+    def _rank(self) -> tuple[datetime, str]:
+        return (self.received_at, self.event_id)
+
+
+class Decision(_Frozen):
+    trigger: Trigger
+    decided_at: datetime
+
+
+class Message(_Frozen):
+    """Everything known about one send; what the stores persist."""
+
+    key: str
+    dispatch_id: str | None = None
+    external_send_id: str | None = None
+    campaign_api_id: str | None = None
+    statuses: dict[str, StatusSeen] = Field(default_factory=dict)
+    registration: Registered | None = None
+    decision: Decision | None = None
+
+
+def message_key(external_send_id: str | None, dispatch_id: str | None) -> str:
+    """One message per send: the sender's own id when it has one (a registration knows
+    nothing else), else Braze's dispatch id."""
+    if external_send_id:
+        return f"send:{external_send_id}"
+    return f"dispatch:{dispatch_id}"
+
+
+def key_of(event: Event) -> str:
+    if isinstance(event, RegistrationEvent):
+        return message_key(event.registration.external_send_id, None)
+    return message_key(event.postback.external_send_id, event.postback.dispatch_id)
+
+
+def idempotency_key(key: str) -> str:
+    """Stable per message, opaque downstream."""
+    return "txm_" + hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+def _smallest(a: str | None, b: str | None) -> str | None:
+    """The smaller of two ids, ignoring missing ones."""
+    if not a:
+        return b or None
+    if not b:
+        return a
+    return min(a, b)
+
+
+def _braze_timestamps(metadata: dict[str, object]) -> dict[str, str]:
+    return {k: v for k, v in metadata.items() if k.endswith("_at") and isinstance(v, str)}
+
+
+def merge(message: Message, event: Event) -> Message:
+    """Add one event; commutative and idempotent."""
+    if isinstance(event, RegistrationEvent):
+        new = Registered(
+            received_at=event.received_at,
+            event_id=event.event_id,
+            registration=event.registration,
+        )
+        current = message.registration
+        return message.model_copy(
+            update={
+                "external_send_id": _smallest(
+                    message.external_send_id, event.registration.external_send_id
+                ),
+                "campaign_api_id": _smallest(
+                    message.campaign_api_id, event.registration.campaign_api_id
+                ),
+                "registration": new
+                if current is None or new._rank() > current._rank()
+                else current,
+            }
+        )
+    postback = event.postback
+    reason = postback.metadata.get("reason")
+    seen = StatusSeen(
+        received_at=event.received_at,
+        event_id=event.event_id,
+        reason=reason if isinstance(reason, str) else None,
+        timestamps=_braze_timestamps(postback.metadata),
+    )
+    statuses = dict(message.statuses)
+    current_seen = statuses.get(postback.status)
+    if current_seen is None or seen._rank() < current_seen._rank():
+        statuses[postback.status] = seen
+    return message.model_copy(
+        update={
+            "dispatch_id": _smallest(message.dispatch_id, postback.dispatch_id),
+            "external_send_id": _smallest(message.external_send_id, postback.external_send_id),
+            "campaign_api_id": _smallest(message.campaign_api_id, postback.campaign_api_id),
+            "statuses": statuses,
+        }
+    )
+
+
+def failure(message: Message) -> str | None:
+    return next((s for s in FAILURES if s in message.statuses), None)
+
+
+def outcome(message: Message) -> Outcome:
+    """A failure outranks `delivered`, which outranks everything still in flight."""
+    if failed := failure(message):
+        return Outcome(failed)
+    late = message.decision is not None and message.decision.trigger in LATE_TRIGGERS
+    if "delivered" in message.statuses:
+        return Outcome.DELIVERED_LATE if late else Outcome.DELIVERED
+    return Outcome.TIMED_OUT if late else Outcome.IN_FLIGHT
+
+
+def reason(message: Message) -> str | None:
+    failed = failure(message)
+    return message.statuses[failed].reason if failed else None
+
+
+def _parse_time(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return None  # a timestamp we cannot read is not a reason to lose the message
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _timeout(message: Message, timeouts: DeliveryTimeouts) -> timedelta:
+    registered = message.registration
+    if registered is not None and registered.registration.delivery_timeout is not None:
+        return registered.registration.delivery_timeout
+    return timeouts.for_campaign(message.campaign_api_id)
+
+
+def deadline(message: Message, timeouts: DeliveryTimeouts) -> datetime | None:
+    """When the message is late, or None when nothing is pending any more.
+
+    Armed by `sent` or `processed`, measured from Braze's `sent_at` when known, else
+    from the earliest arrival; a registration alone arms it from its own arrival.
+    """
+    if message.decision or failure(message) or "delivered" in message.statuses:
+        return None
+    armed = [message.statuses[s] for s in ARMING if s in message.statuses]
+    if armed:
+        sent = message.statuses.get("sent")
+        sent_at = _parse_time(sent.timestamps.get("sent_at")) if sent else None
+        start = sent_at or min(s.received_at for s in armed)
+    elif message.registration is not None:
+        start = message.registration.received_at
+    else:
+        return None
+    return start + _timeout(message, timeouts)
+
+
+def evolve(message: Message, events: list[Event], now: datetime) -> tuple[Message, Decision | None]:
+    """Merge events; decide a fallback when the message failed and none was decided yet."""
+    for event in events:
+        message = merge(message, event)
+    failed = failure(message)
+    if message.decision is None and failed is not None:
+        decision = Decision(trigger=Trigger(failed), decided_at=now)
+        return message.model_copy(update={"decision": decision}), decision
+    return message, None
+
+
+def claim_deadline(
+    message: Message, timeouts: DeliveryTimeouts, now: datetime
+) -> tuple[Message, Decision | None]:
+    """Decide a timeout when the deadline has passed (the sweeper's half of the race)."""
+    due = deadline(message, timeouts)
+    if due is None or due > now:
+        return message, None
+    armed = any(s in message.statuses for s in ARMING)
+    decision = Decision(trigger=Trigger.TIMEOUT if armed else Trigger.NOT_SENT, decided_at=now)
+    return message.model_copy(update={"decision": decision}), decision
+
+
+def fallback_request(message: Message) -> FallbackRequest:
+    """What the fallback handlers get for a decided message."""
+    if message.decision is None:
+        raise ValueError(f"message {message.key} has no fallback decision")
+    timestamps: dict[str, str] = {}
+    for status in sorted(message.statuses):
+        timestamps.update(message.statuses[status].timestamps)
+    registration = message.registration.registration if message.registration else None
+    return FallbackRequest(
+        idempotency_key=idempotency_key(message.key),
+        trigger=message.decision.trigger,
+        dispatch_id=message.dispatch_id,
+        external_send_id=message.external_send_id,
+        campaign_api_id=message.campaign_api_id,
+        reason=reason(message),
+        braze_timestamps=timestamps,
+        recipient=registration.recipient if registration else Recipient(),
+        variables=dict(registration.variables) if registration else {},
+        decided_at=message.decision.decided_at,
+    )

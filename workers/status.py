@@ -1,0 +1,41 @@
+"""``txmail status``: a message's outcome and timeline, for a person or a script."""
+
+from datetime import datetime
+
+from workers.store.protocol import MessageView
+
+
+def _time(value: datetime | None) -> str:
+    return value.isoformat(timespec="seconds") if value else "-"
+
+
+def describe(message: MessageView) -> str:
+    """A few lines a person on call can read at a glance."""
+    outcome = message.outcome.value.replace("_", " ")
+    lines = [
+        f"{outcome}" + (f": {message.reason}" if message.reason else ""),
+        f"  dispatch id       {message.dispatch_id or '-'}",
+        f"  external send id  {message.external_send_id or '-'}",
+        f"  campaign          {message.campaign_api_id or '-'}",
+    ]
+    if message.deadline:
+        lines.append(f"  deadline          {_time(message.deadline)}")
+    if message.registration:
+        recipient = message.registration.registration.recipient
+        who = ", ".join(x for x in (recipient.email, recipient.phone) if x) or "-"
+        lines.append(f"  recipient         {who}")
+    decision = message.decision
+    if decision:
+        published = (
+            f"published {_time(decision.published_at)}"
+            if decision.published_at
+            else "not published yet"
+        )
+        lines.append(
+            f"  fallback          {decision.trigger}, decided {_time(decision.decided_at)}, "
+            f"{published}"
+        )
+    lines.append("timeline:")
+    width = max((len(e.kind) for e in message.timeline), default=0)
+    lines += [f"  {_time(e.received_at)}  {e.kind:<{width}}  {e.label}" for e in message.timeline]
+    return "\n".join(lines)

@@ -1,0 +1,89 @@
+"""Versioned schema changes, applied in order at start-up by whichever process comes first.
+
+Append new versions; never edit one that has shipped. Times are microseconds since
+the epoch in SQLite (integers sort and index well there) and timestamptz in PostgreSQL.
+"""
+
+from typing import Final
+
+Migration = tuple[int, tuple[str, ...]]
+
+SQLITE: Final[tuple[Migration, ...]] = (
+    (
+        1,
+        (
+            """CREATE TABLE messages (
+                message_key TEXT PRIMARY KEY,
+                dispatch_id TEXT,
+                external_send_id TEXT,
+                campaign_api_id TEXT,
+                outcome TEXT NOT NULL,
+                reason TEXT,
+                deadline INTEGER,
+                decision_trigger TEXT,
+                summary TEXT NOT NULL,
+                decision_request TEXT,
+                decision_published_at INTEGER,
+                publish_after INTEGER,
+                created_at INTEGER NOT NULL,
+                updated_at INTEGER NOT NULL
+            )""",
+            "CREATE INDEX messages_dispatch_id ON messages (dispatch_id)",
+            "CREATE INDEX messages_external_send_id ON messages (external_send_id)",
+            "CREATE INDEX messages_campaign_api_id ON messages (campaign_api_id)",
+            "CREATE INDEX messages_deadline ON messages (deadline) WHERE deadline IS NOT NULL",
+            """CREATE INDEX messages_unpublished ON messages (publish_after)
+                WHERE publish_after IS NOT NULL AND decision_published_at IS NULL""",
+            "CREATE INDEX messages_created_at ON messages (created_at)",
+            """CREATE TABLE events (
+                event_id TEXT PRIMARY KEY,
+                message_key TEXT NOT NULL,
+                kind TEXT NOT NULL,
+                label TEXT NOT NULL,
+                received_at INTEGER NOT NULL,
+                body TEXT NOT NULL
+            )""",
+            "CREATE INDEX events_message_key ON events (message_key, received_at)",
+        ),
+    ),
+)
+
+POSTGRES: Final[tuple[Migration, ...]] = (
+    (
+        1,
+        (
+            """CREATE TABLE messages (
+                message_key TEXT PRIMARY KEY,
+                dispatch_id TEXT,
+                external_send_id TEXT,
+                campaign_api_id TEXT,
+                outcome TEXT NOT NULL DEFAULT 'in_flight',
+                reason TEXT,
+                deadline TIMESTAMPTZ,
+                decision_trigger TEXT,
+                summary TEXT,
+                decision_request TEXT,
+                decision_published_at TIMESTAMPTZ,
+                publish_after TIMESTAMPTZ,
+                created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+                updated_at TIMESTAMPTZ NOT NULL DEFAULT now()
+            )""",
+            "CREATE INDEX messages_dispatch_id ON messages (dispatch_id)",
+            "CREATE INDEX messages_external_send_id ON messages (external_send_id)",
+            "CREATE INDEX messages_campaign_api_id ON messages (campaign_api_id)",
+            "CREATE INDEX messages_deadline ON messages (deadline) WHERE deadline IS NOT NULL",
+            """CREATE INDEX messages_unpublished ON messages (publish_after)
+                WHERE publish_after IS NOT NULL AND decision_published_at IS NULL""",
+            "CREATE INDEX messages_created_at ON messages (created_at)",
+            """CREATE TABLE events (
+                event_id TEXT PRIMARY KEY,
+                message_key TEXT NOT NULL,
+                kind TEXT NOT NULL,
+                label TEXT NOT NULL,
+                received_at TIMESTAMPTZ NOT NULL,
+                body TEXT NOT NULL
+            )""",
+            "CREATE INDEX events_message_key ON events (message_key, received_at)",
+        ),
+    ),
+)

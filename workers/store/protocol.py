@@ -1,0 +1,110 @@
+"""What every state store does, whatever the database behind it."""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from pydantic import BaseModel
+
+from txmail.errors import TxmailError
+from txmail.events import FallbackRequest
+from workers.state import Event, Outcome, Registered, StatusSeen
+
+
+class StoreUnavailable(TxmailError):
+    """The database cannot be reached or is busy; retry the same work later."""
+
+
+@dataclass(frozen=True)
+class TrackedEvent:
+    """One event for a message's timeline, and what the core merges from it (if anything)."""
+
+    event_id: str
+    message_key: str
+    kind: str  # the AMQP type: postback, send_registration, fallback_attempt
+    label: str  # the postback status, "registered", or the attempt's outcome
+    received_at: datetime
+    body: str  # the event's JSON, as it arrived
+    core: Event | None  # None for fallback attempts: they do not change the state
+
+
+@dataclass(frozen=True)
+class PendingRequest:
+    """A decided fallback that still has to be published."""
+
+    message_key: str
+    request: FallbackRequest
+
+
+class TimelineEntry(BaseModel):
+    event_id: str
+    kind: str
+    label: str
+    received_at: datetime
+    body: Any
+
+
+class DecisionView(BaseModel):
+    trigger: str
+    decided_at: datetime
+    published_at: datetime | None
+    request: FallbackRequest | None
+
+
+class MessageView(BaseModel):
+    """What the API and ``txmail status`` show about one message."""
+
+    key: str
+    dispatch_id: str | None
+    external_send_id: str | None
+    campaign_api_id: str | None
+    outcome: Outcome
+    reason: str | None
+    deadline: datetime | None
+    statuses: dict[str, StatusSeen]
+    registration: Registered | None
+    decision: DecisionView | None
+    timeline: list[TimelineEntry]
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class StoreCounts:
+    messages: int
+    events: int
+    decisions: int
+    unpublished: int
+    pending_deadlines: int
+
+
+class Store(Protocol):
+    async def apply(self, events: Sequence[TrackedEvent], now: datetime) -> list[PendingRequest]:
+        """Record events and merge them into their messages in one transaction.
+
+        Returns the fallback decisions this made; they are already recorded, so a
+        publish that fails is retried by ``claim_unpublished``.
+        """
+
+    async def claim_due(self, now: datetime, limit: int) -> list[PendingRequest]:
+        """Decide timeouts for up to ``limit`` due deadlines; each claimed by one caller only."""
+
+    async def claim_unpublished(self, now: datetime, limit: int) -> list[PendingRequest]:
+        """Decisions whose publish is overdue, leased to this caller for a while."""
+
+    async def mark_published(self, message_keys: Sequence[str], now: datetime) -> None: ...
+
+    async def purge(self, created_before: datetime, limit: int) -> int:
+        """Delete up to ``limit`` settled messages created before the cut, with their events."""
+
+    async def find(
+        self, *, dispatch_id: str | None = None, external_send_id: str | None = None
+    ) -> MessageView | None: ...
+
+    async def counts(self) -> StoreCounts: ...
+
+    async def ping(self) -> None:
+        """Raise StoreUnavailable unless the database answers."""
+
+    async def close(self) -> None: ...

@@ -1,0 +1,131 @@
+"""The core's messages as table rows: shared by both backends so they store the same thing."""
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from txmail.events import FallbackRequest
+from workers.state import (
+    Decision,
+    Event,
+    Message,
+    Outcome,
+    deadline,
+    evolve,
+    fallback_request,
+    outcome,
+    reason,
+)
+from workers.store.protocol import (
+    DecisionView,
+    MessageView,
+    PendingRequest,
+    TimelineEntry,
+    TrackedEvent,
+)
+from workers.timeouts import DeliveryTimeouts
+
+
+@dataclass(frozen=True)
+class MessageRow:
+    key: str
+    dispatch_id: str | None
+    external_send_id: str | None
+    campaign_api_id: str | None
+    outcome: str
+    reason: str | None
+    deadline: datetime | None
+    decision_trigger: str | None
+    summary: str  # the core's Message as JSON: the one source the other columns derive from
+    # Set only by the change that made the decision; the store keeps the first one.
+    request: str | None
+
+
+def to_row(
+    message: Message, timeouts: DeliveryTimeouts, request: FallbackRequest | None
+) -> MessageRow:
+    return MessageRow(
+        key=message.key,
+        dispatch_id=message.dispatch_id,
+        external_send_id=message.external_send_id,
+        campaign_api_id=message.campaign_api_id,
+        outcome=outcome(message).value,
+        reason=reason(message),
+        deadline=deadline(message, timeouts),
+        decision_trigger=message.decision.trigger.value if message.decision else None,
+        summary=message.model_dump_json(),
+        request=request.model_dump_json() if request else None,
+    )
+
+
+def evolve_all(
+    loaded: Mapping[str, str | None], events: Sequence[TrackedEvent], now: datetime
+) -> list[tuple[Message, Decision | None]]:
+    """Merge a batch into the messages it touches; ``loaded`` maps each key to its summary."""
+    by_key: dict[str, list[Event]] = defaultdict(list)
+    for event in events:
+        if event.core is not None:
+            by_key[event.message_key].append(event.core)
+    results = []
+    for key, core_events in by_key.items():
+        summary = loaded.get(key)
+        message = Message.model_validate_json(summary) if summary else Message(key=key)
+        results.append(evolve(message, core_events, now))
+    return results
+
+
+def message_keys(events: Sequence[TrackedEvent]) -> list[str]:
+    """Keys of the messages a batch changes, sorted so concurrent writers lock in one order."""
+    return sorted({e.message_key for e in events if e.core is not None})
+
+
+def to_rows(
+    changed: Sequence[tuple[Message, Decision | None]], timeouts: DeliveryTimeouts
+) -> tuple[list[MessageRow], list[PendingRequest]]:
+    """Rows to write, and the fallback requests of the decisions made in this change."""
+    rows, decided = [], []
+    for message, decision in changed:
+        request = fallback_request(message) if decision else None
+        rows.append(to_row(message, timeouts, request))
+        if request is not None:
+            decided.append(PendingRequest(message.key, request))
+    return rows, decided
+
+
+def view(
+    message: Message,
+    *,
+    outcome: str,
+    reason: str | None,
+    deadline: datetime | None,
+    request: str | None,
+    published_at: datetime | None,
+    created_at: datetime,
+    updated_at: datetime,
+    timeline: list[TimelineEntry],
+) -> MessageView:
+    """The read model both stores return."""
+    decision = message.decision
+    return MessageView(
+        key=message.key,
+        dispatch_id=message.dispatch_id,
+        external_send_id=message.external_send_id,
+        campaign_api_id=message.campaign_api_id,
+        outcome=Outcome(outcome),
+        reason=reason,
+        deadline=deadline,
+        statuses=message.statuses,
+        registration=message.registration,
+        decision=None
+        if decision is None
+        else DecisionView(
+            trigger=decision.trigger.value,
+            decided_at=decision.decided_at,
+            published_at=published_at,
+            request=FallbackRequest.model_validate_json(request) if request else None,
+        ),
+        timeline=timeline,
+        created_at=created_at,
+        updated_at=updated_at,
+    )

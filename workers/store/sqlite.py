@@ -1,0 +1,322 @@
+"""The SQLite store: one file in WAL mode, for a single node.
+
+sqlite3 is blocking, so every call runs on one dedicated thread that owns the
+connection; that also serialises this process's transactions. Writes take the
+database lock up front (BEGIN IMMEDIATE) so two processes never interleave a
+read-modify-write, and a second process starting at once waits instead of failing.
+"""
+
+import asyncio
+import json
+import sqlite3
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TypeVar
+
+from txmail.events import FallbackRequest
+from workers.state import Message, claim_deadline
+from workers.store.migrations import SQLITE
+from workers.store.protocol import (
+    MessageView,
+    PendingRequest,
+    StoreCounts,
+    StoreUnavailable,
+    TimelineEntry,
+    TrackedEvent,
+)
+from workers.store.rows import MessageRow, evolve_all, message_keys, to_rows, view
+from workers.timeouts import DeliveryTimeouts
+
+T = TypeVar("T")
+BUSY_TIMEOUT_MS = 10_000
+
+_FIND = """SELECT outcome, reason, deadline, summary, decision_request,
+    decision_published_at, created_at, updated_at FROM messages """
+_FIND_BY_DISPATCH_ID = _FIND + "WHERE dispatch_id = ? ORDER BY created_at LIMIT 1"
+_FIND_BY_EXTERNAL_SEND_ID = _FIND + "WHERE external_send_id = ? ORDER BY created_at LIMIT 1"
+
+
+def to_micros(value: datetime) -> int:
+    return int(value.timestamp() * 1_000_000)
+
+
+def from_micros(value: int) -> datetime:
+    return datetime.fromtimestamp(value / 1_000_000, UTC)
+
+
+def _optional_micros(value: datetime | None) -> int | None:
+    return None if value is None else to_micros(value)
+
+
+class SqliteStore:
+    def __init__(self, path: Path, timeouts: DeliveryTimeouts, republish_after: timedelta) -> None:
+        self._path = path
+        self._timeouts = timeouts
+        self._republish_after = republish_after
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
+        self._connection: sqlite3.Connection | None = None
+
+    async def open(self) -> None:
+        await self._run(self._open)
+
+    def _open(self) -> None:
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        connection = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        connection.execute("PRAGMA journal_mode = WAL")
+        # In WAL mode NORMAL loses no committed transaction on a process crash, only on
+        # a power loss, and saves an fsync per commit.
+        connection.execute("PRAGMA synchronous = NORMAL")
+        self._connection = connection
+        with self._write() as db:
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations "
+                "(version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)"
+            )
+            applied = {row[0] for row in db.execute("SELECT version FROM schema_migrations")}
+            for version, statements in SQLITE:
+                if version in applied:
+                    continue
+                for statement in statements:
+                    db.execute(statement)
+                db.execute(
+                    "INSERT INTO schema_migrations VALUES (?, ?)",
+                    (version, to_micros(datetime.now(UTC))),
+                )
+
+    async def _run(self, call: Callable[[], T]) -> T:
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._thread, call)
+        except sqlite3.OperationalError as error:
+            # Locked beyond the busy timeout, disk full, file gone: worth retrying later.
+            raise StoreUnavailable(f"SQLite: {error}") from error
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        if self._connection is None:
+            raise StoreUnavailable("SQLite store is not open")
+        return self._connection
+
+    # --- writing ---------------------------------------------------------------
+
+    async def apply(self, events: Sequence[TrackedEvent], now: datetime) -> list[PendingRequest]:
+        return await self._run(lambda: self._apply(events, now))
+
+    def _apply(self, events: Sequence[TrackedEvent], now: datetime) -> list[PendingRequest]:
+        with self._write() as db:
+            db.executemany(
+                "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) "
+                "DO UPDATE SET received_at = excluded.received_at "
+                "WHERE excluded.received_at < events.received_at",
+                [
+                    (
+                        e.event_id,
+                        e.message_key,
+                        e.kind,
+                        e.label,
+                        to_micros(e.received_at),
+                        e.body,
+                    )
+                    for e in events
+                ],
+            )
+            keys = message_keys(events)
+            loaded: dict[str, str | None] = dict(
+                db.execute(
+                    "SELECT message_key, summary FROM messages "
+                    "WHERE message_key IN (SELECT value FROM json_each(?))",
+                    (json.dumps(keys),),
+                ).fetchall()
+            )
+            rows, decided = to_rows(evolve_all(loaded, events, now), self._timeouts)
+            self._write_rows(db, rows, now)
+        return decided
+
+    def _write_rows(
+        self, db: sqlite3.Connection, rows: Sequence[MessageRow], now: datetime
+    ) -> None:
+        stamp = to_micros(now)
+        publish_after = to_micros(now + self._republish_after)
+        db.executemany(
+            """INSERT INTO messages (message_key, dispatch_id, external_send_id,
+                campaign_api_id, outcome, reason, deadline, decision_trigger, summary,
+                decision_request, publish_after, created_at, updated_at)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+            ON CONFLICT (message_key) DO UPDATE SET
+                dispatch_id = excluded.dispatch_id,
+                external_send_id = excluded.external_send_id,
+                campaign_api_id = excluded.campaign_api_id,
+                outcome = excluded.outcome,
+                reason = excluded.reason,
+                deadline = excluded.deadline,
+                decision_trigger = excluded.decision_trigger,
+                summary = excluded.summary,
+                decision_request = coalesce(decision_request, excluded.decision_request),
+                publish_after = coalesce(publish_after, excluded.publish_after),
+                updated_at = excluded.updated_at""",
+            [
+                (
+                    r.key,
+                    r.dispatch_id,
+                    r.external_send_id,
+                    r.campaign_api_id,
+                    r.outcome,
+                    r.reason,
+                    _optional_micros(r.deadline),
+                    r.decision_trigger,
+                    r.summary,
+                    r.request,
+                    publish_after if r.request else None,
+                    stamp,
+                    stamp,
+                )
+                for r in rows
+            ],
+        )
+
+    async def claim_due(self, now: datetime, limit: int) -> list[PendingRequest]:
+        return await self._run(lambda: self._claim_due(now, limit))
+
+    def _claim_due(self, now: datetime, limit: int) -> list[PendingRequest]:
+        with self._write() as db:
+            due = db.execute(
+                "SELECT summary FROM messages WHERE deadline <= ? ORDER BY deadline LIMIT ?",
+                (to_micros(now), limit),
+            ).fetchall()
+            changed = [
+                claim_deadline(Message.model_validate_json(summary), self._timeouts, now)
+                for (summary,) in due
+            ]
+            rows, decided = to_rows(changed, self._timeouts)
+            self._write_rows(db, rows, now)
+        return decided
+
+    async def claim_unpublished(self, now: datetime, limit: int) -> list[PendingRequest]:
+        return await self._run(lambda: self._claim_unpublished(now, limit))
+
+    def _claim_unpublished(self, now: datetime, limit: int) -> list[PendingRequest]:
+        with self._write() as db:
+            claimed = db.execute(
+                """UPDATE messages SET publish_after = ?
+                WHERE message_key IN (
+                    SELECT message_key FROM messages
+                    WHERE publish_after <= ? AND decision_published_at IS NULL
+                    ORDER BY publish_after LIMIT ?)
+                RETURNING message_key, decision_request""",
+                (to_micros(now + self._republish_after), to_micros(now), limit),
+            ).fetchall()
+        return [PendingRequest(k, FallbackRequest.model_validate_json(r)) for k, r in claimed]
+
+    async def mark_published(self, message_keys: Sequence[str], now: datetime) -> None:
+        await self._run(lambda: self._mark_published(message_keys, now))
+
+    def _mark_published(self, message_keys: Sequence[str], now: datetime) -> None:
+        with self._write() as db:
+            db.executemany(
+                "UPDATE messages SET decision_published_at = ? "
+                "WHERE message_key = ? AND decision_published_at IS NULL",
+                [(to_micros(now), key) for key in message_keys],
+            )
+
+    async def purge(self, created_before: datetime, limit: int) -> int:
+        return await self._run(lambda: self._purge(created_before, limit))
+
+    def _purge(self, created_before: datetime, limit: int) -> int:
+        with self._write() as db:
+            keys = [
+                key
+                for (key,) in db.execute(
+                    """SELECT message_key FROM messages WHERE created_at < ?
+                    AND deadline IS NULL
+                    AND (decision_request IS NULL OR decision_published_at IS NOT NULL)
+                    LIMIT ?""",
+                    (to_micros(created_before), limit),
+                )
+            ]
+            listed = (json.dumps(keys),)
+            db.execute(
+                "DELETE FROM events WHERE message_key IN (SELECT value FROM json_each(?))", listed
+            )
+            db.execute(
+                "DELETE FROM messages WHERE message_key IN (SELECT value FROM json_each(?))", listed
+            )
+        return len(keys)
+
+    # --- reading ---------------------------------------------------------------
+
+    async def find(
+        self, *, dispatch_id: str | None = None, external_send_id: str | None = None
+    ) -> MessageView | None:
+        return await self._run(lambda: self._find(dispatch_id, external_send_id))
+
+    def _find(self, dispatch_id: str | None, external_send_id: str | None) -> MessageView | None:
+        db = self._db
+        query = _FIND_BY_DISPATCH_ID if dispatch_id else _FIND_BY_EXTERNAL_SEND_ID
+        row = db.execute(query, (dispatch_id or external_send_id,)).fetchone()
+        if row is None:
+            return None
+        outcome, reason, deadline, summary, request, published_at, created, updated = row
+        message = Message.model_validate_json(summary)
+        timeline = db.execute(
+            "SELECT event_id, kind, label, received_at, body FROM events "
+            "WHERE message_key = ? ORDER BY received_at, event_id",
+            (message.key,),
+        ).fetchall()
+        return view(
+            message,
+            outcome=outcome,
+            reason=reason,
+            deadline=None if deadline is None else from_micros(deadline),
+            request=request,
+            published_at=None if published_at is None else from_micros(published_at),
+            created_at=from_micros(created),
+            updated_at=from_micros(updated),
+            timeline=[
+                TimelineEntry(
+                    event_id=event_id,
+                    kind=kind,
+                    label=label,
+                    received_at=from_micros(at),
+                    body=json.loads(body),
+                )
+                for event_id, kind, label, at, body in timeline
+            ],
+        )
+
+    async def counts(self) -> StoreCounts:
+        return await self._run(self._counts)
+
+    def _counts(self) -> StoreCounts:
+        row = self._db.execute(
+            """SELECT
+                (SELECT count(*) FROM messages),
+                (SELECT count(*) FROM events),
+                (SELECT count(*) FROM messages WHERE decision_trigger IS NOT NULL),
+                (SELECT count(*) FROM messages
+                    WHERE decision_request IS NOT NULL AND decision_published_at IS NULL),
+                (SELECT count(*) FROM messages WHERE deadline IS NOT NULL)"""
+        ).fetchone()
+        return StoreCounts(*row)
+
+    async def ping(self) -> None:
+        await self._run(lambda: self._db.execute("SELECT 1").fetchone())
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            await self._run(self._db.close)
+            self._connection = None
+        self._thread.shutdown(wait=True)

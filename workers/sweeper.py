@@ -1,0 +1,71 @@
+"""The sweeper in every worker: due deadlines, decisions not yet published, retention.
+
+Deadlines are an indexed column, so a sweep reads only what is due; claiming is the
+store's compare-and-set, so any number of workers may sweep at once.
+"""
+
+import asyncio
+from datetime import datetime, timedelta
+
+import structlog
+
+from txmail.broker import Broker
+from txmail.events import utc_now
+from workers.decisions import publish_decisions
+from workers.stopping import pause
+from workers.store.protocol import Store, StoreUnavailable
+
+log = structlog.get_logger(__name__)
+
+CLAIM_BATCH = 500
+PURGE_BATCH = 500  # small, so a purge never holds locks for long
+PURGE_INTERVAL = 60.0
+
+
+class Sweeper:
+    def __init__(
+        self, store: Store, broker: Broker, interval: timedelta, retention: timedelta
+    ) -> None:
+        self._store = store
+        self._broker = broker
+        self._interval = interval.total_seconds()
+        self._retention = retention
+
+    async def run(self, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        last_purge = -PURGE_INTERVAL
+        while not stop.is_set():
+            try:
+                if self._broker.is_ready:  # else a claim could only wait for a retry
+                    await self.sweep(utc_now())
+                if loop.time() - last_purge >= PURGE_INTERVAL:
+                    last_purge = loop.time()
+                    await self.purge(utc_now())
+            except StoreUnavailable as error:
+                log.warning("store unavailable, sweeping again later", error=str(error))
+            except Exception:
+                log.exception("sweep failed, sweeping again later")
+            await pause(stop, self._interval)
+
+    async def sweep(self, now: datetime) -> None:
+        """Decide every due deadline, then retry publishes that were not confirmed."""
+        while True:
+            claimed = await self._store.claim_due(now, CLAIM_BATCH)
+            await publish_decisions(self._broker, self._store, claimed)
+            if len(claimed) < CLAIM_BATCH:
+                break
+        while True:
+            overdue = await self._store.claim_unpublished(now, CLAIM_BATCH)
+            await publish_decisions(self._broker, self._store, overdue)
+            if len(overdue) < CLAIM_BATCH:
+                break
+
+    async def purge(self, now: datetime) -> None:
+        total = 0
+        while True:
+            purged = await self._store.purge(now - self._retention, PURGE_BATCH)
+            total += purged
+            if purged < PURGE_BATCH:
+                break
+        if total:
+            log.info("purged messages past retention", count=total)

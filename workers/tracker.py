@@ -1,0 +1,191 @@
+"""The tracker: consume events, merge them into the store in batches, ack after commit.
+
+A crash between commit and ack is harmless: the redelivered events carry the same ids
+and merging them again changes nothing. A message that is not the contract is
+dead-lettered at once; one that fails for a reason we do not know (a bug) is returned
+to the queue, whose delivery limit dead-letters it after a few tries, so it never
+blocks the messages behind it.
+"""
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Sequence
+
+import aio_pika
+import structlog
+from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
+
+from txmail.broker import BROKER_ERRORS, RECONNECT_INTERVAL, Broker
+from txmail.events import utc_now
+from txmail.topology import Topology
+from workers.decisions import publish_decisions
+from workers.inbox import Inbox
+from workers.incoming import NotTheContract, decode
+from workers.stopping import pause
+from workers.store.protocol import PendingRequest, Store, StoreUnavailable, TrackedEvent
+
+log = structlog.get_logger(__name__)
+
+# How long to wait before trying the store again while it is unavailable.
+STORE_RETRY_INTERVAL = 1.0
+
+
+class _Unexplained:
+    """A store failure that is not the database being unavailable: a bug or bad data."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+class Tracker:
+    def __init__(
+        self,
+        amqp_url: str,
+        topology: Topology,
+        store: Store,
+        broker: Broker,
+        batch_size: int,
+        batch_wait: float,
+    ) -> None:
+        self._amqp_url = amqp_url
+        self._topology = topology
+        self._store = store
+        self._broker = broker
+        self._batch_size = batch_size
+        self._inbox = Inbox(batch_size, batch_wait)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume until ``stop`` is set; the batch in hand is finished first."""
+        connection = await self._connect(stop)
+        if connection is None:
+            return
+        try:
+            consuming = await self._consume(connection, stop)
+            if consuming is None:
+                return
+            while not stop.is_set():
+                batch = await self._inbox.next_batch(idle_timeout=0.2)
+                if batch:
+                    await self._handle(batch, stop)
+            queue, consumer = consuming
+            with contextlib.suppress(*BROKER_ERRORS):
+                await queue.cancel(consumer)
+        finally:
+            # Whatever is still unacked goes back to the queue for another worker.
+            await connection.close()
+
+    async def _consume(
+        self, connection: AbstractRobustConnection, stop: asyncio.Event
+    ) -> tuple[AbstractQueue, str] | None:
+        """Start consuming; after that, the robust connection resumes it by itself."""
+        while not stop.is_set():
+            try:
+                channel = await connection.channel()
+                # Room for the next batch to arrive while this one commits.
+                await channel.set_qos(prefetch_count=2 * self._batch_size)
+                await self._topology.declare(channel)
+                queue = await channel.get_queue(self._topology.tracker_queue, ensure=False)
+                consumer = await queue.consume(self._inbox.put)
+            except BROKER_ERRORS as error:
+                log.warning("cannot consume yet, retrying", error=str(error) or repr(error))
+                await pause(stop, RECONNECT_INTERVAL)
+                continue
+            log.info("tracker consuming", queue=self._topology.tracker_queue)
+            return queue, consumer
+        return None
+
+    async def _connect(self, stop: asyncio.Event) -> AbstractRobustConnection | None:
+        while not stop.is_set():
+            try:
+                return await aio_pika.connect_robust(
+                    self._amqp_url, reconnect_interval=RECONNECT_INTERVAL
+                )
+            except BROKER_ERRORS as error:
+                log.warning("broker not reachable, retrying", error=str(error) or repr(error))
+                await pause(stop, RECONNECT_INTERVAL)
+        return None
+
+    async def _handle(self, batch: Sequence[AbstractIncomingMessage], stop: asyncio.Event) -> None:
+        now = utc_now()
+        accepted: list[tuple[TrackedEvent, AbstractIncomingMessage]] = []
+        for message in batch:
+            try:
+                event = decode(message.type, message.body, message.headers, message.timestamp, now)
+            except NotTheContract as error:
+                log.error(
+                    "dead-lettering a message that is not the contract",
+                    reason=str(error),
+                    type=message.type,
+                    message_id=message.message_id,
+                    routing_key=message.routing_key,
+                )
+                await _settle(message.reject(requeue=False))
+                continue
+            except Exception:
+                log.exception(
+                    "cannot decode message; returning it to the queue, whose delivery limit "
+                    "dead-letters it",
+                    type=message.type,
+                    message_id=message.message_id,
+                )
+                await _settle(message.nack(requeue=True))
+                continue
+            accepted.append((event, message))
+        if not accepted:
+            return
+        decided = await self._apply([e for e, _ in accepted], stop)
+        if decided is None:
+            # Stopping while the store is down: nothing acked, all of it comes back.
+            return
+        if isinstance(decided, _Unexplained):
+            await self._apply_one_by_one(accepted, stop)
+            return
+        # One ack for the whole batch: every earlier delivery on this channel is in it or
+        # already settled, because batches are handled one after another in order.
+        await _settle(accepted[-1][1].ack(multiple=True))
+        await publish_decisions(self._broker, self._store, decided)
+
+    async def _apply(
+        self, events: list[TrackedEvent], stop: asyncio.Event
+    ) -> list[PendingRequest] | _Unexplained | None:
+        while True:
+            try:
+                return await self._store.apply(events, utc_now())
+            except StoreUnavailable as error:
+                log.warning("store unavailable, retrying the batch", error=str(error))
+            except Exception as error:
+                log.exception("batch failed; applying its messages one by one")
+                return _Unexplained(error)
+            if stop.is_set():
+                return None
+            await pause(stop, STORE_RETRY_INTERVAL)
+
+    async def _apply_one_by_one(
+        self, accepted: list[tuple[TrackedEvent, AbstractIncomingMessage]], stop: asyncio.Event
+    ) -> None:
+        for event, message in accepted:
+            decided = await self._apply([event], stop)
+            if decided is None:
+                return
+            if isinstance(decided, _Unexplained):
+                log.error(
+                    "cannot apply event; returning it to the queue, whose delivery limit "
+                    "dead-letters it",
+                    error=repr(decided.error),
+                    event_id=event.event_id,
+                    message_key=event.message_key,
+                    redelivered=message.redelivered,
+                )
+                await _settle(message.nack(requeue=True))
+                continue
+            await _settle(message.ack())
+            await publish_decisions(self._broker, self._store, decided)
+
+
+async def _settle(settling: Awaitable[None]) -> None:
+    """Ack, nack or reject; on a channel that died since delivery there is nothing to do:
+    the broker hands the message out again and its event id makes that harmless."""
+    try:
+        await settling
+    except BROKER_ERRORS as error:
+        log.info("could not settle a delivery; it will be redelivered", error=repr(error))
