@@ -26,6 +26,10 @@ class TcpProxy:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
+        self.drop_connections()
+
+    def drop_connections(self) -> None:
+        """Drop every open connection but keep listening, as a broker restart would."""
         for writer in list(self._writers):
             writer.transport.abort()
         self._writers.clear()

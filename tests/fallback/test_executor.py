@@ -3,15 +3,14 @@
 import asyncio
 from collections.abc import Callable
 from datetime import timedelta
-from urllib.parse import urlsplit
 
 import aio_pika
 
 from fallback.executor import fallback_topology, running_executor
 from fallback.parking import list_parked, replay_parked
 from fallback.rules_file import RulesFile
+from tests.broker_url import host_and_port, via_port
 from tests.fallback.conftest import AttemptLog
-from tests.fallback.proxy import CuttableProxy
 from tests.fallback.requests import (
     a_request,
     handlers_toml,
@@ -21,6 +20,7 @@ from tests.fallback.requests import (
     publish_raw,
 )
 from tests.fallback.servers import Receiver
+from tests.tcp_proxy import TcpProxy
 from tests.waiting import wait_until
 from txmail.settings import Settings
 
@@ -227,18 +227,21 @@ async def test_a_connection_lost_before_the_ack_runs_the_handler_again_with_the_
     gate = asyncio.Event()
     receiver.webhook.hold_next = gate
     request = a_request()
-    broker = urlsplit(fallback_settings.amqp_url)
-    async with CuttableProxy(broker.hostname or "127.0.0.1", broker.port or 5672) as proxy:
-        through_proxy = fallback_settings.model_copy(
-            update={"amqp_url": f"amqp://guest:guest@127.0.0.1:{proxy.port}/"}
-        )
+    proxy = TcpProxy(*host_and_port(fallback_settings.amqp_url))
+    await proxy.start()
+    through_proxy = fallback_settings.model_copy(
+        update={"amqp_url": via_port(fallback_settings.amqp_url, proxy.port)}
+    )
+    try:
         async with running_executor(through_proxy, rules):
             await publish(fallback_settings, request)
             await wait_until(lambda: receiver.webhook.hold_next is None, what="the first call")
-            proxy.cut()  # the handler is running; its outcome cannot be recorded now
+            proxy.drop_connections()  # the handler is running; its outcome cannot be recorded
             gate.set()
             await wait_until(lambda: len(receiver.webhook.calls) == 2, what="the redelivery")
             await wait_until(lambda: attempt_log.outcomes() == ["succeeded"], what="recorded")
+    finally:
+        await proxy.close()
 
     assert receiver.webhook.keys == {f"{request.idempotency_key}:ops-hook"}
     assert await parked(fallback_settings) == []
