@@ -28,7 +28,9 @@ def test_durations(text: str, expected: timedelta) -> None:
     assert parse_duration(format_duration(expected)) == expected
 
 
-@pytest.mark.parametrize("text", ["", "10", "m", "10x", "-5m", "ten minutes", "5m!"])
+@pytest.mark.parametrize(
+    "text", ["", "10", "m", "10x", "-5m", "ten minutes", "5m!", "99999999999d"]
+)
 def test_bad_durations_say_how_to_write_one(text: str) -> None:
     with pytest.raises(ValueError, match=r"e\.g\. 90s, 10m, 2h"):
         parse_duration(text)

@@ -27,7 +27,14 @@ def parse_duration(text: str) -> timedelta:
         raise ValueError(
             f"{text!r} is not a duration: write a number and a unit, e.g. 90s, 10m, 2h, 1d"
         )
-    return sum((float(n) * _UNITS[u] for n, u in parts), timedelta())
+    try:
+        return sum((float(n) * _UNITS[u] for n, u in parts), timedelta())
+    except OverflowError:
+        # pydantic turns only ValueError into a validation error; an overflow would
+        # escape it as a 500 or a traceback.
+        raise ValueError(
+            f"{text!r} is longer than any duration txmail can keep: e.g. 90s, 10m, 2h, 1d"
+        ) from None
 
 
 def format_duration(value: timedelta) -> str:
