@@ -186,3 +186,23 @@ async def test_migrations_run_once_when_processes_start_together(database_url: s
 
 def _braze(raw: dict[str, Any]) -> TrackedEvent:
     return postback(raw["dispatch_id"], raw["status"], NOW, **raw["metadata"])
+
+
+@pytest.mark.parametrize("sent_at", ["9999-12-31T23:59:59+00:00", "0001-01-01T00:00:00+14:00"])
+async def test_a_sent_at_at_the_end_of_the_calendar_is_kept_and_arms_from_arrival(
+    store: Store, sent_at: str
+) -> None:
+    await store.apply([postback("d1", "sent", NOW, sent_at=sent_at)], NOW)
+    message = await store.find(dispatch_id="d1")
+    assert message is not None
+    assert message.statuses["sent"].timestamps["sent_at"] == sent_at
+    assert message.deadline == NOW + timedelta(minutes=10)
+
+
+async def test_a_delivery_timeout_longer_than_the_calendar_never_falls_due(store: Store) -> None:
+    register = registration(NOW, external_send_id="order-9", delivery_timeout="3000000d")
+    await store.apply([register, postback("d9", "sent", NOW, external_send_id="order-9")], NOW)
+    message = await store.find(external_send_id="order-9")
+    assert message is not None
+    assert message.deadline is None
+    assert await store.claim_due(NOW + timedelta(days=365 * 1000), 10) == []

@@ -217,12 +217,23 @@ def deadline(message: Message, timeouts: DeliveryTimeouts) -> datetime | None:
     if armed:
         sent = message.statuses.get("sent")
         sent_at = _parse_time(sent.timestamps.get("sent_at")) if sent else None
-        start = sent_at or min(s.received_at for s in armed)
+        starts = [sent_at, min(s.received_at for s in armed)]
     elif message.registration is not None:
-        start = message.registration.received_at
+        starts = [message.registration.received_at]
     else:
         return None
-    return start + _timeout(message, timeouts)
+    timeout = _timeout(message, timeouts)
+    for start in starts:
+        if start is None:
+            continue
+        try:
+            # In UTC, so that the stores can keep it: a `sent_at` at either end of the
+            # calendar can make a deadline that has no UTC time, like a timeout longer
+            # than the calendar. The arrival is the fallback; failing that, never due.
+            return (start + timeout).astimezone(UTC)
+        except OverflowError:
+            continue
+    return None
 
 
 def evolve(message: Message, events: list[Event], now: datetime) -> tuple[Message, Decision | None]:
