@@ -29,6 +29,8 @@ def parse_json(body: bytes) -> Any:
         return json.loads(body)
     except (ValueError, UnicodeDecodeError) as error:
         raise BadRequest(400, "invalid_json", f"body is not valid JSON: {error}") from None
+    except RecursionError:
+        raise BadRequest(400, "invalid_json", "body is nested too deeply to parse") from None
 
 
 def validation_details(error: ValidationError, index: int | None = None) -> list[dict[str, Any]]:

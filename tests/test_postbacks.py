@@ -84,6 +84,8 @@ async def test_a_status_with_topic_characters_cannot_escape_its_routing_key(
 
 
 TOO_LONG = "x" * 201
+# Valid JSON, but nested deeper than Python's parser recurses.
+TOO_DEEP = b"[" * 100_000 + b"]" * 100_000
 
 
 @pytest.mark.parametrize(
@@ -91,6 +93,12 @@ TOO_LONG = "x" * 201
     [
         (b"{not json", 400, "invalid_json"),
         (b"\xff\xfe", 400, "invalid_json"),
+        (TOO_DEEP, 400, "invalid_json"),
+        (
+            b'{"dispatch_id": "d", "status": "sent", "metadata": {"x": ' + TOO_DEEP + b"}}",
+            400,
+            "invalid_json",
+        ),
         (b'"a string"', 400, "wrong_type"),
         (b"42", 400, "wrong_type"),
         (b"null", 400, "wrong_type"),
