@@ -83,6 +83,13 @@ async def test_unknown_and_malformed_lookups_are_json_errors(api: str) -> None:
     assert (status, body["error"]) == (404, "not_found")
 
 
+async def test_ids_no_message_can_have_are_not_found_on_either_store(api: str) -> None:
+    # PostgreSQL refuses NUL in text: the lookup must not become a 500 there.
+    for path in ("/v1/messages/a%00b", "/v1/messages?external_send_id=a%00b"):
+        status, body = await _get(f"{api}{path}")
+        assert (status, body["error"]) == (404, "not_found")
+
+
 async def test_health_and_readiness(api: str) -> None:
     assert await _get(f"{api}/healthz") == (200, {"status": "ok"})
     assert await _get(f"{api}/readyz") == (200, {"status": "ready"})

@@ -111,6 +111,26 @@ TOO_DEEP = b"[" * 100_000 + b"]" * 100_000
         (b'{"dispatch_id": "d", "status": 3}', 422, "invalid_postback"),
         (b'{"dispatch_id": "d"}', 422, "invalid_postback"),
         (b'{"dispatch_id": "d", "status": "sent", "metadata": "x"}', 422, "invalid_postback"),
+        # What the stores index or keep as text: PostgreSQL refuses NUL, and index
+        # entries of many kilobytes, where SQLite takes both.
+        (b'{"dispatch_id": "d\\u0000", "status": "sent"}', 422, "invalid_postback"),
+        (b'{"dispatch_id": "d", "status": "sent\\u0000"}', 422, "invalid_postback"),
+        (
+            b'{"dispatch_id": "d", "status": "bounced", "metadata": {"reason": "5\\u000050"}}',
+            422,
+            "invalid_postback",
+        ),
+        (
+            f'{{"dispatch_id": "d", "status": "sent", '
+            f'"metadata": {{"external_send_id": "{TOO_LONG}"}}}}'.encode(),
+            422,
+            "invalid_postback",
+        ),
+        (
+            b'{"dispatch_id": "d", "status": "sent", "metadata": {"campaign_api_id": "c\\u0000"}}',
+            422,
+            "invalid_postback",
+        ),
     ],
 )
 async def test_bad_input_is_refused_with_a_json_error_and_publishes_nothing(

@@ -61,6 +61,8 @@ async def test_the_same_registration_twice_has_one_event_id(settings: Settings) 
         ({**SEND, "delivery_timeout": "99999999999d"}, 422, "delivery_timeout"),
         ({**SEND, "variables": {"nested": {"a": 1}}}, 422, "variables.nested"),
         ({**SEND, "surprise": True}, 422, "surprise"),
+        ({**SEND, "external_send_id": "order\u0000"}, 422, "external_send_id"),
+        ({**SEND, "campaign_api_id": "c\u0000"}, 422, "campaign_api_id"),
     ],
 )
 async def test_bad_registrations_are_refused_and_publish_nothing(

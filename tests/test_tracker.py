@@ -4,6 +4,7 @@ import json
 from datetime import timedelta
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from tests.factories import outgoing_postback, raw_postback
@@ -174,17 +175,33 @@ async def test_registered_send_never_sent_gets_a_fallback_with_its_recipient(
     assert decided["variables"] == {"first_name": "Ada"}
 
 
+_REFUSE_POISON = """
+CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.dispatch_id = 'poison' THEN RAISE EXCEPTION 'refusing the poison message'; END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER refuse_poison BEFORE UPDATE ON messages
+    FOR EACH ROW EXECUTE FUNCTION refuse_poison();
+"""
+
+
 async def test_a_message_the_store_cannot_take_is_dead_lettered_after_the_delivery_limit(
     settings: Settings, postgres_schema_url: str
 ) -> None:
-    # PostgreSQL text cannot hold NUL: valid by the contract, yet it fails in the store
+    # A trigger refuses one message: valid by the contract, yet it fails in the store
     # every time, like a bug would. Its neighbours in the batch must still be applied.
     worker_settings = settings.model_copy(update={"database_url": postgres_schema_url})
     now = utc_now()
     before = outgoing_postback(raw_postback("before", "delivered"), now)
-    poison = outgoing_postback(raw_postback("nul\u0000byte", "sent"), now)
+    poison = outgoing_postback(raw_postback("poison", "sent"), now)
     after = outgoing_postback(raw_postback("after", "delivered"), now)
     async with running_worker(worker_settings) as store, publisher(worker_settings) as broker:
+        database = await asyncpg.connect(postgres_schema_url)
+        try:
+            await database.execute(_REFUSE_POISON)
+        finally:
+            await database.close()
         await broker.publish([before, poison, after])
         async with queue_readers(worker_settings) as (_, dead):
             parked = []

@@ -16,7 +16,7 @@ from typing import TypeAlias, TypeVar
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from txmail.events import FallbackRequest
+from txmail.events import NUL, FallbackRequest
 from workers.state import Message, claim_deadline
 from workers.store.migrations import POSTGRES
 from workers.store.protocol import (
@@ -269,9 +269,13 @@ class PostgresStore:
     async def find(
         self, *, dispatch_id: str | None = None, external_send_id: str | None = None
     ) -> MessageView | None:
+        wanted = dispatch_id or external_send_id
+        if wanted is None or NUL in wanted:
+            return None  # no stored id has one, and PostgreSQL would refuse the query
+
         async def work(db: Db) -> MessageView | None:
             query = _FIND_BY_DISPATCH_ID if dispatch_id else _FIND_BY_EXTERNAL_SEND_ID
-            row = await db.fetchrow(query, dispatch_id or external_send_id)
+            row = await db.fetchrow(query, wanted)
             if row is None or row["summary"] is None:
                 return None
             timeline = await db.fetch(
