@@ -4,6 +4,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -117,3 +118,20 @@ async def _status(settings: Settings, *argv: str) -> int:
     # The command runs its own event loop, as it does from a shell.
     code: int = await asyncio.to_thread(args.handler, settings, args)
     return code
+
+
+async def test_status_with_a_database_url_that_cannot_work_says_why_and_exits_2(
+    postgres_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a_file = tmp_path / "a-file"
+    a_file.touch()
+    unusable = [
+        postgres_url.rsplit("/", 1)[0] + "/no_such_database_for_txmail",
+        postgres_url.replace("postgres@", "no_such_role_for_txmail@", 1),
+        f"sqlite:///{a_file}/txmail.db",  # its directory cannot be made
+    ]
+    for url in unusable:
+        assert await _status(Settings(database_url=url), "order-7") == 2, url
+        err = capsys.readouterr().err
+        assert err.startswith("txmail: "), err
+        assert "Traceback" not in err

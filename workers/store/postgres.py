@@ -16,6 +16,7 @@ from typing import TypeAlias, TypeVar
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
+from txmail.errors import ConfigError
 from txmail.events import NUL, FallbackRequest
 from workers.state import Message, claim_deadline
 from workers.store.migrations import POSTGRES
@@ -44,6 +45,12 @@ _UNAVAILABLE = (
     asyncpg.CannotConnectNowError,
     asyncpg.TooManyConnectionsError,
     asyncpg.exceptions.OperatorInterventionError,
+)
+# A URL that can never work: no such database or role, a wrong password, a bad option.
+_MISCONFIGURED = (
+    asyncpg.InvalidCatalogNameError,
+    asyncpg.InvalidAuthorizationSpecificationError,
+    asyncpg.ClientConfigurationError,
 )
 _ATTEMPTS = 5
 
@@ -94,6 +101,10 @@ class PostgresStore:
             self._pool = await asyncpg.create_pool(
                 self._url, min_size=1, max_size=self._pool_size, command_timeout=60
             )
+        except _MISCONFIGURED as error:
+            # Waiting will not make these work: say so, instead of a traceback or a
+            # worker retrying for ever.
+            raise ConfigError(f"TXMAIL_DATABASE_URL: PostgreSQL refused it: {error}") from None
         except _UNAVAILABLE as error:
             raise StoreUnavailable(f"PostgreSQL: {error!r}") from error
         await self._transaction(self._migrate)
