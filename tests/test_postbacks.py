@@ -126,6 +126,17 @@ TOO_DEEP = b"[" * 100_000 + b"]" * 100_000
             422,
             "invalid_postback",
         ),
+        # A number would key the message by dispatch_id, apart from its registration.
+        (
+            b'{"dispatch_id": "d", "status": "sent", "metadata": {"external_send_id": 1234}}',
+            422,
+            "invalid_postback",
+        ),
+        (
+            b'{"dispatch_id": "d", "status": "sent", "metadata": {"campaign_api_id": ["c"]}}',
+            422,
+            "invalid_postback",
+        ),
         (
             b'{"dispatch_id": "d", "status": "sent", "metadata": {"campaign_api_id": "c\\u0000"}}',
             422,

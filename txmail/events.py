@@ -57,6 +57,10 @@ class Postback(BaseModel):
     def _storable_metadata(cls, metadata: dict[str, Any]) -> dict[str, Any]:
         for name, longest in _STORED_METADATA.items():
             value = metadata.get(name)
+            if longest is not None and value is not None and not isinstance(value, str):
+                # Read as absent, an id that is a number would key the message by its
+                # dispatch_id, apart from the registration and the other postbacks.
+                raise ValueError(f"{name} must be a string")
             if not isinstance(value, str):
                 continue
             if NUL in value:
