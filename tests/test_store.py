@@ -7,9 +7,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
 from tests.factories import postback, registration, tracked
+from tests.waiting import wait_until
 from txmail.events import FALLBACK_ATTEMPT_TYPE, AttemptOutcome, FallbackAttempt, Trigger
 from workers.state import Outcome
 from workers.store import open_store
@@ -206,3 +208,38 @@ async def test_a_delivery_timeout_longer_than_the_calendar_never_falls_due(store
     assert message is not None
     assert message.deadline is None
     assert await store.claim_due(NOW + timedelta(days=365 * 1000), 10) == []
+
+
+async def test_an_event_for_a_message_purged_meanwhile_makes_it_anew(
+    postgres_schema_url: str,
+) -> None:
+    # The purge deletes a message while a worker waits for its row lock to apply a late
+    # event: the worker must not write into the void and ack an event no message has.
+    store = await open_store(postgres_schema_url, TIMEOUTS)
+    purger = await asyncpg.connect(postgres_schema_url)
+    try:
+        await store.apply([postback("d1", "sent", NOW)], NOW)
+        purge = purger.transaction()
+        await purge.start()
+        await purger.execute("SELECT 1 FROM messages WHERE message_key = 'dispatch:d1' FOR UPDATE")
+        late = asyncio.create_task(store.apply([postback("d1", "bounced", NOW)], NOW))
+
+        async def waiting_for_the_lock() -> bool:
+            waiting: int = await purger.fetchval(
+                "SELECT count(*) FROM pg_locks WHERE NOT granted AND locktype = 'transactionid'"
+            )
+            return waiting > 0
+
+        await wait_until(waiting_for_the_lock, what="the worker waiting for the row lock")
+        await purger.execute("DELETE FROM events WHERE message_key = 'dispatch:d1'")
+        await purger.execute("DELETE FROM messages WHERE message_key = 'dispatch:d1'")
+        await purge.commit()
+        decided = await late
+        message = await store.find(dispatch_id="d1")
+    finally:
+        await purger.close()
+        await store.close()
+    assert message is not None
+    assert message.outcome == Outcome.BOUNCED
+    assert [e.label for e in message.timeline] == ["bounced"]
+    assert [p.request.trigger for p in decided] == [Trigger.BOUNCED]

@@ -34,8 +34,13 @@ from workers.timeouts import DeliveryTimeouts
 T = TypeVar("T")
 Db: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"
 
+
+class _RowsVanished(Exception):
+    """Rows deleted (purged) between inserting and locking them: insert them again."""
+
+
 # Lost races between writers: the transaction is simply run again.
-_RETRYABLE = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
+_RETRYABLE = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError, _RowsVanished)
 # The database is down, restarting, or unreachable: the caller retries later.
 _UNAVAILABLE = (
     OSError,
@@ -157,6 +162,10 @@ class PostgresStore:
                 "ORDER BY message_key FOR UPDATE",
                 keys,
             )
+            if len(locked) != len(keys):
+                # The purge deleted one while we waited for its lock; the update below
+                # would then write nothing, and the event would be acked but lost.
+                raise _RowsVanished(sorted(set(keys) - {r["message_key"] for r in locked}))
             loaded = {r["message_key"]: r["summary"] for r in locked}
             rows, decided = to_rows(evolve_all(loaded, events, now), self._timeouts)
             await self._write_rows(db, rows, now)
