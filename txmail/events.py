@@ -12,7 +12,15 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Final
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictStr, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    FiniteFloat,
+    StrictStr,
+    field_validator,
+)
 
 from txmail.durations import Duration
 
@@ -147,7 +155,9 @@ class SendRegistration(BaseModel):
     external_send_id: Text = Field(min_length=1, max_length=MAX_ID_LENGTH)
     campaign_api_id: Text | None = Field(default=None, max_length=MAX_ID_LENGTH)
     recipient: Recipient = Field(default_factory=Recipient)
-    variables: dict[str, StrictStr | int | float | bool] = Field(default_factory=dict)
+    # Finite: the store keeps the registration as JSON, where NaN would come back as
+    # null, which no longer validates, and every later event of the send would fail.
+    variables: dict[str, StrictStr | int | FiniteFloat | bool] = Field(default_factory=dict)
     delivery_timeout: Duration | None = None
 
 
