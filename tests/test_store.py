@@ -12,7 +12,14 @@ import pytest
 
 from tests.factories import postback, registration, tracked
 from tests.waiting import wait_until
-from txmail.events import FALLBACK_ATTEMPT_TYPE, AttemptOutcome, FallbackAttempt, Trigger
+from txmail.events import (
+    FALLBACK_ATTEMPT_TYPE,
+    POSTBACK_TYPE,
+    AttemptOutcome,
+    FallbackAttempt,
+    Trigger,
+)
+from workers.incoming import decode
 from workers.state import Outcome
 from workers.store import open_store
 from workers.store.protocol import Store, TrackedEvent
@@ -243,3 +250,15 @@ async def test_an_event_for_a_message_purged_meanwhile_makes_it_anew(
     assert message.outcome == Outcome.BOUNCED
     assert [e.label for e in message.timeline] == ["bounced"]
     assert [p.request.trigger for p in decided] == [Trigger.BOUNCED]
+
+
+async def test_a_received_at_header_without_a_utc_time_is_not_a_poison(store: Store) -> None:
+    # Direct publishers set their own headers; this one has no UTC time (year 0).
+    raw = {"dispatch_id": "d1", "status": "delivered", "metadata": {}}
+    headers = {"received_at": "0001-01-01T00:00:00+14:00"}
+    event = decode(POSTBACK_TYPE, json.dumps(raw).encode(), headers, None, NOW)
+    await store.apply([event], NOW)
+    message = await store.find(dispatch_id="d1")
+    assert message is not None
+    assert message.outcome == Outcome.DELIVERED
+    assert [e.received_at for e in message.timeline] == [NOW]

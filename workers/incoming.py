@@ -36,10 +36,11 @@ def _received_at(headers: Mapping[str, Any], timestamp: datetime | None, now: da
     if isinstance(value, str):
         try:
             parsed = datetime.fromisoformat(value)
-        except ValueError:
+            # In UTC, or not at all: a time with no UTC equivalent (year 0 or 10000)
+            # is one neither store can keep.
+            return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC)
+        except (ValueError, OverflowError):
             pass
-        else:
-            return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
     if timestamp is not None:
         return timestamp if timestamp.tzinfo else timestamp.replace(tzinfo=UTC)
     return now
