@@ -135,3 +135,14 @@ async def test_status_with_a_database_url_that_cannot_work_says_why_and_exits_2(
         err = capsys.readouterr().err
         assert err.startswith("txmail: "), err
         assert "Traceback" not in err
+
+
+async def test_status_does_not_create_a_database_where_there_is_none(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A mistyped path must not be answered with "nothing is known" from a new, empty file.
+    typo = tmp_path / "typo" / "txmail.db"
+    assert await _status(Settings(database_url=f"sqlite:///{typo}"), "order-7") == 2
+    assert str(typo) in capsys.readouterr().err
+    assert not typo.exists()
+    assert not typo.parent.exists()
