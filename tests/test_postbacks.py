@@ -94,6 +94,17 @@ TOO_DEEP = b"[" * 100_000 + b"]" * 100_000
         (b"{not json", 400, "invalid_json"),
         (b"\xff\xfe", 400, "invalid_json"),
         (TOO_DEEP, 400, "invalid_json"),
+        # A lone UTF-16 surrogate: Python reads it, but it is not text and cannot be sent on.
+        (
+            b'{"dispatch_id": "d", "status": "sent", "metadata": {"x": "\\ud800"}}',
+            400,
+            "invalid_json",
+        ),
+        (
+            b'{"dispatch_id": "d", "status": "sent", "metadata": {"\\uDFFF": 1}}',
+            400,
+            "invalid_json",
+        ),
         (
             b'{"dispatch_id": "d", "status": "sent", "metadata": {"x": ' + TOO_DEEP + b"}}",
             400,
