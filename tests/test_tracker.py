@@ -6,6 +6,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from aio_pika.abc import AbstractIncomingMessage
 
 from tests.factories import outgoing_postback, raw_postback
 from tests.harness import body, publisher, queue_readers, running_worker
@@ -75,6 +76,13 @@ async def test_what_is_not_the_contract_is_dead_lettered_without_blocking(
         Outgoing("postback.sent", b"{not json", "bad-1", POSTBACK_TYPE),
         Outgoing("postback.sent", b'{"status": "sent"}', "bad-2", POSTBACK_TYPE),
         Outgoing("send.other", b"{}", "bad-3", "something_else"),
+        Outgoing("postback.sent", b"[" * 5000 + b"]" * 5000, "bad-4", POSTBACK_TYPE),
+        Outgoing(
+            "postback.sent",
+            b'{"dispatch_id": "d", "status": "sent", "metadata": {"x": "\\ud800"}}',
+            "bad-5",
+            POSTBACK_TYPE,
+        ),
     ]
     good = outgoing_postback(raw_postback("after-poison", "delivered"), now)
     async with running_worker(worker_settings) as store, publisher(worker_settings) as broker:
@@ -91,7 +99,23 @@ async def test_what_is_not_the_contract_is_dead_lettered_without_blocking(
                 return len(parked) == len(bad)
 
             await wait_until(all_parked, what="bad messages dead-lettered")
-    assert sorted(m.message_id or "" for m in parked) == ["bad-1", "bad-2", "bad-3"]
+    assert sorted(m.message_id or "" for m in parked) == [
+        "bad-1",
+        "bad-2",
+        "bad-3",
+        "bad-4",
+        "bad-5",
+    ]
+    # At once, by the worker, not after going round the queue to the delivery limit.
+    assert [_death_reason(m) for m in parked] == ["rejected"] * len(bad)
+
+
+def _death_reason(message: AbstractIncomingMessage) -> object:
+    deaths = message.headers.get("x-death")
+    assert isinstance(deaths, list)
+    death = deaths[0]
+    assert isinstance(death, dict)
+    return death.get("reason")
 
 
 async def test_deadline_fires_on_time_and_a_late_delivered_is_recorded_late(

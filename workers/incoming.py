@@ -57,13 +57,14 @@ def decode(
     try:
         text = body.decode()
         raw = json.loads(text)
-    except (UnicodeDecodeError, ValueError) as error:
-        raise NotTheContract(f"body is not JSON: {error}") from None
-    if not isinstance(raw, dict):
-        raise NotTheContract(f"body is a JSON {type(raw).__name__}, not an object")
+        if not isinstance(raw, dict):
+            raise NotTheContract(f"body is a JSON {type(raw).__name__}, not an object")
+        # The id is always computed from the body, never trusted from the publisher.
+        # Computing it also encodes the body: an unpaired surrogate fails here.
+        eid = event_id(raw)
+    except (ValueError, RecursionError) as error:  # UnicodeError is a ValueError
+        raise NotTheContract(f"body is not JSON text: {error}") from None
     received_at = _received_at(headers, timestamp, now)
-    # The id is always computed from the body, never trusted from the publisher.
-    eid = event_id(raw)
     try:
         if kind == POSTBACK_TYPE:
             postback = Postback.model_validate(raw)
