@@ -73,6 +73,13 @@ def test_an_empty_token_means_no_token(monkeypatch: pytest.MonkeyPatch) -> None:
         ("TXMAIL_ALLOWED_NETWORKS", "10.0.0.0/33", "TXMAIL_ALLOWED_NETWORKS"),
         ("TXMAIL_PUBLISH_TIMEOUT", "5", "TXMAIL_PUBLISH_TIMEOUT"),
         ("TXMAIL_LOG_LEVEL", "loud", "TXMAIL_LOG_LEVEL"),
+        # Zero would mean: never confirmed (every request 503), a sweeper spinning on the
+        # store, every message late at once, republished at once, or purged at once.
+        ("TXMAIL_PUBLISH_TIMEOUT", "0s", "TXMAIL_PUBLISH_TIMEOUT"),
+        ("TXMAIL_SWEEP_INTERVAL", "0s", "TXMAIL_SWEEP_INTERVAL"),
+        ("TXMAIL_DELIVERY_TIMEOUT", "0ms", "TXMAIL_DELIVERY_TIMEOUT"),
+        ("TXMAIL_REPUBLISH_AFTER", "0s", "TXMAIL_REPUBLISH_AFTER"),
+        ("TXMAIL_RETENTION", "0d", "TXMAIL_RETENTION"),
     ],
 )
 def test_bad_settings_name_the_variable(
