@@ -274,3 +274,32 @@ async def test_a_fallback_request_the_broker_refused_is_published_later_once(
 async def _has_decision(store: Store, dispatch_id: str) -> bool:
     message = await store.find(dispatch_id=dispatch_id)
     return message is not None and message.decision is not None
+
+
+async def test_a_backlog_drained_after_a_restart_makes_no_false_timeouts(
+    worker_settings: Settings,
+) -> None:
+    # Sent and delivered both reached the ingress minutes before the deadline, but sat in
+    # the queue while no worker ran. Applied one batch at a time, each `sent` is due when
+    # applied: the sweeper must not decide a timeout before its `delivered` is applied.
+    backlog_settings = worker_settings.model_copy(
+        update={"batch_size": 1, "sweep_interval": timedelta(milliseconds=10)}
+    )
+    now = utc_now()
+    arrived = now - timedelta(minutes=5)
+    sent_at = (now - timedelta(seconds=2)).isoformat()  # deadline: 1 s ago
+    backlog = []
+    for n in range(60):
+        backlog.append(outgoing_postback(raw_postback(f"b{n}", "sent", sent_at=sent_at), arrived))
+        backlog.append(outgoing_postback(raw_postback(f"b{n}", "delivered"), arrived))
+    async with publisher(backlog_settings) as broker:
+        await broker.publish(backlog)
+        async with running_worker(backlog_settings) as store:
+
+            async def drained() -> bool:
+                counts = await store.counts()
+                return counts.messages == 60 and counts.pending_deadlines == 0
+
+            await wait_until(drained, what="the backlog applied")
+            counts = await store.counts()
+    assert counts.decisions == 0

@@ -29,7 +29,8 @@ class NotTheContract(TxmailError):
     """A message on the tracker queue that no worker will ever be able to process."""
 
 
-def _received_at(headers: Mapping[str, Any], timestamp: datetime | None, now: datetime) -> datetime:
+def received_at(headers: Mapping[str, Any], timestamp: datetime | None, now: datetime) -> datetime:
+    """When the event reached txmail: the ingress's header, else the AMQP timestamp."""
     value = headers.get("received_at")
     if isinstance(value, bytes):
         value = value.decode(errors="replace")
@@ -64,27 +65,27 @@ def decode(
         eid = event_id(raw)
     except (ValueError, RecursionError) as error:  # UnicodeError is a ValueError
         raise NotTheContract(f"body is not JSON text: {error}") from None
-    received_at = _received_at(headers, timestamp, now)
+    arrived = received_at(headers, timestamp, now)
     try:
         if kind == POSTBACK_TYPE:
             postback = Postback.model_validate(raw)
             key = message_key(postback.external_send_id, postback.dispatch_id)
-            core = PostbackEvent(event_id=eid, received_at=received_at, postback=postback)
-            return TrackedEvent(eid, key, kind, postback.status, received_at, text, core)
+            core = PostbackEvent(event_id=eid, received_at=arrived, postback=postback)
+            return TrackedEvent(eid, key, kind, postback.status, arrived, text, core)
         if kind == SEND_REGISTRATION_TYPE:
             registration = SendRegistration.model_validate(raw)
             key = message_key(registration.external_send_id, None)
             registered = RegistrationEvent(
-                event_id=eid, received_at=received_at, registration=registration
+                event_id=eid, received_at=arrived, registration=registration
             )
-            return TrackedEvent(eid, key, kind, "registered", received_at, text, registered)
+            return TrackedEvent(eid, key, kind, "registered", arrived, text, registered)
         if kind == FALLBACK_ATTEMPT_TYPE:
             attempt = FallbackAttempt.model_validate(raw)
             if not (attempt.external_send_id or attempt.dispatch_id):
                 raise NotTheContract("fallback attempt names neither a dispatch nor a send id")
             key = message_key(attempt.external_send_id, attempt.dispatch_id)
             label = f"{attempt.handler or '-'}: {attempt.outcome.value}"
-            return TrackedEvent(eid, key, kind, label, received_at, text, None)
+            return TrackedEvent(eid, key, kind, label, arrived, text, None)
     except ValidationError as error:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}"

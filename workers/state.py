@@ -248,11 +248,15 @@ def evolve(message: Message, events: list[Event], now: datetime) -> tuple[Messag
 
 
 def claim_deadline(
-    message: Message, timeouts: DeliveryTimeouts, now: datetime
+    message: Message, timeouts: DeliveryTimeouts, now: datetime, due_by: datetime | None = None
 ) -> tuple[Message, Decision | None]:
-    """Decide a timeout when the deadline has passed (the sweeper's half of the race)."""
+    """Decide a timeout when the deadline has passed (the sweeper's half of the race).
+
+    ``due_by`` (default ``now``) is how far the events are known to be applied: a
+    deadline after it may still meet a `delivered` that arrived in time.
+    """
     due = deadline(message, timeouts)
-    if due is None or due > now:
+    if due is None or due > (now if due_by is None else due_by):
         return message, None
     armed = any(s in message.statuses for s in ARMING)
     decision = Decision(trigger=Trigger.TIMEOUT if armed else Trigger.NOT_SENT, decided_at=now)

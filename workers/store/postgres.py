@@ -213,16 +213,20 @@ class PostgresStore:
             now,
         )
 
-    async def claim_due(self, now: datetime, limit: int) -> list[PendingRequest]:
+    async def claim_due(
+        self, now: datetime, limit: int, due_by: datetime | None = None
+    ) -> list[PendingRequest]:
         async def work(db: Db) -> list[PendingRequest]:
             due = await db.fetch(
                 "SELECT summary FROM messages WHERE deadline <= $1 ORDER BY deadline LIMIT $2 "
                 "FOR UPDATE SKIP LOCKED",
-                now,
+                now if due_by is None else due_by,
                 limit,
             )
             changed = [
-                claim_deadline(Message.model_validate_json(r["summary"]), self._timeouts, now)
+                claim_deadline(
+                    Message.model_validate_json(r["summary"]), self._timeouts, now, due_by
+                )
                 for r in due
             ]
             rows, decided = to_rows(changed, self._timeouts)

@@ -194,17 +194,21 @@ class SqliteStore:
             ],
         )
 
-    async def claim_due(self, now: datetime, limit: int) -> list[PendingRequest]:
-        return await self._run(lambda: self._claim_due(now, limit))
+    async def claim_due(
+        self, now: datetime, limit: int, due_by: datetime | None = None
+    ) -> list[PendingRequest]:
+        return await self._run(lambda: self._claim_due(now, limit, due_by))
 
-    def _claim_due(self, now: datetime, limit: int) -> list[PendingRequest]:
+    def _claim_due(
+        self, now: datetime, limit: int, due_by: datetime | None
+    ) -> list[PendingRequest]:
         with self._write() as db:
             due = db.execute(
                 "SELECT summary FROM messages WHERE deadline <= ? ORDER BY deadline LIMIT ?",
-                (to_micros(now), limit),
+                (to_micros(now if due_by is None else due_by), limit),
             ).fetchall()
             changed = [
-                claim_deadline(Message.model_validate_json(summary), self._timeouts, now)
+                claim_deadline(Message.model_validate_json(summary), self._timeouts, now, due_by)
                 for (summary,) in due
             ]
             rows, decided = to_rows(changed, self._timeouts)
