@@ -22,7 +22,7 @@ from pydantic import (
     field_validator,
 )
 
-from txmail.durations import Duration
+from txmail.durations import PositiveDuration
 
 KNOWN_STATUSES: Final = frozenset({"sent", "processed", "aborted", "delivered", "bounced"})
 POSTBACK_TYPE: Final = "postback"
@@ -158,7 +158,7 @@ class SendRegistration(BaseModel):
     # Finite: the store keeps the registration as JSON, where NaN would come back as
     # null, which no longer validates, and every later event of the send would fail.
     variables: dict[str, StrictStr | int | FiniteFloat | bool] = Field(default_factory=dict)
-    delivery_timeout: Duration | None = None
+    delivery_timeout: PositiveDuration | None = None
 
 
 class FallbackRequest(BaseModel):
