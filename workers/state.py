@@ -208,8 +208,9 @@ def _timeout(message: Message, timeouts: DeliveryTimeouts) -> timedelta:
 def deadline(message: Message, timeouts: DeliveryTimeouts) -> datetime | None:
     """When the message is late, or None when nothing is pending any more.
 
-    Armed by `sent` or `processed`, measured from Braze's `sent_at` when known, else
-    from the earliest arrival; a registration alone arms it from its own arrival.
+    Armed by `sent` or `processed`, measured from Braze's `sent_at` when known (and not
+    after the earliest arrival), else from the earliest arrival; a registration alone
+    arms it from its own arrival.
     """
     if message.decision or failure(message) or "delivered" in message.statuses:
         return None
@@ -217,7 +218,9 @@ def deadline(message: Message, timeouts: DeliveryTimeouts) -> datetime | None:
     if armed:
         sent = message.statuses.get("sent")
         sent_at = _parse_time(sent.timestamps.get("sent_at")) if sent else None
-        starts = [sent_at, min(s.received_at for s in armed)]
+        arrived = min(s.received_at for s in armed)
+        # Never after the arrival: a clock ahead or a wrong offset must not postpone it.
+        starts = [None if sent_at is None or sent_at > arrived else sent_at, arrived]
     elif message.registration is not None:
         starts = [message.registration.received_at]
     else:
