@@ -1,6 +1,7 @@
 """A request the ingress refuses: its status, a code, a message, and what exactly is wrong."""
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,11 +25,26 @@ class BadRequest(Exception):
         return json_error(self.status, self.error, self.message, **extra)
 
 
+# The escape of a UTF-16 surrogate, which JSON allows and Python reads even unpaired.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
 def parse_json(body: bytes) -> Any:
     try:
-        return json.loads(body)
+        value = json.loads(body)
     except (ValueError, UnicodeDecodeError) as error:
         raise BadRequest(400, "invalid_json", f"body is not valid JSON: {error}") from None
+    except RecursionError:
+        raise BadRequest(400, "invalid_json", "body is nested too deeply to parse") from None
+    if _SURROGATE_ESCAPE.search(body):
+        # An unpaired one is not text: it could not be encoded again to be published.
+        try:
+            json.dumps(value, ensure_ascii=False).encode()
+        except UnicodeEncodeError:
+            raise BadRequest(
+                400, "invalid_json", "body holds an unpaired UTF-16 surrogate (\\ud800-\\udfff)"
+            ) from None
+    return value
 
 
 def validation_details(error: ValidationError, index: int | None = None) -> list[dict[str, Any]]:

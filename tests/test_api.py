@@ -4,6 +4,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -83,6 +84,13 @@ async def test_unknown_and_malformed_lookups_are_json_errors(api: str) -> None:
     assert (status, body["error"]) == (404, "not_found")
 
 
+async def test_ids_no_message_can_have_are_not_found_on_either_store(api: str) -> None:
+    # PostgreSQL refuses NUL in text: the lookup must not become a 500 there.
+    for path in ("/v1/messages/a%00b", "/v1/messages?external_send_id=a%00b"):
+        status, body = await _get(f"{api}{path}")
+        assert (status, body["error"]) == (404, "not_found")
+
+
 async def test_health_and_readiness(api: str) -> None:
     assert await _get(f"{api}/healthz") == (200, {"status": "ok"})
     assert await _get(f"{api}/readyz") == (200, {"status": "ready"})
@@ -110,3 +118,31 @@ async def _status(settings: Settings, *argv: str) -> int:
     # The command runs its own event loop, as it does from a shell.
     code: int = await asyncio.to_thread(args.handler, settings, args)
     return code
+
+
+async def test_status_with_a_database_url_that_cannot_work_says_why_and_exits_2(
+    postgres_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a_file = tmp_path / "a-file"
+    a_file.touch()
+    unusable = [
+        postgres_url.rsplit("/", 1)[0] + "/no_such_database_for_txmail",
+        postgres_url.replace("postgres@", "no_such_role_for_txmail@", 1),
+        f"sqlite:///{a_file}/txmail.db",  # its directory cannot be made
+    ]
+    for url in unusable:
+        assert await _status(Settings(database_url=url), "order-7") == 2, url
+        err = capsys.readouterr().err
+        assert err.startswith("txmail: "), err
+        assert "Traceback" not in err
+
+
+async def test_status_does_not_create_a_database_where_there_is_none(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A mistyped path must not be answered with "nothing is known" from a new, empty file.
+    typo = tmp_path / "typo" / "txmail.db"
+    assert await _status(Settings(database_url=f"sqlite:///{typo}"), "order-7") == 2
+    assert str(typo) in capsys.readouterr().err
+    assert not typo.exists()
+    assert not typo.parent.exists()

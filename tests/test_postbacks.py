@@ -84,6 +84,8 @@ async def test_a_status_with_topic_characters_cannot_escape_its_routing_key(
 
 
 TOO_LONG = "x" * 201
+# Valid JSON, but nested deeper than Python's parser recurses.
+TOO_DEEP = b"[" * 100_000 + b"]" * 100_000
 
 
 @pytest.mark.parametrize(
@@ -91,6 +93,23 @@ TOO_LONG = "x" * 201
     [
         (b"{not json", 400, "invalid_json"),
         (b"\xff\xfe", 400, "invalid_json"),
+        (TOO_DEEP, 400, "invalid_json"),
+        # A lone UTF-16 surrogate: Python reads it, but it is not text and cannot be sent on.
+        (
+            b'{"dispatch_id": "d", "status": "sent", "metadata": {"x": "\\ud800"}}',
+            400,
+            "invalid_json",
+        ),
+        (
+            b'{"dispatch_id": "d", "status": "sent", "metadata": {"\\uDFFF": 1}}',
+            400,
+            "invalid_json",
+        ),
+        (
+            b'{"dispatch_id": "d", "status": "sent", "metadata": {"x": ' + TOO_DEEP + b"}}",
+            400,
+            "invalid_json",
+        ),
         (b'"a string"', 400, "wrong_type"),
         (b"42", 400, "wrong_type"),
         (b"null", 400, "wrong_type"),
@@ -103,6 +122,37 @@ TOO_LONG = "x" * 201
         (b'{"dispatch_id": "d", "status": 3}', 422, "invalid_postback"),
         (b'{"dispatch_id": "d"}', 422, "invalid_postback"),
         (b'{"dispatch_id": "d", "status": "sent", "metadata": "x"}', 422, "invalid_postback"),
+        # What the stores index or keep as text: PostgreSQL refuses NUL, and index
+        # entries of many kilobytes, where SQLite takes both.
+        (b'{"dispatch_id": "d\\u0000", "status": "sent"}', 422, "invalid_postback"),
+        (b'{"dispatch_id": "d", "status": "sent\\u0000"}', 422, "invalid_postback"),
+        (
+            b'{"dispatch_id": "d", "status": "bounced", "metadata": {"reason": "5\\u000050"}}',
+            422,
+            "invalid_postback",
+        ),
+        (
+            f'{{"dispatch_id": "d", "status": "sent", '
+            f'"metadata": {{"external_send_id": "{TOO_LONG}"}}}}'.encode(),
+            422,
+            "invalid_postback",
+        ),
+        # A number would key the message by dispatch_id, apart from its registration.
+        (
+            b'{"dispatch_id": "d", "status": "sent", "metadata": {"external_send_id": 1234}}',
+            422,
+            "invalid_postback",
+        ),
+        (
+            b'{"dispatch_id": "d", "status": "sent", "metadata": {"campaign_api_id": ["c"]}}',
+            422,
+            "invalid_postback",
+        ),
+        (
+            b'{"dispatch_id": "d", "status": "sent", "metadata": {"campaign_api_id": "c\\u0000"}}',
+            422,
+            "invalid_postback",
+        ),
     ],
 )
 async def test_bad_input_is_refused_with_a_json_error_and_publishes_nothing(

@@ -57,8 +57,16 @@ async def test_the_same_registration_twice_has_one_event_id(settings: Settings) 
         ({**SEND, "recipient": {"email": "not an address"}}, 422, "recipient.email"),
         ({**SEND, "recipient": {"fax": "+15005550006"}}, 422, "recipient.fax"),
         ({**SEND, "delivery_timeout": "10"}, 422, "delivery_timeout"),
+        ({**SEND, "delivery_timeout": "0s"}, 422, "delivery_timeout"),
+        # Too long for any clock: a clear 422, not a 500 from an overflow.
+        ({**SEND, "delivery_timeout": "99999999999d"}, 422, "delivery_timeout"),
         ({**SEND, "variables": {"nested": {"a": 1}}}, 422, "variables.nested"),
         ({**SEND, "surprise": True}, 422, "surprise"),
+        ({**SEND, "external_send_id": "order\u0000"}, 422, "external_send_id"),
+        # JSON has no NaN or Infinity: kept, they would come back from the store as null.
+        ({**SEND, "variables": {"total": float("nan")}}, 422, "variables.total"),
+        ({**SEND, "variables": {"total": float("inf")}}, 422, "variables.total"),
+        ({**SEND, "campaign_api_id": "c\u0000"}, 422, "campaign_api_id"),
     ],
 )
 async def test_bad_registrations_are_refused_and_publish_nothing(

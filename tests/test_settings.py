@@ -28,7 +28,9 @@ def test_durations(text: str, expected: timedelta) -> None:
     assert parse_duration(format_duration(expected)) == expected
 
 
-@pytest.mark.parametrize("text", ["", "10", "m", "10x", "-5m", "ten minutes", "5m!"])
+@pytest.mark.parametrize(
+    "text", ["", "10", "m", "10x", "-5m", "ten minutes", "5m!", "99999999999d"]
+)
 def test_bad_durations_say_how_to_write_one(text: str) -> None:
     with pytest.raises(ValueError, match=r"e\.g\. 90s, 10m, 2h"):
         parse_duration(text)
@@ -71,6 +73,13 @@ def test_an_empty_token_means_no_token(monkeypatch: pytest.MonkeyPatch) -> None:
         ("TXMAIL_ALLOWED_NETWORKS", "10.0.0.0/33", "TXMAIL_ALLOWED_NETWORKS"),
         ("TXMAIL_PUBLISH_TIMEOUT", "5", "TXMAIL_PUBLISH_TIMEOUT"),
         ("TXMAIL_LOG_LEVEL", "loud", "TXMAIL_LOG_LEVEL"),
+        # Zero would mean: never confirmed (every request 503), a sweeper spinning on the
+        # store, every message late at once, republished at once, or purged at once.
+        ("TXMAIL_PUBLISH_TIMEOUT", "0s", "TXMAIL_PUBLISH_TIMEOUT"),
+        ("TXMAIL_SWEEP_INTERVAL", "0s", "TXMAIL_SWEEP_INTERVAL"),
+        ("TXMAIL_DELIVERY_TIMEOUT", "0ms", "TXMAIL_DELIVERY_TIMEOUT"),
+        ("TXMAIL_REPUBLISH_AFTER", "0s", "TXMAIL_REPUBLISH_AFTER"),
+        ("TXMAIL_RETENTION", "0d", "TXMAIL_RETENTION"),
     ],
 )
 def test_bad_settings_name_the_variable(

@@ -159,3 +159,9 @@ def test_registration_without_sent_is_not_sent_with_its_own_timeout() -> None:
 def test_unreadable_sent_at_falls_back_to_arrival() -> None:
     message = fold([postback("sent", 5, sent_at="yesterday-ish")])
     assert deadline(message, TIMEOUTS) == T0 + timedelta(minutes=10, seconds=5)
+
+
+def test_a_sent_at_after_the_arrival_does_not_postpone_the_deadline() -> None:
+    # A clock ahead, or a wrong offset: Braze cannot have sent it after we heard of it.
+    ahead = fold([postback("sent", 5, sent_at="2026-01-01T00:00:05-12:00")])
+    assert deadline(ahead, TIMEOUTS) == T0 + timedelta(minutes=10, seconds=5)

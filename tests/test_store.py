@@ -7,10 +7,19 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
 from tests.factories import postback, registration, tracked
-from txmail.events import FALLBACK_ATTEMPT_TYPE, AttemptOutcome, FallbackAttempt, Trigger
+from tests.waiting import wait_until
+from txmail.events import (
+    FALLBACK_ATTEMPT_TYPE,
+    POSTBACK_TYPE,
+    AttemptOutcome,
+    FallbackAttempt,
+    Trigger,
+)
+from workers.incoming import decode
 from workers.state import Outcome
 from workers.store import open_store
 from workers.store.protocol import Store, TrackedEvent
@@ -186,3 +195,70 @@ async def test_migrations_run_once_when_processes_start_together(database_url: s
 
 def _braze(raw: dict[str, Any]) -> TrackedEvent:
     return postback(raw["dispatch_id"], raw["status"], NOW, **raw["metadata"])
+
+
+@pytest.mark.parametrize("sent_at", ["9999-12-31T23:59:59+00:00", "0001-01-01T00:00:00+14:00"])
+async def test_a_sent_at_at_the_end_of_the_calendar_is_kept_and_arms_from_arrival(
+    store: Store, sent_at: str
+) -> None:
+    await store.apply([postback("d1", "sent", NOW, sent_at=sent_at)], NOW)
+    message = await store.find(dispatch_id="d1")
+    assert message is not None
+    assert message.statuses["sent"].timestamps["sent_at"] == sent_at
+    assert message.deadline == NOW + timedelta(minutes=10)
+
+
+async def test_a_delivery_timeout_longer_than_the_calendar_never_falls_due(store: Store) -> None:
+    register = registration(NOW, external_send_id="order-9", delivery_timeout="3000000d")
+    await store.apply([register, postback("d9", "sent", NOW, external_send_id="order-9")], NOW)
+    message = await store.find(external_send_id="order-9")
+    assert message is not None
+    assert message.deadline is None
+    assert await store.claim_due(NOW + timedelta(days=365 * 1000), 10) == []
+
+
+async def test_an_event_for_a_message_purged_meanwhile_makes_it_anew(
+    postgres_schema_url: str,
+) -> None:
+    # The purge deletes a message while a worker waits for its row lock to apply a late
+    # event: the worker must not write into the void and ack an event no message has.
+    store = await open_store(postgres_schema_url, TIMEOUTS)
+    purger = await asyncpg.connect(postgres_schema_url)
+    try:
+        await store.apply([postback("d1", "sent", NOW)], NOW)
+        purge = purger.transaction()
+        await purge.start()
+        await purger.execute("SELECT 1 FROM messages WHERE message_key = 'dispatch:d1' FOR UPDATE")
+        late = asyncio.create_task(store.apply([postback("d1", "bounced", NOW)], NOW))
+
+        async def waiting_for_the_lock() -> bool:
+            waiting: int = await purger.fetchval(
+                "SELECT count(*) FROM pg_locks WHERE NOT granted AND locktype = 'transactionid'"
+            )
+            return waiting > 0
+
+        await wait_until(waiting_for_the_lock, what="the worker waiting for the row lock")
+        await purger.execute("DELETE FROM events WHERE message_key = 'dispatch:d1'")
+        await purger.execute("DELETE FROM messages WHERE message_key = 'dispatch:d1'")
+        await purge.commit()
+        decided = await late
+        message = await store.find(dispatch_id="d1")
+    finally:
+        await purger.close()
+        await store.close()
+    assert message is not None
+    assert message.outcome == Outcome.BOUNCED
+    assert [e.label for e in message.timeline] == ["bounced"]
+    assert [p.request.trigger for p in decided] == [Trigger.BOUNCED]
+
+
+async def test_a_received_at_header_without_a_utc_time_is_not_a_poison(store: Store) -> None:
+    # Direct publishers set their own headers; this one has no UTC time (year 0).
+    raw = {"dispatch_id": "d1", "status": "delivered", "metadata": {}}
+    headers = {"received_at": "0001-01-01T00:00:00+14:00"}
+    event = decode(POSTBACK_TYPE, json.dumps(raw).encode(), headers, None, NOW)
+    await store.apply([event], NOW)
+    message = await store.find(dispatch_id="d1")
+    assert message is not None
+    assert message.outcome == Outcome.DELIVERED
+    assert [e.received_at for e in message.timeline] == [NOW]

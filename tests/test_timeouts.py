@@ -47,6 +47,9 @@ handlers = ["ops-hook"]
         ('[tracking]\ndelivery_timeout = "soon"', "tracking.delivery_timeout"),
         ('[tracking.campaigns.c1]\ndelivery_timout = "2m"', "tracking.campaigns.c1"),
         ("[tracking\n", "not valid TOML"),
+        # Zero would time out every message the moment it is sent.
+        ('[tracking]\ndelivery_timeout = "0s"', "tracking.delivery_timeout"),
+        ('[tracking.campaigns.c1]\ndelivery_timeout = "0ms"', "tracking.campaigns.c1"),
     ],
 )
 def test_a_bad_tracking_section_names_the_file_and_the_field(

@@ -4,7 +4,9 @@ import json
 from datetime import timedelta
 from pathlib import Path
 
+import asyncpg
 import pytest
+from aio_pika.abc import AbstractIncomingMessage
 
 from tests.factories import outgoing_postback, raw_postback
 from tests.harness import body, publisher, queue_readers, running_worker
@@ -74,6 +76,13 @@ async def test_what_is_not_the_contract_is_dead_lettered_without_blocking(
         Outgoing("postback.sent", b"{not json", "bad-1", POSTBACK_TYPE),
         Outgoing("postback.sent", b'{"status": "sent"}', "bad-2", POSTBACK_TYPE),
         Outgoing("send.other", b"{}", "bad-3", "something_else"),
+        Outgoing("postback.sent", b"[" * 5000 + b"]" * 5000, "bad-4", POSTBACK_TYPE),
+        Outgoing(
+            "postback.sent",
+            b'{"dispatch_id": "d", "status": "sent", "metadata": {"x": "\\ud800"}}',
+            "bad-5",
+            POSTBACK_TYPE,
+        ),
     ]
     good = outgoing_postback(raw_postback("after-poison", "delivered"), now)
     async with running_worker(worker_settings) as store, publisher(worker_settings) as broker:
@@ -90,7 +99,23 @@ async def test_what_is_not_the_contract_is_dead_lettered_without_blocking(
                 return len(parked) == len(bad)
 
             await wait_until(all_parked, what="bad messages dead-lettered")
-    assert sorted(m.message_id or "" for m in parked) == ["bad-1", "bad-2", "bad-3"]
+    assert sorted(m.message_id or "" for m in parked) == [
+        "bad-1",
+        "bad-2",
+        "bad-3",
+        "bad-4",
+        "bad-5",
+    ]
+    # At once, by the worker, not after going round the queue to the delivery limit.
+    assert [_death_reason(m) for m in parked] == ["rejected"] * len(bad)
+
+
+def _death_reason(message: AbstractIncomingMessage) -> object:
+    deaths = message.headers.get("x-death")
+    assert isinstance(deaths, list)
+    death = deaths[0]
+    assert isinstance(death, dict)
+    return death.get("reason")
 
 
 async def test_deadline_fires_on_time_and_a_late_delivered_is_recorded_late(
@@ -174,17 +199,33 @@ async def test_registered_send_never_sent_gets_a_fallback_with_its_recipient(
     assert decided["variables"] == {"first_name": "Ada"}
 
 
+_REFUSE_POISON = """
+CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.dispatch_id = 'poison' THEN RAISE EXCEPTION 'refusing the poison message'; END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER refuse_poison BEFORE UPDATE ON messages
+    FOR EACH ROW EXECUTE FUNCTION refuse_poison();
+"""
+
+
 async def test_a_message_the_store_cannot_take_is_dead_lettered_after_the_delivery_limit(
     settings: Settings, postgres_schema_url: str
 ) -> None:
-    # PostgreSQL text cannot hold NUL: valid by the contract, yet it fails in the store
+    # A trigger refuses one message: valid by the contract, yet it fails in the store
     # every time, like a bug would. Its neighbours in the batch must still be applied.
     worker_settings = settings.model_copy(update={"database_url": postgres_schema_url})
     now = utc_now()
     before = outgoing_postback(raw_postback("before", "delivered"), now)
-    poison = outgoing_postback(raw_postback("nul\u0000byte", "sent"), now)
+    poison = outgoing_postback(raw_postback("poison", "sent"), now)
     after = outgoing_postback(raw_postback("after", "delivered"), now)
     async with running_worker(worker_settings) as store, publisher(worker_settings) as broker:
+        database = await asyncpg.connect(postgres_schema_url)
+        try:
+            await database.execute(_REFUSE_POISON)
+        finally:
+            await database.close()
         await broker.publish([before, poison, after])
         async with queue_readers(worker_settings) as (_, dead):
             parked = []
@@ -233,3 +274,32 @@ async def test_a_fallback_request_the_broker_refused_is_published_later_once(
 async def _has_decision(store: Store, dispatch_id: str) -> bool:
     message = await store.find(dispatch_id=dispatch_id)
     return message is not None and message.decision is not None
+
+
+async def test_a_backlog_drained_after_a_restart_makes_no_false_timeouts(
+    worker_settings: Settings,
+) -> None:
+    # Sent and delivered both reached the ingress minutes before the deadline, but sat in
+    # the queue while no worker ran. Applied one batch at a time, each `sent` is due when
+    # applied: the sweeper must not decide a timeout before its `delivered` is applied.
+    backlog_settings = worker_settings.model_copy(
+        update={"batch_size": 1, "sweep_interval": timedelta(milliseconds=10)}
+    )
+    now = utc_now()
+    arrived = now - timedelta(minutes=5)
+    sent_at = (now - timedelta(seconds=2)).isoformat()  # deadline: 1 s ago
+    backlog = []
+    for n in range(60):
+        backlog.append(outgoing_postback(raw_postback(f"b{n}", "sent", sent_at=sent_at), arrived))
+        backlog.append(outgoing_postback(raw_postback(f"b{n}", "delivered"), arrived))
+    async with publisher(backlog_settings) as broker:
+        await broker.publish(backlog)
+        async with running_worker(backlog_settings) as store:
+
+            async def drained() -> bool:
+                counts = await store.counts()
+                return counts.messages == 60 and counts.pending_deadlines == 0
+
+            await wait_until(drained, what="the backlog applied")
+            counts = await store.counts()
+    assert counts.decisions == 0

@@ -7,7 +7,7 @@ import re
 from datetime import timedelta
 from typing import Annotated
 
-from pydantic import BeforeValidator, PlainSerializer
+from pydantic import AfterValidator, BeforeValidator, PlainSerializer
 
 _UNITS = {
     "ms": timedelta(milliseconds=1),
@@ -27,7 +27,14 @@ def parse_duration(text: str) -> timedelta:
         raise ValueError(
             f"{text!r} is not a duration: write a number and a unit, e.g. 90s, 10m, 2h, 1d"
         )
-    return sum((float(n) * _UNITS[u] for n, u in parts), timedelta())
+    try:
+        return sum((float(n) * _UNITS[u] for n, u in parts), timedelta())
+    except OverflowError:
+        # pydantic turns only ValueError into a validation error; an overflow would
+        # escape it as a 500 or a traceback.
+        raise ValueError(
+            f"{text!r} is longer than any duration txmail can keep: e.g. 90s, 10m, 2h, 1d"
+        ) from None
 
 
 def format_duration(value: timedelta) -> str:
@@ -53,3 +60,13 @@ Duration = Annotated[
     PlainSerializer(format_duration, return_type=str),
 ]
 """A pydantic field type that reads ``"10m"`` and writes it back the same way."""
+
+
+def _longer_than_zero(value: timedelta) -> timedelta:
+    if value <= timedelta(0):
+        raise ValueError("must be longer than 0s")
+    return value
+
+
+PositiveDuration = Annotated[Duration, AfterValidator(_longer_than_zero)]
+"""A Duration for a timeout: zero would make everything late at once."""

@@ -10,15 +10,45 @@ import json
 import re
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    FiniteFloat,
+    StrictStr,
+    field_validator,
+)
 
-from txmail.durations import Duration
+from txmail.durations import PositiveDuration
 
 KNOWN_STATUSES: Final = frozenset({"sent", "processed", "aborted", "delivered", "bounced"})
 POSTBACK_TYPE: Final = "postback"
 JSON: Final = "application/json"
+# The longest id a store indexes: a sender's own id, a campaign id.
+MAX_ID_LENGTH: Final = 200
+NUL: Final = "\x00"
+
+
+def _without_nul(value: str) -> str:
+    # PostgreSQL text cannot hold NUL (SQLite can): refused here, so that both stores
+    # keep the same events instead of one dead-lettering what the other accepted.
+    if NUL in value:
+        raise ValueError("must not contain the NUL character (\\u0000)")
+    return value
+
+
+Text = Annotated[StrictStr, AfterValidator(_without_nul)]
+"""A string a store keeps as text (a column, an index entry)."""
+
+# Metadata a store keeps in columns of its own, and the longest each may be.
+_STORED_METADATA: Final = {
+    "external_send_id": MAX_ID_LENGTH,
+    "campaign_api_id": MAX_ID_LENGTH,
+    "reason": None,
+}
 
 
 class Postback(BaseModel):
@@ -26,9 +56,26 @@ class Postback(BaseModel):
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
-    dispatch_id: StrictStr = Field(min_length=1, max_length=200)
-    status: StrictStr = Field(min_length=1, max_length=64)
+    dispatch_id: Text = Field(min_length=1, max_length=MAX_ID_LENGTH)
+    status: Text = Field(min_length=1, max_length=64)
     metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("metadata")
+    @classmethod
+    def _storable_metadata(cls, metadata: dict[str, Any]) -> dict[str, Any]:
+        for name, longest in _STORED_METADATA.items():
+            value = metadata.get(name)
+            if longest is not None and value is not None and not isinstance(value, str):
+                # Read as absent, an id that is a number would key the message by its
+                # dispatch_id, apart from the registration and the other postbacks.
+                raise ValueError(f"{name} must be a string")
+            if not isinstance(value, str):
+                continue
+            if NUL in value:
+                raise ValueError(f"{name} must not contain the NUL character (\\u0000)")
+            if longest is not None and len(value) > longest:
+                raise ValueError(f"{name} must be at most {longest} characters")
+        return metadata
 
     @property
     def external_send_id(self) -> str | None:
@@ -105,11 +152,13 @@ class SendRegistration(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    external_send_id: StrictStr = Field(min_length=1, max_length=200)
-    campaign_api_id: StrictStr | None = Field(default=None, max_length=200)
+    external_send_id: Text = Field(min_length=1, max_length=MAX_ID_LENGTH)
+    campaign_api_id: Text | None = Field(default=None, max_length=MAX_ID_LENGTH)
     recipient: Recipient = Field(default_factory=Recipient)
-    variables: dict[str, StrictStr | int | float | bool] = Field(default_factory=dict)
-    delivery_timeout: Duration | None = None
+    # Finite: the store keeps the registration as JSON, where NaN would come back as
+    # null, which no longer validates, and every later event of the send would fail.
+    variables: dict[str, StrictStr | int | FiniteFloat | bool] = Field(default_factory=dict)
+    delivery_timeout: PositiveDuration | None = None
 
 
 class FallbackRequest(BaseModel):

@@ -108,6 +108,15 @@ class Settings(BaseSettings):
             raise ValueError("every delay must be longer than 0s")
         return value
 
+    @field_validator(
+        "publish_timeout", "sweep_interval", "delivery_timeout", "republish_after", "retention"
+    )
+    @classmethod
+    def _longer_than_zero(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("must be longer than 0s")
+        return value
+
     @field_validator("log_level")
     @classmethod
     def _known_level(cls, value: str) -> str:

@@ -4,6 +4,7 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from txmail.errors import ConfigError
 from txmail.http import serve_until_stopped
@@ -59,7 +60,11 @@ def api_command(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _lookup(settings: Settings, wanted: str) -> MessageView | None:
-    store = await open_store(settings.database_url, timeouts_from(settings))
+    url = settings.database_url
+    if url.startswith("sqlite:///") and not (path := Path(url.removeprefix("sqlite:///"))).exists():
+        # Opening would create an empty database, and "nothing is known" would mislead.
+        raise StoreUnavailable(f"there is no SQLite database at {path}")
+    store = await open_store(url, timeouts_from(settings))
     try:
         return await store.find(dispatch_id=wanted) or await store.find(external_send_id=wanted)
     finally:

@@ -23,6 +23,10 @@ class Inbox:
         self._buffer.append(message)
         self._arrived.set()
 
+    def oldest(self) -> AbstractIncomingMessage | None:
+        """The delivery that waits longest, or None when none waits."""
+        return self._buffer[0] if self._buffer else None
+
     async def next_batch(self, idle_timeout: float) -> list[AbstractIncomingMessage]:
         """The next batch, or an empty list when nothing arrived within ``idle_timeout``."""
         if not self._buffer:

@@ -29,17 +29,19 @@ class NotTheContract(TxmailError):
     """A message on the tracker queue that no worker will ever be able to process."""
 
 
-def _received_at(headers: Mapping[str, Any], timestamp: datetime | None, now: datetime) -> datetime:
+def received_at(headers: Mapping[str, Any], timestamp: datetime | None, now: datetime) -> datetime:
+    """When the event reached txmail: the ingress's header, else the AMQP timestamp."""
     value = headers.get("received_at")
     if isinstance(value, bytes):
         value = value.decode(errors="replace")
     if isinstance(value, str):
         try:
             parsed = datetime.fromisoformat(value)
-        except ValueError:
+            # In UTC, or not at all: a time with no UTC equivalent (year 0 or 10000)
+            # is one neither store can keep.
+            return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC)
+        except (ValueError, OverflowError):
             pass
-        else:
-            return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
     if timestamp is not None:
         return timestamp if timestamp.tzinfo else timestamp.replace(tzinfo=UTC)
     return now
@@ -56,33 +58,34 @@ def decode(
     try:
         text = body.decode()
         raw = json.loads(text)
-    except (UnicodeDecodeError, ValueError) as error:
-        raise NotTheContract(f"body is not JSON: {error}") from None
-    if not isinstance(raw, dict):
-        raise NotTheContract(f"body is a JSON {type(raw).__name__}, not an object")
-    received_at = _received_at(headers, timestamp, now)
-    # The id is always computed from the body, never trusted from the publisher.
-    eid = event_id(raw)
+        if not isinstance(raw, dict):
+            raise NotTheContract(f"body is a JSON {type(raw).__name__}, not an object")
+        # The id is always computed from the body, never trusted from the publisher.
+        # Computing it also encodes the body: an unpaired surrogate fails here.
+        eid = event_id(raw)
+    except (ValueError, RecursionError) as error:  # UnicodeError is a ValueError
+        raise NotTheContract(f"body is not JSON text: {error}") from None
+    arrived = received_at(headers, timestamp, now)
     try:
         if kind == POSTBACK_TYPE:
             postback = Postback.model_validate(raw)
             key = message_key(postback.external_send_id, postback.dispatch_id)
-            core = PostbackEvent(event_id=eid, received_at=received_at, postback=postback)
-            return TrackedEvent(eid, key, kind, postback.status, received_at, text, core)
+            core = PostbackEvent(event_id=eid, received_at=arrived, postback=postback)
+            return TrackedEvent(eid, key, kind, postback.status, arrived, text, core)
         if kind == SEND_REGISTRATION_TYPE:
             registration = SendRegistration.model_validate(raw)
             key = message_key(registration.external_send_id, None)
             registered = RegistrationEvent(
-                event_id=eid, received_at=received_at, registration=registration
+                event_id=eid, received_at=arrived, registration=registration
             )
-            return TrackedEvent(eid, key, kind, "registered", received_at, text, registered)
+            return TrackedEvent(eid, key, kind, "registered", arrived, text, registered)
         if kind == FALLBACK_ATTEMPT_TYPE:
             attempt = FallbackAttempt.model_validate(raw)
             if not (attempt.external_send_id or attempt.dispatch_id):
                 raise NotTheContract("fallback attempt names neither a dispatch nor a send id")
             key = message_key(attempt.external_send_id, attempt.dispatch_id)
             label = f"{attempt.handler or '-'}: {attempt.outcome.value}"
-            return TrackedEvent(eid, key, kind, label, received_at, text, None)
+            return TrackedEvent(eid, key, kind, label, arrived, text, None)
     except ValidationError as error:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}"

@@ -208,8 +208,9 @@ def _timeout(message: Message, timeouts: DeliveryTimeouts) -> timedelta:
 def deadline(message: Message, timeouts: DeliveryTimeouts) -> datetime | None:
     """When the message is late, or None when nothing is pending any more.
 
-    Armed by `sent` or `processed`, measured from Braze's `sent_at` when known, else
-    from the earliest arrival; a registration alone arms it from its own arrival.
+    Armed by `sent` or `processed`, measured from Braze's `sent_at` when known (and not
+    after the earliest arrival), else from the earliest arrival; a registration alone
+    arms it from its own arrival.
     """
     if message.decision or failure(message) or "delivered" in message.statuses:
         return None
@@ -217,12 +218,25 @@ def deadline(message: Message, timeouts: DeliveryTimeouts) -> datetime | None:
     if armed:
         sent = message.statuses.get("sent")
         sent_at = _parse_time(sent.timestamps.get("sent_at")) if sent else None
-        start = sent_at or min(s.received_at for s in armed)
+        arrived = min(s.received_at for s in armed)
+        # Never after the arrival: a clock ahead or a wrong offset must not postpone it.
+        starts = [None if sent_at is None or sent_at > arrived else sent_at, arrived]
     elif message.registration is not None:
-        start = message.registration.received_at
+        starts = [message.registration.received_at]
     else:
         return None
-    return start + _timeout(message, timeouts)
+    timeout = _timeout(message, timeouts)
+    for start in starts:
+        if start is None:
+            continue
+        try:
+            # In UTC, so that the stores can keep it: a `sent_at` at either end of the
+            # calendar can make a deadline that has no UTC time, like a timeout longer
+            # than the calendar. The arrival is the fallback; failing that, never due.
+            return (start + timeout).astimezone(UTC)
+        except OverflowError:
+            continue
+    return None
 
 
 def evolve(message: Message, events: list[Event], now: datetime) -> tuple[Message, Decision | None]:
@@ -237,11 +251,15 @@ def evolve(message: Message, events: list[Event], now: datetime) -> tuple[Messag
 
 
 def claim_deadline(
-    message: Message, timeouts: DeliveryTimeouts, now: datetime
+    message: Message, timeouts: DeliveryTimeouts, now: datetime, due_by: datetime | None = None
 ) -> tuple[Message, Decision | None]:
-    """Decide a timeout when the deadline has passed (the sweeper's half of the race)."""
+    """Decide a timeout when the deadline has passed (the sweeper's half of the race).
+
+    ``due_by`` (default ``now``) is how far the events are known to be applied: a
+    deadline after it may still meet a `delivered` that arrived in time.
+    """
     due = deadline(message, timeouts)
-    if due is None or due > now:
+    if due is None or due > (now if due_by is None else due_by):
         return message, None
     armed = any(s in message.statuses for s in ARMING)
     decision = Decision(trigger=Trigger.TIMEOUT if armed else Trigger.NOT_SENT, decided_at=now)

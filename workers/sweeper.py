@@ -6,6 +6,7 @@ store's compare-and-set, so any number of workers may sweep at once.
 
 import asyncio
 from datetime import datetime, timedelta
+from typing import Protocol
 
 import structlog
 
@@ -22,12 +23,26 @@ PURGE_BATCH = 500  # small, so a purge never holds locks for long
 PURGE_INTERVAL = 60.0
 
 
+class Progress(Protocol):
+    def applied_until(self, now: datetime) -> datetime | None:
+        """Events that reached txmail before this are applied; None: not known yet."""
+
+
 class Sweeper:
     def __init__(
-        self, store: Store, broker: Broker, interval: timedelta, retention: timedelta
+        self,
+        store: Store,
+        broker: Broker,
+        interval: timedelta,
+        retention: timedelta,
+        progress: Progress | None = None,
     ) -> None:
         self._store = store
         self._broker = broker
+        # A deadline is due only once every event that arrived before it is applied:
+        # else a worker draining a backlog would time out messages whose `delivered`
+        # arrived in time and is still waiting in the queue.
+        self._progress = progress
         self._interval = interval.total_seconds()
         self._retention = retention
 
@@ -49,8 +64,9 @@ class Sweeper:
 
     async def sweep(self, now: datetime) -> None:
         """Decide every due deadline, then retry publishes that were not confirmed."""
-        while True:
-            claimed = await self._store.claim_due(now, CLAIM_BATCH)
+        due_by = now if self._progress is None else self._progress.applied_until(now)
+        while due_by is not None:
+            claimed = await self._store.claim_due(now, CLAIM_BATCH, due_by)
             await publish_decisions(self._broker, self._store, claimed)
             if len(claimed) < CLAIM_BATCH:
                 break

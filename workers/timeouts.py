@@ -11,20 +11,20 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from txmail.durations import Duration
+from txmail.durations import PositiveDuration
 from txmail.errors import ConfigError
 
 
 class _CampaignTracking(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    delivery_timeout: Duration
+    delivery_timeout: PositiveDuration
 
 
 class _Tracking(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    delivery_timeout: Duration | None = None
+    delivery_timeout: PositiveDuration | None = None
     campaigns: dict[str, _CampaignTracking] = Field(default_factory=dict)
 
 

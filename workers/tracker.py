@@ -10,6 +10,7 @@ blocks the messages behind it.
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Sequence
+from datetime import datetime
 
 import aio_pika
 import structlog
@@ -20,7 +21,7 @@ from txmail.events import utc_now
 from txmail.topology import Topology
 from workers.decisions import publish_decisions
 from workers.inbox import Inbox
-from workers.incoming import NotTheContract, decode
+from workers.incoming import NotTheContract, decode, received_at
 from workers.stopping import pause
 from workers.store.protocol import PendingRequest, Store, StoreUnavailable, TrackedEvent
 
@@ -53,6 +54,29 @@ class Tracker:
         self._broker = broker
         self._batch_size = batch_size
         self._inbox = Inbox(batch_size, batch_wait)
+        # When the oldest event of the batch being applied reached txmail.
+        self._in_hand: datetime | None = None
+        # When the newest event of the last batch reached txmail: the queue, first in
+        # first out, holds only later ones.
+        self._applied_through: datetime | None = None
+        # Nothing was delivered for a while: the queue is empty.
+        self._caught_up = False
+
+    def applied_until(self, now: datetime) -> datetime | None:
+        """Every event that reached txmail before this is applied, as far as this worker
+        can tell; None before it knows anything (at start, the queue may hold a backlog).
+
+        While a backlog drains this is in the past, so that a deadline is not taken for
+        passed while the `delivered` that arrived in time still waits in the queue.
+        """
+        held = [] if self._in_hand is None else [self._in_hand]
+        if (waiting := self._inbox.oldest()) is not None:
+            held.append(received_at(waiting.headers, waiting.timestamp, now))
+        if held:
+            return min(now, *held)
+        if self._caught_up:
+            return now
+        return None if self._applied_through is None else min(now, self._applied_through)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set; the batch in hand is finished first."""
@@ -65,6 +89,7 @@ class Tracker:
                 return
             while not stop.is_set():
                 batch = await self._inbox.next_batch(idle_timeout=0.2)
+                self._caught_up = not batch
                 if batch:
                     await self._handle(batch, stop)
             queue, consumer = consuming
@@ -107,6 +132,19 @@ class Tracker:
 
     async def _handle(self, batch: Sequence[AbstractIncomingMessage], stop: asyncio.Event) -> None:
         now = utc_now()
+        # Set before the first await, so that no sweep sees the batch neither waiting
+        # in the inbox nor in hand.
+        arrivals = [received_at(m.headers, m.timestamp, now) for m in batch]
+        self._in_hand = min(arrivals)
+        try:
+            await self._handle_in_hand(batch, now, stop)
+        finally:
+            self._in_hand = None
+            self._applied_through = max(arrivals)
+
+    async def _handle_in_hand(
+        self, batch: Sequence[AbstractIncomingMessage], now: datetime, stop: asyncio.Event
+    ) -> None:
         accepted: list[tuple[TrackedEvent, AbstractIncomingMessage]] = []
         for message in batch:
             try:

@@ -50,7 +50,7 @@ async def run_worker(settings: Settings, store: Store, stop: asyncio.Event) -> N
         settings.batch_size,
         settings.batch_wait.total_seconds(),
     )
-    sweeper = Sweeper(store, broker, settings.sweep_interval, settings.retention)
+    sweeper = Sweeper(store, broker, settings.sweep_interval, settings.retention, tracker)
     try:
         # Deciding while unable to publish would only postpone each publish by a retry.
         while not broker.is_ready and not stop.is_set():

@@ -16,7 +16,8 @@ from typing import TypeAlias, TypeVar
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from txmail.events import FallbackRequest
+from txmail.errors import ConfigError
+from txmail.events import NUL, FallbackRequest
 from workers.state import Message, claim_deadline
 from workers.store.migrations import POSTGRES
 from workers.store.protocol import (
@@ -33,8 +34,13 @@ from workers.timeouts import DeliveryTimeouts
 T = TypeVar("T")
 Db: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"
 
+
+class _RowsVanished(Exception):
+    """Rows deleted (purged) between inserting and locking them: insert them again."""
+
+
 # Lost races between writers: the transaction is simply run again.
-_RETRYABLE = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
+_RETRYABLE = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError, _RowsVanished)
 # The database is down, restarting, or unreachable: the caller retries later.
 _UNAVAILABLE = (
     OSError,
@@ -44,6 +50,12 @@ _UNAVAILABLE = (
     asyncpg.CannotConnectNowError,
     asyncpg.TooManyConnectionsError,
     asyncpg.exceptions.OperatorInterventionError,
+)
+# A URL that can never work: no such database or role, a wrong password, a bad option.
+_MISCONFIGURED = (
+    asyncpg.InvalidCatalogNameError,
+    asyncpg.InvalidAuthorizationSpecificationError,
+    asyncpg.ClientConfigurationError,
 )
 _ATTEMPTS = 5
 
@@ -94,6 +106,10 @@ class PostgresStore:
             self._pool = await asyncpg.create_pool(
                 self._url, min_size=1, max_size=self._pool_size, command_timeout=60
             )
+        except _MISCONFIGURED as error:
+            # Waiting will not make these work: say so, instead of a traceback or a
+            # worker retrying for ever.
+            raise ConfigError(f"TXMAIL_DATABASE_URL: PostgreSQL refused it: {error}") from None
         except _UNAVAILABLE as error:
             raise StoreUnavailable(f"PostgreSQL: {error!r}") from error
         await self._transaction(self._migrate)
@@ -146,6 +162,10 @@ class PostgresStore:
                 "ORDER BY message_key FOR UPDATE",
                 keys,
             )
+            if len(locked) != len(keys):
+                # The purge deleted one while we waited for its lock; the update below
+                # would then write nothing, and the event would be acked but lost.
+                raise _RowsVanished(sorted(set(keys) - {r["message_key"] for r in locked}))
             loaded = {r["message_key"]: r["summary"] for r in locked}
             rows, decided = to_rows(evolve_all(loaded, events, now), self._timeouts)
             await self._write_rows(db, rows, now)
@@ -193,16 +213,20 @@ class PostgresStore:
             now,
         )
 
-    async def claim_due(self, now: datetime, limit: int) -> list[PendingRequest]:
+    async def claim_due(
+        self, now: datetime, limit: int, due_by: datetime | None = None
+    ) -> list[PendingRequest]:
         async def work(db: Db) -> list[PendingRequest]:
             due = await db.fetch(
                 "SELECT summary FROM messages WHERE deadline <= $1 ORDER BY deadline LIMIT $2 "
                 "FOR UPDATE SKIP LOCKED",
-                now,
+                now if due_by is None else due_by,
                 limit,
             )
             changed = [
-                claim_deadline(Message.model_validate_json(r["summary"]), self._timeouts, now)
+                claim_deadline(
+                    Message.model_validate_json(r["summary"]), self._timeouts, now, due_by
+                )
                 for r in due
             ]
             rows, decided = to_rows(changed, self._timeouts)
@@ -269,9 +293,13 @@ class PostgresStore:
     async def find(
         self, *, dispatch_id: str | None = None, external_send_id: str | None = None
     ) -> MessageView | None:
+        wanted = dispatch_id or external_send_id
+        if wanted is None or NUL in wanted:
+            return None  # no stored id has one, and PostgreSQL would refuse the query
+
         async def work(db: Db) -> MessageView | None:
             query = _FIND_BY_DISPATCH_ID if dispatch_id else _FIND_BY_EXTERNAL_SEND_ID
-            row = await db.fetchrow(query, dispatch_id or external_send_id)
+            row = await db.fetchrow(query, wanted)
             if row is None or row["summary"] is None:
                 return None
             timeline = await db.fetch(

@@ -87,8 +87,11 @@ class Store(Protocol):
         publish that fails is retried by ``claim_unpublished``.
         """
 
-    async def claim_due(self, now: datetime, limit: int) -> list[PendingRequest]:
-        """Decide timeouts for up to ``limit`` due deadlines; each claimed by one caller only."""
+    async def claim_due(
+        self, now: datetime, limit: int, due_by: datetime | None = None
+    ) -> list[PendingRequest]:
+        """Decide timeouts for up to ``limit`` deadlines passed by ``due_by`` (default
+        ``now``); each claimed by one caller only."""
 
     async def claim_unpublished(self, now: datetime, limit: int) -> list[PendingRequest]:
         """Decisions whose publish is overdue, leased to this caller for a while."""

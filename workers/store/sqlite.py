@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
 
+from txmail.errors import ConfigError
 from txmail.events import FallbackRequest
 from workers.state import Message, claim_deadline
 from workers.store.migrations import SQLITE
@@ -63,7 +64,12 @@ class SqliteStore:
         await self._run(self._open)
 
     def _open(self) -> None:
-        self._path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise ConfigError(
+                f"TXMAIL_DATABASE_URL: cannot make the directory of {self._path}: {error.strerror}"
+            ) from None
         connection = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
         connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         connection.execute("PRAGMA journal_mode = WAL")
@@ -188,17 +194,21 @@ class SqliteStore:
             ],
         )
 
-    async def claim_due(self, now: datetime, limit: int) -> list[PendingRequest]:
-        return await self._run(lambda: self._claim_due(now, limit))
+    async def claim_due(
+        self, now: datetime, limit: int, due_by: datetime | None = None
+    ) -> list[PendingRequest]:
+        return await self._run(lambda: self._claim_due(now, limit, due_by))
 
-    def _claim_due(self, now: datetime, limit: int) -> list[PendingRequest]:
+    def _claim_due(
+        self, now: datetime, limit: int, due_by: datetime | None
+    ) -> list[PendingRequest]:
         with self._write() as db:
             due = db.execute(
                 "SELECT summary FROM messages WHERE deadline <= ? ORDER BY deadline LIMIT ?",
-                (to_micros(now), limit),
+                (to_micros(now if due_by is None else due_by), limit),
             ).fetchall()
             changed = [
-                claim_deadline(Message.model_validate_json(summary), self._timeouts, now)
+                claim_deadline(Message.model_validate_json(summary), self._timeouts, now, due_by)
                 for (summary,) in due
             ]
             rows, decided = to_rows(changed, self._timeouts)
