@@ -62,7 +62,8 @@ def _from_rules_file(value: object) -> TextTemplate:
 def template_context(request: FallbackRequest) -> dict[str, str]:
     """The names a template may use: the registered variables, then the request's own
     fields (which win on a clash, so a variable cannot disguise the request).
-    Fields the request does not have (``reason`` of a timeout, say) are absent."""
+    Fields the request does not have (``reason`` of a timeout, say) are absent, also
+    when a variable has that name: it must not stand in for the missing field."""
     context = {name: str(value) for name, value in request.variables.items()}
     context.update(request.braze_timestamps)
     own: dict[str, str | None] = {
@@ -76,5 +77,9 @@ def template_context(request: FallbackRequest) -> dict[str, str]:
         "recipient_email": request.recipient.email,
         "recipient_phone": request.recipient.phone,
     }
-    context.update({name: value for name, value in own.items() if value is not None})
+    for name, value in own.items():
+        if value is None:
+            context.pop(name, None)
+        else:
+            context[name] = value
     return context

@@ -138,6 +138,19 @@ async def test_a_template_variable_the_request_lacks_is_permanent(
     assert receiver.sms.calls == []
 
 
+async def test_a_registered_variable_cannot_stand_in_for_a_name_the_request_lacks(
+    receiver: Receiver, resources: HandlerResources
+) -> None:
+    # Registered without a phone: `$recipient_phone` must fail, not take a variable's value.
+    request = a_request(
+        recipient=Recipient(email="jane@example.com"),
+        variables={"first_name": "Jane", "recipient_phone": "+15556660000"},
+    )
+    with pytest.raises(PermanentFailure, match=r"template 'to' uses \$recipient_phone"):
+        await sms_handler(receiver, resources).send(request, "k")
+    assert receiver.sms.calls == []
+
+
 async def test_smtp_sends_through_the_relay_with_a_stable_message_id(
     smtp_server: tuple[MailCollector, int], resources: HandlerResources
 ) -> None:
