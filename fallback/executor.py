@@ -66,6 +66,25 @@ async def connect_until_up(url: str) -> AbstractRobustConnection:
             await asyncio.sleep(RECONNECT_INTERVAL)
 
 
+async def connect_unless_stopped(
+    url: str, stop: asyncio.Event | None
+) -> AbstractRobustConnection | None:
+    """``connect_until_up``, given up (None) when ``stop`` is set first: a SIGTERM while
+    the broker is down must still stop the process."""
+    if stop is None:
+        return await connect_until_up(url)
+    connecting = asyncio.ensure_future(connect_until_up(url))
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({connecting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if connecting.done():
+        return connecting.result()
+    connecting.cancel()
+    with suppress(asyncio.CancelledError):
+        await connecting
+    return None
+
+
 def build_handlers(rules_file: RulesFile, resources: HandlerResources) -> dict[str, ReadyHandler]:
     """One handler per ``[handlers.NAME]`` table; ConfigError for a plug-in that builds
     something without an async ``send``."""
@@ -258,10 +277,14 @@ def _detail(result: HandlerResult, verdict: Verdict, rule_index: int) -> str:
 
 @asynccontextmanager
 async def running_executor(
-    settings: Settings, rules_file: RulesFile
-) -> AsyncIterator[FallbackExecutor]:
-    """A started executor with its connection and HTTP client; stopped on exit."""
-    connection = await connect_until_up(settings.amqp_url)
+    settings: Settings, rules_file: RulesFile, stop: asyncio.Event | None = None
+) -> AsyncIterator[FallbackExecutor | None]:
+    """A started executor with its connection and HTTP client; stopped on exit. None
+    when ``stop`` was set while it was still waiting for the broker."""
+    connection = await connect_unless_stopped(settings.amqp_url, stop)
+    if connection is None:
+        yield None
+        return
     try:
         async with aiohttp.ClientSession() as http:
             handlers = build_handlers(rules_file, HandlerResources(http, connection))
