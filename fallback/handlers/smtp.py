@@ -58,6 +58,17 @@ def _failure_for_code(code: int, detail: str) -> Exception:
     return TransientFailure(detail) if 400 <= code < 500 else PermanentFailure(detail)
 
 
+def _set_header(mail: EmailMessage, header: str, value: str, field: str) -> None:
+    """A rendered template as a header; one that cannot be a header (a line break from
+    a registered variable, say) fails for good: no retry changes it."""
+    try:
+        mail[header] = value
+    except ValueError as error:
+        raise PermanentFailure(
+            f"template {field!r} gave {value!r}, which cannot be a mail header: {error}"
+        ) from error
+
+
 class SmtpHandler:
     config_model = SmtpConfig
 
@@ -69,8 +80,8 @@ class SmtpHandler:
         context = template_context(request)
         mail = EmailMessage()
         mail["From"] = config.sender
-        mail["To"] = config.to.render(context, "to")
-        mail["Subject"] = config.subject.render(context, "subject")
+        _set_header(mail, "To", config.to.render(context, "to"), "to")
+        _set_header(mail, "Subject", config.subject.render(context, "subject"), "subject")
         mail["Date"] = formatdate(localtime=False, usegmt=True)
         mail["Message-ID"] = message_id(idempotency_key, config.sender)
         mail.set_content(config.body.render(context, "body"))

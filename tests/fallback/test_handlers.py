@@ -177,6 +177,27 @@ async def test_smtp_sends_through_the_relay_with_a_stable_message_id(
     assert first["Message-ID"].endswith("@shop.example>")
 
 
+async def test_smtp_header_that_cannot_be_written_is_permanent(
+    smtp_server: tuple[MailCollector, int], resources: HandlerResources
+) -> None:
+    # A registered variable with a line break cannot go into a header: no retry fixes it.
+    collector, port = smtp_server
+    config = SmtpConfig.model_validate(
+        {
+            "host": "127.0.0.1",
+            "port": port,
+            "starttls": False,
+            "from": "fallback@shop.example",
+            "subject": "For $first_name",
+            "body": "Hello",
+        }
+    )
+    request = a_request(variables={"first_name": "Jane\r\nBcc: someone@example.com"})
+    with pytest.raises(PermanentFailure, match="'subject'"):
+        await SmtpHandler("mailer", config, resources).send(request, "msg-1:mailer")
+    assert collector.mails == []
+
+
 @pytest.mark.parametrize(("password", "delivered"), [(SMTP_PASSWORD, True), ("wrong", False)])
 # The test relay has no certificate, so it takes a login without TLS, and says so.
 @pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
