@@ -8,6 +8,7 @@ them again harmless. A request that cannot even be read is parked, never retried
 """
 
 import asyncio
+import inspect
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager, suppress
 from datetime import UTC, datetime
@@ -91,10 +92,10 @@ def build_handlers(rules_file: RulesFile, resources: HandlerResources) -> dict[s
     handlers = {}
     for name, configured in rules_file.handlers.items():
         handler = configured.handler_type(name, configured.config, resources)
-        if not isinstance(handler, FallbackHandler):
+        if not (isinstance(handler, FallbackHandler) and inspect.iscoroutinefunction(handler.send)):
             raise ConfigError(
                 f"handlers.{name}: type {configured.type_name!r} built {handler!r}, "
-                "which has no send(request, idempotency_key) method"
+                "which has no async send(request, idempotency_key) method"
             )
         handlers[name] = ReadyHandler(name, handler, configured.config.timeout)
     return handlers
