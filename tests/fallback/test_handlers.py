@@ -32,6 +32,7 @@ from tests.fallback.servers import (
     Receiver,
     free_port,
 )
+from tests.waiting import wait_until
 from txmail.events import FallbackRequest, Recipient, Trigger
 
 
@@ -317,6 +318,21 @@ async def test_amqp_to_a_missing_exchange_is_permanent_and_the_handler_recovers(
     await AmqpHandler("bus", AmqpConfig(exchange=name), resources).send(a_request(), "k")
     assert (await queue.get(timeout=5)).message_id == "k"
     assert not resources.amqp.is_closed
+
+
+async def test_amqp_to_a_missing_exchange_leaves_no_channel_open(
+    resources: HandlerResources,
+) -> None:
+    # The connection is the executor's own: a misconfigured exchange failing request
+    # after request must not pile up channels on it until the broker's limit.
+    assert resources.amqp.transport is not None
+    open_channels = resources.amqp.transport.connection.channels
+    before = len(open_channels)
+    missing = AmqpHandler("bus", AmqpConfig(exchange=f"missing-{uuid.uuid4().hex}"), resources)
+    for _ in range(5):
+        with pytest.raises(PermanentFailure, match="does not exist"):
+            await missing.send(a_request(), "k")
+    await wait_until(lambda: len(open_channels) <= before, timeout=5, what="channels closed")
 
 
 async def test_log_handler_only_logs(resources: HandlerResources) -> None:
