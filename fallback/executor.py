@@ -139,8 +139,13 @@ class FallbackExecutor:
         """Stop taking requests, and let those in progress finish (within the shutdown
         timeout; unfinished ones are redelivered to another executor)."""
         if self._queue is not None and self._consumer_tag is not None:
+            # Bounded: with the broker away, a robust queue waits for the reconnection,
+            # and a SIGTERM during an outage must still stop the process.
             with suppress(*BROKER_ERRORS):
-                await self._queue.cancel(self._consumer_tag)
+                await asyncio.wait_for(
+                    self._queue.cancel(self._consumer_tag),
+                    self._settings.publish_timeout.total_seconds(),
+                )
         if self._in_flight:
             _, unfinished = await asyncio.wait(
                 self._in_flight, timeout=self._settings.shutdown_timeout.total_seconds()
