@@ -48,6 +48,9 @@ class SmtpConfig(HandlerConfig):
         return value
 
 
+_STARTTLS_MISSING = "STARTTLS extension not supported"
+
+
 def message_id(idempotency_key: str, sender: str) -> str:
     domain = sender.rpartition("@")[2].strip(" >") or "txmail.invalid"
     return f"<{hashlib.sha256(idempotency_key.encode()).hexdigest()[:40]}@{domain}>"
@@ -106,4 +109,7 @@ class SmtpHandler:
         except aiosmtplib.SMTPNotSupported as error:
             raise PermanentFailure(f"{where}: {error} (check 'starttls')") from error
         except (aiosmtplib.SMTPException, OSError) as error:
+            # aiosmtplib says "no STARTTLS" with a bare SMTPException, only in words.
+            if config.starttls and _STARTTLS_MISSING in str(error):
+                raise PermanentFailure(f"{where}: {error} (check 'starttls')") from error
             raise TransientFailure(f"{where} unreachable: {error!r}") from error

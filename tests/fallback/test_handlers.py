@@ -269,6 +269,20 @@ async def test_smtp_relay_down_is_transient(resources: HandlerResources) -> None
         await SmtpHandler("mailer", config, resources).send(a_request(), "k")
 
 
+async def test_smtp_relay_without_starttls_is_permanent_when_starttls_is_required(
+    smtp_server: tuple[MailCollector, int], resources: HandlerResources
+) -> None:
+    # `starttls = true` (the default) against a relay that does not offer it is a
+    # configuration mistake: retrying for hours cannot fix it, and it is not "unreachable".
+    collector, port = smtp_server
+    config = SmtpConfig.model_validate(
+        {"host": "127.0.0.1", "port": port, "from": "a@b.example", "subject": "s", "body": "b"}
+    )
+    with pytest.raises(PermanentFailure, match="check 'starttls'"):
+        await SmtpHandler("mailer", config, resources).send(a_request(), "k")
+    assert collector.mails == []
+
+
 @pytest.fixture
 async def bound_exchange(
     amqp_url: str, namespace: str
