@@ -102,6 +102,15 @@ INVALID = [
     ("[tracking\n", "not valid TOML"),
     ('[tracking]\ndelivery_timeout = "10 minutes"\n', "tracking.delivery_timeout: '10 minutes'"),
     ('[tracking]\ndelivery_timeout = "0s"\n', "tracking.delivery_timeout:"),
+    (
+        "[tracking]\ndelivery_timeout = 10\n",
+        'tracking.delivery_timeout: write a duration with its unit, e.g. "10s" or "10m"',
+    ),
+    (
+        '[tracking.campaigns."c1"]\ndelivery_timeout = 2.5\n',
+        "tracking.campaigns.c1.delivery_timeout: write a duration with its unit",
+    ),
+    ('[handlers.x]\ntype = "log"\ntimeout = 5\n', "handlers.x.timeout: write a duration with"),
     ('[tracking.campaigns."c 1"]\n', 'tracking.campaigns."c 1".delivery_timeout: missing'),
     ("[trackin]\n", "trackin: unknown key"),
     ("[[rule]]\n", "rule: unknown key"),
