@@ -11,7 +11,12 @@ from contextlib import suppress
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
-from aio_pika.exceptions import CONNECTION_EXCEPTIONS, ChannelNotFoundEntity, DeliveryError
+from aio_pika.exceptions import (
+    CONNECTION_EXCEPTIONS,
+    ChannelClosed,
+    ChannelNotFoundEntity,
+    DeliveryError,
+)
 from pydantic import Field
 
 from fallback.handler import HandlerConfig, HandlerResources, PermanentFailure, TransientFailure
@@ -73,6 +78,9 @@ class AmqpHandler:
         except ChannelNotFoundEntity as error:
             await self._discard_channel()
             raise PermanentFailure(f"{where} does not exist: {error}") from error
+        except ChannelClosed as error:  # refused: no permission, an internal exchange
+            await self._discard_channel()
+            raise PermanentFailure(f"{where} refused the publish: {error}") from error
         except DeliveryError as error:
             raise TransientFailure(
                 f"{where} has no queue bound for routing key {routing_key!r}"

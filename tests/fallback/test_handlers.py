@@ -349,5 +349,28 @@ async def test_amqp_to_a_missing_exchange_leaves_no_channel_open(
     await wait_until(lambda: len(open_channels) <= before, timeout=5, what="channels closed")
 
 
+async def test_amqp_to_an_exchange_it_may_not_publish_on_is_permanent_and_leaves_no_channel(
+    amqp_url: str, namespace: str, resources: HandlerResources
+) -> None:
+    # An internal exchange refuses publishers (403), as an exchange the user has no
+    # permission on does: a configuration mistake, not worth hours of retries.
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        internal = await channel.declare_exchange(
+            f"{namespace}.internal", aio_pika.ExchangeType.TOPIC, internal=True, auto_delete=True
+        )
+        queue = await channel.declare_queue(exclusive=True)
+        await queue.bind(internal, "#")
+        assert resources.amqp.transport is not None
+        open_channels = resources.amqp.transport.connection.channels
+        before = len(open_channels)
+        handler = AmqpHandler("bus", AmqpConfig(exchange=internal.name), resources)
+        for _ in range(3):
+            with pytest.raises(PermanentFailure, match="refused"):
+                await handler.send(a_request(), "k")
+        await wait_until(lambda: len(open_channels) <= before, timeout=5, what="channels closed")
+
+
 async def test_log_handler_only_logs(resources: HandlerResources) -> None:
     await LogHandler("dry-run", LogConfig(), resources).send(a_request(), "k")
