@@ -46,6 +46,11 @@ class PermanentFailure(HandlerFailure):
     """Will not work without a change: 4xx, a template missing a variable. Parked."""
 
 
+class UnusableRequest(PermanentFailure):
+    """Permanent, and found before the provider was called (a template this request
+    cannot fill): it says nothing about the provider, so it leaves its circuit as is."""
+
+
 @dataclass(frozen=True)
 class HandlerResources:
     """What the executor shares with every handler; handlers own nothing long-lived."""

@@ -2,7 +2,8 @@
 
 Built on string.Template, which only looks names up in a dict: no attribute access,
 no indexing, no code. ``$$`` writes a literal ``$``. A template is checked when the
-rules file is loaded; a name the request does not have is a permanent failure.
+rules file is loaded; a name the request does not have is a permanent failure
+(UnusableRequest).
 """
 
 from string import Template
@@ -11,7 +12,7 @@ from typing import Any
 from pydantic import GetCoreSchemaHandler
 from pydantic_core import core_schema
 
-from fallback.handler import PermanentFailure
+from fallback.handler import UnusableRequest
 from txmail.events import FallbackRequest
 
 
@@ -31,7 +32,7 @@ class TextTemplate:
     def render(self, context: dict[str, str], field: str) -> str:
         missing = [name for name in self.names if name not in context]
         if missing:
-            raise PermanentFailure(
+            raise UnusableRequest(
                 f"template {field!r} uses {', '.join('$' + n for n in missing)}, which this "
                 f"request does not have (it has: {', '.join(sorted(context))})"
             )

@@ -13,7 +13,13 @@ from typing import ClassVar
 import aiosmtplib
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from fallback.handler import HandlerConfig, HandlerResources, PermanentFailure, TransientFailure
+from fallback.handler import (
+    HandlerConfig,
+    HandlerResources,
+    PermanentFailure,
+    TransientFailure,
+    UnusableRequest,
+)
 from fallback.templates import TextTemplate, template_context
 from txmail.events import FallbackRequest
 
@@ -67,7 +73,7 @@ def _set_header(mail: EmailMessage, header: str, value: str, field: str) -> None
     try:
         mail[header] = value
     except ValueError as error:
-        raise PermanentFailure(
+        raise UnusableRequest(
             f"template {field!r} gave {value!r}, which cannot be a mail header: {error}"
         ) from error
 

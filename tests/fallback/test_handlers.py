@@ -4,13 +4,15 @@ import base64
 import json
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import aio_pika
 import pytest
 
+from fallback.chain import ReadyHandler, ResultKind, run_handler
+from fallback.circuit import Circuits, CircuitState
 from fallback.handler import (
     FallbackHandler,
     HandlerResources,
@@ -120,6 +122,29 @@ async def test_sms_answers_are_classified(
     receiver.sms.answers.append(status)
     with pytest.raises(failure, match=str(status)):
         await sms_handler(receiver, resources).send(a_request(), "k")
+
+
+async def test_a_request_no_template_fits_does_not_stand_in_for_the_circuit_probe(
+    receiver: Receiver, resources: HandlerResources
+) -> None:
+    # The provider was down, the circuit is half-open: a request whose template cannot
+    # be filled never reaches the provider, so it must not close the circuit unprobed.
+    handler = sms_handler(receiver, resources)
+    ready = ReadyHandler("sms", handler, timedelta(seconds=2))
+    circuits = Circuits(failures_to_open=1, open_for=timedelta(milliseconds=50))
+    receiver.sms.answers.append(503)
+    assert (await run_handler(ready, a_request(), circuits)).kind is ResultKind.TRANSIENT
+
+    def state() -> CircuitState:
+        return circuits["sms"].state
+
+    await wait_until(lambda: state() is CircuitState.HALF_OPEN, what="half-open")
+    no_phone = a_request(recipient=Recipient(email="jane@example.com"))
+    assert (await run_handler(ready, no_phone, circuits)).kind is ResultKind.PERMANENT
+    assert state() is CircuitState.HALF_OPEN
+    assert (await run_handler(ready, a_request(), circuits)).kind is ResultKind.SUCCEEDED
+    assert state() is CircuitState.CLOSED
+    assert [c.status for c in receiver.sms.calls] == [503, 200]
 
 
 async def test_sms_with_wrong_credentials_is_permanent(
