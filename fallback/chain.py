@@ -14,7 +14,12 @@ from enum import StrEnum
 import structlog
 
 from fallback.circuit import Circuits
-from fallback.handler import FallbackHandler, PermanentFailure, TransientFailure
+from fallback.handler import (
+    FallbackHandler,
+    PermanentFailure,
+    TransientFailure,
+    UnusableRequest,
+)
 from fallback.progress import Progress
 from fallback.rules import Mode, Rule
 from txmail.durations import format_duration
@@ -72,6 +77,9 @@ async def run_handler(
     try:
         async with asyncio.timeout(ready.timeout.total_seconds()):
             await ready.handler.send(request, idempotency_key(request, ready.name))
+    except UnusableRequest as failure:
+        circuit.abandon_call()  # the provider was not called: nothing learnt about it
+        return HandlerResult(ready.name, ResultKind.PERMANENT, str(failure))
     except PermanentFailure as failure:
         circuit.record_success()  # it answered: the provider is up, the request is wrong
         return HandlerResult(ready.name, ResultKind.PERMANENT, str(failure))

@@ -80,10 +80,11 @@ async def _serve(settings: Settings, rules_file: RulesFile) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    async with running_executor(settings, rules_file):
-        log.info("fallback executor running", rules=str(rules_file.path))
-        await stop.wait()
-        log.info("stopping: finishing fallbacks in progress")
+    async with running_executor(settings, rules_file, stop) as executor:
+        if executor is not None:  # None: stopped while waiting for the broker
+            log.info("fallback executor running", rules=str(rules_file.path))
+            await stop.wait()
+            log.info("stopping: finishing fallbacks in progress")
     log.info("stopped")
 
 

@@ -8,6 +8,7 @@ them again harmless. A request that cannot even be read is parked, never retried
 """
 
 import asyncio
+import inspect
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager, suppress
 from datetime import UTC, datetime
@@ -66,16 +67,35 @@ async def connect_until_up(url: str) -> AbstractRobustConnection:
             await asyncio.sleep(RECONNECT_INTERVAL)
 
 
+async def connect_unless_stopped(
+    url: str, stop: asyncio.Event | None
+) -> AbstractRobustConnection | None:
+    """``connect_until_up``, given up (None) when ``stop`` is set first: a SIGTERM while
+    the broker is down must still stop the process."""
+    if stop is None:
+        return await connect_until_up(url)
+    connecting = asyncio.ensure_future(connect_until_up(url))
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({connecting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if connecting.done():
+        return connecting.result()
+    connecting.cancel()
+    with suppress(asyncio.CancelledError):
+        await connecting
+    return None
+
+
 def build_handlers(rules_file: RulesFile, resources: HandlerResources) -> dict[str, ReadyHandler]:
     """One handler per ``[handlers.NAME]`` table; ConfigError for a plug-in that builds
     something without an async ``send``."""
     handlers = {}
     for name, configured in rules_file.handlers.items():
         handler = configured.handler_type(name, configured.config, resources)
-        if not isinstance(handler, FallbackHandler):
+        if not (isinstance(handler, FallbackHandler) and inspect.iscoroutinefunction(handler.send)):
             raise ConfigError(
                 f"handlers.{name}: type {configured.type_name!r} built {handler!r}, "
-                "which has no send(request, idempotency_key) method"
+                "which has no async send(request, idempotency_key) method"
             )
         handlers[name] = ReadyHandler(name, handler, configured.config.timeout)
     return handlers
@@ -119,8 +139,13 @@ class FallbackExecutor:
         """Stop taking requests, and let those in progress finish (within the shutdown
         timeout; unfinished ones are redelivered to another executor)."""
         if self._queue is not None and self._consumer_tag is not None:
+            # Bounded: with the broker away, a robust queue waits for the reconnection,
+            # and a SIGTERM during an outage must still stop the process.
             with suppress(*BROKER_ERRORS):
-                await self._queue.cancel(self._consumer_tag)
+                await asyncio.wait_for(
+                    self._queue.cancel(self._consumer_tag),
+                    self._settings.publish_timeout.total_seconds(),
+                )
         if self._in_flight:
             _, unfinished = await asyncio.wait(
                 self._in_flight, timeout=self._settings.shutdown_timeout.total_seconds()
@@ -258,10 +283,14 @@ def _detail(result: HandlerResult, verdict: Verdict, rule_index: int) -> str:
 
 @asynccontextmanager
 async def running_executor(
-    settings: Settings, rules_file: RulesFile
-) -> AsyncIterator[FallbackExecutor]:
-    """A started executor with its connection and HTTP client; stopped on exit."""
-    connection = await connect_until_up(settings.amqp_url)
+    settings: Settings, rules_file: RulesFile, stop: asyncio.Event | None = None
+) -> AsyncIterator[FallbackExecutor | None]:
+    """A started executor with its connection and HTTP client; stopped on exit. None
+    when ``stop`` was set while it was still waiting for the broker."""
+    connection = await connect_unless_stopped(settings.amqp_url, stop)
+    if connection is None:
+        yield None
+        return
     try:
         async with aiohttp.ClientSession() as http:
             handlers = build_handlers(rules_file, HandlerResources(http, connection))

@@ -10,15 +10,28 @@ Anything else it raises counts as transient, so retries stay bounded by the sche
 import os
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Annotated, Any, ClassVar, Protocol, runtime_checkable
 
 import aiohttp
 from aio_pika.abc import AbstractRobustConnection
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from txmail.durations import Duration
 from txmail.errors import TxmailError
 from txmail.events import FallbackRequest
+
+
+def _unit_required(value: object) -> object:
+    """In the rules file a duration is written with its unit, as in the environment: a
+    bare number would be taken as seconds, so ``delivery_timeout = 10`` meant as ten
+    minutes would silently become ten seconds."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        raise ValueError(f'write a duration with its unit, e.g. "{value}s" or "{value}m"')
+    return value
+
+
+# A duration in the rules file: "90s", "10m", "2h", "1d", "1h30m"; never a bare number.
+WrittenDuration = Annotated[Duration, BeforeValidator(_unit_required)]
 
 
 class HandlerFailure(TxmailError):
@@ -31,6 +44,11 @@ class TransientFailure(HandlerFailure):
 
 class PermanentFailure(HandlerFailure):
     """Will not work without a change: 4xx, a template missing a variable. Parked."""
+
+
+class UnusableRequest(PermanentFailure):
+    """Permanent, and found before the provider was called (a template this request
+    cannot fill): it says nothing about the provider, so it leaves its circuit as is."""
 
 
 @dataclass(frozen=True)
@@ -53,7 +71,7 @@ class HandlerConfig(BaseModel):
     secret_fields: ClassVar[tuple[str, ...]] = ()
 
     # How long one call of the handler may take before it counts as a transient failure.
-    timeout: Duration = Field(default=timedelta(seconds=10), gt=timedelta(0))
+    timeout: WrittenDuration = Field(default=timedelta(seconds=10), gt=timedelta(0))
 
     @model_validator(mode="before")
     @classmethod

@@ -14,10 +14,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from fallback.handler import HandlerConfig, HandlerType
+from fallback.handler import HandlerConfig, HandlerType, WrittenDuration
 from fallback.registry import resolve_handler_type
 from fallback.rules import Rule
-from txmail.durations import Duration
 from txmail.errors import ConfigError
 from txmail.settings import Settings
 
@@ -31,7 +30,7 @@ Location = tuple[str | int, ...]
 class CampaignTracking(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    delivery_timeout: Duration = Field(gt=timedelta(0))
+    delivery_timeout: WrittenDuration = Field(gt=timedelta(0))
 
 
 class Tracking(BaseModel):
@@ -39,7 +38,7 @@ class Tracking(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    delivery_timeout: Duration | None = Field(default=None, gt=timedelta(0))
+    delivery_timeout: WrittenDuration | None = Field(default=None, gt=timedelta(0))
     campaigns: dict[str, CampaignTracking] = Field(default_factory=dict)
 
 

@@ -2,7 +2,8 @@
 
 Built on string.Template, which only looks names up in a dict: no attribute access,
 no indexing, no code. ``$$`` writes a literal ``$``. A template is checked when the
-rules file is loaded; a name the request does not have is a permanent failure.
+rules file is loaded; a name the request does not have is a permanent failure
+(UnusableRequest).
 """
 
 from string import Template
@@ -11,7 +12,7 @@ from typing import Any
 from pydantic import GetCoreSchemaHandler
 from pydantic_core import core_schema
 
-from fallback.handler import PermanentFailure
+from fallback.handler import UnusableRequest
 from txmail.events import FallbackRequest
 
 
@@ -31,7 +32,7 @@ class TextTemplate:
     def render(self, context: dict[str, str], field: str) -> str:
         missing = [name for name in self.names if name not in context]
         if missing:
-            raise PermanentFailure(
+            raise UnusableRequest(
                 f"template {field!r} uses {', '.join('$' + n for n in missing)}, which this "
                 f"request does not have (it has: {', '.join(sorted(context))})"
             )
@@ -62,7 +63,8 @@ def _from_rules_file(value: object) -> TextTemplate:
 def template_context(request: FallbackRequest) -> dict[str, str]:
     """The names a template may use: the registered variables, then the request's own
     fields (which win on a clash, so a variable cannot disguise the request).
-    Fields the request does not have (``reason`` of a timeout, say) are absent."""
+    Fields the request does not have (``reason`` of a timeout, say) are absent, also
+    when a variable has that name: it must not stand in for the missing field."""
     context = {name: str(value) for name, value in request.variables.items()}
     context.update(request.braze_timestamps)
     own: dict[str, str | None] = {
@@ -76,5 +78,9 @@ def template_context(request: FallbackRequest) -> dict[str, str]:
         "recipient_email": request.recipient.email,
         "recipient_phone": request.recipient.phone,
     }
-    context.update({name: value for name, value in own.items() if value is not None})
+    for name, value in own.items():
+        if value is None:
+            context.pop(name, None)
+        else:
+            context[name] = value
     return context

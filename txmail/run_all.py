@@ -41,7 +41,7 @@ async def run_all(settings: Settings) -> None:
         if rules_file is None:
             log.warning("TXMAIL_RULES is not set: fallbacks are decided and queued, but none runs")
         else:
-            await running.enter_async_context(running_executor(settings, rules_file))
+            await running.enter_async_context(running_executor(settings, rules_file, stop))
         log.info("running", ingress_port=settings.http_port, api_port=settings.api_port)
         await run_worker(settings, store, stop)
         log.info("stopping")

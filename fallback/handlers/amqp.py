@@ -7,10 +7,16 @@ routed it to a queue and confirmed it. ``message_id`` is the idempotency key.
 
 import asyncio
 import json
+from contextlib import suppress
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
-from aio_pika.exceptions import CONNECTION_EXCEPTIONS, ChannelNotFoundEntity, DeliveryError
+from aio_pika.exceptions import (
+    CONNECTION_EXCEPTIONS,
+    ChannelClosed,
+    ChannelNotFoundEntity,
+    DeliveryError,
+)
 from pydantic import Field
 
 from fallback.handler import HandlerConfig, HandlerResources, PermanentFailure, TransientFailure
@@ -47,6 +53,14 @@ class AmqpHandler:
                 )
             return self._channel
 
+    async def _discard_channel(self) -> None:
+        # The broker closed it, but a robust channel reopens itself: close it for good,
+        # or every failure would leave one more channel open on the shared connection.
+        channel, self._channel = self._channel, None
+        if channel is not None:
+            with suppress(*CONNECTION_EXCEPTIONS):
+                await channel.close()
+
     async def send(self, request: FallbackRequest, idempotency_key: str) -> None:
         routing_key = self._config.routing_key.render(template_context(request), "routing_key")
         message = aio_pika.Message(
@@ -62,8 +76,11 @@ class AmqpHandler:
             exchange = await channel.get_exchange(self._config.exchange, ensure=False)
             await exchange.publish(message, routing_key, mandatory=True)
         except ChannelNotFoundEntity as error:
-            self._channel = None
+            await self._discard_channel()
             raise PermanentFailure(f"{where} does not exist: {error}") from error
+        except ChannelClosed as error:  # refused: no permission, an internal exchange
+            await self._discard_channel()
+            raise PermanentFailure(f"{where} refused the publish: {error}") from error
         except DeliveryError as error:
             raise TransientFailure(
                 f"{where} has no queue bound for routing key {routing_key!r}"

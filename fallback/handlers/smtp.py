@@ -13,7 +13,13 @@ from typing import ClassVar
 import aiosmtplib
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from fallback.handler import HandlerConfig, HandlerResources, PermanentFailure, TransientFailure
+from fallback.handler import (
+    HandlerConfig,
+    HandlerResources,
+    PermanentFailure,
+    TransientFailure,
+    UnusableRequest,
+)
 from fallback.templates import TextTemplate, template_context
 from txmail.events import FallbackRequest
 
@@ -48,6 +54,9 @@ class SmtpConfig(HandlerConfig):
         return value
 
 
+_STARTTLS_MISSING = "STARTTLS extension not supported"
+
+
 def message_id(idempotency_key: str, sender: str) -> str:
     domain = sender.rpartition("@")[2].strip(" >") or "txmail.invalid"
     return f"<{hashlib.sha256(idempotency_key.encode()).hexdigest()[:40]}@{domain}>"
@@ -56,6 +65,17 @@ def message_id(idempotency_key: str, sender: str) -> str:
 def _failure_for_code(code: int, detail: str) -> Exception:
     """SMTP's own rule: 4xx is temporary, 5xx is final."""
     return TransientFailure(detail) if 400 <= code < 500 else PermanentFailure(detail)
+
+
+def _set_header(mail: EmailMessage, header: str, value: str, field: str) -> None:
+    """A rendered template as a header; one that cannot be a header (a line break from
+    a registered variable, say) fails for good: no retry changes it."""
+    try:
+        mail[header] = value
+    except ValueError as error:
+        raise UnusableRequest(
+            f"template {field!r} gave {value!r}, which cannot be a mail header: {error}"
+        ) from error
 
 
 class SmtpHandler:
@@ -69,8 +89,8 @@ class SmtpHandler:
         context = template_context(request)
         mail = EmailMessage()
         mail["From"] = config.sender
-        mail["To"] = config.to.render(context, "to")
-        mail["Subject"] = config.subject.render(context, "subject")
+        _set_header(mail, "To", config.to.render(context, "to"), "to")
+        _set_header(mail, "Subject", config.subject.render(context, "subject"), "subject")
         mail["Date"] = formatdate(localtime=False, usegmt=True)
         mail["Message-ID"] = message_id(idempotency_key, config.sender)
         mail.set_content(config.body.render(context, "body"))
@@ -95,4 +115,7 @@ class SmtpHandler:
         except aiosmtplib.SMTPNotSupported as error:
             raise PermanentFailure(f"{where}: {error} (check 'starttls')") from error
         except (aiosmtplib.SMTPException, OSError) as error:
+            # aiosmtplib says "no STARTTLS" with a bare SMTPException, only in words.
+            if config.starttls and _STARTTLS_MISSING in str(error):
+                raise PermanentFailure(f"{where}: {error} (check 'starttls')") from error
             raise TransientFailure(f"{where} unreachable: {error!r}") from error

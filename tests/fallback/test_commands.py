@@ -11,7 +11,7 @@ from fallback.executor import running_executor
 from fallback.rules_file import RulesFile
 from tests.fallback.conftest import RETRY_SCHEDULE, AttemptLog
 from tests.fallback.requests import a_request, handlers_toml, parked, publish
-from tests.fallback.servers import Receiver
+from tests.fallback.servers import Receiver, free_port
 from tests.waiting import wait_until
 from txmail.durations import format_duration
 from txmail.settings import Settings
@@ -118,3 +118,29 @@ async def test_the_fallback_command_refuses_an_invalid_rules_file(
     _, err = await asyncio.wait_for(process.communicate(), timeout=30)
     assert process.returncode == 2
     assert "rules[0].handlers[0]: unknown handler 'smss'" in err.decode()
+
+
+async def test_sigterm_stops_the_fallback_command_while_the_broker_is_unreachable(
+    fallback_settings: Settings, receiver: Receiver, tmp_path: Path
+) -> None:
+    rules = tmp_path / "rules.toml"
+    rules.write_text(handlers_toml(receiver) + RULE)
+    nowhere = fallback_settings.model_copy(
+        update={"amqp_url": f"amqp://guest:guest@127.0.0.1:{free_port()}/"}
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "txmail.cli", "fallback",
+        env=environment(nowhere, rules),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    assert process.stdout is not None
+    try:
+        line = await asyncio.wait_for(process.stdout.readline(), timeout=15)
+        while b"broker not reachable" not in line:
+            line = await asyncio.wait_for(process.stdout.readline(), timeout=15)
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), timeout=5) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()

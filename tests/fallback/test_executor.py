@@ -5,8 +5,15 @@ from collections.abc import Callable
 from datetime import timedelta
 
 import aio_pika
+import aiohttp
 
-from fallback.executor import fallback_topology, running_executor
+from fallback.executor import (
+    FallbackExecutor,
+    build_handlers,
+    fallback_topology,
+    running_executor,
+)
+from fallback.handler import HandlerResources
 from fallback.parking import list_parked, replay_parked
 from fallback.rules_file import RulesFile
 from tests.broker_url import host_and_port, via_port
@@ -245,3 +252,26 @@ async def test_a_connection_lost_before_the_ack_runs_the_handler_again_with_the_
 
     assert receiver.webhook.keys == {f"{request.idempotency_key}:ops-hook"}
     assert await parked(fallback_settings) == []
+
+
+async def test_the_executor_stops_while_the_broker_is_away(
+    fallback_settings: Settings, receiver: Receiver, write_rules: WriteRules
+) -> None:
+    # What SIGTERM does to `txmail fallback` during a broker outage: it must not wait
+    # for the broker to come back.
+    rules = write_rules(handlers_toml(receiver) + '[[rules]]\non = ["*"]\nhandlers = ["sms"]\n')
+    proxy = TcpProxy(*host_and_port(fallback_settings.amqp_url))
+    await proxy.start()
+    settings = fallback_settings.model_copy(update={"publish_timeout": timedelta(seconds=1)})
+    try:
+        connection = await aio_pika.connect_robust(via_port(settings.amqp_url, proxy.port))
+        async with aiohttp.ClientSession() as http:
+            handlers = build_handlers(rules, HandlerResources(http, connection))
+            executor = FallbackExecutor(settings, rules, handlers, connection)
+            await executor.start()
+            await proxy.cut()
+            await wait_until(lambda: not connection.connected.is_set(), what="the outage seen")
+            await asyncio.wait_for(executor.stop(), timeout=5)
+            await asyncio.wait_for(connection.close(), timeout=5)
+    finally:
+        await proxy.close()

@@ -4,13 +4,15 @@ import base64
 import json
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import aio_pika
 import pytest
 
+from fallback.chain import ReadyHandler, ResultKind, run_handler
+from fallback.circuit import Circuits, CircuitState
 from fallback.handler import (
     FallbackHandler,
     HandlerResources,
@@ -32,6 +34,7 @@ from tests.fallback.servers import (
     Receiver,
     free_port,
 )
+from tests.waiting import wait_until
 from txmail.events import FallbackRequest, Recipient, Trigger
 
 
@@ -121,6 +124,29 @@ async def test_sms_answers_are_classified(
         await sms_handler(receiver, resources).send(a_request(), "k")
 
 
+async def test_a_request_no_template_fits_does_not_stand_in_for_the_circuit_probe(
+    receiver: Receiver, resources: HandlerResources
+) -> None:
+    # The provider was down, the circuit is half-open: a request whose template cannot
+    # be filled never reaches the provider, so it must not close the circuit unprobed.
+    handler = sms_handler(receiver, resources)
+    ready = ReadyHandler("sms", handler, timedelta(seconds=2))
+    circuits = Circuits(failures_to_open=1, open_for=timedelta(milliseconds=50))
+    receiver.sms.answers.append(503)
+    assert (await run_handler(ready, a_request(), circuits)).kind is ResultKind.TRANSIENT
+
+    def state() -> CircuitState:
+        return circuits["sms"].state
+
+    await wait_until(lambda: state() is CircuitState.HALF_OPEN, what="half-open")
+    no_phone = a_request(recipient=Recipient(email="jane@example.com"))
+    assert (await run_handler(ready, no_phone, circuits)).kind is ResultKind.PERMANENT
+    assert state() is CircuitState.HALF_OPEN
+    assert (await run_handler(ready, a_request(), circuits)).kind is ResultKind.SUCCEEDED
+    assert state() is CircuitState.CLOSED
+    assert [c.status for c in receiver.sms.calls] == [503, 200]
+
+
 async def test_sms_with_wrong_credentials_is_permanent(
     receiver: Receiver, resources: HandlerResources
 ) -> None:
@@ -135,6 +161,19 @@ async def test_a_template_variable_the_request_lacks_is_permanent(
     handler = sms_handler(receiver, resources)
     with pytest.raises(PermanentFailure, match=r"template 'to' uses \$recipient_phone"):
         await handler.send(a_request(recipient=Recipient(email="jane@example.com")), "k")
+    assert receiver.sms.calls == []
+
+
+async def test_a_registered_variable_cannot_stand_in_for_a_name_the_request_lacks(
+    receiver: Receiver, resources: HandlerResources
+) -> None:
+    # Registered without a phone: `$recipient_phone` must fail, not take a variable's value.
+    request = a_request(
+        recipient=Recipient(email="jane@example.com"),
+        variables={"first_name": "Jane", "recipient_phone": "+15556660000"},
+    )
+    with pytest.raises(PermanentFailure, match=r"template 'to' uses \$recipient_phone"):
+        await sms_handler(receiver, resources).send(request, "k")
     assert receiver.sms.calls == []
 
 
@@ -162,6 +201,27 @@ async def test_smtp_sends_through_the_relay_with_a_stable_message_id(
     assert "we could not email you (User not emailable)." in first.get_payload()
     assert first["Message-ID"] == second["Message-ID"]
     assert first["Message-ID"].endswith("@shop.example>")
+
+
+async def test_smtp_header_that_cannot_be_written_is_permanent(
+    smtp_server: tuple[MailCollector, int], resources: HandlerResources
+) -> None:
+    # A registered variable with a line break cannot go into a header: no retry fixes it.
+    collector, port = smtp_server
+    config = SmtpConfig.model_validate(
+        {
+            "host": "127.0.0.1",
+            "port": port,
+            "starttls": False,
+            "from": "fallback@shop.example",
+            "subject": "For $first_name",
+            "body": "Hello",
+        }
+    )
+    request = a_request(variables={"first_name": "Jane\r\nBcc: someone@example.com"})
+    with pytest.raises(PermanentFailure, match="'subject'"):
+        await SmtpHandler("mailer", config, resources).send(request, "msg-1:mailer")
+    assert collector.mails == []
 
 
 @pytest.mark.parametrize(("password", "delivered"), [(SMTP_PASSWORD, True), ("wrong", False)])
@@ -234,6 +294,20 @@ async def test_smtp_relay_down_is_transient(resources: HandlerResources) -> None
         await SmtpHandler("mailer", config, resources).send(a_request(), "k")
 
 
+async def test_smtp_relay_without_starttls_is_permanent_when_starttls_is_required(
+    smtp_server: tuple[MailCollector, int], resources: HandlerResources
+) -> None:
+    # `starttls = true` (the default) against a relay that does not offer it is a
+    # configuration mistake: retrying for hours cannot fix it, and it is not "unreachable".
+    collector, port = smtp_server
+    config = SmtpConfig.model_validate(
+        {"host": "127.0.0.1", "port": port, "from": "a@b.example", "subject": "s", "body": "b"}
+    )
+    with pytest.raises(PermanentFailure, match="check 'starttls'"):
+        await SmtpHandler("mailer", config, resources).send(a_request(), "k")
+    assert collector.mails == []
+
+
 @pytest.fixture
 async def bound_exchange(
     amqp_url: str, namespace: str
@@ -283,6 +357,44 @@ async def test_amqp_to_a_missing_exchange_is_permanent_and_the_handler_recovers(
     await AmqpHandler("bus", AmqpConfig(exchange=name), resources).send(a_request(), "k")
     assert (await queue.get(timeout=5)).message_id == "k"
     assert not resources.amqp.is_closed
+
+
+async def test_amqp_to_a_missing_exchange_leaves_no_channel_open(
+    resources: HandlerResources,
+) -> None:
+    # The connection is the executor's own: a misconfigured exchange failing request
+    # after request must not pile up channels on it until the broker's limit.
+    assert resources.amqp.transport is not None
+    open_channels = resources.amqp.transport.connection.channels
+    before = len(open_channels)
+    missing = AmqpHandler("bus", AmqpConfig(exchange=f"missing-{uuid.uuid4().hex}"), resources)
+    for _ in range(5):
+        with pytest.raises(PermanentFailure, match="does not exist"):
+            await missing.send(a_request(), "k")
+    await wait_until(lambda: len(open_channels) <= before, timeout=5, what="channels closed")
+
+
+async def test_amqp_to_an_exchange_it_may_not_publish_on_is_permanent_and_leaves_no_channel(
+    amqp_url: str, namespace: str, resources: HandlerResources
+) -> None:
+    # An internal exchange refuses publishers (403), as an exchange the user has no
+    # permission on does: a configuration mistake, not worth hours of retries.
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        internal = await channel.declare_exchange(
+            f"{namespace}.internal", aio_pika.ExchangeType.TOPIC, internal=True, auto_delete=True
+        )
+        queue = await channel.declare_queue(exclusive=True)
+        await queue.bind(internal, "#")
+        assert resources.amqp.transport is not None
+        open_channels = resources.amqp.transport.connection.channels
+        before = len(open_channels)
+        handler = AmqpHandler("bus", AmqpConfig(exchange=internal.name), resources)
+        for _ in range(3):
+            with pytest.raises(PermanentFailure, match="refused"):
+                await handler.send(a_request(), "k")
+        await wait_until(lambda: len(open_channels) <= before, timeout=5, what="channels closed")
 
 
 async def test_log_handler_only_logs(resources: HandlerResources) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from fallback.executor import build_handlers
 from fallback.handler import FallbackHandler, HandlerResources
 from fallback.rules_file import load_rules_file
 from txmail.errors import ConfigError
@@ -40,6 +41,11 @@ class PagerHandler:
 
 class NotAHandler:
     pass
+
+
+class SyncPagerHandler(PagerHandler):
+    def send(self, request: FallbackRequest, idempotency_key: str) -> None:  # not async
+        SENT.append((self.config.service, idempotency_key))
 """
 
 
@@ -55,6 +61,7 @@ def installed_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
             [txmail.fallback_handlers]
             pager = txmail_pager:PagerHandler
             broken = txmail_pager:NotAHandler
+            sync = txmail_pager:SyncPagerHandler
             missing = txmail_pager_gone:Handler
             """
         )
@@ -123,3 +130,14 @@ async def test_the_plugin_handler_runs(installed_plugin: Path, resources: Handle
     )
     await handler.send(request, "k:page-ops")
     assert importlib.import_module("txmail_pager").SENT == [("email", "k:page-ops")]
+
+
+def test_a_plugin_whose_send_is_not_async_is_refused_at_start(
+    installed_plugin: Path, resources: HandlerResources
+) -> None:
+    # Awaiting its send would fail after the send already ran: every request would be
+    # sent, counted as failed, and sent again.
+    rules = installed_plugin / "rules.toml"
+    rules.write_text('[handlers.page-ops]\ntype = "sync"\nservice = "email"\n')
+    with pytest.raises(ConfigError, match=r"handlers\.page-ops: type 'sync' built"):
+        build_handlers(load_rules_file(rules), resources)

@@ -1,16 +1,20 @@
 """The rules file: the issue's example loads; every mistake is named with its place."""
 
 import textwrap
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from fallback.handler import PermanentFailure
 from fallback.handlers.webhook import WebhookConfig
 from fallback.rules import Mode
 from fallback.rules_file import check_rules_file, load_configured_rules, load_rules_file
+from fallback.templates import TextTemplate, template_context
 from tests.fallback.servers import WEBHOOK_SECRET
 from txmail.cli import main
 from txmail.errors import ConfigError
+from txmail.events import FallbackRequest, Recipient, Trigger
 from txmail.settings import Settings
 
 EXAMPLE = f"""
@@ -98,6 +102,15 @@ INVALID = [
     ("[tracking\n", "not valid TOML"),
     ('[tracking]\ndelivery_timeout = "10 minutes"\n', "tracking.delivery_timeout: '10 minutes'"),
     ('[tracking]\ndelivery_timeout = "0s"\n', "tracking.delivery_timeout:"),
+    (
+        "[tracking]\ndelivery_timeout = 10\n",
+        'tracking.delivery_timeout: write a duration with its unit, e.g. "10s" or "10m"',
+    ),
+    (
+        '[tracking.campaigns."c1"]\ndelivery_timeout = 2.5\n',
+        "tracking.campaigns.c1.delivery_timeout: write a duration with its unit",
+    ),
+    ('[handlers.x]\ntype = "log"\ntimeout = 5\n', "handlers.x.timeout: write a duration with"),
     ('[tracking.campaigns."c 1"]\n', 'tracking.campaigns."c 1".delivery_timeout: missing'),
     ("[trackin]\n", "trackin: unknown key"),
     ("[[rule]]\n", "rule: unknown key"),
@@ -233,6 +246,46 @@ def test_the_documented_example_is_valid(monkeypatch: pytest.MonkeyPatch) -> Non
     example = Path(__file__).parents[2] / "fallback" / "rules.example.toml"
     rules_file = load_rules_file(example)
     assert len(rules_file.rules) == 3
+
+
+def test_the_documented_example_can_serve_every_trigger_its_rules_take(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A rule of the example must not pick a handler whose templates need a name that
+    requests of that trigger never have (``$reason`` of a timeout): it would park them
+    all. The request is the fullest the workers make: a registered send with both
+    addresses and the variable the example uses, a reason only for a failure."""
+    for variable in ("OPS_HOOK_SECRET", "TWILIO_AUTH_TOKEN", "RELAY_PASSWORD"):
+        monkeypatch.setenv(variable, WEBHOOK_SECRET)
+    example = load_rules_file(Path(__file__).parents[2] / "fallback" / "rules.example.toml")
+    for index, rule in enumerate(example.rules):
+        triggers = list(Trigger) if "*" in rule.on else [Trigger(t) for t in rule.on]
+        for trigger in triggers:
+            failed = trigger in (Trigger.ABORTED, Trigger.BOUNCED)
+            request = FallbackRequest(
+                idempotency_key="txm_1",
+                trigger=trigger,
+                dispatch_id="d",
+                external_send_id="order-1",
+                campaign_api_id=rule.campaigns[0] if "*" not in rule.campaigns else "c",
+                reason="550 5.1.1 no such user" if failed else None,
+                recipient=Recipient(email="jane@example.com", phone="+15550001111"),
+                variables={"first_name": "Jane"},
+                decided_at=datetime(2026, 11, 27, tzinfo=UTC),
+            )
+            if not rule.matches(request):
+                continue
+            context = template_context(request)
+            for name in rule.handlers:
+                config = example.handlers[name].config
+                for field in type(config).model_fields:
+                    template = getattr(config, field)
+                    if isinstance(template, TextTemplate):
+                        where = f"rules[{index}] ({trigger}) handlers.{name}.{field}"
+                        try:
+                            template.render(context, field)
+                        except PermanentFailure as failure:
+                            pytest.fail(f"{where}: {failure}")
 
 
 def test_the_start_up_check_of_other_processes(tmp_path: Path) -> None:

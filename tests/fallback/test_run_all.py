@@ -95,3 +95,32 @@ async def test_every_process_refuses_an_invalid_rules_file(tmp_path: Path) -> No
         assert process.returncode == 2, command
         assert "rules[0].handlers[0]" in stderr.decode(), command
         assert "Traceback" not in stderr.decode()
+
+
+async def test_sigterm_stops_txmail_run_while_the_broker_is_unreachable(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.toml"
+    rules.write_text(RULES.format(url="http://127.0.0.1:9/", secret=WEBHOOK_SECRET))
+    env = {
+        **os.environ,
+        "TXMAIL_AMQP_URL": f"amqp://guest:guest@127.0.0.1:{free_port()}/",
+        "TXMAIL_DATABASE_URL": f"sqlite:///{tmp_path / 'txmail.db'}",
+        "TXMAIL_RULES": str(rules),
+        "TXMAIL_HTTP_HOST": "127.0.0.1",
+        "TXMAIL_HTTP_PORT": str(free_port()),
+        "TXMAIL_API_PORT": str(free_port()),
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "txmail.cli", "run", env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    assert process.stdout is not None
+    try:
+        line = await asyncio.wait_for(process.stdout.readline(), timeout=15)
+        while b"broker not reachable" not in line:
+            line = await asyncio.wait_for(process.stdout.readline(), timeout=15)
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), timeout=5) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
