@@ -2,7 +2,8 @@
 
 Whichever process starts first declares them; the others find them as they are. All
 queues are quorum queues (replicated, durable) that dead-letter what cannot be
-processed after ``DELIVERY_LIMIT`` deliveries, so nothing loops for ever.
+processed after ``DELIVERY_LIMIT`` redeliveries (the first delivery plus that many
+more), so nothing loops for ever.
 """
 
 from dataclasses import dataclass

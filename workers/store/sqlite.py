@@ -9,6 +9,7 @@ read-modify-write, and a second process starting at once waits instead of failin
 import asyncio
 import json
 import sqlite3
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -52,6 +53,21 @@ def _optional_micros(value: datetime | None) -> int | None:
     return None if value is None else to_micros(value)
 
 
+def _switch_to_wal(connection: sqlite3.Connection) -> None:
+    """Turn on WAL mode. Switching takes an exclusive lock and, unlike other statements,
+    fails at once instead of waiting for the busy timeout while another process opening
+    the same new file holds one: so try again for as long as the busy timeout."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            connection.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 class SqliteStore:
     def __init__(self, path: Path, timeouts: DeliveryTimeouts, republish_after: timedelta) -> None:
         self._path = path
@@ -72,7 +88,7 @@ class SqliteStore:
             ) from None
         connection = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
         connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        connection.execute("PRAGMA journal_mode = WAL")
+        _switch_to_wal(connection)
         # In WAL mode NORMAL loses no committed transaction on a process crash, only on
         # a power loss, and saves an fsync per commit.
         connection.execute("PRAGMA synchronous = NORMAL")
