@@ -34,6 +34,7 @@ async def store(database_url: str) -> AsyncIterator[Store]:
                 NOW + timedelta(seconds=1),
                 external_send_id="order-7",
                 reason="550 5.1.1 no such user",
+                bounced_at="2020-08-31T18:58:43.000+00:00",
             ),
         ],
         NOW,
@@ -106,6 +107,7 @@ async def test_status_command_for_people_and_scripts(
     text = capsys.readouterr().out
     assert text.startswith("bounced: 550 5.1.1 no such user")
     assert "recipient         c@example.com" in text
+    assert "bounced  (Braze: 2020-08-31T18:58:43.000+00:00)" in text
     assert await _status(settings, "d7", "--json") == 0
     assert json.loads(capsys.readouterr().out)["dispatch_id"] == "d7"
     assert await _status(settings, "unknown-id") == 1

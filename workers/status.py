@@ -2,11 +2,19 @@
 
 from datetime import datetime
 
-from workers.store.protocol import MessageView
+from workers.store.protocol import MessageView, TimelineEntry
 
 
 def _time(value: datetime | None) -> str:
     return value.isoformat(timespec="seconds") if value else "-"
+
+
+def _braze_time(entry: TimelineEntry) -> str:
+    """Braze's own time of a postback (``sent_at`` of a `sent`, ...), when it gave one:
+    postbacks often arrive together or out of order, and this is when it happened."""
+    metadata = entry.body.get("metadata") if isinstance(entry.body, dict) else None
+    at = metadata.get(f"{entry.label}_at") if isinstance(metadata, dict) else None
+    return f"  (Braze: {at})" if entry.kind == "postback" and isinstance(at, str) else ""
 
 
 def describe(message: MessageView) -> str:
@@ -37,5 +45,8 @@ def describe(message: MessageView) -> str:
         )
     lines.append("timeline:")
     width = max((len(e.kind) for e in message.timeline), default=0)
-    lines += [f"  {_time(e.received_at)}  {e.kind:<{width}}  {e.label}" for e in message.timeline]
+    lines += [
+        f"  {_time(e.received_at)}  {e.kind:<{width}}  {e.label}{_braze_time(e)}"
+        for e in message.timeline
+    ]
     return "\n".join(lines)
