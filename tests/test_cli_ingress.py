@@ -4,12 +4,12 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 
 from tests.amqp_helpers import drain
 from tests.broker_url import host_and_port, via_port
+from tests.ports import free_port
 from tests.tcp_proxy import TcpProxy
 from tests.waiting import wait_until
 from txmail.settings import Settings
@@ -44,13 +44,6 @@ def test_bad_settings_are_a_message_not_a_traceback() -> None:
     assert result.returncode == 2
     assert "TXMAIL_HTTP_PORT" in result.stderr
     assert "Traceback" not in result.stderr
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 async def test_sigterm_finishes_the_request_in_flight_then_exits(

@@ -18,7 +18,8 @@ from aiosmtpd.controller import Controller
 from fallback.executor import fallback_topology
 from fallback.handler import HandlerResources
 from fallback.rules_file import RulesFile, load_rules_file
-from tests.fallback.servers import MailCollector, Receiver, check_login, free_port
+from tests.fallback.servers import MailCollector, Receiver, check_login
+from tests.ports import free_port
 from txmail.events import FALLBACK_ATTEMPT_TYPE, FallbackAttempt
 from txmail.settings import Settings
 from txmail.topology import Topology

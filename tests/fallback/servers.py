@@ -9,7 +9,6 @@ import asyncio
 import base64
 import hashlib
 import hmac
-import socket
 from collections import deque
 from dataclasses import dataclass, field
 from email import message_from_bytes
@@ -100,13 +99,6 @@ class Receiver:
         return web.json_response(
             {"sid": "SM1", "status": "queued"}, status=201 if status == 200 else status
         )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class MailCollector:

@@ -11,7 +11,8 @@ from fallback.executor import running_executor
 from fallback.rules_file import RulesFile
 from tests.fallback.conftest import RETRY_SCHEDULE, AttemptLog
 from tests.fallback.requests import a_request, handlers_toml, parked, publish
-from tests.fallback.servers import Receiver, free_port
+from tests.fallback.servers import Receiver
+from tests.ports import free_port
 from tests.waiting import wait_until
 from txmail.durations import format_duration
 from txmail.settings import Settings

@@ -32,8 +32,8 @@ from tests.fallback.servers import (
     WEBHOOK_SECRET,
     MailCollector,
     Receiver,
-    free_port,
 )
+from tests.ports import free_port
 from tests.waiting import wait_until
 from txmail.events import FallbackRequest, Recipient, Trigger
 

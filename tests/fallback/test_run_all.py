@@ -11,7 +11,8 @@ from pathlib import Path
 import aiohttp
 
 from tests.fallback.conftest import RETRY_SCHEDULE
-from tests.fallback.servers import WEBHOOK_SECRET, Receiver, free_port
+from tests.fallback.servers import WEBHOOK_SECRET, Receiver
+from tests.ports import free_port
 from tests.waiting import wait_until
 from txmail.durations import format_duration
 from txmail.settings import Settings
