@@ -3,18 +3,19 @@
 import argparse
 import asyncio
 import json
-import signal
 import sys
 from dataclasses import asdict
 from pathlib import Path
 
 import structlog
 
-from fallback.executor import connect_until_up, fallback_topology, running_executor
+from fallback.executor import fallback_topology, running_executor
 from fallback.parking import ParkedRequest, list_parked, replay_parked
 from fallback.rules_file import RulesFile, check_rules_file, load_rules_file
+from txmail.broker import connect_until_up
 from txmail.errors import BrokerUnavailable, ConfigError
 from txmail.settings import Settings
+from txmail.stopping import stop_on_signals
 
 log = structlog.get_logger(__name__)
 
@@ -76,10 +77,7 @@ def run_fallback(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _serve(settings: Settings, rules_file: RulesFile) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    stop = stop_on_signals()
     async with running_executor(settings, rules_file, stop) as executor:
         if executor is not None:  # None: stopped while waiting for the broker
             log.info("fallback executor running", rules=str(rules_file.path))

@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager, suppress
 from datetime import UTC, datetime
 
-import aio_pika
 import aiohttp
 import structlog
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
@@ -35,7 +34,7 @@ from fallback.publisher import ConfirmedPublisher, QueuedMessage, with_new_heade
 from fallback.retries import RetrySchedule
 from fallback.rules import select_rule
 from fallback.rules_file import RulesFile
-from txmail.broker import BROKER_ERRORS, RECONNECT_INTERVAL
+from txmail.broker import BROKER_ERRORS, connect_unless_stopped
 from txmail.errors import BrokerUnavailable, ConfigError
 from txmail.events import AttemptOutcome, FallbackAttempt, FallbackRequest, utc_now
 from txmail.settings import Settings
@@ -56,34 +55,6 @@ _RESULT_OUTCOME = {
 
 def fallback_topology(settings: Settings) -> Topology:
     return Topology(settings.namespace, tuple(settings.fallback_retry_schedule))
-
-
-async def connect_until_up(url: str) -> AbstractRobustConnection:
-    while True:
-        try:
-            return await aio_pika.connect_robust(url, reconnect_interval=RECONNECT_INTERVAL)
-        except BROKER_ERRORS as error:
-            log.warning("broker not reachable, retrying", error=str(error) or repr(error))
-            await asyncio.sleep(RECONNECT_INTERVAL)
-
-
-async def connect_unless_stopped(
-    url: str, stop: asyncio.Event | None
-) -> AbstractRobustConnection | None:
-    """``connect_until_up``, given up (None) when ``stop`` is set first: a SIGTERM while
-    the broker is down must still stop the process."""
-    if stop is None:
-        return await connect_until_up(url)
-    connecting = asyncio.ensure_future(connect_until_up(url))
-    stopping = asyncio.ensure_future(stop.wait())
-    await asyncio.wait({connecting, stopping}, return_when=asyncio.FIRST_COMPLETED)
-    stopping.cancel()
-    if connecting.done():
-        return connecting.result()
-    connecting.cancel()
-    with suppress(asyncio.CancelledError):
-        await connecting
-    return None
 
 
 def build_handlers(rules_file: RulesFile, resources: HandlerResources) -> dict[str, ReadyHandler]:

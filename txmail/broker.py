@@ -8,6 +8,7 @@ and ``is_ready`` is false, so callers can answer 503 instead of hanging.
 import asyncio
 import itertools
 from collections.abc import Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -139,3 +140,32 @@ class Broker:
             await asyncio.gather(self._connecting, return_exceptions=True)
         if self._connection is not None:
             await self._connection.close()
+
+
+async def connect_until_up(url: str) -> AbstractRobustConnection:
+    """A robust connection to ``url``, tried every RECONNECT_INTERVAL until it is up."""
+    while True:
+        try:
+            return await aio_pika.connect_robust(url, reconnect_interval=RECONNECT_INTERVAL)
+        except BROKER_ERRORS as error:
+            log.warning("broker not reachable, retrying", error=str(error) or repr(error))
+            await asyncio.sleep(RECONNECT_INTERVAL)
+
+
+async def connect_unless_stopped(
+    url: str, stop: asyncio.Event | None
+) -> AbstractRobustConnection | None:
+    """``connect_until_up``, given up (None) when ``stop`` is set first: a SIGTERM while
+    the broker is down must still stop the process."""
+    if stop is None:
+        return await connect_until_up(url)
+    connecting = asyncio.ensure_future(connect_until_up(url))
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({connecting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if connecting.done():
+        return connecting.result()
+    connecting.cancel()
+    with suppress(asyncio.CancelledError):
+        await connecting
+    return None

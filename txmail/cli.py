@@ -11,18 +11,22 @@ from txmail.settings import Settings, load_settings
 
 
 def run_ingress(settings: Settings, args: argparse.Namespace) -> int:
+    asyncio.run(_serve_ingress(settings))
+    return 0
+
+
+async def _serve_ingress(settings: Settings) -> None:
     from ingress.app import create_app
     from txmail.http import serve_until_stopped
+    from txmail.stopping import stop_on_signals
 
-    asyncio.run(
-        serve_until_stopped(
-            create_app(settings),
-            settings.http_host,
-            settings.http_port,
-            settings.shutdown_timeout.total_seconds(),
-        )
+    await serve_until_stopped(
+        create_app(settings),
+        settings.http_host,
+        settings.http_port,
+        settings.shutdown_timeout.total_seconds(),
+        stop_on_signals(),
     )
-    return 0
 
 
 def run_everything(settings: Settings, args: argparse.Namespace) -> int:

@@ -1,7 +1,6 @@
 """What every txmail HTTP server shares: JSON errors, and serving until SIGTERM."""
 
 import asyncio
-import signal
 from typing import Any
 
 import structlog
@@ -49,14 +48,11 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
 
 
 async def serve_until_stopped(
-    app: web.Application, host: str, port: int, shutdown_timeout: float
+    app: web.Application, host: str, port: int, shutdown_timeout: float, stop: asyncio.Event
 ) -> None:
-    """Serve ``app`` until SIGTERM or SIGINT, then stop accepting, let requests in
-    flight finish (at most ``shutdown_timeout`` seconds) and run the app's cleanup."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    """Serve ``app`` until ``stop`` is set (see ``txmail.stopping.stop_on_signals``), then
+    stop accepting, let requests in flight finish (at most ``shutdown_timeout`` seconds)
+    and run the app's cleanup."""
     runner = web.AppRunner(app, shutdown_timeout=shutdown_timeout, access_log=None)
     await runner.setup()
     try:

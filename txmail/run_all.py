@@ -18,8 +18,8 @@ async def run_all(settings: Settings) -> None:
     from fallback.executor import running_executor
     from fallback.rules_file import load_configured_rules
     from ingress.app import create_app
+    from txmail.stopping import stop_on_signals
     from workers.api import create_api_app
-    from workers.stopping import stop_on_signals
     from workers.worker import open_store_when_available, run_worker, timeouts_from
 
     rules_file = load_configured_rules(settings)

@@ -9,9 +9,9 @@ from pathlib import Path
 from txmail.errors import ConfigError
 from txmail.http import serve_until_stopped
 from txmail.settings import Settings
+from txmail.stopping import stop_on_signals
 from workers.api import create_api_app
 from workers.status import describe
-from workers.stopping import stop_on_signals
 from workers.store import open_store
 from workers.store.protocol import MessageView, StoreUnavailable
 from workers.worker import open_store_when_available, serve_worker, timeouts_from
@@ -39,7 +39,8 @@ def worker_command(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _serve_api(settings: Settings) -> None:
-    store = await open_store_when_available(settings, timeouts_from(settings), stop_on_signals())
+    stop = stop_on_signals()
+    store = await open_store_when_available(settings, timeouts_from(settings), stop)
     if store is None:
         return
     try:
@@ -48,6 +49,7 @@ async def _serve_api(settings: Settings) -> None:
             settings.http_host,
             settings.api_port,
             settings.shutdown_timeout.total_seconds(),
+            stop,
         )
     finally:
         await store.close()

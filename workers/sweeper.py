@@ -12,8 +12,8 @@ import structlog
 
 from txmail.broker import Broker
 from txmail.events import utc_now
+from txmail.stopping import pause
 from workers.decisions import publish_decisions
-from workers.stopping import pause
 from workers.store.protocol import Store, StoreUnavailable
 
 log = structlog.get_logger(__name__)

@@ -12,17 +12,16 @@ import contextlib
 from collections.abc import Awaitable, Sequence
 from datetime import datetime
 
-import aio_pika
 import structlog
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
 
-from txmail.broker import BROKER_ERRORS, RECONNECT_INTERVAL, Broker
+from txmail.broker import BROKER_ERRORS, RECONNECT_INTERVAL, Broker, connect_unless_stopped
 from txmail.events import utc_now
+from txmail.stopping import pause
 from txmail.topology import Topology
 from workers.decisions import publish_decisions
 from workers.inbox import Inbox
 from workers.incoming import NotTheContract, decode, received_at
-from workers.stopping import pause
 from workers.store.protocol import PendingRequest, Store, StoreUnavailable, TrackedEvent
 
 log = structlog.get_logger(__name__)
@@ -80,7 +79,7 @@ class Tracker:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set; the batch in hand is finished first."""
-        connection = await self._connect(stop)
+        connection = await connect_unless_stopped(self._amqp_url, stop)
         if connection is None:
             return
         try:
@@ -117,17 +116,6 @@ class Tracker:
                 continue
             log.info("tracker consuming", queue=self._topology.tracker_queue)
             return queue, consumer
-        return None
-
-    async def _connect(self, stop: asyncio.Event) -> AbstractRobustConnection | None:
-        while not stop.is_set():
-            try:
-                return await aio_pika.connect_robust(
-                    self._amqp_url, reconnect_interval=RECONNECT_INTERVAL
-                )
-            except BROKER_ERRORS as error:
-                log.warning("broker not reachable, retrying", error=str(error) or repr(error))
-                await pause(stop, RECONNECT_INTERVAL)
         return None
 
     async def _handle(self, batch: Sequence[AbstractIncomingMessage], stop: asyncio.Event) -> None:

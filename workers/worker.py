@@ -6,8 +6,8 @@ import structlog
 
 from txmail.broker import Broker
 from txmail.settings import Settings
+from txmail.stopping import pause, stop_on_signals
 from txmail.topology import Topology
-from workers.stopping import pause, stop_on_signals
 from workers.store import open_store
 from workers.store.protocol import Store, StoreUnavailable
 from workers.sweeper import Sweeper
