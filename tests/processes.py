@@ -1,5 +1,6 @@
-"""``txmail worker`` as a real process, configured like an operator would."""
+"""``txmail`` commands as real processes, configured like an operator would."""
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -51,3 +52,17 @@ def worker_process(settings: Settings, log: Path) -> Iterator[subprocess.Popen[b
                 process.kill()
                 process.wait()
                 raise AssertionError(f"worker ignored SIGTERM; log: {log.read_text()}") from None
+
+
+async def wait_for_line(
+    process: asyncio.subprocess.Process, marker: bytes, timeout: float = 15.0
+) -> None:
+    """Read the process's output until a line holds ``marker``; fail if it ends first or
+    a line takes longer than ``timeout`` seconds."""
+    assert process.stdout is not None
+    while True:
+        line = await asyncio.wait_for(process.stdout.readline(), timeout)
+        if not line:
+            raise AssertionError(f"the process ended without printing {marker!r}")
+        if marker in line:
+            return

@@ -10,6 +10,7 @@ import sys
 from tests.amqp_helpers import drain
 from tests.broker_url import host_and_port, via_port
 from tests.ports import free_port
+from tests.processes import wait_for_line
 from tests.tcp_proxy import TcpProxy
 from tests.waiting import wait_until
 from txmail.settings import Settings
@@ -69,7 +70,6 @@ async def test_sigterm_finishes_the_request_in_flight_then_exits(
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
-    assert process.stdout is not None
     try:
 
         async def ready() -> bool:
@@ -82,9 +82,7 @@ async def test_sigterm_finishes_the_request_in_flight_then_exits(
         in_flight = asyncio.create_task(http_status(port, "POST", "/postbacks", body))
         await wait_until(lambda: proxy.held > 0, what="the publish to reach the proxy")
         process.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(10):
-            while b"stopping" not in await process.stdout.readline():
-                pass
+        await wait_for_line(process, b"stopping", timeout=10)
         assert not in_flight.done()
         proxy.resume()
         assert await asyncio.wait_for(in_flight, timeout=10) == 202

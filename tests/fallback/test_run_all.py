@@ -13,6 +13,7 @@ import aiohttp
 from tests.fallback.conftest import RETRY_SCHEDULE
 from tests.fallback.servers import WEBHOOK_SECRET, Receiver
 from tests.ports import free_port
+from tests.processes import wait_for_line
 from tests.waiting import wait_until
 from txmail.durations import format_duration
 from txmail.settings import Settings
@@ -114,11 +115,8 @@ async def test_sigterm_stops_txmail_run_while_the_broker_is_unreachable(tmp_path
         sys.executable, "-m", "txmail.cli", "run", env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
-    assert process.stdout is not None
     try:
-        line = await asyncio.wait_for(process.stdout.readline(), timeout=15)
-        while b"broker not reachable" not in line:
-            line = await asyncio.wait_for(process.stdout.readline(), timeout=15)
+        await wait_for_line(process, b"broker not reachable")
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), timeout=5) == 0
     finally:
