@@ -10,7 +10,7 @@ from txmail.errors import ConfigError
 from txmail.http import serve_until_stopped
 from txmail.settings import Settings
 from txmail.stopping import stop_on_signals
-from workers.api import create_api_app
+from workers.api import api_host, api_tokens, create_api_app
 from workers.status import describe
 from workers.store import open_store
 from workers.store.protocol import MessageView, StoreUnavailable
@@ -45,8 +45,8 @@ async def _serve_api(settings: Settings) -> None:
         return
     try:
         await serve_until_stopped(
-            create_api_app(store),
-            settings.http_host,
+            create_api_app(store, api_tokens(settings)),
+            api_host(settings),
             settings.api_port,
             settings.shutdown_timeout.total_seconds(),
             stop,
