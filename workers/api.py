@@ -15,7 +15,7 @@ from pydantic import SecretStr
 from txmail.http import json_error, json_errors
 from txmail.settings import Settings
 from txmail.tokens import token_accepted, unauthorized
-from workers.store.protocol import MessageView, Store, StoreUnavailable
+from workers.store.protocol import MessageView, NotMigrated, Store, StoreUnavailable
 
 log = structlog.get_logger(__name__)
 
@@ -73,6 +73,8 @@ async def token_required(request: web.Request, handler: Handler) -> web.StreamRe
 async def store_unavailable_is_503(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
+    except NotMigrated as error:
+        return json_error(503, "not_migrated", str(error))
     except StoreUnavailable as error:
         return json_error(503, "store_unavailable", str(error))
 
