@@ -178,3 +178,33 @@ async def test_a_read_only_role_serves_status_and_the_api(
     finally:
         process.terminate()
         assert await asyncio.wait_for(process.wait(), 15) == 0
+
+
+def _unwritable(tmp_path: Path) -> list[Path]:
+    a_directory = tmp_path / "a-directory"
+    a_directory.mkdir()
+    # /proc takes no new files, even from root (who may write a chmod-ed directory).
+    return [a_directory, Path(f"/proc/txmail-test-{uuid.uuid4().hex[:8]}.db")]
+
+
+async def test_a_sqlite_path_the_worker_cannot_write_fails_at_start_naming_it(
+    tmp_path: Path,
+) -> None:
+    for path in _unwritable(tmp_path):
+        worker = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "txmail.cli",
+            "worker",
+            env={**os.environ, "TXMAIL_DATABASE_URL": f"sqlite:///{path}"},
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            _, err = await asyncio.wait_for(worker.communicate(), 20)
+        finally:
+            if worker.returncode is None:
+                worker.kill()
+                await worker.wait()
+        assert worker.returncode == 2
+        assert f"cannot write the SQLite database {path}" in err.decode()
+        assert b"Traceback" not in err
