@@ -3,6 +3,9 @@
 import asyncio
 import base64
 import json
+import os
+import signal
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -15,7 +18,9 @@ from pydantic import SecretStr
 from structlog.testing import capture_logs
 
 from tests.factories import postback, registration
+from tests.ports import free_port
 from tests.raw_http import raw_request
+from tests.waiting import wait_until
 from txmail.cli import build_parser
 from txmail.settings import Settings
 from workers.api import api_host, api_tokens, create_api_app
@@ -184,6 +189,44 @@ def test_the_api_listens_on_this_machine_only_unless_a_token_guards_it() -> None
     assert [log["log_level"] for log in logs] == ["warning", "warning"]
     assert "listens on 127.0.0.1 only" in logs[0]["event"]
     assert "answers anyone" in logs[1]["event"]
+
+
+async def test_txmail_run_guards_its_api_with_the_tokens(
+    settings: Settings, tmp_path: Path
+) -> None:
+    api_port = free_port()
+    env = {
+        **os.environ,
+        "TXMAIL_AMQP_URL": settings.amqp_url,
+        "TXMAIL_NAMESPACE": settings.namespace,
+        "TXMAIL_DATABASE_URL": f"sqlite:///{tmp_path / 'txmail.db'}",
+        "TXMAIL_HTTP_HOST": "127.0.0.1",
+        "TXMAIL_HTTP_PORT": str(free_port()),
+        "TXMAIL_API_HOST": "127.0.0.1",
+        "TXMAIL_API_PORT": str(api_port),
+        "TXMAIL_API_READ_TOKEN": READ_TOKEN,
+        "TXMAIL_LOG_LEVEL": "warning",
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "txmail.cli", "run", env=env,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{api_port}"
+    try:
+
+        async def ready() -> bool:
+            try:
+                return (await _get(f"{base}/readyz"))[0] == 200
+            except aiohttp.ClientConnectionError:
+                return False
+
+        await wait_until(ready, 20, "txmail run's api")
+        assert (await _get(f"{base}/v1/messages/d7"))[0] == 401
+        read = {"Authorization": f"Bearer {READ_TOKEN}"}
+        assert (await _get(f"{base}/v1/messages/d7", read))[0] == 404
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 15) == 0
 
 
 async def test_status_command_for_people_and_scripts(

@@ -3,6 +3,7 @@ the readers (api, status) work with a database user that may only SELECT."""
 
 import asyncio
 import os
+import sqlite3
 import sys
 import uuid
 from collections.abc import AsyncIterator
@@ -22,6 +23,7 @@ from txmail.cli import build_parser
 from txmail.settings import Settings
 from workers.api import create_api_app
 from workers.store import migrate_schema, open_store
+from workers.store.migrations import Migration, require_migrated
 from workers.store.protocol import NotMigrated
 from workers.timeouts import DeliveryTimeouts
 
@@ -75,6 +77,24 @@ async def test_reads_of_an_unmigrated_database_say_so_and_create_nothing(
         await reader.close()
     assert await _command(settings, "migrate") == 0
     assert capsys.readouterr().out.startswith("nothing to do")
+
+
+async def test_an_sqlite_file_without_the_tables_is_not_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "other.db"
+    sqlite3.connect(path).close()
+    reader = await open_store(f"sqlite:///{path}", TIMEOUTS, read_only=True)
+    try:
+        with pytest.raises(NotMigrated, match="no txmail tables in this database"):
+            await reader.ping()
+    finally:
+        await reader.close()
+
+
+def test_tables_older_than_this_txmail_are_not_migrated_either() -> None:
+    known: list[Migration] = [(1, ()), (2, ())]
+    require_migrated(2, known)
+    with pytest.raises(NotMigrated, match="at version 1, this txmail needs version 2: run"):
+        require_migrated(1, known)
 
 
 async def test_the_api_answers_503_until_the_tables_exist(database_url: str) -> None:
