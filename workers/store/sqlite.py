@@ -4,6 +4,8 @@ sqlite3 is blocking, so every call runs on one dedicated thread that owns the
 connection; that also serialises this process's transactions. Writes take the
 database lock up front (BEGIN IMMEDIATE) so two processes never interleave a
 read-modify-write, and a second process starting at once waits instead of failing.
+A reader (api, status) never creates the file or the tables: it opens an existing file
+on its first read.
 """
 
 import asyncio
@@ -378,19 +380,16 @@ class SqliteStore:
         return await self._run(self._counts)
 
     def _counts(self) -> StoreCounts:
-        row = (
-            self._reading()
-            .execute(
-                """SELECT
+        db = self._reading()
+        row = db.execute(
+            """SELECT
                 (SELECT count(*) FROM messages),
                 (SELECT count(*) FROM events),
                 (SELECT count(*) FROM messages WHERE decision_trigger IS NOT NULL),
                 (SELECT count(*) FROM messages
                     WHERE decision_request IS NOT NULL AND decision_published_at IS NULL),
                 (SELECT count(*) FROM messages WHERE deadline IS NOT NULL)"""
-            )
-            .fetchone()
-        )
+        ).fetchone()
         return StoreCounts(*row)
 
     async def ping(self) -> None:
