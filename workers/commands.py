@@ -52,6 +52,7 @@ def migrate_command(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _serve_api(settings: Settings) -> None:
+    host = api_host(settings)  # says at once when no token guards the API
     stop = stop_on_signals()
     # Reads only: a read-only database user is enough, and the tables are the workers'.
     store = await open_store_when_available(settings, timeouts_from(settings), stop, read_only=True)
@@ -60,7 +61,7 @@ async def _serve_api(settings: Settings) -> None:
     try:
         await serve_until_stopped(
             create_api_app(store, api_tokens(settings)),
-            api_host(settings),
+            host,
             settings.api_port,
             settings.shutdown_timeout.total_seconds(),
             stop,
