@@ -1,19 +1,29 @@
 """The read side: the HTTP API and ``txmail status``."""
 
 import asyncio
+import base64
 import json
+import os
+import signal
+import sys
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
 import pytest
 from aiohttp import web
+from pydantic import SecretStr
+from structlog.testing import capture_logs
 
 from tests.factories import postback, registration
+from tests.ports import free_port
+from tests.raw_http import raw_request
+from tests.waiting import wait_until
 from txmail.cli import build_parser
 from txmail.settings import Settings
-from workers.api import create_api_app
+from workers.api import api_host, api_tokens, create_api_app
 from workers.store import open_store
 from workers.store.protocol import Store
 from workers.timeouts import DeliveryTimeouts
@@ -43,19 +53,39 @@ async def store(database_url: str) -> AsyncIterator[Store]:
     await opened.close()
 
 
-@pytest.fixture
-async def api(store: Store) -> AsyncIterator[str]:
-    runner = web.AppRunner(create_api_app(store))
+@asynccontextmanager
+async def serving(app: web.Application) -> AsyncIterator[str]:
+    runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = runner.addresses[0][1]
-    yield f"http://127.0.0.1:{port}"
-    await runner.cleanup()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
 
 
-async def _get(url: str) -> tuple[int, dict[str, object]]:
-    async with aiohttp.ClientSession() as session, session.get(url) as response:
+@pytest.fixture
+async def api(store: Store) -> AsyncIterator[str]:
+    async with serving(create_api_app(store)) as url:
+        yield url
+
+
+WRITE_TOKEN, READ_TOKEN = "write-s3cret", "read-s3cret"
+
+
+@pytest.fixture
+async def guarded_api(store: Store) -> AsyncIterator[str]:
+    tokens = api_tokens(
+        Settings(api_token=SecretStr(WRITE_TOKEN), api_read_token=SecretStr(READ_TOKEN))
+    )
+    async with serving(create_api_app(store, tokens)) as url:
+        yield url
+
+
+async def _get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, object]]:
+    async with aiohttp.ClientSession() as session, session.get(url, headers=headers) as response:
         return response.status, await response.json()
 
 
@@ -95,6 +125,108 @@ async def test_ids_no_message_can_have_are_not_found_on_either_store(api: str) -
 async def test_health_and_readiness(api: str) -> None:
     assert await _get(f"{api}/healthz") == (200, {"status": "ok"})
     assert await _get(f"{api}/readyz") == (200, {"status": "ready"})
+
+
+def _basic(password: str) -> str:
+    return "Basic " + base64.b64encode(f"ops:{password}".encode()).decode()
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [f"Bearer {WRITE_TOKEN}", f"Bearer {READ_TOKEN}", _basic(WRITE_TOKEN), _basic(READ_TOKEN)],
+    ids=["bearer-api-token", "bearer-read-token", "basic-api-token", "basic-read-token"],
+)
+async def test_either_token_opens_the_read_api(guarded_api: str, authorization: str) -> None:
+    for path in ("/v1/messages/d7", "/v1/messages?external_send_id=order-7"):
+        status, body = await _get(f"{guarded_api}{path}", {"Authorization": authorization})
+        assert (status, body["dispatch_id"]) == (200, "d7")
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [None, "Bearer wrong", f"Bearer {READ_TOKEN}x", _basic(""), f"Basic {READ_TOKEN}"],
+    ids=["none", "wrong", "longer", "basic-empty", "basic-not-base64"],
+)
+async def test_without_a_right_token_every_path_but_health_is_401(
+    guarded_api: str, authorization: str | None
+) -> None:
+    headers = {"Authorization": authorization} if authorization else {}
+    # Query tokens are not accepted here: they end up in access logs.
+    for path in ("/v1/messages/d7", f"/v1/messages?external_send_id=order-7&token={READ_TOKEN}"):
+        status, body = await _get(f"{guarded_api}{path}", headers)
+        assert (status, body["error"]) == (401, "unauthorized"), path
+        assert "c@example.com" not in json.dumps(body)
+    status, body = await _get(f"{guarded_api}/no-such-path", headers)
+    assert (status, body["error"]) == (401, "unauthorized")
+    assert await _get(f"{guarded_api}/healthz", headers) == (200, {"status": "ok"})
+    assert await _get(f"{guarded_api}/readyz", headers) == (200, {"status": "ready"})
+
+
+@pytest.mark.parametrize("header", [b"Bearer \xe9", b"Basic \xe9", b"\xe9"])
+async def test_a_non_ascii_authorization_header_is_401_not_500(
+    guarded_api: str, header: bytes
+) -> None:
+    port = int(guarded_api.rsplit(":", 1)[1])
+    status, body = await raw_request(
+        port, "GET", "/v1/messages/d7", b"Authorization: " + header + b"\r\n"
+    )
+    assert (status, body["error"]) == (401, "unauthorized")
+
+
+ALL_INTERFACES = "0.0.0.0"  # noqa: S104
+
+
+def test_the_api_listens_on_this_machine_only_unless_a_token_guards_it() -> None:
+    token = SecretStr("t")
+    with capture_logs() as logs:
+        assert api_host(Settings(api_token=token)) == ALL_INTERFACES
+        assert api_host(Settings(api_read_token=token)) == ALL_INTERFACES
+        assert api_host(Settings(api_read_token=token, api_host="10.1.2.3")) == "10.1.2.3"
+    assert logs == []
+    with capture_logs() as logs:
+        assert api_host(Settings()) == "127.0.0.1"
+        assert api_host(Settings(api_host=ALL_INTERFACES)) == ALL_INTERFACES
+    assert [log["log_level"] for log in logs] == ["warning", "warning"]
+    assert "listens on 127.0.0.1 only" in logs[0]["event"]
+    assert "answers anyone" in logs[1]["event"]
+
+
+async def test_txmail_run_guards_its_api_with_the_tokens(
+    settings: Settings, tmp_path: Path
+) -> None:
+    api_port = free_port()
+    env = {
+        **os.environ,
+        "TXMAIL_AMQP_URL": settings.amqp_url,
+        "TXMAIL_NAMESPACE": settings.namespace,
+        "TXMAIL_DATABASE_URL": f"sqlite:///{tmp_path / 'txmail.db'}",
+        "TXMAIL_HTTP_HOST": "127.0.0.1",
+        "TXMAIL_HTTP_PORT": str(free_port()),
+        "TXMAIL_API_HOST": "127.0.0.1",
+        "TXMAIL_API_PORT": str(api_port),
+        "TXMAIL_API_READ_TOKEN": READ_TOKEN,
+        "TXMAIL_LOG_LEVEL": "warning",
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "txmail.cli", "run", env=env,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{api_port}"
+    try:
+
+        async def ready() -> bool:
+            try:
+                return (await _get(f"{base}/readyz"))[0] == 200
+            except aiohttp.ClientConnectionError:
+                return False
+
+        await wait_until(ready, 20, "txmail run's api")
+        assert (await _get(f"{base}/v1/messages/d7"))[0] == 401
+        read = {"Authorization": f"Bearer {READ_TOKEN}"}
+        assert (await _get(f"{base}/v1/messages/d7", read))[0] == 404
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 15) == 0
 
 
 async def test_status_command_for_people_and_scripts(

@@ -1,6 +1,9 @@
-"""docker compose cannot run here, so the compose file is checked against the code it names."""
+"""docker compose cannot run here, so the compose file is checked against the Compose
+spec's schema and against the code, settings and files it names."""
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -8,22 +11,96 @@ import yaml
 
 from fallback.rules_file import load_rules_file
 from txmail.cli import build_parser
+from txmail.durations import parse_duration
 from txmail.settings import Settings
 
 ROOT = Path(__file__).parent.parent
-COMPOSE: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+COMPOSE_TEXT = (ROOT / "docker-compose.yml").read_text()
+COMPOSE: dict[str, Any] = yaml.safe_load(COMPOSE_TEXT)
 SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
+ENV_EXAMPLE = ROOT / "deploy" / "txmail.env.example"
+SETTINGS = {f"TXMAIL_{field.upper()}" for field in Settings.model_fields}
+# ${NAME}, ${NAME:-default}, ${NAME:?error}: compose's interpolation.
+VARIABLE = re.compile(r"\$\{(\w+)(?::?([-?])([^}]*))?\}")
 
 
 def txmail_services() -> dict[str, dict[str, Any]]:
     return {name: s for name, s in SERVICES.items() if s.get("build") == "."}
 
 
-def test_the_broker_and_database_are_official_images_with_healthchecks() -> None:
+def example_variables() -> dict[str, str]:
+    lines = ENV_EXAMPLE.read_text().splitlines()
+    pairs = [line.split("=", 1) for line in lines if line and not line.startswith("#")]
+    return {name: value for name, value in pairs}
+
+
+def interpolated(value: str) -> str:
+    """``value`` as compose would fill it from a .env where every secret is set."""
+    return VARIABLE.sub(lambda m: f"<{m[1]}>", value)
+
+
+def test_the_file_follows_the_compose_spec() -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "check_jsonschema",
+            "--builtin-schema",
+            "vendor.compose-spec",
+            str(ROOT / "docker-compose.yml"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_broker_and_database_keep_their_data_and_publish_no_port() -> None:
     assert re.fullmatch(r"rabbitmq:3\.\d+[\w.-]*", SERVICES["rabbitmq"]["image"])
     assert re.fullmatch(r"postgres:\d+[\w.-]*", SERVICES["postgres"]["image"])
-    for name in ("rabbitmq", "postgres"):
-        assert SERVICES[name]["healthcheck"]["test"]
+    # RabbitMQ's data directory is named after the node, rabbit@<hostname>.
+    assert SERVICES["rabbitmq"]["hostname"] == "rabbitmq"
+    data = {"rabbitmq": "/var/lib/rabbitmq", "postgres": "/var/lib/postgresql/data"}
+    for name, directory in data.items():
+        service = SERVICES[name]
+        assert service["healthcheck"]["test"]
+        assert service["restart"] == "unless-stopped"
+        assert "ports" not in service, name
+        [volume] = service["volumes"]
+        source, target = volume.split(":")
+        assert (source, target) == (f"{name}-data", directory)
+        assert source in COMPOSE["volumes"]
+
+
+def test_no_default_credentials_and_no_empty_secrets() -> None:
+    assert "guest" not in COMPOSE_TEXT
+    required = {m[1] for m in VARIABLE.finditer(COMPOSE_TEXT) if m[2] == "?"}
+    assert required == {
+        "RABBITMQ_USER",
+        "RABBITMQ_PASSWORD",
+        "POSTGRES_PASSWORD",
+        "TXMAIL_POSTBACK_TOKEN",
+        "TXMAIL_API_TOKEN",
+    }
+    # Every variable the file uses is in the example an operator copies to .env, and
+    # the secrets there are empty, so compose refuses to start until they are filled in.
+    example = example_variables()
+    assert {m[1] for m in VARIABLE.finditer(COMPOSE_TEXT)} <= set(example)
+    assert all(example[name] == "" for name in required - {"RABBITMQ_USER"})
+    assert {name for name in example if name.startswith("TXMAIL_")} <= SETTINGS
+
+
+def test_the_ingress_and_api_need_their_tokens() -> None:
+    ingress = SERVICES["ingress"]["environment"]
+    api = SERVICES["api"]["environment"]
+    for environment, name in [
+        (ingress, "TXMAIL_POSTBACK_TOKEN"),
+        (ingress, "TXMAIL_API_TOKEN"),
+        (api, "TXMAIL_API_TOKEN"),
+    ]:
+        assert re.fullmatch(rf"\$\{{{name}:\?[^}}]+\}}", environment[name])
+    assert api["TXMAIL_API_READ_TOKEN"] == "${TXMAIL_API_READ_TOKEN:-}"
 
 
 def test_every_txmail_process_kind_runs() -> None:
@@ -33,9 +110,12 @@ def test_every_txmail_process_kind_runs() -> None:
 
 def test_txmail_services_build_from_the_dockerfile_that_installs_the_project() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^FROM python:3\.\d+", dockerfile, re.MULTILINE)  # health checks use it
     assert 'ENTRYPOINT ["txmail"]' in dockerfile
     for package in ("txmail", "ingress", "workers", "fallback"):
         assert f"COPY {package} ./{package}" in dockerfile
+    ignored = (ROOT / ".dockerignore").read_text().splitlines()
+    assert {"**/.env", "**/*.env", ".git", ".venv"} <= set(ignored)
 
 
 def test_every_command_is_a_txmail_subcommand() -> None:
@@ -45,22 +125,59 @@ def test_every_command_is_a_txmail_subcommand() -> None:
 
 
 def test_every_environment_variable_is_a_setting() -> None:
-    known = {f"TXMAIL_{field.upper()}" for field in Settings.model_fields}
     for service in txmail_services().values():
-        assert set(service["environment"]) <= known
+        assert set(service["environment"]) <= SETTINGS
         for dependency in ("rabbitmq", "postgres"):
             assert service["depends_on"][dependency]["condition"] == "service_healthy"
 
 
-def test_urls_point_at_the_compose_services() -> None:
-    postgres = SERVICES["postgres"]["environment"]
+def test_urls_point_at_the_compose_services_with_their_credentials() -> None:
+    rabbitmq = {k: interpolated(v) for k, v in SERVICES["rabbitmq"]["environment"].items()}
+    postgres = {k: interpolated(v) for k, v in SERVICES["postgres"]["environment"].items()}
     for service in txmail_services().values():
-        environment = service["environment"]
-        assert "@rabbitmq:5672" in environment["TXMAIL_AMQP_URL"]
+        environment = {k: interpolated(v) for k, v in service["environment"].items()}
+        assert environment["TXMAIL_AMQP_URL"] == (
+            f"amqp://{rabbitmq['RABBITMQ_DEFAULT_USER']}:{rabbitmq['RABBITMQ_DEFAULT_PASS']}"
+            "@rabbitmq:5672/"
+        )
         assert environment["TXMAIL_DATABASE_URL"] == (
             f"postgresql://{postgres['POSTGRES_USER']}:{postgres['POSTGRES_PASSWORD']}"
             f"@postgres:5432/{postgres['POSTGRES_DB']}"
         )
+
+
+def test_stopping_waits_longer_than_txmail_finishes_requests() -> None:
+    for name, service in txmail_services().items():
+        finishing = parse_duration(service["environment"]["TXMAIL_SHUTDOWN_TIMEOUT"])
+        assert parse_duration(service["stop_grace_period"]) > finishing, name
+
+
+def test_every_service_is_limited_and_rotates_its_logs() -> None:
+    for name, service in SERVICES.items():
+        limits = service["deploy"]["resources"]["limits"]
+        assert {"cpus", "memory"} <= set(limits), name
+        assert service["logging"]["driver"] == "json-file"
+        assert {"max-size", "max-file"} <= set(service["logging"]["options"]), name
+
+
+def test_published_ports_and_health_checks_are_the_ones_txmail_listens_on() -> None:
+    listens = {"ingress": Settings().http_port, "api": Settings().api_port}
+    published = {"ingress": f"{listens['ingress']}:8080", "api": f"127.0.0.1:{listens['api']}:8081"}
+    for name, service in SERVICES.items():
+        assert service.get("ports", []) == ([published[name]] if name in published else []), name
+    for name, port in listens.items():
+        kind, runner, flag, code = SERVICES[name]["healthcheck"]["test"]
+        # The slim image has python but no curl; urlopen fails on anything but 2xx.
+        assert (kind, runner, flag) == ("CMD", "python", "-c")
+        compile(code, name, "exec")
+        assert f"urlopen('http://127.0.0.1:{port}/healthz'" in code
+    for name in ("worker", "fallback"):
+        assert "healthcheck" not in SERVICES[name]
+
+
+def test_only_the_fallback_executor_gets_the_handlers_secrets() -> None:
+    for name, service in txmail_services().items():
+        assert service.get("env_file") == ([".env"] if name == "fallback" else None), name
 
 
 def test_the_mounted_rules_file_exists_and_is_valid() -> None:

@@ -8,6 +8,7 @@ from pydantic import SecretStr
 
 from tests.amqp_helpers import queue_depth
 from tests.ingress_server import running_ingress
+from tests.raw_http import raw_request
 from txmail.settings import Settings
 from txmail.topology import Topology
 
@@ -65,6 +66,20 @@ async def test_a_missing_or_wrong_token_is_401_and_publishes_nothing(
         assert (await response.json())["error"] == "unauthorized"
         assert "Bearer" in response.headers["WWW-Authenticate"]
     assert await queue_depth(amqp_url, Topology(guarded.namespace).tracker_queue) == 0
+
+
+@pytest.mark.parametrize("path", ["/postbacks", "/v1/sends"])
+@pytest.mark.parametrize("header", [b"Bearer \xe9", b"Basic \xe9", b"\xe9"])
+async def test_a_non_ascii_authorization_header_is_401_not_500(
+    settings: Settings, path: str, header: bytes
+) -> None:
+    tokens = {"postback_token": SecretStr(TOKEN), "api_token": SecretStr(TOKEN)}
+    async with running_ingress(settings.model_copy(update=tokens)) as client:
+        assert client.port is not None
+        status, body = await raw_request(
+            client.port, "POST", path, b"Authorization: " + header + b"\r\n", b"{}"
+        )
+    assert (status, body["error"]) == (401, "unauthorized")
 
 
 async def test_health_needs_no_token(guarded: Settings) -> None:

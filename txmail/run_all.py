@@ -19,7 +19,7 @@ async def run_all(settings: Settings) -> None:
     from fallback.rules_file import load_configured_rules
     from ingress.app import create_app
     from txmail.stopping import stop_on_signals
-    from workers.api import create_api_app
+    from workers.api import api_host, api_tokens, create_api_app
     from workers.worker import open_store_when_available, run_worker, timeouts_from
 
     rules_file = load_configured_rules(settings)
@@ -30,14 +30,14 @@ async def run_all(settings: Settings) -> None:
     async with AsyncExitStack() as running:
         running.push_async_callback(store.close)
         apps = (
-            (create_app(settings), settings.http_port),
-            (create_api_app(store), settings.api_port),
+            (create_app(settings), settings.http_host, settings.http_port),
+            (create_api_app(store, api_tokens(settings)), api_host(settings), settings.api_port),
         )
-        for app, port in apps:
+        for app, host, port in apps:
             runner = web.AppRunner(app, access_log=None)
             await runner.setup()
             running.push_async_callback(runner.cleanup)
-            await web.TCPSite(runner, settings.http_host, port).start()
+            await web.TCPSite(runner, host, port).start()
         if rules_file is None:
             log.warning("TXMAIL_RULES is not set: fallbacks are decided and queued, but none runs")
         else:

@@ -25,8 +25,11 @@ class Settings(BaseSettings):
     http_host: str = "0.0.0.0"  # noqa: S104 -- the ingress is meant to be reached from Braze.
     http_port: int = Field(default=8080, ge=0, le=65535)
     postback_token: SecretStr | None = None
-    # Internal apps registering sends (POST /v1/sends) use their own token.
+    # Internal apps registering sends (POST /v1/sends) use their own token; it also
+    # opens the message API.
     api_token: SecretStr | None = None
+    # A token that opens the message API only (dashboards, people on call).
+    api_read_token: SecretStr | None = None
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     max_events_per_request: int = Field(default=1000, ge=1)
     # Empty means every source may post; Braze documents no source IPs to put here.
@@ -55,6 +58,8 @@ class Settings(BaseSettings):
     batch_size: int = Field(default=200, ge=1, le=10_000)
     batch_wait: Duration = timedelta(milliseconds=5)
     api_port: int = Field(default=8081, ge=0, le=65535)
+    # Unset: all interfaces when a token guards the API, else 127.0.0.1 (see workers/api.py).
+    api_host: str | None = None
 
     # --- fallback executor (see the README's "Fallbacks" section) ---
     # How long a fallback waits before each retry of a transient failure; after the
@@ -76,12 +81,12 @@ class Settings(BaseSettings):
             raise ValueError("use letters, digits, '.', '_' and '-' (at most 100 characters)")
         return value
 
-    @field_validator("rules", mode="before")
+    @field_validator("rules", "api_host", mode="before")
     @classmethod
-    def _empty_rules_is_none(cls, value: object) -> object:
+    def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value
 
-    @field_validator("postback_token", "api_token", mode="before")
+    @field_validator("postback_token", "api_token", "api_read_token", mode="before")
     @classmethod
     def _empty_token_is_none(cls, value: object) -> object:
         # `TXMAIL_POSTBACK_TOKEN=` in a compose file means "not set", not "the empty token".

@@ -1,12 +1,27 @@
-"""The read side over HTTP: one message by dispatch id or by the sender's own id."""
+"""The read side over HTTP: one message by dispatch id or by the sender's own id.
 
+Messages hold personal data (recipients, variables, postback bodies): everything but
+the health checks needs a token when one is set, and with none set the API listens
+on this machine only, unless told otherwise.
+"""
+
+from collections.abc import Sequence
+
+import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
+from pydantic import SecretStr
 
 from txmail.http import json_error, json_errors
-from workers.store.protocol import MessageView, Store, StoreUnavailable
+from txmail.settings import Settings
+from txmail.tokens import token_accepted, unauthorized
+from workers.store.protocol import MessageView, NotMigrated, Store, StoreUnavailable
+
+log = structlog.get_logger(__name__)
 
 STORE = web.AppKey("store", Store)
+TOKENS = web.AppKey("tokens", Sequence[SecretStr])
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 
 
 def _found(message: MessageView | None, what: str) -> web.Response:
@@ -44,17 +59,54 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 @web.middleware
+async def token_required(request: web.Request, handler: Handler) -> web.StreamResponse:
+    tokens = request.app[TOKENS]
+    if not tokens or request.path in OPEN_PATHS:
+        return await handler(request)
+    # Query tokens end up in access logs and browser history: headers only here.
+    if not token_accepted(tokens, request, in_query=False):
+        return unauthorized("messages", in_query=False)
+    return await handler(request)
+
+
+@web.middleware
 async def store_unavailable_is_503(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
+    except NotMigrated as error:
+        return json_error(503, "not_migrated", str(error))
     except StoreUnavailable as error:
         return json_error(503, "store_unavailable", str(error))
 
 
-def create_api_app(store: Store) -> web.Application:
-    """The API over an open store; whoever opened the store closes it."""
-    app = web.Application(middlewares=[json_errors, store_unavailable_is_503])
+def api_tokens(settings: Settings) -> list[SecretStr]:
+    """TXMAIL_API_TOKEN and the read-only TXMAIL_API_READ_TOKEN, those that are set."""
+    return [t for t in (settings.api_token, settings.api_read_token) if t is not None]
+
+
+def api_host(settings: Settings) -> str:
+    """Where the API listens: TXMAIL_API_HOST, else every interface when a token guards
+    it and this machine only when none does (logged as a warning)."""
+    if api_tokens(settings):
+        return settings.api_host or "0.0.0.0"  # noqa: S104 -- a token guards every read.
+    unguarded = "TXMAIL_API_TOKEN and TXMAIL_API_READ_TOKEN are not set: the message API"
+    if settings.api_host is None:
+        log.warning(f"{unguarded} listens on 127.0.0.1 only", port=settings.api_port)
+        return "127.0.0.1"
+    log.warning(
+        f"{unguarded} answers anyone who reaches TXMAIL_API_HOST",
+        host=settings.api_host,
+        port=settings.api_port,
+    )
+    return settings.api_host
+
+
+def create_api_app(store: Store, tokens: Sequence[SecretStr] = ()) -> web.Application:
+    """The API over an open store; whoever opened the store closes it. With ``tokens``,
+    every path but the health checks needs one of them."""
+    app = web.Application(middlewares=[json_errors, token_required, store_unavailable_is_503])
     app[STORE] = store
+    app[TOKENS] = tokens
     app.router.add_get("/v1/messages/{dispatch_id}", message_by_dispatch_id)
     app.router.add_get("/v1/messages", message_by_external_send_id)
     app.router.add_get("/healthz", healthz)

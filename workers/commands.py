@@ -1,18 +1,17 @@
-"""The workers' subcommands of ``txmail``: worker, api, status."""
+"""The workers' subcommands of ``txmail``: worker, migrate, api, status."""
 
 import argparse
 import asyncio
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 from txmail.errors import ConfigError
 from txmail.http import serve_until_stopped
 from txmail.settings import Settings
 from txmail.stopping import stop_on_signals
-from workers.api import create_api_app
+from workers.api import api_host, api_tokens, create_api_app
 from workers.status import describe
-from workers.store import open_store
+from workers.store import migrate_schema, open_store
 from workers.store.protocol import MessageView, StoreUnavailable
 from workers.worker import open_store_when_available, serve_worker, timeouts_from
 
@@ -38,15 +37,31 @@ def worker_command(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+@_fails_cleanly
+def migrate_command(settings: Settings, args: argparse.Namespace) -> int:
+    try:
+        applied = asyncio.run(migrate_schema(settings.database_url, timeouts_from(settings)))
+    except StoreUnavailable as error:
+        print(f"txmail: cannot migrate the store: {error}", file=sys.stderr)
+        return 2
+    if applied:
+        print(f"applied migrations {', '.join(map(str, applied))}: the schema is up to date")
+    else:
+        print("nothing to do: the schema is up to date")
+    return 0
+
+
 async def _serve_api(settings: Settings) -> None:
+    host = api_host(settings)  # says at once when no token guards the API
     stop = stop_on_signals()
-    store = await open_store_when_available(settings, timeouts_from(settings), stop)
+    # Reads only: a read-only database user is enough, and the tables are the workers'.
+    store = await open_store_when_available(settings, timeouts_from(settings), stop, read_only=True)
     if store is None:
         return
     try:
         await serve_until_stopped(
-            create_api_app(store),
-            settings.http_host,
+            create_api_app(store, api_tokens(settings)),
+            host,
             settings.api_port,
             settings.shutdown_timeout.total_seconds(),
             stop,
@@ -62,11 +77,7 @@ def api_command(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _lookup(settings: Settings, wanted: str) -> MessageView | None:
-    url = settings.database_url
-    if url.startswith("sqlite:///") and not (path := Path(url.removeprefix("sqlite:///"))).exists():
-        # Opening would create an empty database, and "nothing is known" would mislead.
-        raise StoreUnavailable(f"there is no SQLite database at {path}")
-    store = await open_store(url, timeouts_from(settings))
+    store = await open_store(settings.database_url, timeouts_from(settings), read_only=True)
     try:
         return await store.find(dispatch_id=wanted) or await store.find(external_send_id=wanted)
     finally:
@@ -96,6 +107,11 @@ def add_commands(commands: "argparse._SubParsersAction[argparse.ArgumentParser]"
         "worker", help="track every message: consume events, keep state, decide fallbacks"
     )
     worker.set_defaults(handler=worker_command)
+    migrate = commands.add_parser(
+        "migrate",
+        help="create or update the store's tables, then exit (workers do it too when they start)",
+    )
+    migrate.set_defaults(handler=migrate_command)
     api = commands.add_parser("api", help="serve the message state over HTTP (TXMAIL_API_PORT)")
     api.set_defaults(handler=api_command)
     status = commands.add_parser("status", help="show what happened to one message")

@@ -26,12 +26,15 @@ def timeouts_from(settings: Settings) -> DeliveryTimeouts:
 
 
 async def open_store_when_available(
-    settings: Settings, timeouts: DeliveryTimeouts, stop: asyncio.Event
+    settings: Settings, timeouts: DeliveryTimeouts, stop: asyncio.Event, *, read_only: bool = False
 ) -> Store | None:
-    """Open the store, waiting for the database to come up; None when stopped first."""
+    """Open the store (see ``open_store``), waiting for the database to come up; None
+    when stopped first."""
     while not stop.is_set():
         try:
-            return await open_store(settings.database_url, timeouts, settings.republish_after)
+            return await open_store(
+                settings.database_url, timeouts, settings.republish_after, read_only=read_only
+            )
         except StoreUnavailable as error:
             log.warning("store unavailable, retrying", error=str(error))
         await pause(stop, STORE_RETRY_INTERVAL)

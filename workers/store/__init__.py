@@ -1,4 +1,8 @@
-"""The state store: the protocol, and a backend chosen by the database URL's scheme."""
+"""The state store: the protocol, and a backend chosen by the database URL's scheme.
+
+Only the processes that write (worker, run, `txmail migrate`) create or change the
+schema; readers (api, status) change nothing, so a read-only database user serves them.
+"""
 
 from datetime import timedelta
 from pathlib import Path
@@ -10,19 +14,49 @@ from workers.store.sqlite import SqliteStore
 from workers.timeouts import DeliveryTimeouts
 
 
-async def open_store(
-    url: str, timeouts: DeliveryTimeouts, republish_after: timedelta = timedelta(seconds=10)
-) -> Store:
-    """Connect, migrate the schema if needed, and return the store for ``url``."""
+def _store_for(
+    url: str, timeouts: DeliveryTimeouts, republish_after: timedelta
+) -> SqliteStore | PostgresStore:
     if url.startswith("sqlite:///"):
-        sqlite = SqliteStore(Path(url.removeprefix("sqlite:///")), timeouts, republish_after)
-        await sqlite.open()
-        return sqlite
+        return SqliteStore(Path(url.removeprefix("sqlite:///")), timeouts, republish_after)
     if url.startswith(("postgresql://", "postgres://")):
-        postgres = PostgresStore(url, timeouts, republish_after)
-        await postgres.open()
-        return postgres
+        return PostgresStore(url, timeouts, republish_after)
     raise ConfigError(
         f"TXMAIL_DATABASE_URL: {url.split(':', 1)[0]!r} is not supported; "
         "use sqlite:///path/to/file.db or postgresql://user@host/db"
     )
+
+
+async def open_store(
+    url: str,
+    timeouts: DeliveryTimeouts,
+    republish_after: timedelta = timedelta(seconds=10),
+    *,
+    read_only: bool = False,
+) -> Store:
+    """Connect and bring the schema up to date, and return the store for ``url``.
+
+    ``read_only`` creates and changes nothing (no file, no tables); its reads raise
+    NotMigrated until a writer has created the tables.
+    """
+    store = _store_for(url, timeouts, republish_after)
+    if read_only:
+        await store.open_for_reading()
+        return store
+    await store.open()
+    try:
+        await store.migrate()
+    except BaseException:
+        await store.close()
+        raise
+    return store
+
+
+async def migrate_schema(url: str, timeouts: DeliveryTimeouts) -> list[int]:
+    """Bring the schema up to date; returns the versions applied now (none: it was)."""
+    store = _store_for(url, timeouts, timedelta(seconds=10))
+    await store.open()
+    try:
+        return await store.migrate()
+    finally:
+        await store.close()

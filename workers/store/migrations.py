@@ -1,12 +1,32 @@
-"""Versioned schema changes, applied in order at start-up by whichever process comes first.
+"""Versioned schema changes, applied in order by whichever writer comes first (`txmail
+worker`, `txmail run`, `txmail migrate`); readers only check the version.
 
 Append new versions; never edit one that has shipped. Times are microseconds since
 the epoch in SQLite (integers sort and index well there) and timestamptz in PostgreSQL.
 """
 
+from collections.abc import Sequence
 from typing import Final
 
+from workers.store.protocol import NotMigrated
+
 Migration = tuple[int, tuple[str, ...]]
+
+HOW_TO_MIGRATE = "run `txmail migrate` or start a worker"
+
+
+def require_migrated(version: int | None, migrations: Sequence[Migration]) -> None:
+    """Raise NotMigrated unless ``version`` (the highest applied, None without the
+    migrations table) has every migration this txmail knows."""
+    needed = migrations[-1][0]
+    if version is None:
+        raise NotMigrated(f"no txmail tables in this database: {HOW_TO_MIGRATE}")
+    if version < needed:
+        raise NotMigrated(
+            f"the txmail tables in this database are at version {version}, this txmail "
+            f"needs version {needed}: {HOW_TO_MIGRATE}"
+        )
+
 
 SQLITE: Final[tuple[Migration, ...]] = (
     (

@@ -19,7 +19,7 @@ from asyncpg.pool import PoolConnectionProxy
 from txmail.errors import ConfigError
 from txmail.events import NUL, FallbackRequest
 from workers.state import Message, claim_deadline
-from workers.store.migrations import POSTGRES
+from workers.store.migrations import POSTGRES, require_migrated
 from workers.store.protocol import (
     MessageView,
     PendingRequest,
@@ -112,9 +112,20 @@ class PostgresStore:
             raise ConfigError(f"TXMAIL_DATABASE_URL: PostgreSQL refused it: {error}") from None
         except _UNAVAILABLE as error:
             raise StoreUnavailable(f"PostgreSQL: {error!r}") from error
-        await self._transaction(self._migrate)
 
-    async def _migrate(self, db: Db) -> None:
+    async def open_for_reading(self) -> None:
+        await self.open()  # a pool of connections, which creates nothing
+
+    async def migrate(self) -> list[int]:
+        """Apply the migrations this database lacks; returns their versions."""
+        try:
+            return await self._transaction(self._migrate)
+        except asyncpg.InsufficientPrivilegeError as error:
+            raise ConfigError(
+                f"TXMAIL_DATABASE_URL: this user may not create the txmail tables: {error}"
+            ) from None
+
+    async def _migrate(self, db: Db) -> list[int]:
         # One migrator at a time per schema; the others wait here, then find it done.
         await db.execute(
             "SELECT pg_advisory_xact_lock(hashtext('txmail.migrations:' || current_schema()))"
@@ -124,12 +135,21 @@ class PostgresStore:
             "(version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
         )
         applied = {r["version"] for r in await db.fetch("SELECT version FROM schema_migrations")}
-        for version, statements in POSTGRES:
-            if version in applied:
-                continue
+        missing = [(v, statements) for v, statements in POSTGRES if v not in applied]
+        for version, statements in missing:
             for statement in statements:
                 await db.execute(statement)
             await db.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
+        return [version for version, _ in missing]
+
+    @staticmethod
+    async def _require_migrated(db: Db) -> None:
+        """Readers check the schema and never create it (their user may only SELECT)."""
+        try:
+            version = await db.fetchval("SELECT max(version) FROM schema_migrations")
+        except asyncpg.UndefinedTableError:
+            version = None
+        require_migrated(version, POSTGRES)
 
     async def _transaction(self, work: Callable[[Db], Awaitable[T]]) -> T:
         if self._pool is None:
@@ -298,6 +318,7 @@ class PostgresStore:
             return None  # no stored id has one, and PostgreSQL would refuse the query
 
         async def work(db: Db) -> MessageView | None:
+            await self._require_migrated(db)
             query = _FIND_BY_DISPATCH_ID if dispatch_id else _FIND_BY_EXTERNAL_SEND_ID
             row = await db.fetchrow(query, wanted)
             if row is None or row["summary"] is None:
@@ -332,6 +353,7 @@ class PostgresStore:
 
     async def counts(self) -> StoreCounts:
         async def work(db: Db) -> asyncpg.Record | None:
+            await self._require_migrated(db)
             return await db.fetchrow(
                 """SELECT
                     (SELECT count(*) FROM messages),
@@ -348,10 +370,7 @@ class PostgresStore:
         return StoreCounts(*row)
 
     async def ping(self) -> None:
-        async def work(db: Db) -> None:
-            await db.fetchval("SELECT 1")
-
-        await self._transaction(work)
+        await self._transaction(self._require_migrated)
 
     async def close(self) -> None:
         if self._pool is not None:

@@ -16,6 +16,11 @@ class StoreUnavailable(TxmailError):
     """The database cannot be reached or is busy; retry the same work later."""
 
 
+class NotMigrated(StoreUnavailable):
+    """A reader found no txmail tables, or older ones: a worker or `txmail migrate`
+    has to create them, readers never do."""
+
+
 @dataclass(frozen=True)
 class TrackedEvent:
     """One event for a message's timeline, and what the core merges from it (if anything)."""
@@ -103,11 +108,13 @@ class Store(Protocol):
 
     async def find(
         self, *, dispatch_id: str | None = None, external_send_id: str | None = None
-    ) -> MessageView | None: ...
+    ) -> MessageView | None:
+        """Raises NotMigrated when the database has no txmail tables, or older ones."""
 
     async def counts(self) -> StoreCounts: ...
 
     async def ping(self) -> None:
-        """Raise StoreUnavailable unless the database answers."""
+        """Raise StoreUnavailable unless the database answers (NotMigrated when it has
+        no txmail tables, or older ones)."""
 
     async def close(self) -> None: ...

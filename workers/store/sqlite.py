@@ -4,6 +4,8 @@ sqlite3 is blocking, so every call runs on one dedicated thread that owns the
 connection; that also serialises this process's transactions. Writes take the
 database lock up front (BEGIN IMMEDIATE) so two processes never interleave a
 read-modify-write, and a second process starting at once waits instead of failing.
+A reader (api, status) never creates the file or the tables: it opens an existing file
+on its first read.
 """
 
 import asyncio
@@ -16,13 +18,15 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import quote
 
 from txmail.errors import ConfigError
 from txmail.events import FallbackRequest
 from workers.state import Message, claim_deadline
-from workers.store.migrations import SQLITE
+from workers.store.migrations import HOW_TO_MIGRATE, SQLITE, require_migrated
 from workers.store.protocol import (
     MessageView,
+    NotMigrated,
     PendingRequest,
     StoreCounts,
     StoreUnavailable,
@@ -77,6 +81,7 @@ class SqliteStore:
         self._connection: sqlite3.Connection | None = None
 
     async def open(self) -> None:
+        """Open for writing, making the file and its directory when missing."""
         await self._run(self._open)
 
     def _open(self) -> None:
@@ -86,28 +91,76 @@ class SqliteStore:
             raise ConfigError(
                 f"TXMAIL_DATABASE_URL: cannot make the directory of {self._path}: {error.strerror}"
             ) from None
-        connection = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
-        connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        _switch_to_wal(connection)
-        # In WAL mode NORMAL loses no committed transaction on a process crash, only on
-        # a power loss, and saves an fsync per commit.
-        connection.execute("PRAGMA synchronous = NORMAL")
+        with self._cannot_write_is_config_error():
+            connection = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+            connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            _switch_to_wal(connection)
+            # In WAL mode NORMAL loses no committed transaction on a process crash, only
+            # on a power loss, and saves an fsync per commit.
+            connection.execute("PRAGMA synchronous = NORMAL")
         self._connection = connection
-        with self._write() as db:
+
+    async def open_for_reading(self) -> None:
+        """Nothing to do yet: a reader opens the file on its first read (``_reading``)."""
+
+    async def migrate(self) -> list[int]:
+        """Apply the migrations this database lacks; returns their versions."""
+        return await self._run(self._migrate)
+
+    def _migrate(self) -> list[int]:
+        with self._cannot_write_is_config_error(), self._write() as db:
             db.execute(
                 "CREATE TABLE IF NOT EXISTS schema_migrations "
                 "(version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)"
             )
             applied = {row[0] for row in db.execute("SELECT version FROM schema_migrations")}
-            for version, statements in SQLITE:
-                if version in applied:
-                    continue
+            missing = [(v, statements) for v, statements in SQLITE if v not in applied]
+            for version, statements in missing:
                 for statement in statements:
                     db.execute(statement)
                 db.execute(
                     "INSERT INTO schema_migrations VALUES (?, ?)",
                     (version, to_micros(datetime.now(UTC))),
                 )
+        return [version for version, _ in missing]
+
+    @contextmanager
+    def _cannot_write_is_config_error(self) -> Iterator[None]:
+        """A file or directory this process may not write fails at start, naming the
+        path, instead of being retried for ever."""
+        try:
+            yield
+        except sqlite3.OperationalError as error:
+            if error.sqlite_errorname.startswith(("SQLITE_CANTOPEN", "SQLITE_READONLY")):
+                raise ConfigError(
+                    f"TXMAIL_DATABASE_URL: cannot write the SQLite database {self._path}: {error}"
+                ) from None
+            raise
+
+    def _reading(self) -> sqlite3.Connection:
+        """The connection for a read, after checking the schema. A reader opens the file
+        on first use and never creates it, so one started before any worker answers
+        once a worker has made it."""
+        if self._connection is None:
+            if not self._path.exists():
+                raise NotMigrated(
+                    f"there is no SQLite database at {self._path}: check TXMAIL_DATABASE_URL, "
+                    f"or {HOW_TO_MIGRATE}"
+                )
+            uri = f"file:{quote(str(self._path))}?mode=rw"
+            connection = sqlite3.connect(uri, uri=True, isolation_level=None)
+            connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            self._connection = connection
+        try:
+            (version,) = self._connection.execute(
+                "SELECT max(version) FROM schema_migrations"
+            ).fetchone()
+        except sqlite3.OperationalError as error:
+            if "no such table" not in str(error):
+                raise
+            version = None
+        require_migrated(version, SQLITE)
+        return self._connection
 
     async def _run(self, call: Callable[[], T]) -> T:
         try:
@@ -290,7 +343,7 @@ class SqliteStore:
         return await self._run(lambda: self._find(dispatch_id, external_send_id))
 
     def _find(self, dispatch_id: str | None, external_send_id: str | None) -> MessageView | None:
-        db = self._db
+        db = self._reading()
         query = _FIND_BY_DISPATCH_ID if dispatch_id else _FIND_BY_EXTERNAL_SEND_ID
         row = db.execute(query, (dispatch_id or external_send_id,)).fetchone()
         if row is None:
@@ -327,7 +380,8 @@ class SqliteStore:
         return await self._run(self._counts)
 
     def _counts(self) -> StoreCounts:
-        row = self._db.execute(
+        db = self._reading()
+        row = db.execute(
             """SELECT
                 (SELECT count(*) FROM messages),
                 (SELECT count(*) FROM events),
@@ -339,7 +393,7 @@ class SqliteStore:
         return StoreCounts(*row)
 
     async def ping(self) -> None:
-        await self._run(lambda: self._db.execute("SELECT 1").fetchone())
+        await self._run(self._reading)
 
     async def close(self) -> None:
         if self._connection is not None:

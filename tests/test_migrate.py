@@ -1,0 +1,230 @@
+"""Reads never write: only writers (worker, run, `txmail migrate`) create the tables, and
+the readers (api, status) work with a database user that may only SELECT."""
+
+import asyncio
+import os
+import sqlite3
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import aiohttp
+import asyncpg
+import pytest
+
+from tests.factories import postback
+from tests.ports import free_port
+from tests.processes import wait_for_line
+from tests.waiting import wait_until
+from txmail.cli import build_parser
+from txmail.settings import Settings
+from workers.api import create_api_app
+from workers.store import migrate_schema, open_store
+from workers.store.migrations import Migration, require_migrated
+from workers.store.protocol import NotMigrated
+from workers.timeouts import DeliveryTimeouts
+
+NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+TIMEOUTS = DeliveryTimeouts(timedelta(minutes=10))
+NOT_MIGRATED = "run `txmail migrate` or start a worker"
+
+
+async def _tables(database_url: str) -> list[str]:
+    if database_url.startswith("sqlite:///"):
+        path = Path(database_url.removeprefix("sqlite:///"))
+        return ["(the file)"] if await asyncio.to_thread(path.exists) else []
+    connection = await asyncpg.connect(database_url)
+    try:
+        rows = await connection.fetch(
+            "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
+        )
+    finally:
+        await connection.close()
+    return [r["tablename"] for r in rows]
+
+
+async def _command(settings: Settings, *argv: str) -> int:
+    # Parsed as the shell would; the command runs its own event loop, as from a shell.
+    args = build_parser().parse_args(list(argv))
+    code: int = await asyncio.to_thread(args.handler, settings, args)
+    return code
+
+
+async def test_reads_of_an_unmigrated_database_say_so_and_create_nothing(
+    database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    reader = await open_store(database_url, TIMEOUTS, read_only=True)
+    try:
+        for read in (reader.ping(), reader.find(dispatch_id="d1")):
+            with pytest.raises(NotMigrated, match=NOT_MIGRATED):
+                await read
+        settings = Settings(database_url=database_url)
+        assert await _command(settings, "status", "d1") == 2
+        err = capsys.readouterr().err
+        assert NOT_MIGRATED in err
+        assert "Traceback" not in err
+        assert await _tables(database_url) == []
+
+        # Once a writer made the tables, the same reader answers, without a restart.
+        assert await _command(settings, "migrate") == 0
+        assert "applied migrations 1" in capsys.readouterr().out
+        await reader.ping()
+        assert await reader.find(dispatch_id="d1") is None
+    finally:
+        await reader.close()
+    assert await _command(settings, "migrate") == 0
+    assert capsys.readouterr().out.startswith("nothing to do")
+
+
+async def test_an_sqlite_file_without_the_tables_is_not_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "other.db"
+    sqlite3.connect(path).close()
+    reader = await open_store(f"sqlite:///{path}", TIMEOUTS, read_only=True)
+    try:
+        with pytest.raises(NotMigrated, match="no txmail tables in this database"):
+            await reader.ping()
+    finally:
+        await reader.close()
+
+
+def test_tables_older_than_this_txmail_are_not_migrated_either() -> None:
+    known: list[Migration] = [(1, ()), (2, ())]
+    require_migrated(2, known)
+    with pytest.raises(NotMigrated, match="at version 1, this txmail needs version 2: run"):
+        require_migrated(1, known)
+
+
+async def test_the_api_answers_503_until_the_tables_exist(database_url: str) -> None:
+    reader = await open_store(database_url, TIMEOUTS, read_only=True)
+    app = create_api_app(reader)
+    runner = aiohttp.web.AppRunner(app)
+    await runner.setup()
+    await aiohttp.web.TCPSite(runner, "127.0.0.1", 0).start()
+    base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{base}/readyz") as response:
+                assert response.status == 503
+                assert NOT_MIGRATED in (await response.json())["message"]
+            async with session.get(f"{base}/v1/messages/d1") as response:
+                assert response.status == 503
+                body = await response.json()
+                assert body["error"] == "not_migrated"
+                assert NOT_MIGRATED in body["message"]
+            assert await _tables(database_url) == []
+            assert await migrate_schema(database_url, TIMEOUTS) == [1]
+            async with session.get(f"{base}/readyz") as response:
+                assert response.status == 200
+    finally:
+        await runner.cleanup()
+        await reader.close()
+
+
+# --- a PostgreSQL role that may only read ---------------------------------------------
+
+
+@pytest.fixture
+async def read_only_url(postgres_schema_url: str) -> AsyncIterator[str]:
+    """The schema's URL as a new role with USAGE on it and SELECT on its tables only."""
+    schema = parse_qs(urlsplit(postgres_schema_url).query)["search_path"][0]
+    role = f"txmail_reader_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(postgres_schema_url)
+    try:
+        await admin.execute(f'CREATE ROLE "{role}" LOGIN')
+        await admin.execute(f'GRANT USAGE ON SCHEMA "{schema}" TO "{role}"')
+        # Tables a writer (this admin) creates later are readable too.
+        await admin.execute(
+            f'ALTER DEFAULT PRIVILEGES IN SCHEMA "{schema}" GRANT SELECT ON TABLES TO "{role}"'
+        )
+        yield postgres_schema_url.replace("postgres@", f"{role}@", 1)
+        await admin.execute(f'DROP OWNED BY "{role}"')
+        await admin.execute(f'DROP ROLE "{role}"')
+    finally:
+        await admin.close()
+
+
+async def test_a_read_only_role_serves_status_and_the_api(
+    postgres_schema_url: str, read_only_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    reader = Settings(database_url=read_only_url)
+    # It cannot make the tables, and says so instead of a traceback.
+    assert await _command(reader, "migrate") == 2
+    assert "may not create the txmail tables" in capsys.readouterr().err
+    assert await _command(reader, "status", "d1") == 2
+    assert NOT_MIGRATED in capsys.readouterr().err
+
+    writer = await open_store(postgres_schema_url, TIMEOUTS)
+    await writer.apply([postback("d1", "bounced", NOW, reason="550 no such user")], NOW)
+    await writer.close()
+
+    assert await _command(reader, "status", "d1") == 0
+    assert capsys.readouterr().out.startswith("bounced: 550 no such user")
+    port = free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "txmail.cli",
+        "api",
+        env={
+            **os.environ,
+            "TXMAIL_DATABASE_URL": read_only_url,
+            "TXMAIL_API_PORT": str(port),
+            "TXMAIL_API_TOKEN": "",
+            "TXMAIL_API_READ_TOKEN": "",
+            "TXMAIL_API_HOST": "",
+        },
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        # No token: it says so, and listens on this machine only.
+        await wait_for_line(process, b"listens on 127.0.0.1 only")
+        async with aiohttp.ClientSession() as session:
+
+            async def ready() -> bool:
+                try:
+                    async with session.get(f"http://127.0.0.1:{port}/readyz") as response:
+                        return response.status == 200
+                except aiohttp.ClientConnectionError:
+                    return False
+
+            await wait_until(ready, 20, "the api to answer")
+            async with session.get(f"http://127.0.0.1:{port}/v1/messages/d1") as response:
+                assert response.status == 200
+                assert (await response.json())["outcome"] == "bounced"
+    finally:
+        process.terminate()
+        assert await asyncio.wait_for(process.wait(), 15) == 0
+
+
+def _unwritable(tmp_path: Path) -> list[Path]:
+    a_directory = tmp_path / "a-directory"
+    a_directory.mkdir()
+    # /proc takes no new files, even from root (who may write a chmod-ed directory).
+    return [a_directory, Path(f"/proc/txmail-test-{uuid.uuid4().hex[:8]}.db")]
+
+
+async def test_a_sqlite_path_the_worker_cannot_write_fails_at_start_naming_it(
+    tmp_path: Path,
+) -> None:
+    for path in _unwritable(tmp_path):
+        worker = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "txmail.cli",
+            "worker",
+            env={**os.environ, "TXMAIL_DATABASE_URL": f"sqlite:///{path}"},
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            _, err = await asyncio.wait_for(worker.communicate(), 20)
+        finally:
+            if worker.returncode is None:
+                worker.kill()
+                await worker.wait()
+        assert worker.returncode == 2
+        assert f"cannot write the SQLite database {path}" in err.decode()
+        assert b"Traceback" not in err
