@@ -88,6 +88,20 @@ async def test_deadline_claimed_once_then_delivered_is_late(store: Store) -> Non
     assert message.decision.trigger == "timeout"
 
 
+async def test_a_delivered_stamped_in_time_after_the_timeout_is_counted_premature(
+    store: Store,
+) -> None:
+    sent_at = NOW - timedelta(minutes=11)
+    await store.apply([postback("d1", "sent", NOW, sent_at=sent_at.isoformat())], NOW)
+    assert len(await store.claim_due(NOW, 100)) == 1
+    in_time = (sent_at + timedelta(minutes=9)).isoformat()
+    await store.apply([postback("d1", "delivered", NOW, delivered_at=in_time)], NOW)
+    message = await store.find(dispatch_id="d1")
+    assert message is not None
+    assert message.outcome == Outcome.PREMATURE_FALLBACK
+    assert (await store.counts()).premature_fallbacks == 1
+
+
 async def test_delivered_in_time_disarms_the_deadline(store: Store) -> None:
     await store.apply([postback("d1", "processed", NOW)], NOW)
     assert (await store.counts()).pending_deadlines == 1

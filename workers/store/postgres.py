@@ -339,7 +339,8 @@ class PostgresStore:
                     (SELECT count(*) FROM messages WHERE decision_trigger IS NOT NULL),
                     (SELECT count(*) FROM messages
                         WHERE decision_request IS NOT NULL AND decision_published_at IS NULL),
-                    (SELECT count(*) FROM messages WHERE deadline IS NOT NULL)"""
+                    (SELECT count(*) FROM messages WHERE deadline IS NOT NULL),
+                    (SELECT count(*) FROM messages WHERE outcome = 'premature_fallback')"""
             )
 
         row = await self._transaction(work)

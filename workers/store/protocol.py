@@ -77,6 +77,8 @@ class StoreCounts:
     decisions: int
     unpublished: int
     pending_deadlines: int
+    # Timeouts decided before a `delivered` Braze had stamped in time arrived.
+    premature_fallbacks: int
 
 
 class Store(Protocol):

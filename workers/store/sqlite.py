@@ -334,7 +334,8 @@ class SqliteStore:
                 (SELECT count(*) FROM messages WHERE decision_trigger IS NOT NULL),
                 (SELECT count(*) FROM messages
                     WHERE decision_request IS NOT NULL AND decision_published_at IS NULL),
-                (SELECT count(*) FROM messages WHERE deadline IS NOT NULL)"""
+                (SELECT count(*) FROM messages WHERE deadline IS NOT NULL),
+                (SELECT count(*) FROM messages WHERE outcome = 'premature_fallback')"""
         ).fetchone()
         return StoreCounts(*row)
 
