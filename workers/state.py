@@ -211,6 +211,20 @@ def _parse_time(text: str | None) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
+def event_time(event: PostbackEvent) -> datetime | None:
+    """When Braze says this postback's status happened (`delivered_at` of a `delivered`,
+    ...), in UTC; never after its arrival, so that a clock ahead, or a forged timestamp,
+    cannot pass for the future. None when it has no readable one."""
+    at = event.postback.metadata.get(f"{event.postback.status}_at")
+    stamped = _parse_time(at if isinstance(at, str) else None)
+    if stamped is None:
+        return None
+    try:
+        return min(stamped, event.received_at).astimezone(UTC)
+    except OverflowError:
+        return None  # a time at the edge of the calendar with no UTC equivalent
+
+
 def _timeout(message: Message, timeouts: DeliveryTimeouts) -> timedelta:
     registered = message.registration
     if registered is not None and registered.registration.delivery_timeout is not None:
