@@ -10,6 +10,7 @@ from pydantic import BaseModel
 from txmail.errors import TxmailError
 from txmail.events import FallbackRequest
 from workers.state import Event, Outcome, Registered, StatusSeen
+from workers.watermark import WorkerProgress
 
 
 class StoreUnavailable(TxmailError):
@@ -94,6 +95,12 @@ class Store(Protocol):
     ) -> list[PendingRequest]:
         """Decide timeouts for up to ``limit`` deadlines passed by ``due_by`` (default
         ``now``); each claimed by one caller only."""
+
+    async def report_progress(
+        self, progress: WorkerProgress, forget_before: datetime
+    ) -> list[WorkerProgress]:
+        """Record this worker's progress, delete rows last written before
+        ``forget_before``, and return every worker's (this one's included)."""
 
     async def claim_unpublished(self, now: datetime, limit: int) -> list[PendingRequest]:
         """Decisions whose publish is overdue, leased to this caller for a while."""
