@@ -49,6 +49,9 @@ class TimelineEntry(BaseModel):
 class DecisionView(BaseModel):
     trigger: str
     decided_at: datetime
+    # The deadline a timeout was decided on (None for a failure, or a decision older
+    # than this field): a `delivered_at` by then makes it a premature fallback.
+    deadline: datetime | None
     published_at: datetime | None
     request: FallbackRequest | None
 
