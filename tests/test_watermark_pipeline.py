@@ -6,11 +6,17 @@ its `sent` even arrives; only a `delivered` that never comes may time out.
 """
 
 import asyncio
+import signal
 from contextlib import AsyncExitStack
 from datetime import datetime, timedelta
+from pathlib import Path
 
-from tests.harness import body, queue_readers, running_worker
+import asyncpg
+
+from tests.factories import outgoing_postback, raw_postback
+from tests.harness import body, publisher, queue_readers, running_worker
 from tests.ingress_server import running_ingress
+from tests.processes import start_worker
 from tests.waiting import wait_until
 from txmail.events import utc_now
 from txmail.settings import Settings
@@ -104,3 +110,48 @@ async def test_two_workers_on_postgres_agree_on_the_watermark(
     await _lagging_stream_times_out_only_the_undelivered(
         _settings(settings, postgres_schema_url), 2
     )
+
+
+async def test_a_killed_worker_holds_deadlines_back_only_until_its_row_is_stale(
+    settings: Settings, postgres_schema_url: str, tmp_path: Path
+) -> None:
+    quick = settings.model_copy(
+        update={
+            "database_url": postgres_schema_url,
+            "delivery_timeout": TIMEOUT,
+            "sweep_interval": timedelta(milliseconds=50),
+            "watermark_skew": timedelta(milliseconds=100),
+            "max_lateness": timedelta(milliseconds=300),
+        }
+    )
+    doomed = start_worker(quick, tmp_path / "worker.log")
+    database = await asyncpg.connect(postgres_schema_url)
+    try:
+
+        async def reported() -> bool:
+            try:
+                return bool(await database.fetchval("SELECT count(*) FROM worker_progress"))
+            except asyncpg.UndefinedTableError:
+                return False  # not migrated yet
+
+        await wait_until(reported, timeout=20, what="the first worker to report its progress")
+        doomed.send_signal(signal.SIGKILL)
+        doomed.wait()
+        async with running_worker(quick) as store, publisher(quick) as broker:
+            sent_at = utc_now()
+            sent = raw_postback("orphan", "sent", sent_at=sent_at.isoformat())
+            await broker.publish([outgoing_postback(sent, sent_at)])
+
+            async def published() -> bool:
+                message = await store.find(dispatch_id="orphan")
+                return bool(message and message.decision and message.decision.published_at)
+
+            # The dead worker's row says it applied nothing after its death, which is
+            # before this deadline: fired only once that row is taken for stale.
+            await wait_until(published, timeout=15, what="the timeout despite the dead worker")
+            assert (await store.counts()).decisions == 1
+    finally:
+        await database.close()
+        if doomed.poll() is None:
+            doomed.kill()
+            doomed.wait()
