@@ -67,18 +67,25 @@ class Sweeper:
 
     async def sweep(self, now: datetime) -> None:
         """Decide every due deadline, then retry publishes that were not confirmed."""
-        rows = await self._store.report_progress(self._progress.progress(now), now - FORGET_AFTER)
-        due = due_by(rows, now, self._watermark)
-        while due is not None:
-            claimed = await self._store.claim_due(now, CLAIM_BATCH, due)
+        claiming = now
+        while (due := await self._due_by(claiming)) is not None:
+            claimed = await self._store.claim_due(claiming, CLAIM_BATCH, due)
             await publish_decisions(self._broker, self._store, claimed)
             if len(claimed) < CLAIM_BATCH:
                 break
+            # A long sweep (thousands due after an outage) reports again between batches,
+            # so that the other workers do not take this one for dead meanwhile.
+            claiming = utc_now()
         while True:
             overdue = await self._store.claim_unpublished(now, CLAIM_BATCH)
             await publish_decisions(self._broker, self._store, overdue)
             if len(overdue) < CLAIM_BATCH:
                 break
+
+    async def _due_by(self, now: datetime) -> datetime | None:
+        """Report this worker's progress and read every worker's: the deployment's bound."""
+        rows = await self._store.report_progress(self._progress.progress(now), now - FORGET_AFTER)
+        return due_by(rows, now, self._watermark)
 
     async def purge(self, now: datetime) -> None:
         total = 0
