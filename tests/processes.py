@@ -21,6 +21,8 @@ def environment(settings: Settings) -> dict[str, str]:
         "TXMAIL_DATABASE_URL": settings.database_url,
         "TXMAIL_DELIVERY_TIMEOUT": format_duration(settings.delivery_timeout),
         "TXMAIL_SWEEP_INTERVAL": format_duration(settings.sweep_interval),
+        "TXMAIL_WATERMARK_SKEW": format_duration(settings.watermark_skew),
+        "TXMAIL_MAX_LATENESS": format_duration(settings.max_lateness),
         "TXMAIL_BATCH_SIZE": str(settings.batch_size),
         "TXMAIL_REPUBLISH_AFTER": format_duration(settings.republish_after),
         "TXMAIL_LOG_LEVEL": "warning",

@@ -280,3 +280,22 @@ async def test_status_does_not_create_a_database_where_there_is_none(
     assert str(typo) in capsys.readouterr().err
     assert not typo.exists()
     assert not typo.parent.exists()
+
+
+async def test_a_premature_fallback_is_shown_with_the_deadline_it_was_decided_on(
+    store: Store, api: str, database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sent_at = NOW - timedelta(minutes=11)
+    await store.apply([postback("early", "sent", NOW, sent_at=sent_at.isoformat())], NOW)
+    await store.claim_due(NOW, 10)
+    in_time = (sent_at + timedelta(minutes=9)).isoformat()
+    await store.apply([postback("early", "delivered", NOW, delivered_at=in_time)], NOW)
+    status, message = await _get(f"{api}/v1/messages/early")
+    assert (status, message["outcome"]) == (200, "premature_fallback")
+    decision = message["decision"]
+    assert isinstance(decision, dict)
+    assert datetime.fromisoformat(str(decision["deadline"])) == sent_at + timedelta(minutes=10)
+    assert await _status(Settings(database_url=database_url), "early") == 0
+    text = capsys.readouterr().out
+    assert text.startswith("premature fallback")
+    assert "on the deadline   2026-03-01T11:59:00+00:00" in text

@@ -80,6 +80,10 @@ def test_an_empty_token_means_no_token(monkeypatch: pytest.MonkeyPatch) -> None:
         ("TXMAIL_DELIVERY_TIMEOUT", "0ms", "TXMAIL_DELIVERY_TIMEOUT"),
         ("TXMAIL_REPUBLISH_AFTER", "0s", "TXMAIL_REPUBLISH_AFTER"),
         ("TXMAIL_RETENTION", "0d", "TXMAIL_RETENTION"),
+        ("TXMAIL_MAX_LATENESS", "0s", "TXMAIL_MAX_LATENESS"),
+        # Longer than a day would hold every deadline back for days.
+        ("TXMAIL_MAX_LATENESS", "2d", "TXMAIL_MAX_LATENESS"),
+        ("TXMAIL_WATERMARK_SKEW", "25h", "TXMAIL_WATERMARK_SKEW"),
     ],
 )
 def test_bad_settings_name_the_variable(

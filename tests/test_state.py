@@ -70,6 +70,13 @@ events = st.lists(
     ),
     max_size=12,
 )
+# In time, late, missing or unreadable, against a 10-minute deadline from T0.
+DELIVERED_AT = ("2026-01-01T00:09:00+00:00", "2026-01-01T00:11:00+00:00", None, "soon")
+delivered_events = st.builds(
+    lambda at, when: postback("delivered", at, **({} if when is None else {"delivered_at": when})),
+    st.integers(0, 5),
+    st.sampled_from(DELIVERED_AT),
+)
 
 
 @given(events, st.data())
@@ -92,6 +99,43 @@ def test_evolve_in_batches_decides_once_and_agrees_with_one_batch(
     assert outcome(second) == outcome(whole)
     assert not (first_decision and second_decision)
     assert (second.decision is not None) == (outcome(whole) in {Outcome.BOUNCED, Outcome.ABORTED})
+
+
+@given(
+    st.lists(st.one_of(delivered_events, st.builds(postback, st.sampled_from(STATUSES)))), st.data()
+)
+def test_after_a_timeout_any_order_of_the_rest_gives_the_same_outcome(
+    rest: list[Event], data: st.DataObject
+) -> None:
+    claimed, decision = claim_deadline(fold([postback("sent")]), TIMEOUTS, T0 + timedelta(hours=1))
+    assert decision is not None
+    copies = data.draw(st.lists(st.sampled_from(rest))) if rest else []
+    replayed = data.draw(st.permutations(rest + copies))
+    in_order, _ = evolve(claimed, rest, T0 + timedelta(hours=2))
+    shuffled, _ = evolve(claimed, replayed, T0 + timedelta(hours=2))
+    assert shuffled == in_order
+    assert outcome(shuffled) == outcome(in_order)
+
+
+def test_a_delivered_stamped_in_time_after_a_timeout_is_a_premature_fallback() -> None:
+    claimed, _ = claim_deadline(fold([postback("sent")]), TIMEOUTS, T0 + timedelta(minutes=10))
+    assert claimed.decision is not None
+    assert claimed.decision.deadline == T0 + timedelta(minutes=10)
+
+    def after(**metadata: object) -> Outcome:
+        return outcome(evolve(claimed, [postback("delivered", 900, **metadata)], T0)[0])
+
+    assert after(delivered_at="2026-01-01T00:09:59+00:00") == Outcome.PREMATURE_FALLBACK
+    assert after(delivered_at="2026-01-01T00:10:00+00:00") == Outcome.PREMATURE_FALLBACK
+    assert after(delivered_at="2026-01-01T00:10:01+00:00") == Outcome.DELIVERED_LATE
+    assert after(delivered_at="not a time") == Outcome.DELIVERED_LATE
+    assert after() == Outcome.DELIVERED_LATE
+    # A decision stored before decisions kept their deadline: no way to tell, so late.
+    old = claimed.model_copy(
+        update={"decision": claimed.decision.model_copy(update={"deadline": None})}
+    )
+    in_time = postback("delivered", 900, delivered_at="2026-01-01T00:09:00+00:00")
+    assert outcome(evolve(old, [in_time], T0)[0]) == Outcome.DELIVERED_LATE
 
 
 def test_failure_outranks_delivered_outranks_in_flight() -> None:

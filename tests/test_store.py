@@ -24,6 +24,7 @@ from workers.state import Outcome
 from workers.store import open_store
 from workers.store.protocol import Store, TrackedEvent
 from workers.timeouts import DeliveryTimeouts
+from workers.watermark import WorkerProgress
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 TIMEOUTS = DeliveryTimeouts(timedelta(minutes=10))
@@ -86,6 +87,20 @@ async def test_deadline_claimed_once_then_delivered_is_late(store: Store) -> Non
     assert message.outcome == Outcome.DELIVERED_LATE
     assert message.decision is not None
     assert message.decision.trigger == "timeout"
+
+
+async def test_a_delivered_stamped_in_time_after_the_timeout_is_counted_premature(
+    store: Store,
+) -> None:
+    sent_at = NOW - timedelta(minutes=11)
+    await store.apply([postback("d1", "sent", NOW, sent_at=sent_at.isoformat())], NOW)
+    assert len(await store.claim_due(NOW, 100)) == 1
+    in_time = (sent_at + timedelta(minutes=9)).isoformat()
+    await store.apply([postback("d1", "delivered", NOW, delivered_at=in_time)], NOW)
+    message = await store.find(dispatch_id="d1")
+    assert message is not None
+    assert message.outcome == Outcome.PREMATURE_FALLBACK
+    assert (await store.counts()).premature_fallbacks == 1
 
 
 async def test_delivered_in_time_disarms_the_deadline(store: Store) -> None:
@@ -262,3 +277,16 @@ async def test_a_received_at_header_without_a_utc_time_is_not_a_poison(store: St
     assert message is not None
     assert message.outcome == Outcome.DELIVERED
     assert [e.received_at for e in message.timeline] == [NOW]
+
+
+async def test_worker_progress_is_one_row_per_worker_and_old_rows_are_forgotten(
+    store: Store,
+) -> None:
+    old = WorkerProgress("gone", NOW - timedelta(hours=2), NOW, NOW, NOW)
+    assert await store.report_progress(old, NOW - timedelta(days=1)) == [old]
+    first = WorkerProgress("w1", NOW, None, None, None)
+    await store.report_progress(first, NOW - timedelta(days=1))
+    later = NOW + timedelta(seconds=1)
+    again = WorkerProgress("w1", later, later, NOW - timedelta(minutes=1), NOW)
+    rows = await store.report_progress(again, NOW - timedelta(hours=1))
+    assert rows == [again]

@@ -37,6 +37,9 @@ def worker_settings(settings: Settings, database_url: str) -> Settings:
             "database_url": database_url,
             "sweep_interval": timedelta(milliseconds=100),
             "delivery_timeout": timedelta(seconds=1),
+            # Most tests post a `sent` and nothing after it: Braze's stream is silent.
+            "watermark_skew": timedelta(milliseconds=100),
+            "max_lateness": timedelta(milliseconds=300),
         }
     )
 

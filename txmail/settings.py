@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     delivery_timeout: Duration = timedelta(minutes=10)
     # How often each worker looks for due deadlines and unpublished decisions.
     sweep_interval: Duration = timedelta(seconds=1)
+    # The watermark (README "Deadlines on Braze's clock"): how far out of order Braze's
+    # postbacks may come, and the most a deadline waits when they stop altogether.
+    watermark_skew: Duration = timedelta(seconds=30)
+    max_lateness: Duration = timedelta(minutes=2)
     # How long a decided fallback may stay unconfirmed before a sweeper publishes it again.
     republish_after: Duration = timedelta(seconds=10)
     # Messages older than this are purged with their events.
@@ -114,12 +118,25 @@ class Settings(BaseSettings):
         return value
 
     @field_validator(
-        "publish_timeout", "sweep_interval", "delivery_timeout", "republish_after", "retention"
+        "publish_timeout",
+        "sweep_interval",
+        "delivery_timeout",
+        "republish_after",
+        "retention",
+        "max_lateness",
     )
     @classmethod
     def _longer_than_zero(cls, value: timedelta) -> timedelta:
         if value <= timedelta(0):
             raise ValueError("must be longer than 0s")
+        return value
+
+    @field_validator("watermark_skew", "max_lateness")
+    @classmethod
+    def _at_most_a_day(cls, value: timedelta) -> timedelta:
+        # Longer would hold every deadline back for days: a typo, not a choice.
+        if value > timedelta(days=1):
+            raise ValueError("must be at most 1d")
         return value
 
     @field_validator("log_level")

@@ -33,6 +33,9 @@ class Outcome(StrEnum):
     BOUNCED = "bounced"
     TIMED_OUT = "timed_out"
     DELIVERED_LATE = "delivered_late"
+    # Braze stamped `delivered` in time, but it reached txmail after the timeout fallback
+    # was decided: what the watermark's lateness bound cost (see the README).
+    PREMATURE_FALLBACK = "premature_fallback"
 
 
 class _Frozen(BaseModel):
@@ -79,6 +82,8 @@ class Registered(_Frozen):
 class Decision(_Frozen):
     trigger: Trigger
     decided_at: datetime
+    # The deadline a timeout was decided on; None for failures (and older decisions).
+    deadline: datetime | None = None
 
 
 class Message(_Frozen):
@@ -177,10 +182,18 @@ def outcome(message: Message) -> Outcome:
     """A failure outranks `delivered`, which outranks everything still in flight."""
     if failed := failure(message):
         return Outcome(failed)
-    late = message.decision is not None and message.decision.trigger in LATE_TRIGGERS
-    if "delivered" in message.statuses:
-        return Outcome.DELIVERED_LATE if late else Outcome.DELIVERED
-    return Outcome.TIMED_OUT if late else Outcome.IN_FLIGHT
+    decision = message.decision
+    late = decision is not None and decision.trigger in LATE_TRIGGERS
+    delivered = message.statuses.get("delivered")
+    if delivered is None:
+        return Outcome.TIMED_OUT if late else Outcome.IN_FLIGHT
+    if not late:
+        return Outcome.DELIVERED
+    delivered_at = _parse_time(delivered.timestamps.get("delivered_at"))
+    due = decision.deadline if decision else None
+    if delivered_at is not None and due is not None and delivered_at <= due:
+        return Outcome.PREMATURE_FALLBACK
+    return Outcome.DELIVERED_LATE
 
 
 def reason(message: Message) -> str | None:
@@ -196,6 +209,20 @@ def _parse_time(text: str | None) -> datetime | None:
     except ValueError:
         return None  # a timestamp we cannot read is not a reason to lose the message
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def event_time(event: PostbackEvent) -> datetime | None:
+    """When Braze says this postback's status happened (`delivered_at` of a `delivered`,
+    ...), in UTC; never after its arrival, so that a clock ahead, or a forged timestamp,
+    cannot pass for the future. None when it has no readable one."""
+    at = event.postback.metadata.get(f"{event.postback.status}_at")
+    stamped = _parse_time(at if isinstance(at, str) else None)
+    if stamped is None:
+        return None
+    try:
+        return min(stamped, event.received_at).astimezone(UTC)
+    except OverflowError:
+        return None  # a time at the edge of the calendar with no UTC equivalent
 
 
 def _timeout(message: Message, timeouts: DeliveryTimeouts) -> timedelta:
@@ -262,7 +289,9 @@ def claim_deadline(
     if due is None or due > (now if due_by is None else due_by):
         return message, None
     armed = any(s in message.statuses for s in ARMING)
-    decision = Decision(trigger=Trigger.TIMEOUT if armed else Trigger.NOT_SENT, decided_at=now)
+    decision = Decision(
+        trigger=Trigger.TIMEOUT if armed else Trigger.NOT_SENT, decided_at=now, deadline=due
+    )
     return message.model_copy(update={"decision": decision}), decision
 
 

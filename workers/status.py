@@ -43,6 +43,8 @@ def describe(message: MessageView) -> str:
             f"  fallback          {decision.trigger}, decided {_time(decision.decided_at)}, "
             f"{published}"
         )
+        if decision.deadline:
+            lines.append(f"  on the deadline   {_time(decision.deadline)}")
     lines.append("timeline:")
     width = max((len(e.kind) for e in message.timeline), default=0)
     lines += [

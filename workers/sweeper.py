@@ -15,6 +15,7 @@ from txmail.events import utc_now
 from txmail.stopping import pause
 from workers.decisions import publish_decisions
 from workers.store.protocol import Store, StoreUnavailable
+from workers.watermark import FORGET_AFTER, WatermarkRule, WorkerProgress, due_by
 
 log = structlog.get_logger(__name__)
 
@@ -24,8 +25,8 @@ PURGE_INTERVAL = 60.0
 
 
 class Progress(Protocol):
-    def applied_until(self, now: datetime) -> datetime | None:
-        """Events that reached txmail before this are applied; None: not known yet."""
+    def progress(self, now: datetime) -> WorkerProgress:
+        """What this worker has applied so far."""
 
 
 class Sweeper:
@@ -35,14 +36,16 @@ class Sweeper:
         broker: Broker,
         interval: timedelta,
         retention: timedelta,
-        progress: Progress | None = None,
+        progress: Progress,
+        watermark: WatermarkRule,
     ) -> None:
         self._store = store
         self._broker = broker
-        # A deadline is due only once every event that arrived before it is applied:
-        # else a worker draining a backlog would time out messages whose `delivered`
-        # arrived in time and is still waiting in the queue.
+        # A deadline is due only once the deployment has applied what Braze stamped
+        # before it (workers/watermark.py): else a backlog, in front of the ingress or
+        # in the queue, would time out messages whose `delivered` is still on its way.
         self._progress = progress
+        self._watermark = watermark
         self._interval = interval.total_seconds()
         self._retention = retention
 
@@ -64,17 +67,25 @@ class Sweeper:
 
     async def sweep(self, now: datetime) -> None:
         """Decide every due deadline, then retry publishes that were not confirmed."""
-        due_by = now if self._progress is None else self._progress.applied_until(now)
-        while due_by is not None:
-            claimed = await self._store.claim_due(now, CLAIM_BATCH, due_by)
+        claiming = now
+        while (due := await self._due_by(claiming)) is not None:
+            claimed = await self._store.claim_due(claiming, CLAIM_BATCH, due)
             await publish_decisions(self._broker, self._store, claimed)
             if len(claimed) < CLAIM_BATCH:
                 break
+            # A long sweep (thousands due after an outage) reports again between batches,
+            # so that the other workers do not take this one for dead meanwhile.
+            claiming = utc_now()
         while True:
             overdue = await self._store.claim_unpublished(now, CLAIM_BATCH)
             await publish_decisions(self._broker, self._store, overdue)
             if len(overdue) < CLAIM_BATCH:
                 break
+
+    async def _due_by(self, now: datetime) -> datetime | None:
+        """Report this worker's progress and read every worker's: the deployment's bound."""
+        rows = await self._store.report_progress(self._progress.progress(now), now - FORGET_AFTER)
+        return due_by(rows, now, self._watermark)
 
     async def purge(self, now: datetime) -> None:
         total = 0

@@ -9,6 +9,9 @@ blocks the messages behind it.
 
 import asyncio
 import contextlib
+import os
+import socket
+import uuid
 from collections.abc import Awaitable, Sequence
 from datetime import datetime
 
@@ -22,7 +25,9 @@ from txmail.topology import Topology
 from workers.decisions import publish_decisions
 from workers.inbox import Inbox
 from workers.incoming import NotTheContract, decode, received_at
+from workers.state import PostbackEvent, event_time
 from workers.store.protocol import PendingRequest, Store, StoreUnavailable, TrackedEvent
+from workers.watermark import WorkerProgress
 
 log = structlog.get_logger(__name__)
 
@@ -60,6 +65,17 @@ class Tracker:
         self._applied_through: datetime | None = None
         # Nothing was delivered for a while: the queue is empty.
         self._caught_up = False
+        # For the watermark: this process, and the latest Braze time it applied (capped
+        # at the postback's arrival) and when the latest postback with one arrived.
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._event_time: datetime | None = None
+        self._heard_at: datetime | None = None
+
+    def progress(self, now: datetime) -> WorkerProgress:
+        """What this worker has applied, for the deployment's watermark."""
+        return WorkerProgress(
+            self.worker_id, now, self.applied_until(now), self._event_time, self._heard_at
+        )
 
     def applied_until(self, now: datetime) -> datetime | None:
         """Every event that reached txmail before this is applied, as far as this worker
@@ -166,6 +182,7 @@ class Tracker:
         if isinstance(decided, _Unexplained):
             await self._apply_one_by_one(accepted, stop)
             return
+        self._note_applied([e for e, _ in accepted])
         # One ack for the whole batch: every earlier delivery on this channel is in it or
         # already settled, because batches are handled one after another in order.
         await _settle(accepted[-1][1].ack(multiple=True))
@@ -204,8 +221,23 @@ class Tracker:
                 )
                 await _settle(message.nack(requeue=True))
                 continue
+            self._note_applied([event])
             await _settle(message.ack())
             await publish_decisions(self._broker, self._store, decided)
+
+    def _note_applied(self, events: list[TrackedEvent]) -> None:
+        """Advance this worker's Braze time with committed postbacks, before the batch
+        leaves its hands: a sweep never sees the batch neither held nor counted."""
+        for event in events:
+            if not isinstance(event.core, PostbackEvent):
+                continue  # registrations and attempts are not Braze's stream
+            stamped = event_time(event.core)
+            if stamped is None:
+                continue
+            if self._event_time is None or stamped > self._event_time:
+                self._event_time = stamped
+            if self._heard_at is None or event.received_at > self._heard_at:
+                self._heard_at = event.received_at
 
 
 async def _settle(settling: Awaitable[None]) -> None:

@@ -13,6 +13,7 @@ from workers.store.protocol import Store, StoreUnavailable
 from workers.sweeper import Sweeper
 from workers.timeouts import DeliveryTimeouts, load_timeouts
 from workers.tracker import Tracker
+from workers.watermark import WatermarkRule
 
 log = structlog.get_logger(__name__)
 
@@ -53,7 +54,12 @@ async def run_worker(settings: Settings, store: Store, stop: asyncio.Event) -> N
         settings.batch_size,
         settings.batch_wait.total_seconds(),
     )
-    sweeper = Sweeper(store, broker, settings.sweep_interval, settings.retention, tracker)
+    watermark = WatermarkRule(
+        settings.watermark_skew, settings.max_lateness, settings.sweep_interval
+    )
+    sweeper = Sweeper(
+        store, broker, settings.sweep_interval, settings.retention, tracker, watermark
+    )
     try:
         # Deciding while unable to publish would only postpone each publish by a retry.
         while not broker.is_ready and not stop.is_set():

@@ -66,6 +66,19 @@ SQLITE: Final[tuple[Migration, ...]] = (
             "CREATE INDEX events_message_key ON events (message_key, received_at)",
         ),
     ),
+    (
+        2,
+        (
+            # One row per worker process: what it has applied, for the watermark.
+            """CREATE TABLE worker_progress (
+                worker_id TEXT PRIMARY KEY,
+                heartbeat INTEGER NOT NULL,
+                applied_until INTEGER,
+                event_time INTEGER,
+                heard_at INTEGER
+            )""",
+        ),
+    ),
 )
 
 POSTGRES: Final[tuple[Migration, ...]] = (
@@ -104,6 +117,19 @@ POSTGRES: Final[tuple[Migration, ...]] = (
                 body TEXT NOT NULL
             )""",
             "CREATE INDEX events_message_key ON events (message_key, received_at)",
+        ),
+    ),
+    (
+        2,
+        (
+            # One row per worker process: what it has applied, for the watermark.
+            """CREATE TABLE worker_progress (
+                worker_id TEXT PRIMARY KEY,
+                heartbeat TIMESTAMPTZ NOT NULL,
+                applied_until TIMESTAMPTZ,
+                event_time TIMESTAMPTZ,
+                heard_at TIMESTAMPTZ
+            )""",
         ),
     ),
 )

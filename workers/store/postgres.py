@@ -30,6 +30,7 @@ from workers.store.protocol import (
 )
 from workers.store.rows import MessageRow, evolve_all, message_keys, to_rows, view
 from workers.timeouts import DeliveryTimeouts
+from workers.watermark import WorkerProgress
 
 T = TypeVar("T")
 Db: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"
@@ -255,6 +256,37 @@ class PostgresStore:
 
         return await self._transaction(work)
 
+    async def report_progress(
+        self, progress: WorkerProgress, forget_before: datetime
+    ) -> list[WorkerProgress]:
+        async def work(db: Db) -> list[asyncpg.Record]:
+            await db.execute(
+                """INSERT INTO worker_progress
+                    (worker_id, heartbeat, applied_until, event_time, heard_at)
+                VALUES ($1, $2, $3, $4, $5)
+                ON CONFLICT (worker_id) DO UPDATE SET heartbeat = EXCLUDED.heartbeat,
+                    applied_until = EXCLUDED.applied_until,
+                    event_time = EXCLUDED.event_time, heard_at = EXCLUDED.heard_at""",
+                progress.worker_id,
+                progress.heartbeat,
+                progress.applied_until,
+                progress.event_time,
+                progress.heard_at,
+            )
+            await db.execute("DELETE FROM worker_progress WHERE heartbeat < $1", forget_before)
+            return await db.fetch(
+                "SELECT worker_id, heartbeat, applied_until, event_time, heard_at "
+                "FROM worker_progress"
+            )
+
+        rows = await self._transaction(work)
+        return [
+            WorkerProgress(
+                r["worker_id"], r["heartbeat"], r["applied_until"], r["event_time"], r["heard_at"]
+            )
+            for r in rows
+        ]
+
     async def claim_unpublished(self, now: datetime, limit: int) -> list[PendingRequest]:
         async def work(db: Db) -> list[asyncpg.Record]:
             return await db.fetch(
@@ -361,7 +393,8 @@ class PostgresStore:
                     (SELECT count(*) FROM messages WHERE decision_trigger IS NOT NULL),
                     (SELECT count(*) FROM messages
                         WHERE decision_request IS NOT NULL AND decision_published_at IS NULL),
-                    (SELECT count(*) FROM messages WHERE deadline IS NOT NULL)"""
+                    (SELECT count(*) FROM messages WHERE deadline IS NOT NULL),
+                    (SELECT count(*) FROM messages WHERE outcome = 'premature_fallback')"""
             )
 
         row = await self._transaction(work)

@@ -10,6 +10,7 @@ from pydantic import BaseModel
 from txmail.errors import TxmailError
 from txmail.events import FallbackRequest
 from workers.state import Event, Outcome, Registered, StatusSeen
+from workers.watermark import WorkerProgress
 
 
 class StoreUnavailable(TxmailError):
@@ -53,6 +54,9 @@ class TimelineEntry(BaseModel):
 class DecisionView(BaseModel):
     trigger: str
     decided_at: datetime
+    # The deadline a timeout was decided on (None for a failure, or a decision older
+    # than this field): a `delivered_at` by then makes it a premature fallback.
+    deadline: datetime | None
     published_at: datetime | None
     request: FallbackRequest | None
 
@@ -82,6 +86,8 @@ class StoreCounts:
     decisions: int
     unpublished: int
     pending_deadlines: int
+    # Timeouts decided before a `delivered` Braze had stamped in time arrived.
+    premature_fallbacks: int
 
 
 class Store(Protocol):
@@ -97,6 +103,12 @@ class Store(Protocol):
     ) -> list[PendingRequest]:
         """Decide timeouts for up to ``limit`` deadlines passed by ``due_by`` (default
         ``now``); each claimed by one caller only."""
+
+    async def report_progress(
+        self, progress: WorkerProgress, forget_before: datetime
+    ) -> list[WorkerProgress]:
+        """Record this worker's progress, delete rows last written before
+        ``forget_before``, and return every worker's (this one's included)."""
 
     async def claim_unpublished(self, now: datetime, limit: int) -> list[PendingRequest]:
         """Decisions whose publish is overdue, leased to this caller for a while."""

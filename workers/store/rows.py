@@ -122,6 +122,7 @@ def view(
         else DecisionView(
             trigger=decision.trigger.value,
             decided_at=decision.decided_at,
+            deadline=decision.deadline,
             published_at=published_at,
             request=FallbackRequest.model_validate_json(request) if request else None,
         ),

@@ -35,6 +35,7 @@ from workers.store.protocol import (
 )
 from workers.store.rows import MessageRow, evolve_all, message_keys, to_rows, view
 from workers.timeouts import DeliveryTimeouts
+from workers.watermark import WorkerProgress
 
 T = TypeVar("T")
 BUSY_TIMEOUT_MS = 10_000
@@ -55,6 +56,10 @@ def from_micros(value: int) -> datetime:
 
 def _optional_micros(value: datetime | None) -> int | None:
     return None if value is None else to_micros(value)
+
+
+def _optional_time(value: int | None) -> datetime | None:
+    return None if value is None else from_micros(value)
 
 
 def _switch_to_wal(connection: sqlite3.Connection) -> None:
@@ -284,6 +289,43 @@ class SqliteStore:
             self._write_rows(db, rows, now)
         return decided
 
+    async def report_progress(
+        self, progress: WorkerProgress, forget_before: datetime
+    ) -> list[WorkerProgress]:
+        return await self._run(lambda: self._report_progress(progress, forget_before))
+
+    def _report_progress(
+        self, progress: WorkerProgress, forget_before: datetime
+    ) -> list[WorkerProgress]:
+        with self._write() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO worker_progress VALUES (?, ?, ?, ?, ?)",
+                (
+                    progress.worker_id,
+                    to_micros(progress.heartbeat),
+                    _optional_micros(progress.applied_until),
+                    _optional_micros(progress.event_time),
+                    _optional_micros(progress.heard_at),
+                ),
+            )
+            db.execute(
+                "DELETE FROM worker_progress WHERE heartbeat < ?", (to_micros(forget_before),)
+            )
+            rows = db.execute(
+                "SELECT worker_id, heartbeat, applied_until, event_time, heard_at "
+                "FROM worker_progress"
+            ).fetchall()
+        return [
+            WorkerProgress(
+                worker_id,
+                from_micros(heartbeat),
+                _optional_time(applied_until),
+                _optional_time(event_time),
+                _optional_time(heard_at),
+            )
+            for worker_id, heartbeat, applied_until, event_time, heard_at in rows
+        ]
+
     async def claim_unpublished(self, now: datetime, limit: int) -> list[PendingRequest]:
         return await self._run(lambda: self._claim_unpublished(now, limit))
 
@@ -388,7 +430,8 @@ class SqliteStore:
                 (SELECT count(*) FROM messages WHERE decision_trigger IS NOT NULL),
                 (SELECT count(*) FROM messages
                     WHERE decision_request IS NOT NULL AND decision_published_at IS NULL),
-                (SELECT count(*) FROM messages WHERE deadline IS NOT NULL)"""
+                (SELECT count(*) FROM messages WHERE deadline IS NOT NULL),
+                (SELECT count(*) FROM messages WHERE outcome = 'premature_fallback')"""
         ).fetchone()
         return StoreCounts(*row)
 
