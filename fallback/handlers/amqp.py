@@ -19,12 +19,20 @@ from aio_pika.exceptions import (
 )
 from pydantic import Field
 
-from fallback.handler import HandlerConfig, HandlerResources, PermanentFailure, TransientFailure
+from fallback.handler import (
+    HandlerConfig,
+    HandlerResources,
+    PermanentFailure,
+    TransientFailure,
+    UnusableRequest,
+)
 from fallback.handlers.common import fallback_payload
 from fallback.templates import TextTemplate, template_context
 from txmail.events import FallbackRequest
 
 MESSAGE_TYPE = "email_fallback"
+# AMQP carries a routing key as a "short string": at most 255 bytes of UTF-8.
+MAX_ROUTING_KEY_BYTES = 255
 
 
 class AmqpConfig(HandlerConfig):
@@ -61,8 +69,20 @@ class AmqpHandler:
             with suppress(*CONNECTION_EXCEPTIONS):
                 await channel.close()
 
-    async def send(self, request: FallbackRequest, idempotency_key: str) -> None:
+    def _routing_key(self, request: FallbackRequest) -> str:
+        """The rendered routing key; one AMQP cannot carry (a long registered variable)
+        fails this request for good, before the broker is involved."""
         routing_key = self._config.routing_key.render(template_context(request), "routing_key")
+        size = len(routing_key.encode())
+        if size > MAX_ROUTING_KEY_BYTES:
+            raise UnusableRequest(
+                f"template 'routing_key' gave {size} bytes, more than AMQP's "
+                f"{MAX_ROUTING_KEY_BYTES}: {routing_key[:60]!r}..."
+            )
+        return routing_key
+
+    async def send(self, request: FallbackRequest, idempotency_key: str) -> None:
+        routing_key = self._routing_key(request)
         message = aio_pika.Message(
             json.dumps(fallback_payload(request, self._name)).encode(),
             content_type="application/json",

@@ -7,16 +7,19 @@ its webhooks; a company gateway can de-duplicate on it).
 """
 
 import base64
+import re
 from typing import ClassVar
 
 from pydantic import AnyHttpUrl, Field, SecretStr
 
-from fallback.handler import HandlerConfig, HandlerResources, TransientFailure
+from fallback.handler import HandlerConfig, HandlerResources, TransientFailure, UnusableRequest
 from fallback.handlers.common import HTTP_TRANSPORT_ERRORS, check_http_response
 from fallback.templates import TextTemplate, template_context
 from txmail.events import FallbackRequest
 
 IDEMPOTENCY_HEADER = "I-Twilio-Idempotency-Token"
+# What no provider takes as a number to text: nothing at all, or blanks and line breaks.
+_NOT_A_NUMBER = re.compile(r"^$|\s")
 
 
 class SmsConfig(HandlerConfig):
@@ -43,11 +46,13 @@ class SmsHandler:
 
     async def send(self, request: FallbackRequest, idempotency_key: str) -> None:
         context = template_context(request)
-        form = {
-            "To": self._config.to.render(context, "to"),
-            "From": self._config.sender,
-            "Body": self._config.body.render(context, "body"),
-        }
+        to = self._config.to.render(context, "to")
+        if _NOT_A_NUMBER.search(to):
+            raise UnusableRequest(f"template 'to' gave {to!r}, which is not a number to text")
+        body = self._config.body.render(context, "body")
+        if not body.strip():
+            raise UnusableRequest("template 'body' gave an empty message")
+        form = {"To": to, "From": self._config.sender, "Body": body}
         try:
             async with self._http.post(
                 self._url,

@@ -147,6 +147,33 @@ async def test_a_request_no_template_fits_does_not_stand_in_for_the_circuit_prob
     assert [c.status for c in receiver.sms.calls] == [503, 200]
 
 
+@pytest.mark.parametrize(
+    ("changes", "variables", "complaint"),
+    [
+        ({"to": "$pager"}, {"pager": ""}, "not a number to text"),
+        ({"to": "$pager"}, {"pager": "+1555 000\n1111"}, "not a number to text"),
+        ({"body": "$note"}, {"note": " "}, "empty message"),
+    ],
+)
+async def test_an_sms_no_provider_could_send_fails_the_request_not_the_circuit(
+    receiver: Receiver,
+    resources: HandlerResources,
+    changes: dict[str, str],
+    variables: dict[str, str],
+    complaint: str,
+) -> None:
+    # Half-open: the provider's 400 to such a request would close the circuit unprobed.
+    ready = ReadyHandler("sms", sms_handler(receiver, resources, **changes), timedelta(seconds=2))
+    circuits = Circuits(failures_to_open=1, open_for=timedelta(0))
+    circuits["sms"].record_failure()
+    assert circuits["sms"].state is CircuitState.HALF_OPEN
+    result = await run_handler(ready, a_request(variables=variables), circuits)
+    assert result.kind is ResultKind.PERMANENT
+    assert complaint in result.detail
+    assert circuits["sms"].state is CircuitState.HALF_OPEN
+    assert receiver.sms.calls == []
+
+
 async def test_sms_with_wrong_credentials_is_permanent(
     receiver: Receiver, resources: HandlerResources
 ) -> None:
@@ -399,3 +426,23 @@ async def test_amqp_to_an_exchange_it_may_not_publish_on_is_permanent_and_leaves
 
 async def test_log_handler_only_logs(resources: HandlerResources) -> None:
     await LogHandler("dry-run", LogConfig(), resources).send(a_request(), "k")
+
+
+async def test_amqp_routing_key_too_long_fails_the_request_not_the_circuit(
+    bound_exchange: tuple[str, aio_pika.abc.AbstractQueue], resources: HandlerResources
+) -> None:
+    # A registered variable makes the routing key longer than AMQP allows: that request
+    # is unusable, and bad registrations must not open the circuit for everyone else.
+    name, queue = bound_exchange
+    config = AmqpConfig.model_validate({"exchange": name, "routing_key": "email.fallback.$team"})
+    ready = ReadyHandler("bus", AmqpHandler("bus", config, resources), timedelta(seconds=5))
+    circuits = Circuits(failures_to_open=1, open_for=timedelta(minutes=1))
+    too_long = a_request(variables={"team": "é" * 128})
+    result = await run_handler(ready, too_long, circuits)
+    assert result.kind is ResultKind.PERMANENT
+    assert "more than AMQP's 255" in result.detail
+    assert circuits["bus"].state is CircuitState.CLOSED
+    assert (await run_handler(ready, a_request(variables={"team": "ops"}), circuits)).kind is (
+        ResultKind.SUCCEEDED
+    )
+    assert (await queue.get(timeout=5)).routing_key == "email.fallback.ops"
