@@ -78,6 +78,18 @@ def _set_header(mail: EmailMessage, header: str, value: str, field: str) -> None
         ) from error
 
 
+def _set_recipient(mail: EmailMessage, value: str) -> None:
+    """The rendered ``to`` as the one recipient: a comma list or a bare name would
+    send the fallback to addresses nobody registered, so it fails for good."""
+    _set_header(mail, "To", value, "to")
+    header = mail["To"]
+    addresses = header.addresses
+    if len(addresses) != 1 or not addresses[0].domain or header.defects:
+        raise UnusableRequest(
+            f"template 'to' gave {value!r}, which is not exactly one mail address"
+        )
+
+
 class SmtpHandler:
     config_model = SmtpConfig
 
@@ -89,7 +101,7 @@ class SmtpHandler:
         context = template_context(request)
         mail = EmailMessage()
         mail["From"] = config.sender
-        _set_header(mail, "To", config.to.render(context, "to"), "to")
+        _set_recipient(mail, config.to.render(context, "to"))
         _set_header(mail, "Subject", config.subject.render(context, "subject"), "subject")
         mail["Date"] = formatdate(localtime=False, usegmt=True)
         mail["Message-ID"] = message_id(idempotency_key, config.sender)

@@ -18,6 +18,7 @@ from fallback.handler import (
     HandlerResources,
     PermanentFailure,
     TransientFailure,
+    UnusableRequest,
 )
 from fallback.handlers.amqp import AmqpConfig, AmqpHandler
 from fallback.handlers.log import LogConfig, LogHandler
@@ -249,6 +250,32 @@ async def test_smtp_header_that_cannot_be_written_is_permanent(
     with pytest.raises(PermanentFailure, match="'subject'"):
         await SmtpHandler("mailer", config, resources).send(request, "msg-1:mailer")
     assert collector.mails == []
+
+
+@pytest.mark.parametrize(
+    "to", ["postmaster,ada@example.com", "ada@example.com bob@example.com", "ada", "list:;"]
+)
+async def test_smtp_sends_to_exactly_one_address(
+    smtp_server: tuple[MailCollector, int], resources: HandlerResources, to: str
+) -> None:
+    # The rules file's `to` template can still make several recipients of one.
+    collector, port = smtp_server
+    config = SmtpConfig.model_validate(
+        {
+            "host": "127.0.0.1",
+            "port": port,
+            "starttls": False,
+            "from": "fallback@shop.example",
+            "to": "$contact",
+            "subject": "s",
+            "body": "b",
+        }
+    )
+    handler = SmtpHandler("mailer", config, resources)
+    with pytest.raises(UnusableRequest, match="not exactly one mail address"):
+        await handler.send(a_request(variables={"contact": to}), "k")
+    await handler.send(a_request(variables={"contact": "Ada <ada@example.com>"}), "k")
+    assert collector.envelope_recipients == [["ada@example.com"]]
 
 
 @pytest.mark.parametrize(("password", "delivered"), [(SMTP_PASSWORD, True), ("wrong", False)])
