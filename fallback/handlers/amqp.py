@@ -26,7 +26,7 @@ from fallback.handler import (
     TransientFailure,
     UnusableRequest,
 )
-from fallback.handlers.common import fallback_payload
+from fallback.handlers.common import fallback_payload, readable
 from fallback.templates import TextTemplate, template_context
 from txmail.events import FallbackRequest
 
@@ -107,4 +107,4 @@ class AmqpHandler:
             ) from error
         except (*CONNECTION_EXCEPTIONS, TimeoutError) as error:
             self._channel = None
-            raise TransientFailure(f"publishing on {where} failed: {error!r}") from error
+            raise TransientFailure(f"publishing on {where} failed: {readable(error)}") from error

@@ -13,7 +13,7 @@ from typing import ClassVar
 from pydantic import AnyHttpUrl, Field, SecretStr
 
 from fallback.handler import HandlerConfig, HandlerResources, TransientFailure, UnusableRequest
-from fallback.handlers.common import HTTP_TRANSPORT_ERRORS, check_http_response
+from fallback.handlers.common import HTTP_TRANSPORT_ERRORS, check_http_response, readable
 from fallback.templates import TextTemplate, template_context
 from txmail.events import FallbackRequest
 
@@ -63,6 +63,6 @@ class SmsHandler:
                 },
                 allow_redirects=False,
             ) as response:
-                await check_http_response(response, self._url)
+                await check_http_response(response, f"POST {self._url}")
         except HTTP_TRANSPORT_ERRORS as error:
-            raise TransientFailure(f"POST {self._url} failed: {error!r}") from error
+            raise TransientFailure(f"POST {self._url} failed: {readable(error)}") from error

@@ -20,6 +20,7 @@ from fallback.handler import (
     TransientFailure,
     UnusableRequest,
 )
+from fallback.handlers.common import readable
 from fallback.templates import TextTemplate, template_context
 from txmail.events import FallbackRequest
 
@@ -130,4 +131,4 @@ class SmtpHandler:
             # aiosmtplib says "no STARTTLS" with a bare SMTPException, only in words.
             if config.starttls and _STARTTLS_MISSING in str(error):
                 raise PermanentFailure(f"{where}: {error} (check 'starttls')") from error
-            raise TransientFailure(f"{where} unreachable: {error!r}") from error
+            raise TransientFailure(f"{where} unreachable: {readable(error)}") from error

@@ -1,5 +1,6 @@
 """Each built-in handler against a real server: what it sends, and how it reads answers."""
 
+import asyncio
 import base64
 import json
 import uuid
@@ -80,12 +81,34 @@ async def test_webhook_sends_the_same_id_on_every_call(
     assert receiver.webhook.calls[1].body["data"]["reason"] == "User not emailable"
 
 
-async def test_webhook_to_nowhere_is_transient(resources: HandlerResources) -> None:
-    config = WebhookConfig.model_validate(
-        {"url": f"http://127.0.0.1:{free_port()}/hook", "secret": WEBHOOK_SECRET}
-    )
-    with pytest.raises(TransientFailure, match="failed"):
+async def test_webhook_to_nowhere_is_transient_and_says_so_in_words(
+    resources: HandlerResources,
+) -> None:
+    url = f"http://127.0.0.1:{free_port()}/hook"
+    config = WebhookConfig.model_validate({"url": url, "secret": WEBHOOK_SECRET})
+    with pytest.raises(TransientFailure) as failure:
         await WebhookHandler("h", config, resources).send(a_request(), "k")
+    port = url.split(":")[2].split("/")[0]
+    assert str(failure.value) == (
+        f"POST {url} failed: cannot connect to 127.0.0.1:{port}: Connection refused"
+    )
+
+
+async def test_failure_details_are_words_not_reprs(
+    receiver: Receiver, resources: HandlerResources
+) -> None:
+    config = WebhookConfig.model_validate({"url": f"{receiver.url}/hook", "secret": WEBHOOK_SECRET})
+    ready = ReadyHandler("hook", WebhookHandler("hook", config, resources), timedelta(seconds=2))
+    circuits = Circuits(failures_to_open=5, open_for=timedelta(minutes=1))
+    receiver.webhook.answers.append(503)
+    answered = await run_handler(ready, a_request(), circuits)
+    assert answered.detail == (
+        f'POST {receiver.url}/hook answered 503 Service Unavailable: {{"status": 503}}'
+    )
+    receiver.webhook.hold_next = gate = asyncio.Event()
+    slow = ReadyHandler("hook", ready.handler, timedelta(milliseconds=200))
+    assert (await run_handler(slow, a_request(), circuits)).detail == "timed out after 200ms"
+    gate.set()
 
 
 def sms_handler(receiver: Receiver, resources: HandlerResources, **changes: Any) -> SmsHandler:
@@ -166,7 +189,7 @@ async def test_an_sms_no_provider_could_send_fails_the_request_not_the_circuit(
     # Half-open: the provider's 400 to such a request would close the circuit unprobed.
     ready = ReadyHandler("sms", sms_handler(receiver, resources, **changes), timedelta(seconds=2))
     circuits = Circuits(failures_to_open=1, open_for=timedelta(0))
-    circuits["sms"].record_failure()
+    circuits["sms"].record_failure("answered 503")
     assert circuits["sms"].state is CircuitState.HALF_OPEN
     result = await run_handler(ready, a_request(variables=variables), circuits)
     assert result.kind is ResultKind.PERMANENT
@@ -344,7 +367,7 @@ async def test_smtp_relay_down_is_transient(resources: HandlerResources) -> None
             "body": "b",
         }
     )
-    with pytest.raises(TransientFailure, match="unreachable"):
+    with pytest.raises(TransientFailure, match=r"unreachable: Connection refused$"):
         await SmtpHandler("mailer", config, resources).send(a_request(), "k")
 
 
