@@ -4,12 +4,16 @@ told in words an operator reads in a log or in ``txmail status``."""
 
 import os
 import ssl
+from importlib.metadata import version
 from typing import Any
 
 import aiohttp
 
 from fallback.handler import PermanentFailure, TransientFailure
 from txmail.events import FallbackRequest
+
+# Names txmail's traffic for whoever receives it (in User-Agent, or a mail's X-Mailer).
+USER_AGENT = f"txmail/{version('txmail')}"
 
 # Errors that mean "could not talk to the other side", never "it said no".
 HTTP_TRANSPORT_ERRORS = (aiohttp.ClientError, TimeoutError, OSError)

@@ -13,7 +13,12 @@ from typing import ClassVar
 from pydantic import AnyHttpUrl, Field, SecretStr
 
 from fallback.handler import HandlerConfig, HandlerResources, TransientFailure, UnusableRequest
-from fallback.handlers.common import HTTP_TRANSPORT_ERRORS, check_http_response, readable
+from fallback.handlers.common import (
+    HTTP_TRANSPORT_ERRORS,
+    USER_AGENT,
+    check_http_response,
+    readable,
+)
 from fallback.templates import TextTemplate, template_context
 from txmail.events import FallbackRequest
 
@@ -60,6 +65,7 @@ class SmsHandler:
                 headers={
                     "Authorization": self._authorization,
                     IDEMPOTENCY_HEADER: idempotency_key,
+                    "User-Agent": USER_AGENT,
                 },
                 allow_redirects=False,
             ) as response:

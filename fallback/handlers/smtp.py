@@ -20,7 +20,7 @@ from fallback.handler import (
     TransientFailure,
     UnusableRequest,
 )
-from fallback.handlers.common import readable
+from fallback.handlers.common import USER_AGENT, readable
 from fallback.templates import TextTemplate, template_context
 from txmail.events import FallbackRequest
 
@@ -106,6 +106,7 @@ class SmtpHandler:
         _set_header(mail, "Subject", config.subject.render(context, "subject"), "subject")
         mail["Date"] = formatdate(localtime=False, usegmt=True)
         mail["Message-ID"] = message_id(idempotency_key, config.sender)
+        mail["X-Mailer"] = USER_AGENT
         mail.set_content(config.body.render(context, "body"))
         where = f"{config.host}:{config.port}"
         try:

@@ -18,6 +18,7 @@ from pydantic import AnyHttpUrl, SecretStr, field_validator
 from fallback.handler import HandlerConfig, HandlerResources, TransientFailure
 from fallback.handlers.common import (
     HTTP_TRANSPORT_ERRORS,
+    USER_AGENT,
     check_http_response,
     fallback_payload,
     readable,
@@ -76,6 +77,7 @@ class WebhookHandler:
         timestamp = int(time.time())
         headers = {
             "content-type": "application/json",
+            "user-agent": USER_AGENT,
             "webhook-id": idempotency_key,
             "webhook-timestamp": str(timestamp),
             "webhook-signature": sign(self._key, idempotency_key, timestamp, body),

@@ -28,6 +28,7 @@ class Call:
     idempotency_key: str
     status: int
     body: dict[str, Any]
+    user_agent: str = ""
 
 
 @dataclass
@@ -83,7 +84,8 @@ class Receiver:
         webhook_id = verify_standard_webhook(request.headers, body)
         await self.webhook.wait_if_held()
         status = self.webhook.next_status()
-        self.webhook.calls.append(Call(webhook_id, status, await request.json()))
+        user_agent = request.headers.get("User-Agent", "")
+        self.webhook.calls.append(Call(webhook_id, status, await request.json(), user_agent))
         return web.json_response({"status": status}, status=status)
 
     async def _sms(self, request: web.Request) -> web.Response:
@@ -95,7 +97,9 @@ class Receiver:
             return web.json_response({"message": "To, From and Body are required"}, status=400)
         status = self.sms.next_status()
         key = request.headers.get("I-Twilio-Idempotency-Token", "")
-        self.sms.calls.append(Call(key, status, {k: str(v) for k, v in form.items()}))
+        form_fields = {k: str(v) for k, v in form.items()}
+        user_agent = request.headers.get("User-Agent", "")
+        self.sms.calls.append(Call(key, status, form_fields, user_agent))
         return web.json_response(
             {"sid": "SM1", "status": "queued"}, status=201 if status == 200 else status
         )

@@ -6,6 +6,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,7 @@ async def test_webhook_sends_the_same_id_on_every_call(
     assert receiver.webhook.keys == {"msg-1:ops-hook"}
     assert receiver.webhook.calls[0].body == receiver.webhook.calls[1].body
     assert receiver.webhook.calls[1].body["data"]["reason"] == "User not emailable"
+    assert receiver.webhook.calls[0].user_agent == "txmail/" + version("txmail")
 
 
 async def test_webhook_to_nowhere_is_transient_and_says_so_in_words(
@@ -129,6 +131,7 @@ async def test_sms_posts_twilio_form_fields_with_basic_auth(
     await sms_handler(receiver, resources).send(a_request(), "msg-1:sms")
     [call] = receiver.sms.calls
     assert call.idempotency_key == "msg-1:sms"
+    assert call.user_agent == "txmail/" + version("txmail")
     assert call.body == {
         "To": "+15550001111",
         "From": "+15559990000",
@@ -252,6 +255,7 @@ async def test_smtp_sends_through_the_relay_with_a_stable_message_id(
     assert "we could not email you (User not emailable)." in first.get_payload()
     assert first["Message-ID"] == second["Message-ID"]
     assert first["Message-ID"].endswith("@shop.example>")
+    assert first["X-Mailer"] == "txmail/" + version("txmail")
 
 
 async def test_smtp_header_that_cannot_be_written_is_permanent(
