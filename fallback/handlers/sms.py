@@ -2,8 +2,8 @@
 
 ``POST {base_url}/2010-04-01/Accounts/{account_sid}/Messages.json`` with the form
 fields ``To``, ``From``, ``Body`` and basic auth ``account_sid:auth_token``. The
-idempotency key travels in ``I-Twilio-Idempotency-Token`` (Twilio honours it for
-its webhooks; a company gateway can de-duplicate on it).
+idempotency key travels in ``I-Twilio-Idempotency-Token``: Twilio only sends it on its
+own webhooks and ignores it here, but a company gateway can de-duplicate on it.
 """
 
 import base64
