@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from tests.factories import postback, registration, tracked
-from txmail.events import FALLBACK_ATTEMPT_TYPE
+from txmail.events import FALLBACK_ATTEMPT_TYPE, AttemptOutcome, FallbackAttempt
 from workers.status import as_json, describe
 from workers.store import open_store
 from workers.store.protocol import MessageView, TrackedEvent
@@ -29,17 +29,18 @@ async def stored(path: Path, events: list[TrackedEvent], wanted: str = "d1") -> 
 
 
 def attempt(outcome: str, detail: str, at: datetime, number: int = 1) -> TrackedEvent:
-    raw = {
-        "idempotency_key": "txm_1",
-        "dispatch_id": "d1",
-        "external_send_id": None,
-        "handler": "sms",
-        "attempt": number,
-        "outcome": outcome,
-        "detail": detail,
-        "at": at.isoformat(),
-    }
-    return tracked(FALLBACK_ATTEMPT_TYPE, raw, at)
+    """An attempt event as the executor publishes it, arriving at ``at``."""
+    published = FallbackAttempt(
+        idempotency_key="txm_1",
+        dispatch_id="d1",
+        external_send_id=None,
+        handler="sms",
+        attempt=number,
+        outcome=AttemptOutcome(outcome),
+        detail=detail,
+        at=at,
+    )
+    return tracked(FALLBACK_ATTEMPT_TYPE, published.model_dump(mode="json"), at)
 
 
 async def test_text_from_outside_cannot_forge_lines_or_escape_codes(tmp_path: Path) -> None:
@@ -87,13 +88,16 @@ async def test_the_timeline_is_in_braze_order_with_the_arrival_as_tie_break(
 async def test_the_last_fallback_attempt_says_what_happened_and_why(tmp_path: Path) -> None:
     events = [
         postback("d1", "bounced", NOW, reason="550"),
-        attempt("retrying", "rules[0]: transient: timed out after 10s", NOW + timedelta(seconds=1)),
         attempt(
             "parked",
             "rules[0]: permanent: answered 400: bad number (parked: every remaining handler "
             "failed permanently)",
-            NOW + timedelta(seconds=11),
+            NOW + timedelta(seconds=11, milliseconds=500),
             number=2,
+        ),
+        # Earlier, though its time as text sorts later ("11Z" after "11.5Z").
+        attempt(
+            "retrying", "rules[0]: transient: timed out after 10s", NOW + timedelta(seconds=11)
         ),
     ]
     message = await stored(tmp_path / "t.db", events)

@@ -8,9 +8,8 @@ operator's screen), and the JSON output escapes those JSON itself leaves raw.
 import json
 import re
 from datetime import datetime
-from typing import Any
 
-from txmail.events import FALLBACK_ATTEMPT_TYPE, POSTBACK_TYPE
+from txmail.events import FALLBACK_ATTEMPT_TYPE, POSTBACK_TYPE, FallbackAttempt
 from txmail.terminal import printable
 from workers.store.protocol import MessageView, TimelineEntry
 
@@ -54,23 +53,24 @@ def in_braze_order(message: MessageView) -> MessageView:
     return message.model_copy(update={"timeline": sorted(message.timeline, key=when)})
 
 
-def last_fallback_attempt(message: MessageView) -> dict[str, Any] | None:
-    """The latest fallback attempt's event (handler, outcome, detail...), if any."""
+def last_fallback_attempt(message: MessageView) -> FallbackAttempt | None:
+    """The latest fallback attempt (handler, outcome, detail...), if any."""
     attempts = [
-        e.body
+        FallbackAttempt.model_validate(e.body)
         for e in message.timeline
-        if e.kind == FALLBACK_ATTEMPT_TYPE and isinstance(e.body, dict)
+        if e.kind == FALLBACK_ATTEMPT_TYPE
     ]
-    return max(attempts, key=lambda a: str(a.get("at", "")), default=None)
+    return max(attempts, key=lambda a: a.at, default=None)
 
 
 def as_json(message: MessageView) -> str:
     """The message for scripts: the API's view, timeline in Braze's order, plus the
     last fallback attempt."""
     ordered = in_braze_order(message)
+    attempt = last_fallback_attempt(ordered)
     document = {
         **ordered.model_dump(mode="json"),
-        "last_fallback_attempt": last_fallback_attempt(ordered),
+        "last_fallback_attempt": attempt.model_dump(mode="json") if attempt else None,
     }
     text = json.dumps(document, indent=2, ensure_ascii=False)
     return _RAW_IN_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
@@ -106,9 +106,9 @@ def describe(message: MessageView) -> str:
     attempt = last_fallback_attempt(message)
     if attempt:
         lines.append(
-            f"  last attempt      {attempt.get('handler') or '-'}: {attempt.get('outcome')} "
-            f"(attempt {attempt.get('attempt')}, {attempt.get('at')})"
-            + (f": {attempt['detail']}" if attempt.get("detail") else "")
+            f"  last attempt      {attempt.handler or '-'}: {attempt.outcome.value} "
+            f"(attempt {attempt.attempt}, {_time(attempt.at)})"
+            + (f": {attempt.detail}" if attempt.detail else "")
         )
     lines.append("timeline:")
     width = max((len(e.kind) for e in message.timeline), default=0)

@@ -23,8 +23,8 @@ from fallback.templates import TextTemplate, template_context
 from txmail.events import FallbackRequest
 
 IDEMPOTENCY_HEADER = "I-Twilio-Idempotency-Token"
-# What no provider takes as a number to text: nothing at all, or blanks and line breaks.
-_NOT_A_NUMBER = re.compile(r"^$|\s")
+# What no provider takes as a number to text: nothing at all, blanks, control characters.
+_NOT_A_NUMBER = re.compile(r"^$|[\s\x00-\x1f\x7f]")
 
 
 class SmsConfig(HandlerConfig):

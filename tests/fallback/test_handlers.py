@@ -179,6 +179,7 @@ async def test_a_request_no_template_fits_does_not_stand_in_for_the_circuit_prob
     [
         ({"to": "$pager"}, {"pager": ""}, "not a number to text"),
         ({"to": "$pager"}, {"pager": "+1555 000\n1111"}, "not a number to text"),
+        ({"to": "$pager"}, {"pager": "+15550001111\x1b[2J"}, "not a number to text"),
         ({"body": "$note"}, {"note": " "}, "empty message"),
     ],
 )
@@ -301,7 +302,7 @@ async def test_smtp_sends_to_exactly_one_address(
     handler = SmtpHandler("mailer", config, resources)
     with pytest.raises(UnusableRequest, match="not exactly one mail address"):
         await handler.send(a_request(variables={"contact": to}), "k")
-    await handler.send(a_request(variables={"contact": "Ada <ada@example.com>"}), "k")
+    await handler.send(a_request(variables={"contact": '"Lovelace, Ada" <ada@example.com>'}), "k")
     assert collector.envelope_recipients == [["ada@example.com"]]
 
 
