@@ -122,10 +122,12 @@ class SmtpHandler:
             )
         except aiosmtplib.SMTPRecipientsRefused as error:
             codes = [refused.code for refused in error.recipients]
-            detail = f"{where} refused the recipient: {error}"
+            answers = "; ".join(f"{r.recipient}: {r.code} {r.message}" for r in error.recipients)
+            detail = f"{where} refused the recipient ({answers})"
             raise _failure_for_code(min(codes, default=550), detail) from error
         except aiosmtplib.SMTPResponseException as error:
-            raise _failure_for_code(error.code, f"{where} answered {error}") from error
+            detail = f"{where} answered {error.code} {error.message}"
+            raise _failure_for_code(error.code, detail) from error
         except aiosmtplib.SMTPNotSupported as error:
             raise PermanentFailure(f"{where}: {error} (check 'starttls')") from error
         except (aiosmtplib.SMTPException, OSError) as error:

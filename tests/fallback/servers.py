@@ -111,6 +111,16 @@ class MailCollector:
     def __init__(self) -> None:
         self.mails: list[Message] = []
         self.envelope_recipients: list[list[str]] = []
+        # Recipients it answers "550 5.1.1" to, as for a mailbox that does not exist.
+        self.unknown_recipients: set[str] = set()
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, options: Any
+    ) -> str:
+        if address in self.unknown_recipients:
+            return "550 5.1.1 no such user"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         self.mails.append(message_from_bytes(envelope.content))

@@ -306,6 +306,28 @@ async def test_smtp_sends_to_exactly_one_address(
     assert collector.envelope_recipients == [["ada@example.com"]]
 
 
+async def test_smtp_refusals_are_told_in_words(
+    smtp_server: tuple[MailCollector, int], resources: HandlerResources
+) -> None:
+    collector, port = smtp_server
+    collector.unknown_recipients.add("jane@example.com")
+    config = SmtpConfig.model_validate(
+        {
+            "host": "127.0.0.1",
+            "port": port,
+            "starttls": False,
+            "from": "a@b.example",
+            "subject": "s",
+            "body": "b",
+        }
+    )
+    with pytest.raises(PermanentFailure) as failure:
+        await SmtpHandler("mailer", config, resources).send(a_request(), "k")
+    assert str(failure.value) == (
+        f"127.0.0.1:{port} refused the recipient (jane@example.com: 550 5.1.1 no such user)"
+    )
+
+
 @pytest.mark.parametrize(("password", "delivered"), [(SMTP_PASSWORD, True), ("wrong", False)])
 # The test relay has no certificate, so it takes a login without TLS, and says so.
 @pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
@@ -331,7 +353,7 @@ async def test_smtp_logs_in_when_configured(
         await handler.send(a_request(), "k")
         assert len(collector.mails) == 1
     else:
-        with pytest.raises(PermanentFailure, match="535"):
+        with pytest.raises(PermanentFailure, match=r"answered 535 5\.7\.8 "):
             await handler.send(a_request(), "k")
         assert collector.mails == []
 
