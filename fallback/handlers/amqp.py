@@ -17,7 +17,7 @@ from aio_pika.exceptions import (
     ChannelNotFoundEntity,
     DeliveryError,
 )
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from fallback.handler import (
     HandlerConfig,
@@ -31,14 +31,22 @@ from fallback.templates import TextTemplate, template_context
 from txmail.events import FallbackRequest
 
 MESSAGE_TYPE = "email_fallback"
-# AMQP carries a routing key as a "short string": at most 255 bytes of UTF-8.
-MAX_ROUTING_KEY_BYTES = 255
+# AMQP carries exchange names and routing keys as "short strings": at most 255 bytes.
+MAX_NAME_BYTES = 255
 
 
 class AmqpConfig(HandlerConfig):
     # Must exist already: txmail does not declare other teams' exchanges.
-    exchange: str = Field(min_length=1, max_length=255)
+    exchange: str = Field(min_length=1)
     routing_key: TextTemplate = TextTemplate("email.fallback.$trigger")
+
+    @field_validator("exchange")
+    @classmethod
+    def _short_string(cls, value: str) -> str:
+        # Counted in bytes: a longer name would fail every publish, as if the broker were down.
+        if len(value.encode()) > MAX_NAME_BYTES:
+            raise ValueError(f"an exchange name is at most {MAX_NAME_BYTES} bytes of UTF-8")
+        return value
 
 
 class AmqpHandler:
@@ -74,10 +82,10 @@ class AmqpHandler:
         fails this request for good, before the broker is involved."""
         routing_key = self._config.routing_key.render(template_context(request), "routing_key")
         size = len(routing_key.encode())
-        if size > MAX_ROUTING_KEY_BYTES:
+        if size > MAX_NAME_BYTES:
             raise UnusableRequest(
                 f"template 'routing_key' gave {size} bytes, more than AMQP's "
-                f"{MAX_ROUTING_KEY_BYTES}: {routing_key[:60]!r}..."
+                f"{MAX_NAME_BYTES}: {routing_key[:60]!r}..."
             )
         return routing_key
 

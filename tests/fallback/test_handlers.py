@@ -12,6 +12,7 @@ from typing import Any
 
 import aio_pika
 import pytest
+from pydantic import ValidationError
 
 from fallback.chain import ReadyHandler, ResultKind, run_handler
 from fallback.circuit import Circuits, CircuitState
@@ -523,3 +524,8 @@ async def test_amqp_routing_key_too_long_fails_the_request_not_the_circuit(
         ResultKind.SUCCEEDED
     )
     assert (await queue.get(timeout=5)).routing_key == "email.fallback.ops"
+
+
+def test_an_exchange_name_amqp_cannot_carry_is_refused_when_the_file_is_loaded() -> None:
+    with pytest.raises(ValidationError, match="at most 255 bytes"):
+        AmqpConfig(exchange="é" * 128)
