@@ -64,11 +64,7 @@ class CircuitBreaker:
 
     def record_success(self) -> None:
         if self._opened_at is not None:
-            log.warning(
-                "circuit closed: the handler answered again",
-                handler=self._name,
-                after_failures=self._failures,
-            )
+            log.warning("circuit closed", handler=self._name, after_failures=self._failures)
         self._failures = 0
         self._opened_at = None
         self._probing = False
@@ -85,11 +81,10 @@ class CircuitBreaker:
         # Calls that were under way when it opened may still fail: one line per change.
         if self._probing or self._opened_at is None:
             log.warning(
-                "circuit opened again: the probe failed"
-                if self._probing
-                else "circuit opened: the handler is not called for a while",
+                "circuit opened",
                 handler=self._name,
                 failures_in_a_row=self._failures,
+                probe_failed=self._probing,
                 open_for=format_duration(self._open_for),
                 reason=detail,
             )

@@ -91,11 +91,11 @@ def test_opening_and_closing_are_logged_once_each_as_warnings_with_the_reason() 
         assert circuit.try_call()
         circuit.record_success()
         circuit.record_success()
-    assert [(e["log_level"], e["event"].split(":")[0], e["handler"]) for e in logs] == [
+    assert [(e["log_level"], e["event"], e["handler"]) for e in logs] == [
         ("warning", "circuit opened", "sms"),
-        ("warning", "circuit opened again", "sms"),
+        ("warning", "circuit opened", "sms"),
         ("warning", "circuit closed", "sms"),
     ]
     assert logs[0]["reason"] == "cannot connect to sms.example:443: Connection refused"
-    assert logs[0]["open_for"] == "30s"
-    assert logs[1]["reason"] == "timed out after 10s"
+    assert (logs[0]["open_for"], logs[0]["probe_failed"]) == ("30s", False)
+    assert (logs[1]["reason"], logs[1]["probe_failed"]) == ("timed out after 10s", True)
