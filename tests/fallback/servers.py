@@ -40,6 +40,8 @@ class Endpoint:
     calls: list[Call] = field(default_factory=list)
     # When set, the next call waits for this event before it answers.
     hold_next: asyncio.Event | None = None
+    # When set, the text of every answer instead of a small JSON object.
+    answer_text: str | None = None
 
     async def wait_if_held(self) -> None:
         gate, self.hold_next = self.hold_next, None
@@ -86,6 +88,8 @@ class Receiver:
         status = self.webhook.next_status()
         user_agent = request.headers.get("User-Agent", "")
         self.webhook.calls.append(Call(webhook_id, status, await request.json(), user_agent))
+        if self.webhook.answer_text is not None:
+            return web.Response(text=self.webhook.answer_text, status=status)
         return web.json_response({"status": status}, status=status)
 
     async def _sms(self, request: web.Request) -> web.Response:

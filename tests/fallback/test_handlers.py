@@ -108,6 +108,10 @@ async def test_failure_details_are_words_not_reprs(
     assert answered.detail == (
         f'POST {receiver.url}/hook answered 503 Service Unavailable: {{"status": 503}}'
     )
+    receiver.webhook.answers.append(502)
+    receiver.webhook.answer_text = "<html>\n  <h1>Bad gateway</h1>\n" + "x" * 300
+    quoted = (await run_handler(ready, a_request(), circuits)).detail.split(": ", 1)[1]
+    assert quoted == "<html> <h1>Bad gateway</h1> " + "x" * 172 + "..."
     receiver.webhook.hold_next = gate = asyncio.Event()
     slow = ReadyHandler("hook", ready.handler, timedelta(milliseconds=200))
     assert (await run_handler(slow, a_request(), circuits)).detail == "timed out after 200ms"
