@@ -84,19 +84,20 @@ async def run_handler(
         circuit.record_success()  # it answered: the provider is up, the request is wrong
         return HandlerResult(ready.name, ResultKind.PERMANENT, str(failure))
     except TransientFailure as failure:
-        circuit.record_failure()
+        circuit.record_failure(str(failure))
         return HandlerResult(ready.name, ResultKind.TRANSIENT, str(failure))
     except TimeoutError:
-        circuit.record_failure()
-        detail = f"no result within {format_duration(ready.timeout)}"
+        detail = f"timed out after {format_duration(ready.timeout)}"
+        circuit.record_failure(detail)
         return HandlerResult(ready.name, ResultKind.TRANSIENT, detail)
     except asyncio.CancelledError:
         circuit.abandon_call()
         raise
     except Exception as error:  # a handler's bug must not stop the executor
         log.exception("handler raised an unexpected error", handler=ready.name)
-        circuit.record_failure()
-        return HandlerResult(ready.name, ResultKind.TRANSIENT, f"unexpected error: {error!r}")
+        detail = f"unexpected error: {type(error).__name__}: {error}"
+        circuit.record_failure(detail)
+        return HandlerResult(ready.name, ResultKind.TRANSIENT, detail)
     circuit.record_success()
     return HandlerResult(ready.name, ResultKind.SUCCEEDED)
 

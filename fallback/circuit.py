@@ -14,6 +14,12 @@ from collections.abc import Callable
 from datetime import timedelta
 from enum import StrEnum
 
+import structlog
+
+from txmail.durations import format_duration
+
+log = structlog.get_logger(__name__)
+
 
 class CircuitState(StrEnum):
     CLOSED = "closed"
@@ -22,14 +28,19 @@ class CircuitState(StrEnum):
 
 
 class CircuitBreaker:
+    """The circuit of the handler ``name``. It opens and closes with a warning: both are
+    worth an alert (a provider down, then back)."""
+
     def __init__(
         self,
+        name: str,
         failures_to_open: int,
         open_for: timedelta,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self._name = name
         self._failures_to_open = failures_to_open
-        self._open_for = open_for.total_seconds()
+        self._open_for = open_for
         self._clock = clock
         self._failures = 0
         self._opened_at: float | None = None
@@ -39,7 +50,7 @@ class CircuitBreaker:
     def state(self) -> CircuitState:
         if self._opened_at is None:
             return CircuitState.CLOSED
-        if self._probing or self._clock() - self._opened_at < self._open_for:
+        if self._probing or self._clock() - self._opened_at < self._open_for.total_seconds():
             return CircuitState.OPEN
         return CircuitState.HALF_OPEN
 
@@ -52,6 +63,8 @@ class CircuitBreaker:
         return state is CircuitState.CLOSED
 
     def record_success(self) -> None:
+        if self._opened_at is not None:
+            log.warning("circuit closed", handler=self._name, after_failures=self._failures)
         self._failures = 0
         self._opened_at = None
         self._probing = False
@@ -60,10 +73,22 @@ class CircuitBreaker:
         """The call was cancelled before it said anything: let another probe try."""
         self._probing = False
 
-    def record_failure(self) -> None:
+    def record_failure(self, detail: str) -> None:
+        """A transient failure; ``detail`` says what it was, for the log when it opens."""
         self._failures += 1
-        if self._probing or self._failures >= self._failures_to_open:
-            self._opened_at = self._clock()
+        if not (self._probing or self._failures >= self._failures_to_open):
+            return
+        # Calls that were under way when it opened may still fail: one line per change.
+        if self._probing or self._opened_at is None:
+            log.warning(
+                "circuit opened",
+                handler=self._name,
+                failures_in_a_row=self._failures,
+                probe_failed=self._probing,
+                open_for=format_duration(self._open_for),
+                reason=detail,
+            )
+        self._opened_at = self._clock()
         self._probing = False
 
 
@@ -77,5 +102,7 @@ class Circuits:
 
     def __getitem__(self, handler: str) -> CircuitBreaker:
         if handler not in self._breakers:
-            self._breakers[handler] = CircuitBreaker(self._failures_to_open, self._open_for)
+            self._breakers[handler] = CircuitBreaker(
+                handler, self._failures_to_open, self._open_for
+            )
         return self._breakers[handler]

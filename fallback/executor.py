@@ -190,11 +190,20 @@ class FallbackExecutor:
             queued.append(self._parked(message, verdict.progress, verdict.reason))
         await self._publisher.publish(attempts, queued)
         await message.ack()
+        results_by_handler = {r.handler: r.kind.value for r in results}
+        if verdict.decision is Decision.PARK:  # needs a person: worth an alert
+            bound.warning(
+                "fallback request parked",
+                rule=index,
+                results=results_by_handler,
+                reason=verdict.reason,
+            )
+            return
         bound.info(
             "fallback attempt recorded",
             rule=index,
             decision=verdict.decision.value,
-            results={r.handler: r.kind.value for r in results},
+            results=results_by_handler,
         )
 
     def _attempt(

@@ -47,8 +47,12 @@ class PermanentFailure(HandlerFailure):
 
 
 class UnusableRequest(PermanentFailure):
-    """Permanent, and found before the provider was called (a template this request
-    cannot fill): it says nothing about the provider, so it leaves its circuit as is."""
+    """Permanent, and found before the provider was called: this request cannot be
+    made into a valid call (a template it cannot fill, a routing key too long for AMQP,
+    a ``to`` that is not one address...). It says nothing about the provider, so it
+    leaves the provider's circuit as is. Handlers check what they render and raise
+    this, rather than let the client library fail on it, which would count as the
+    provider failing."""
 
 
 @dataclass(frozen=True)

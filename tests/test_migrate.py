@@ -23,8 +23,7 @@ from txmail.cli import build_parser
 from txmail.settings import Settings
 from workers.api import create_api_app
 from workers.store import migrate_schema, open_store
-from workers.store.migrations import SQLITE
-from workers.store.migrations import Migration, require_migrated
+from workers.store.migrations import SQLITE, Migration, require_migrated
 from workers.store.protocol import NotMigrated
 from workers.timeouts import DeliveryTimeouts
 

@@ -1,4 +1,7 @@
-"""structlog set up once per process: one JSON object per line on stdout.
+"""structlog set up once per process: one JSON object per line on stderr.
+
+On stderr, so that logs never mix into a command's data output (``txmail status
+--json``, ``txmail dlq list --json``), at whatever level.
 
 Libraries that log through the standard library (aio-pika, aiohttp) go through the
 same renderer, so every line a txmail process prints is JSON.
@@ -20,7 +23,7 @@ _CHATTY_LIBRARIES = ("aiormq", "aio_pika")
 
 
 def configure_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stdout)
+    handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=_SHARED,

@@ -10,7 +10,7 @@ from txmail.http import serve_until_stopped
 from txmail.settings import Settings
 from txmail.stopping import stop_on_signals
 from workers.api import api_host, api_tokens, create_api_app
-from workers.status import describe
+from workers.status import as_json, describe
 from workers.store import migrate_schema, open_store
 from workers.store.protocol import MessageView, StoreUnavailable
 from workers.worker import open_store_when_available, serve_worker, timeouts_from
@@ -98,7 +98,7 @@ def status_command(settings: Settings, args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    print(message.model_dump_json(indent=2) if args.json else describe(message))
+    print(as_json(message) if args.json else describe(message))
     return 0
 
 

@@ -17,20 +17,36 @@ from aio_pika.exceptions import (
     ChannelNotFoundEntity,
     DeliveryError,
 )
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from fallback.handler import HandlerConfig, HandlerResources, PermanentFailure, TransientFailure
-from fallback.handlers.common import fallback_payload
+from fallback.handler import (
+    HandlerConfig,
+    HandlerResources,
+    PermanentFailure,
+    TransientFailure,
+    UnusableRequest,
+)
+from fallback.handlers.common import fallback_payload, readable
 from fallback.templates import TextTemplate, template_context
 from txmail.events import FallbackRequest
 
 MESSAGE_TYPE = "email_fallback"
+# AMQP carries exchange names and routing keys as "short strings": at most 255 bytes.
+MAX_NAME_BYTES = 255
 
 
 class AmqpConfig(HandlerConfig):
     # Must exist already: txmail does not declare other teams' exchanges.
-    exchange: str = Field(min_length=1, max_length=255)
+    exchange: str = Field(min_length=1)
     routing_key: TextTemplate = TextTemplate("email.fallback.$trigger")
+
+    @field_validator("exchange")
+    @classmethod
+    def _short_string(cls, value: str) -> str:
+        # Counted in bytes: a longer name would fail every publish, as if the broker were down.
+        if len(value.encode()) > MAX_NAME_BYTES:
+            raise ValueError(f"an exchange name is at most {MAX_NAME_BYTES} bytes of UTF-8")
+        return value
 
 
 class AmqpHandler:
@@ -61,8 +77,20 @@ class AmqpHandler:
             with suppress(*CONNECTION_EXCEPTIONS):
                 await channel.close()
 
-    async def send(self, request: FallbackRequest, idempotency_key: str) -> None:
+    def _routing_key(self, request: FallbackRequest) -> str:
+        """The rendered routing key; one AMQP cannot carry (a long registered variable)
+        fails this request for good, before the broker is involved."""
         routing_key = self._config.routing_key.render(template_context(request), "routing_key")
+        size = len(routing_key.encode())
+        if size > MAX_NAME_BYTES:
+            raise UnusableRequest(
+                f"template 'routing_key' gave {size} bytes, more than AMQP's "
+                f"{MAX_NAME_BYTES}: {routing_key[:60]!r}..."
+            )
+        return routing_key
+
+    async def send(self, request: FallbackRequest, idempotency_key: str) -> None:
+        routing_key = self._routing_key(request)
         message = aio_pika.Message(
             json.dumps(fallback_payload(request, self._name)).encode(),
             content_type="application/json",
@@ -87,4 +115,4 @@ class AmqpHandler:
             ) from error
         except (*CONNECTION_EXCEPTIONS, TimeoutError) as error:
             self._channel = None
-            raise TransientFailure(f"publishing on {where} failed: {error!r}") from error
+            raise TransientFailure(f"publishing on {where} failed: {readable(error)}") from error

@@ -1,6 +1,10 @@
-"""What several built-in handlers share: the JSON description of a fallback, and the
-reading of an HTTP answer as success, transient or permanent failure."""
+"""What several built-in handlers share: the JSON description of a fallback, the
+reading of an HTTP answer as success, transient or permanent failure, and failures
+told in words an operator reads in a log or in ``txmail status``."""
 
+import os
+import ssl
+from importlib.metadata import version
 from typing import Any
 
 import aiohttp
@@ -8,11 +12,42 @@ import aiohttp
 from fallback.handler import PermanentFailure, TransientFailure
 from txmail.events import FallbackRequest
 
+# Names txmail's traffic for whoever receives it (in User-Agent, or a mail's X-Mailer).
+USER_AGENT = f"txmail/{version('txmail')}"
+
 # Errors that mean "could not talk to the other side", never "it said no".
 HTTP_TRANSPORT_ERRORS = (aiohttp.ClientError, TimeoutError, OSError)
 
 # Worth retrying: rate limits and "too early" are temporary by definition.
 _TRANSIENT_CLIENT_STATUSES = frozenset({408, 425, 429})
+# How much of an error answer's body a failure quotes.
+_BODY_QUOTED = 200
+
+
+def readable(error: BaseException) -> str:
+    """What went wrong, in words: "cannot connect to ops.example.com:443: Connection
+    refused", not the exception's repr."""
+    if isinstance(error, aiohttp.ClientConnectorError):
+        return f"cannot connect to {error.host}:{error.port}: {_os_reason(error.os_error)}"
+    if isinstance(error, aiohttp.ServerDisconnectedError):
+        return "the server closed the connection without answering"
+    if isinstance(error, TimeoutError):
+        return f"timed out ({error})" if str(error) else "timed out"
+    if isinstance(error, OSError) and not error.errno and isinstance(error.__cause__, OSError):
+        error = error.__cause__  # a client library's wrapper, e.g. aiosmtplib's
+    if isinstance(error, OSError) and error.errno:
+        return _os_reason(error)
+    return str(error) or type(error).__name__
+
+
+def _os_reason(error: OSError) -> str:
+    if isinstance(error, ssl.SSLError):  # its errno is OpenSSL's, not the system's
+        return error.strerror or str(error)
+    # asyncio words a refused connection as "Connect call failed ('1.2.3.4', 443)":
+    # the system's own text for the error number says what happened.
+    if error.errno and error.errno > 0:
+        return os.strerror(error.errno)
+    return error.strerror or str(error) or type(error).__name__
 
 
 def fallback_payload(request: FallbackRequest, handler: str) -> dict[str, Any]:
@@ -31,8 +66,10 @@ async def check_http_response(response: aiohttp.ClientResponse, what: str) -> No
     """Return on 2xx; otherwise raise, transient for 5xx, 408, 425, 429."""
     if 200 <= response.status < 300:
         return
-    text = (await response.text(errors="replace"))[:300]
-    detail = f"{what} answered {response.status} {response.reason or ''}: {text}".strip()
+    body = " ".join((await response.text(errors="replace")).split())
+    quoted = body[:_BODY_QUOTED] + ("..." if len(body) > _BODY_QUOTED else "")
+    detail = f"{what} answered {response.status} {response.reason or ''}".strip()
+    detail += f": {quoted}" if quoted else ""
     if response.status >= 500 or response.status in _TRANSIENT_CLIENT_STATUSES:
         raise TransientFailure(detail)
     if 300 <= response.status < 400:

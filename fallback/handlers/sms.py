@@ -2,21 +2,29 @@
 
 ``POST {base_url}/2010-04-01/Accounts/{account_sid}/Messages.json`` with the form
 fields ``To``, ``From``, ``Body`` and basic auth ``account_sid:auth_token``. The
-idempotency key travels in ``I-Twilio-Idempotency-Token`` (Twilio honours it for
-its webhooks; a company gateway can de-duplicate on it).
+idempotency key travels in ``I-Twilio-Idempotency-Token``: Twilio only sends it on its
+own webhooks and ignores it here, but a company gateway can de-duplicate on it.
 """
 
 import base64
+import re
 from typing import ClassVar
 
 from pydantic import AnyHttpUrl, Field, SecretStr
 
-from fallback.handler import HandlerConfig, HandlerResources, TransientFailure
-from fallback.handlers.common import HTTP_TRANSPORT_ERRORS, check_http_response
+from fallback.handler import HandlerConfig, HandlerResources, TransientFailure, UnusableRequest
+from fallback.handlers.common import (
+    HTTP_TRANSPORT_ERRORS,
+    USER_AGENT,
+    check_http_response,
+    readable,
+)
 from fallback.templates import TextTemplate, template_context
 from txmail.events import FallbackRequest
 
 IDEMPOTENCY_HEADER = "I-Twilio-Idempotency-Token"
+# What no provider takes as a number to text: nothing at all, blanks, control characters.
+_NOT_A_NUMBER = re.compile(r"^$|[\s\x00-\x1f\x7f]")
 
 
 class SmsConfig(HandlerConfig):
@@ -43,11 +51,13 @@ class SmsHandler:
 
     async def send(self, request: FallbackRequest, idempotency_key: str) -> None:
         context = template_context(request)
-        form = {
-            "To": self._config.to.render(context, "to"),
-            "From": self._config.sender,
-            "Body": self._config.body.render(context, "body"),
-        }
+        to = self._config.to.render(context, "to")
+        if _NOT_A_NUMBER.search(to):
+            raise UnusableRequest(f"template 'to' gave {to!r}, which is not a number to text")
+        body = self._config.body.render(context, "body")
+        if not body.strip():
+            raise UnusableRequest("template 'body' gave an empty message")
+        form = {"To": to, "From": self._config.sender, "Body": body}
         try:
             async with self._http.post(
                 self._url,
@@ -55,9 +65,10 @@ class SmsHandler:
                 headers={
                     "Authorization": self._authorization,
                     IDEMPOTENCY_HEADER: idempotency_key,
+                    "User-Agent": USER_AGENT,
                 },
                 allow_redirects=False,
             ) as response:
-                await check_http_response(response, self._url)
+                await check_http_response(response, f"POST {self._url}")
         except HTTP_TRANSPORT_ERRORS as error:
-            raise TransientFailure(f"POST {self._url} failed: {error!r}") from error
+            raise TransientFailure(f"POST {self._url} failed: {readable(error)}") from error

@@ -20,6 +20,7 @@ from fallback.handler import (
     TransientFailure,
     UnusableRequest,
 )
+from fallback.handlers.common import USER_AGENT, readable
 from fallback.templates import TextTemplate, template_context
 from txmail.events import FallbackRequest
 
@@ -78,6 +79,18 @@ def _set_header(mail: EmailMessage, header: str, value: str, field: str) -> None
         ) from error
 
 
+def _set_recipient(mail: EmailMessage, value: str) -> None:
+    """The rendered ``to`` as the one recipient: a comma list or a bare name would
+    send the fallback to addresses nobody registered, so it fails for good."""
+    _set_header(mail, "To", value, "to")
+    header = mail["To"]
+    addresses = header.addresses
+    if len(addresses) != 1 or not addresses[0].domain or header.defects:
+        raise UnusableRequest(
+            f"template 'to' gave {value!r}, which is not exactly one mail address"
+        )
+
+
 class SmtpHandler:
     config_model = SmtpConfig
 
@@ -89,10 +102,11 @@ class SmtpHandler:
         context = template_context(request)
         mail = EmailMessage()
         mail["From"] = config.sender
-        _set_header(mail, "To", config.to.render(context, "to"), "to")
+        _set_recipient(mail, config.to.render(context, "to"))
         _set_header(mail, "Subject", config.subject.render(context, "subject"), "subject")
         mail["Date"] = formatdate(localtime=False, usegmt=True)
         mail["Message-ID"] = message_id(idempotency_key, config.sender)
+        mail["X-Mailer"] = USER_AGENT
         mail.set_content(config.body.render(context, "body"))
         where = f"{config.host}:{config.port}"
         try:
@@ -108,14 +122,16 @@ class SmtpHandler:
             )
         except aiosmtplib.SMTPRecipientsRefused as error:
             codes = [refused.code for refused in error.recipients]
-            detail = f"{where} refused the recipient: {error}"
+            answers = "; ".join(f"{r.recipient}: {r.code} {r.message}" for r in error.recipients)
+            detail = f"{where} refused the recipient ({answers})"
             raise _failure_for_code(min(codes, default=550), detail) from error
         except aiosmtplib.SMTPResponseException as error:
-            raise _failure_for_code(error.code, f"{where} answered {error}") from error
+            detail = f"{where} answered {error.code} {error.message}"
+            raise _failure_for_code(error.code, detail) from error
         except aiosmtplib.SMTPNotSupported as error:
             raise PermanentFailure(f"{where}: {error} (check 'starttls')") from error
         except (aiosmtplib.SMTPException, OSError) as error:
             # aiosmtplib says "no STARTTLS" with a bare SMTPException, only in words.
             if config.starttls and _STARTTLS_MISSING in str(error):
                 raise PermanentFailure(f"{where}: {error} (check 'starttls')") from error
-            raise TransientFailure(f"{where} unreachable: {error!r}") from error
+            raise TransientFailure(f"{where} unreachable: {readable(error)}") from error

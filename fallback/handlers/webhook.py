@@ -16,7 +16,13 @@ from typing import ClassVar
 from pydantic import AnyHttpUrl, SecretStr, field_validator
 
 from fallback.handler import HandlerConfig, HandlerResources, TransientFailure
-from fallback.handlers.common import HTTP_TRANSPORT_ERRORS, check_http_response, fallback_payload
+from fallback.handlers.common import (
+    HTTP_TRANSPORT_ERRORS,
+    USER_AGENT,
+    check_http_response,
+    fallback_payload,
+    readable,
+)
 from txmail.events import FallbackRequest
 
 SECRET_PREFIX = "whsec_"  # noqa: S105 -- the prefix Standard Webhooks secrets start with
@@ -71,6 +77,7 @@ class WebhookHandler:
         timestamp = int(time.time())
         headers = {
             "content-type": "application/json",
+            "user-agent": USER_AGENT,
             "webhook-id": idempotency_key,
             "webhook-timestamp": str(timestamp),
             "webhook-signature": sign(self._key, idempotency_key, timestamp, body),
@@ -80,6 +87,6 @@ class WebhookHandler:
             async with self._http.post(
                 url, data=body, headers=headers, allow_redirects=False
             ) as response:
-                await check_http_response(response, url)
+                await check_http_response(response, f"POST {url}")
         except HTTP_TRANSPORT_ERRORS as error:
-            raise TransientFailure(f"POST {url} failed: {error!r}") from error
+            raise TransientFailure(f"POST {url} failed: {readable(error)}") from error

@@ -28,6 +28,7 @@ class Call:
     idempotency_key: str
     status: int
     body: dict[str, Any]
+    user_agent: str = ""
 
 
 @dataclass
@@ -39,6 +40,8 @@ class Endpoint:
     calls: list[Call] = field(default_factory=list)
     # When set, the next call waits for this event before it answers.
     hold_next: asyncio.Event | None = None
+    # When set, the text of every answer instead of a small JSON object.
+    answer_text: str | None = None
 
     async def wait_if_held(self) -> None:
         gate, self.hold_next = self.hold_next, None
@@ -83,7 +86,10 @@ class Receiver:
         webhook_id = verify_standard_webhook(request.headers, body)
         await self.webhook.wait_if_held()
         status = self.webhook.next_status()
-        self.webhook.calls.append(Call(webhook_id, status, await request.json()))
+        user_agent = request.headers.get("User-Agent", "")
+        self.webhook.calls.append(Call(webhook_id, status, await request.json(), user_agent))
+        if self.webhook.answer_text is not None:
+            return web.Response(text=self.webhook.answer_text, status=status)
         return web.json_response({"status": status}, status=status)
 
     async def _sms(self, request: web.Request) -> web.Response:
@@ -95,7 +101,9 @@ class Receiver:
             return web.json_response({"message": "To, From and Body are required"}, status=400)
         status = self.sms.next_status()
         key = request.headers.get("I-Twilio-Idempotency-Token", "")
-        self.sms.calls.append(Call(key, status, {k: str(v) for k, v in form.items()}))
+        form_fields = {k: str(v) for k, v in form.items()}
+        user_agent = request.headers.get("User-Agent", "")
+        self.sms.calls.append(Call(key, status, form_fields, user_agent))
         return web.json_response(
             {"sid": "SM1", "status": "queued"}, status=201 if status == 200 else status
         )
@@ -107,6 +115,16 @@ class MailCollector:
     def __init__(self) -> None:
         self.mails: list[Message] = []
         self.envelope_recipients: list[list[str]] = []
+        # Recipients it answers "550 5.1.1" to, as for a mailbox that does not exist.
+        self.unknown_recipients: set[str] = set()
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, options: Any
+    ) -> str:
+        if address in self.unknown_recipients:
+            return "550 5.1.1 no such user"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         self.mails.append(message_from_bytes(envelope.content))

@@ -6,6 +6,7 @@ from datetime import timedelta
 
 import aio_pika
 import aiohttp
+from structlog.testing import capture_logs
 
 from fallback.executor import (
     FallbackExecutor,
@@ -103,15 +104,19 @@ async def test_retries_run_out_then_the_request_is_parked_with_the_last_error(
         handlers_toml(receiver) + '[[rules]]\non = ["bounced"]\nhandlers = ["ops-hook"]\n'
     )
     receiver.webhook.default = 502
-    async with running_executor(fallback_settings, rules):
-        await publish(fallback_settings, a_request())
-        await wait_until(lambda: "parked" in attempt_log.outcomes(), what="parked")
-        [request] = await parked_requests(fallback_settings)
+    with capture_logs() as logs:
+        async with running_executor(fallback_settings, rules):
+            await publish(fallback_settings, a_request())
+            await wait_until(lambda: "parked" in attempt_log.outcomes(), what="parked")
+            [request] = await parked_requests(fallback_settings)
     reason = request.reason
     assert attempt_log.outcomes() == ["retrying", "retrying", "parked"]
     assert len(receiver.webhook.calls) == 3
     assert reason.startswith("retries exhausted after 3 attempts")
     assert "502" in reason
+    # Parking needs a person: a warning, with the reason, for alerts.
+    [warning] = [e for e in logs if e["event"] == "fallback request parked"]
+    assert (warning["log_level"], warning["reason"]) == ("warning", reason)
 
 
 async def test_all_mode_does_not_repeat_a_handler_that_already_succeeded(

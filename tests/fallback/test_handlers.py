@@ -1,15 +1,18 @@
 """Each built-in handler against a real server: what it sends, and how it reads answers."""
 
+import asyncio
 import base64
 import json
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import aio_pika
 import pytest
+from pydantic import ValidationError
 
 from fallback.chain import ReadyHandler, ResultKind, run_handler
 from fallback.circuit import Circuits, CircuitState
@@ -18,6 +21,7 @@ from fallback.handler import (
     HandlerResources,
     PermanentFailure,
     TransientFailure,
+    UnusableRequest,
 )
 from fallback.handlers.amqp import AmqpConfig, AmqpHandler
 from fallback.handlers.log import LogConfig, LogHandler
@@ -77,14 +81,41 @@ async def test_webhook_sends_the_same_id_on_every_call(
     assert receiver.webhook.keys == {"msg-1:ops-hook"}
     assert receiver.webhook.calls[0].body == receiver.webhook.calls[1].body
     assert receiver.webhook.calls[1].body["data"]["reason"] == "User not emailable"
+    assert receiver.webhook.calls[0].user_agent == "txmail/" + version("txmail")
 
 
-async def test_webhook_to_nowhere_is_transient(resources: HandlerResources) -> None:
-    config = WebhookConfig.model_validate(
-        {"url": f"http://127.0.0.1:{free_port()}/hook", "secret": WEBHOOK_SECRET}
-    )
-    with pytest.raises(TransientFailure, match="failed"):
+async def test_webhook_to_nowhere_is_transient_and_says_so_in_words(
+    resources: HandlerResources,
+) -> None:
+    url = f"http://127.0.0.1:{free_port()}/hook"
+    config = WebhookConfig.model_validate({"url": url, "secret": WEBHOOK_SECRET})
+    with pytest.raises(TransientFailure) as failure:
         await WebhookHandler("h", config, resources).send(a_request(), "k")
+    port = url.split(":")[2].split("/")[0]
+    assert str(failure.value) == (
+        f"POST {url} failed: cannot connect to 127.0.0.1:{port}: Connection refused"
+    )
+
+
+async def test_failure_details_are_words_not_reprs(
+    receiver: Receiver, resources: HandlerResources
+) -> None:
+    config = WebhookConfig.model_validate({"url": f"{receiver.url}/hook", "secret": WEBHOOK_SECRET})
+    ready = ReadyHandler("hook", WebhookHandler("hook", config, resources), timedelta(seconds=2))
+    circuits = Circuits(failures_to_open=5, open_for=timedelta(minutes=1))
+    receiver.webhook.answers.append(503)
+    answered = await run_handler(ready, a_request(), circuits)
+    assert answered.detail == (
+        f'POST {receiver.url}/hook answered 503 Service Unavailable: {{"status": 503}}'
+    )
+    receiver.webhook.answers.append(502)
+    receiver.webhook.answer_text = "<html>\n  <h1>Bad gateway</h1>\n" + "x" * 300
+    quoted = (await run_handler(ready, a_request(), circuits)).detail.split(": ", 1)[1]
+    assert quoted == "<html> <h1>Bad gateway</h1> " + "x" * 172 + "..."
+    receiver.webhook.hold_next = gate = asyncio.Event()
+    slow = ReadyHandler("hook", ready.handler, timedelta(milliseconds=200))
+    assert (await run_handler(slow, a_request(), circuits)).detail == "timed out after 200ms"
+    gate.set()
 
 
 def sms_handler(receiver: Receiver, resources: HandlerResources, **changes: Any) -> SmsHandler:
@@ -105,6 +136,7 @@ async def test_sms_posts_twilio_form_fields_with_basic_auth(
     await sms_handler(receiver, resources).send(a_request(), "msg-1:sms")
     [call] = receiver.sms.calls
     assert call.idempotency_key == "msg-1:sms"
+    assert call.user_agent == "txmail/" + version("txmail")
     assert call.body == {
         "To": "+15550001111",
         "From": "+15559990000",
@@ -145,6 +177,34 @@ async def test_a_request_no_template_fits_does_not_stand_in_for_the_circuit_prob
     assert (await run_handler(ready, a_request(), circuits)).kind is ResultKind.SUCCEEDED
     assert state() is CircuitState.CLOSED
     assert [c.status for c in receiver.sms.calls] == [503, 200]
+
+
+@pytest.mark.parametrize(
+    ("changes", "variables", "complaint"),
+    [
+        ({"to": "$pager"}, {"pager": ""}, "not a number to text"),
+        ({"to": "$pager"}, {"pager": "+1555 000\n1111"}, "not a number to text"),
+        ({"to": "$pager"}, {"pager": "+15550001111\x1b[2J"}, "not a number to text"),
+        ({"body": "$note"}, {"note": " "}, "empty message"),
+    ],
+)
+async def test_an_sms_no_provider_could_send_fails_the_request_not_the_circuit(
+    receiver: Receiver,
+    resources: HandlerResources,
+    changes: dict[str, str],
+    variables: dict[str, str],
+    complaint: str,
+) -> None:
+    # Half-open: the provider's 400 to such a request would close the circuit unprobed.
+    ready = ReadyHandler("sms", sms_handler(receiver, resources, **changes), timedelta(seconds=2))
+    circuits = Circuits(failures_to_open=1, open_for=timedelta(0))
+    circuits["sms"].record_failure("answered 503")
+    assert circuits["sms"].state is CircuitState.HALF_OPEN
+    result = await run_handler(ready, a_request(variables=variables), circuits)
+    assert result.kind is ResultKind.PERMANENT
+    assert complaint in result.detail
+    assert circuits["sms"].state is CircuitState.HALF_OPEN
+    assert receiver.sms.calls == []
 
 
 async def test_sms_with_wrong_credentials_is_permanent(
@@ -201,6 +261,7 @@ async def test_smtp_sends_through_the_relay_with_a_stable_message_id(
     assert "we could not email you (User not emailable)." in first.get_payload()
     assert first["Message-ID"] == second["Message-ID"]
     assert first["Message-ID"].endswith("@shop.example>")
+    assert first["X-Mailer"] == "txmail/" + version("txmail")
 
 
 async def test_smtp_header_that_cannot_be_written_is_permanent(
@@ -222,6 +283,54 @@ async def test_smtp_header_that_cannot_be_written_is_permanent(
     with pytest.raises(PermanentFailure, match="'subject'"):
         await SmtpHandler("mailer", config, resources).send(request, "msg-1:mailer")
     assert collector.mails == []
+
+
+@pytest.mark.parametrize(
+    "to", ["postmaster,ada@example.com", "ada@example.com bob@example.com", "ada", "list:;"]
+)
+async def test_smtp_sends_to_exactly_one_address(
+    smtp_server: tuple[MailCollector, int], resources: HandlerResources, to: str
+) -> None:
+    # The rules file's `to` template can still make several recipients of one.
+    collector, port = smtp_server
+    config = SmtpConfig.model_validate(
+        {
+            "host": "127.0.0.1",
+            "port": port,
+            "starttls": False,
+            "from": "fallback@shop.example",
+            "to": "$contact",
+            "subject": "s",
+            "body": "b",
+        }
+    )
+    handler = SmtpHandler("mailer", config, resources)
+    with pytest.raises(UnusableRequest, match="not exactly one mail address"):
+        await handler.send(a_request(variables={"contact": to}), "k")
+    await handler.send(a_request(variables={"contact": '"Lovelace, Ada" <ada@example.com>'}), "k")
+    assert collector.envelope_recipients == [["ada@example.com"]]
+
+
+async def test_smtp_refusals_are_told_in_words(
+    smtp_server: tuple[MailCollector, int], resources: HandlerResources
+) -> None:
+    collector, port = smtp_server
+    collector.unknown_recipients.add("jane@example.com")
+    config = SmtpConfig.model_validate(
+        {
+            "host": "127.0.0.1",
+            "port": port,
+            "starttls": False,
+            "from": "a@b.example",
+            "subject": "s",
+            "body": "b",
+        }
+    )
+    with pytest.raises(PermanentFailure) as failure:
+        await SmtpHandler("mailer", config, resources).send(a_request(), "k")
+    assert str(failure.value) == (
+        f"127.0.0.1:{port} refused the recipient (jane@example.com: 550 5.1.1 no such user)"
+    )
 
 
 @pytest.mark.parametrize(("password", "delivered"), [(SMTP_PASSWORD, True), ("wrong", False)])
@@ -249,7 +358,7 @@ async def test_smtp_logs_in_when_configured(
         await handler.send(a_request(), "k")
         assert len(collector.mails) == 1
     else:
-        with pytest.raises(PermanentFailure, match="535"):
+        with pytest.raises(PermanentFailure, match=r"answered 535 5\.7\.8 "):
             await handler.send(a_request(), "k")
         assert collector.mails == []
 
@@ -290,7 +399,7 @@ async def test_smtp_relay_down_is_transient(resources: HandlerResources) -> None
             "body": "b",
         }
     )
-    with pytest.raises(TransientFailure, match="unreachable"):
+    with pytest.raises(TransientFailure, match=r"unreachable: Connection refused$"):
         await SmtpHandler("mailer", config, resources).send(a_request(), "k")
 
 
@@ -399,3 +508,28 @@ async def test_amqp_to_an_exchange_it_may_not_publish_on_is_permanent_and_leaves
 
 async def test_log_handler_only_logs(resources: HandlerResources) -> None:
     await LogHandler("dry-run", LogConfig(), resources).send(a_request(), "k")
+
+
+async def test_amqp_routing_key_too_long_fails_the_request_not_the_circuit(
+    bound_exchange: tuple[str, aio_pika.abc.AbstractQueue], resources: HandlerResources
+) -> None:
+    # A registered variable makes the routing key longer than AMQP allows: that request
+    # is unusable, and bad registrations must not open the circuit for everyone else.
+    name, queue = bound_exchange
+    config = AmqpConfig.model_validate({"exchange": name, "routing_key": "email.fallback.$team"})
+    ready = ReadyHandler("bus", AmqpHandler("bus", config, resources), timedelta(seconds=5))
+    circuits = Circuits(failures_to_open=1, open_for=timedelta(minutes=1))
+    too_long = a_request(variables={"team": "é" * 128})
+    result = await run_handler(ready, too_long, circuits)
+    assert result.kind is ResultKind.PERMANENT
+    assert "more than AMQP's 255" in result.detail
+    assert circuits["bus"].state is CircuitState.CLOSED
+    assert (await run_handler(ready, a_request(variables={"team": "ops"}), circuits)).kind is (
+        ResultKind.SUCCEEDED
+    )
+    assert (await queue.get(timeout=5)).routing_key == "email.fallback.ops"
+
+
+def test_an_exchange_name_amqp_cannot_carry_is_refused_when_the_file_is_loaded() -> None:
+    with pytest.raises(ValidationError, match="at most 255 bytes"):
+        AmqpConfig(exchange="é" * 128)
