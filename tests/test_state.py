@@ -188,6 +188,27 @@ def test_deadline_claim_then_delivered_is_delivered_late() -> None:
     assert outcome(late) == Outcome.DELIVERED_LATE
 
 
+def test_a_delivered_stamped_after_the_deadline_leaves_it_armed_whatever_the_order() -> None:
+    late = postback("delivered", 700, delivered_at="2026-01-01T00:11:00+00:00")
+    # Heard of before the sweeper got to the deadline, or after: one timeout either way.
+    first = fold([postback("sent"), late])
+    assert deadline(first, TIMEOUTS) == T0 + timedelta(minutes=10)
+    claimed_after, decision = claim_deadline(first, TIMEOUTS, T0 + timedelta(minutes=12))
+    assert decision is not None
+    assert decision.trigger == Trigger.TIMEOUT
+    claimed_before, _ = claim_deadline(fold([postback("sent")]), TIMEOUTS, T0 + timedelta(hours=1))
+    delivered_after, _ = evolve(claimed_before, [late], T0 + timedelta(hours=1))
+    assert outcome(claimed_after) == outcome(delivered_after) == Outcome.DELIVERED_LATE
+
+
+def test_a_delivered_stamped_by_the_deadline_or_ahead_of_its_arrival_disarms_it() -> None:
+    in_time = postback("delivered", 700, delivered_at="2026-01-01T00:09:00+00:00")
+    assert deadline(fold([postback("sent"), in_time]), TIMEOUTS) is None
+    # A clock ahead: stamped after the deadline, but heard of long before it.
+    ahead = postback("delivered", 60, delivered_at="2026-01-01T00:11:00+00:00")
+    assert deadline(fold([postback("sent"), ahead]), TIMEOUTS) is None
+
+
 def test_registration_without_sent_is_not_sent_with_its_own_timeout() -> None:
     message = fold([registration(recipient={"phone": "+15550100"}, delivery_timeout="90s")])
     assert deadline(message, TIMEOUTS) == T0 + timedelta(seconds=90)

@@ -233,14 +233,31 @@ def _timeout(message: Message, timeouts: DeliveryTimeouts) -> timedelta:
 
 
 def deadline(message: Message, timeouts: DeliveryTimeouts) -> datetime | None:
-    """When the message is late, or None when nothing is pending any more.
+    """When the message is late, or None when nothing is pending any more: decided,
+    failed, or delivered by the deadline on Braze's clock.
 
     Armed by `sent` or `processed`, measured from Braze's `sent_at` when known (and not
     after the earliest arrival), else from the earliest arrival; a registration alone
     arms it from its own arrival.
     """
-    if message.decision or failure(message) or "delivered" in message.statuses:
+    if message.decision or failure(message):
         return None
+    due = _armed_deadline(message, timeouts)
+    delivered = message.statuses.get("delivered")
+    if delivered is None or due is None:
+        return due
+    # Judged on Braze's clock, so that the order the postbacks arrive in cannot change
+    # the decision: a `delivered` stamped after the deadline leaves it armed, and the
+    # sweeper decides the timeout as it would have had the `delivered` come later. Its
+    # time is taken no later than its arrival (a clock ahead must not make it late);
+    # without a readable time, delivered is delivered.
+    delivered_at = _parse_time(delivered.timestamps.get("delivered_at"))
+    if delivered_at is None or min(delivered_at, delivered.received_at) <= due:
+        return None
+    return due
+
+
+def _armed_deadline(message: Message, timeouts: DeliveryTimeouts) -> datetime | None:
     armed = [message.statuses[s] for s in ARMING if s in message.statuses]
     if armed:
         sent = message.statuses.get("sent")
@@ -288,9 +305,9 @@ def claim_deadline(
     due = deadline(message, timeouts)
     if due is None or due > (now if due_by is None else due_by):
         return message, None
-    armed = any(s in message.statuses for s in ARMING)
+    sent = any(s in message.statuses for s in (*ARMING, "delivered"))
     decision = Decision(
-        trigger=Trigger.TIMEOUT if armed else Trigger.NOT_SENT, decided_at=now, deadline=due
+        trigger=Trigger.TIMEOUT if sent else Trigger.NOT_SENT, decided_at=now, deadline=due
     )
     return message.model_copy(update={"decision": decision}), decision
 
