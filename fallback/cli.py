@@ -11,7 +11,7 @@ import structlog
 
 from fallback.executor import fallback_topology, running_executor
 from fallback.parking import ParkedRequest, list_parked, replay_parked
-from fallback.rules_file import RulesFile, check_rules_file, load_rules_file
+from fallback.rules_file import RulesFile, check_rules_file, load_rules_file, warnings
 from txmail.broker import connect_until_up
 from txmail.errors import BrokerUnavailable, ConfigError
 from txmail.settings import Settings
@@ -61,6 +61,8 @@ def check_config(settings: Settings, args: argparse.Namespace) -> int:
             print(f"  {problem}", file=sys.stderr)
         return 1
     print(f"{path}: ok ({len(rules_file.handlers)} handlers, {len(rules_file.rules)} rules)")
+    for warning in warnings(rules_file):
+        print(f"  warning: {warning}", file=sys.stderr)
     return 0
 
 
@@ -80,6 +82,8 @@ async def _serve(settings: Settings, rules_file: RulesFile) -> None:
     stop = stop_on_signals()
     async with running_executor(settings, rules_file, stop) as executor:
         if executor is not None:  # None: stopped while waiting for the broker
+            for warning in warnings(rules_file):
+                log.warning("rules file", warning=warning)
             log.info("fallback executor running", rules=str(rules_file.path))
             await stop.wait()
             log.info("stopping: finishing fallbacks in progress")

@@ -38,9 +38,12 @@ def run_everything(settings: Settings, args: argparse.Namespace) -> int:
 
 Command = Callable[[Settings, argparse.Namespace], int]
 
-# The commands that start a long-running process: each refuses to start on an invalid
-# rules file, with the same message `txmail check-config` prints.
-PROCESSES = frozenset({"ingress", "worker", "api", "fallback", "run"})
+# The commands that run the fallback executor check all of the rules file before they
+# start, with the message `txmail check-config` prints; the other long-running ones
+# only that it is TOML (the workers check their [tracking] part themselves), so the
+# internet-facing ingress holds none of the handlers' secrets.
+EXECUTORS = frozenset({"fallback", "run"})
+PROCESSES = frozenset({"ingress", "worker", "api"})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,10 +79,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Command = args.handler
     try:
         settings = load_settings()
-        if args.command in PROCESSES:
-            from fallback.rules_file import load_configured_rules
+        if settings.rules is not None and args.command in EXECUTORS | PROCESSES:
+            from fallback.rules_file import load_rules_file, read_rules_toml
 
-            load_configured_rules(settings)
+            if args.command in EXECUTORS:
+                load_rules_file(settings.rules)
+            else:
+                read_rules_toml(settings.rules)
     except ConfigError as error:
         print(f"txmail: {error}", file=sys.stderr)
         return 2
