@@ -167,12 +167,13 @@ async def visit(
                     except TimeoutError:
                         counts.stopped_early = True
                         break
-                    counts.read += 1
-                    on_read(counts)
                     held = kind.from_message(message)
-                    if not selection.matches(held):
+                    selected = selection.matches(held)
+                    counts.read += 1
+                    counts.selected += selected
+                    on_read(counts)
+                    if not selected:
                         continue
-                    counts.selected += 1
                     if not replay:
                         yield Visited(held, Outcome.LISTED)
                     elif dry_run:
