@@ -222,10 +222,9 @@ async def _visit(
             each(visited)
     finally:
         await connection.close()
-    if counts.stopped_early:
+    if counts.stopped:
         print(
-            f"txmail: stopped after {counts.read} of {counts.total}: the rest did not come "
-            "(taken by another consumer?)",
+            f"txmail: stopped after {counts.read} of {counts.total}: {counts.stopped}",
             file=sys.stderr,
         )
 

@@ -28,7 +28,8 @@ from txmail.broker import BROKER_ERRORS
 from txmail.errors import BrokerUnavailable
 from txmail.topology import Topology
 
-# AMQP's prefetch count is 16 bits: a listing reads at most this many messages.
+# AMQP's prefetch count is 16 bits: one run leaves at most this many messages in place
+# (unacked until it ends); only replayed ones make room.
 MAX_PREFETCH = 65_535
 # Publishes awaiting their confirm at once while replaying.
 REPLAY_WINDOW = 100
@@ -132,7 +133,9 @@ class Counts:
     total: int = 0
     read: int = 0
     selected: int = 0
-    stopped_early: bool = False
+    replayed: int = 0
+    # Why it stopped before reading them all (not counting --limit), or "".
+    stopped: str = ""
 
 
 async def visit(
@@ -162,10 +165,13 @@ async def visit(
                 while counts.read < counts.total and (
                     selection.limit is None or counts.selected < selection.limit
                 ):
+                    if counts.read - len(replaying) - counts.replayed >= MAX_PREFETCH:
+                        counts.stopped = f"{MAX_PREFETCH} left in place, as many as one run can"
+                        break
                     try:
                         message = await asyncio.wait_for(anext(messages), READ_TIMEOUT)
                     except TimeoutError:
-                        counts.stopped_early = True
+                        counts.stopped = "the rest did not come (taken by another consumer?)"
                         break
                     held = kind.from_message(message)
                     selected = selection.matches(held)
@@ -188,10 +194,10 @@ async def visit(
                         while replaying and (
                             len(replaying) >= REPLAY_WINDOW or replaying[0][1].done()
                         ):
-                            yield await _finished(*replaying.popleft())
+                            yield await _finished(counts, *replaying.popleft())
             try:
                 while replaying:
-                    yield await _finished(*replaying.popleft())
+                    yield await _finished(counts, *replaying.popleft())
             finally:
                 for _, task in replaying:
                     task.cancel()
@@ -202,8 +208,9 @@ async def visit(
         raise BrokerUnavailable(f"RabbitMQ: {error!r}") from error
 
 
-async def _finished(held: H, task: "asyncio.Task[str]") -> Visited[H]:
+async def _finished(counts: Counts, held: H, task: "asyncio.Task[str]") -> Visited[H]:
     problem = await task
+    counts.replayed += not problem
     return Visited(held, Outcome.NOT_REPLAYED if problem else Outcome.REPLAYED, problem)
 
 
