@@ -19,7 +19,9 @@ log = structlog.get_logger(__name__)
 
 def add_fallback_commands(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     run = commands.add_parser(
-        "fallback", help="consume fallback requests and run the handlers the rules file picks"
+        "fallback",
+        help="consume fallback requests and run the handlers the rules file picks",
+        epilog="It also reads the variables the rules file's *_env keys name.",
     )
     run.set_defaults(handler=run_fallback)
 

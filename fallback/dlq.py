@@ -35,10 +35,9 @@ NOUNS = {"parked": "parked fallback request(s)", "dead-letter": "dead-lettered m
 EPILOG = """\
 queues:
   parked       {ns}.fallback.parked: fallback requests that failed for good
-  dead-letter  {ns}.dead-letter: messages no consumer could process in 6 deliveries
-               (postbacks, registrations, fallback requests); a replay publishes each
-               where it was published before, as RabbitMQ's x-death header says
-"""
+  dead-letter  {ns}.dead-letter: postbacks, registrations and fallback requests no
+               consumer could process in 6 deliveries, or refused as not the contract;
+               a replay publishes each where it was published before (x-death header)"""
 
 
 def add_dlq_commands(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -68,9 +67,7 @@ def add_dlq_commands(commands: "argparse._SubParsersAction[argparse.ArgumentPars
         metavar="ID",
         help="message id, idempotency key (or, dead-lettered, dispatch id)",
     )
-    which.add_argument(
-        "--all", action="store_true", help="every held message (that the options select)"
-    )
+    which.add_argument("--all", action="store_true", help="every one the other options select")
     replay.add_argument(
         "--dry-run", action="store_true", help="say what would be replayed, change nothing"
     )

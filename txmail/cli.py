@@ -4,7 +4,9 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Callable, Sequence
+from importlib.metadata import version
 
+from txmail.command_help import add_epilogs
 from txmail.errors import ConfigError
 from txmail.logs import configure_logging
 from txmail.settings import Settings, load_settings
@@ -38,6 +40,13 @@ def run_everything(settings: Settings, args: argparse.Namespace) -> int:
 
 Command = Callable[[Settings, argparse.Namespace], int]
 
+INGRESS_ROUTES = """\
+routes (on TXMAIL_HTTP_HOST:TXMAIL_HTTP_PORT):
+  POST /postbacks   Braze's status postbacks (token: TXMAIL_POSTBACK_TOKEN)
+  POST /v1/sends    register a send's recipient and variables (token: TXMAIL_API_TOKEN)
+  GET  /healthz     200 while the process runs
+  GET  /readyz      200 while connected to RabbitMQ, else 503"""
+
 # The commands that run the fallback executor check all of the rules file before they
 # start, with the message `txmail check-config` prints; the other long-running ones
 # only that it is TOML (the workers check their [tracking] part themselves), so the
@@ -50,11 +59,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="txmail",
         description="Track Braze transactional emails and run a fallback when one fails. "
-        "Configured through TXMAIL_* environment variables (see the README).",
+        "Configured through TXMAIL_* environment variables (see the README); "
+        "each command's --help lists those it reads.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version('txmail')}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     ingress = commands.add_parser(
-        "ingress", help="serve POST /postbacks and publish each postback to RabbitMQ"
+        "ingress",
+        help="serve POST /postbacks and publish each postback to RabbitMQ",
+        epilog=INGRESS_ROUTES,
     )
     ingress.set_defaults(handler=run_ingress)
     # worker, api, status and run live with the workers, which own the state they serve.
@@ -69,8 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser(
         "run",
         help="ingress, worker, api and fallback executor in one process (SQLite by default)",
+        epilog="With TXMAIL_RULES it also reads the variables its *_env keys name.",
     )
     run.set_defaults(handler=run_everything)
+    add_epilogs(parser)
     return parser
 
 
