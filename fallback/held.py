@@ -20,6 +20,7 @@ from aio_pika.abc import (
     AbstractChannel,
     AbstractExchange,
     AbstractIncomingMessage,
+    AbstractQueue,
     AbstractRobustConnection,
 )
 from aio_pika.exceptions import DeliveryError, PublishError
@@ -153,59 +154,66 @@ async def visit(
     counts = counts if counts is not None else Counts()
     try:
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        replaying: deque[tuple[H, asyncio.Task[str]]] = deque()
         try:
             await topology.declare(channel)
             queue = await channel.declare_queue(kind.held_in(topology), passive=True)
             counts.total = queue.declaration_result.message_count or 0
-            if counts.total == 0:
-                return
-            await channel.set_qos(prefetch_count=min(counts.total, MAX_PREFETCH))
-            replaying: deque[tuple[H, asyncio.Task[str]]] = deque()
-            async with queue.iterator(no_ack=False) as messages:
-                while counts.read < counts.total and (
-                    selection.limit is None or counts.selected < selection.limit
-                ):
-                    if counts.read - len(replaying) - counts.replayed >= MAX_PREFETCH:
-                        counts.stopped = f"{MAX_PREFETCH} left in place, as many as one run can"
-                        break
-                    try:
-                        message = await asyncio.wait_for(anext(messages), READ_TIMEOUT)
-                    except TimeoutError:
-                        counts.stopped = "the rest did not come (taken by another consumer?)"
-                        break
-                    held = kind.from_message(message)
-                    selected = selection.matches(held)
-                    counts.read += 1
-                    counts.selected += selected
-                    on_read(counts)
-                    if not selected:
-                        continue
-                    if not replay:
-                        yield Visited(held, Outcome.LISTED)
-                    elif dry_run:
-                        yield Visited(held, Outcome.WOULD_REPLAY)
-                    else:
-                        target = kind.replay_target(message, topology)
-                        if isinstance(target, str):
-                            yield Visited(held, Outcome.NOT_REPLAYED, target)
-                            continue
-                        task = asyncio.create_task(_republish(channel, message, target))
-                        replaying.append((held, task))
-                        while replaying and (
-                            len(replaying) >= REPLAY_WINDOW or replaying[0][1].done()
-                        ):
-                            yield await _finished(counts, *replaying.popleft())
-            try:
-                while replaying:
-                    yield await _finished(counts, *replaying.popleft())
-            finally:
-                for _, task in replaying:
-                    task.cancel()
+            async for message, held in _selected(channel, queue, kind, selection, counts, on_read):
+                if not replay:
+                    yield Visited(held, Outcome.LISTED)
+                elif dry_run:
+                    yield Visited(held, Outcome.WOULD_REPLAY)
+                elif isinstance(target := kind.replay_target(message, topology), str):
+                    yield Visited(held, Outcome.NOT_REPLAYED, target)
+                else:
+                    task = asyncio.create_task(_republish(channel, message, target))
+                    replaying.append((held, task))
+                    # Confirms come back pipelined; report them in order as they do.
+                    while replaying and (len(replaying) >= REPLAY_WINDOW or replaying[0][1].done()):
+                        yield await _finished(counts, *replaying.popleft())
+            while replaying:
+                yield await _finished(counts, *replaying.popleft())
         finally:
+            for _, task in replaying:  # left by an error, or by a reader that stopped
+                task.cancel()
             # Gives back every message delivered and not acked, in its place.
             await channel.close()
     except BROKER_ERRORS as error:
         raise BrokerUnavailable(f"RabbitMQ: {error!r}") from error
+
+
+async def _selected(
+    channel: AbstractChannel,
+    queue: AbstractQueue,
+    kind: type[H],
+    selection: Selection,
+    counts: Counts,
+    on_read: Callable[[Counts], None],
+) -> AsyncIterator[tuple[AbstractIncomingMessage, H]]:
+    """The selected messages among the first ``counts.total``, up to the limit."""
+    if counts.total == 0:
+        return
+    await channel.set_qos(prefetch_count=min(counts.total, MAX_PREFETCH))
+    async with queue.iterator(no_ack=False) as messages:
+        while counts.read < counts.total and (
+            selection.limit is None or counts.selected < selection.limit
+        ):
+            if counts.read - counts.replayed >= MAX_PREFETCH:
+                counts.stopped = f"{MAX_PREFETCH} left in place, as many as one run can"
+                return
+            try:
+                message = await asyncio.wait_for(anext(messages), READ_TIMEOUT)
+            except TimeoutError:
+                counts.stopped = "the rest did not come (taken by another consumer?)"
+                return
+            held = kind.from_message(message)
+            selected = selection.matches(held)
+            counts.read += 1
+            counts.selected += selected
+            on_read(counts)
+            if selected:
+                yield message, held
 
 
 async def _finished(counts: Counts, held: H, task: "asyncio.Task[str]") -> Visited[H]:
