@@ -1,4 +1,5 @@
-"""The fallback subcommands of ``txmail``: the executor, the parking queue, the rules file."""
+"""The fallback subcommands of ``txmail``: the executor and the rules file check (``dlq``
+is in fallback/dlq.py)."""
 
 import argparse
 import asyncio

@@ -297,3 +297,22 @@ async def test_dlq_escapes_what_could_forge_lines_and_reports_progress(
     assert "reason: \\n- id: forged\\x1b[2K" in out
     assert "\x1b" not in out
     assert "txmail: read 1 of 1 parked, 1 selected" in err
+
+
+async def test_dlq_leaves_a_dead_letter_it_cannot_place(fallback_settings: Settings) -> None:
+    topology = fallback_topology(fallback_settings)
+    connection = await aio_pika.connect(fallback_settings.amqp_url)
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        await topology.declare(channel)
+        # Published straight to the dead-letter exchange: no x-death header.
+        dead = await channel.get_exchange(topology.dead_letter_exchange)
+        await dead.publish(aio_pika.Message(b"{}", message_id="stray"), "")
+
+    code, out, err = await txmail(
+        fallback_settings, "dlq", "replay", "--queue", "dead-letter", "--all"
+    )
+    assert code == 1
+    assert "txmail: stray: not replayed: no x-death header says where it was published" in err
+    assert "0 replayed" in out
+    assert await queue_depth(fallback_settings.amqp_url, topology.dead_letter_queue) == 1
