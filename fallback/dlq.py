@@ -31,6 +31,7 @@ QUEUES: dict[str, type[Held]] = {
     "dead-letter": DeadLetter,
 }
 NOUNS = {"parked": "parked fallback request(s)", "dead-letter": "dead-lettered message(s)"}
+MISSING = {"parked": "parked", "dead-letter": "dead-lettered"}
 
 EPILOG = """\
 queues:
@@ -188,7 +189,9 @@ def dlq_replay(settings: Settings, args: argparse.Namespace) -> int:
     # Ids are known missing only when the whole queue was read.
     missing = (ids or set()) - found if counts.read == counts.total else set()
     for unknown in sorted(missing):
-        print(f"txmail: nothing {args.queue} with id {printable(unknown)!r}", file=sys.stderr)
+        print(
+            f"txmail: nothing {MISSING[args.queue]} with id '{printable(unknown)}'", file=sys.stderr
+        )
     done = counts.selected - failed
     print(f"{done} {'would be replayed (dry run)' if args.dry_run else 'replayed'}")
     return 1 if missing or failed else 0

@@ -2,6 +2,7 @@
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import version
@@ -105,7 +106,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"txmail: {error}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
-    return handler(settings, args)
+    try:
+        return handler(settings, args)
+    except BrokenPipeError:
+        # The reader went away (`txmail dlq list | head`): say nothing more, and keep
+        # Python from failing again when it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

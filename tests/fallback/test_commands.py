@@ -316,3 +316,22 @@ async def test_dlq_leaves_a_dead_letter_it_cannot_place(fallback_settings: Setti
     assert "txmail: stray: not replayed: no x-death header says where it was published" in err
     assert "0 replayed" in out
     assert await queue_depth(fallback_settings.amqp_url, topology.dead_letter_queue) == 1
+
+
+async def test_dlq_list_into_a_reader_that_goes_away_loses_nothing(
+    fallback_settings: Settings,
+) -> None:
+    # More than a pipe holds, so the listing is still writing when the reader leaves.
+    await park(fallback_settings, *(a_request() for _ in range(600)))
+    read_end, write_end = os.pipe()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "txmail.cli", "dlq", "list",
+        env=environment(fallback_settings), stdout=write_end, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as reader:  # as `| head -1` would: read a little, leave
+        assert (await asyncio.to_thread(reader.readline)).startswith(b"- id: ")
+    _, err = await asyncio.wait_for(process.communicate(), timeout=30)
+    assert process.returncode == 1
+    assert b"Traceback" not in err
+    assert len(await parked(fallback_settings)) == 600
