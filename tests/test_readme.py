@@ -43,6 +43,16 @@ def first_lines() -> str:
     return README.split("\n## ", 1)[0]
 
 
+def test_the_first_lines_run_it_try_it_and_test_it() -> None:
+    ci = (ROOT / ".ci" / "run").read_text()
+    command = re.search(r'^TEST_COMMAND="(.+)"$', ci, re.MULTILINE)
+    assert command is not None
+    text = first_lines()
+    assert "\ndocker compose up --build\n" in text
+    assert re.search(r"^python3 -m venv .* txmail run$", text, re.MULTILINE)
+    assert f"\n{command.group(1)}\n" in text
+
+
 def test_the_sample_is_brazes_five_examples_as_they_are() -> None:
     examples = json.loads((ROOT / "tests" / "braze-postbacks.json").read_text())["examples"]
     assert examples == SAMPLE
