@@ -83,17 +83,34 @@ def load_rules_file(path: Path) -> RulesFile:
     """Read and check the rules file; raise ConfigError naming every problem and where."""
     rules_file, problems = check_rules_file(path)
     if rules_file is None:
-        raise ConfigError(f"invalid rules file {path}:\n  " + "\n  ".join(problems))
+        raise _invalid(path, problems)
     return rules_file
 
 
 def read_rules_toml(path: Path) -> dict[str, Any]:
-    """The file parsed and nothing more: the start-up check of the processes that read
-    no handler (ingress, worker, api), so they need none of the handlers' secrets."""
+    """The file parsed and nothing more: the ingress's start-up check (it reads none of it)."""
     data, problems = _read(path)
     if data is None:
         raise ConfigError(f"invalid rules file {path}: {problems[0]}")
     return data
+
+
+def load_tracking(path: Path) -> Tracking:
+    """The workers' start-up check: the file's shape and its ``[tracking]``, checked as
+    ``txmail check-config`` checks them; handlers and rules (and their secrets) are the
+    executor's."""
+    try:
+        shape = _FileShape.model_validate(read_rules_toml(path))
+    except ValidationError as error:
+        raise _invalid(path, _describe(error)) from None
+    try:
+        return Tracking.model_validate(shape.tracking)
+    except ValidationError as error:
+        raise _invalid(path, _describe(error, ("tracking",))) from None
+
+
+def _invalid(path: Path, problems: list[str]) -> ConfigError:
+    return ConfigError(f"invalid rules file {path}:\n  " + "\n  ".join(problems))
 
 
 def _read(path: Path) -> tuple[dict[str, Any] | None, list[str]]:

@@ -48,12 +48,12 @@ routes (on TXMAIL_HTTP_HOST:TXMAIL_HTTP_PORT):
   GET  /healthz     200 while the process runs
   GET  /readyz      200 while connected to RabbitMQ, else 503"""
 
-# The commands that run the fallback executor check all of the rules file before they
-# start, with the message `txmail check-config` prints; the other long-running ones
-# only that it is TOML (the workers check their [tracking] part themselves), so the
+# Before it starts, each long-running process checks what it reads of the rules file,
+# with the messages `txmail check-config` prints: the executor all of it, secrets
+# included; the workers its [tracking]; the ingress that it is TOML. So the
 # internet-facing ingress holds none of the handlers' secrets.
 EXECUTORS = frozenset({"fallback", "run"})
-PROCESSES = frozenset({"ingress", "worker", "api"})
+WORKERS = frozenset({"worker", "api"})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,12 +95,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Command = args.handler
     try:
         settings = load_settings()
-        if settings.rules is not None and args.command in EXECUTORS | PROCESSES:
-            from fallback.rules_file import load_rules_file, read_rules_toml
+        if settings.rules is not None:
+            from fallback.rules_file import load_rules_file, load_tracking, read_rules_toml
 
             if args.command in EXECUTORS:
                 load_rules_file(settings.rules)
-            else:
+            elif args.command in WORKERS:
+                load_tracking(settings.rules)
+            elif args.command == "ingress":
                 read_rules_toml(settings.rules)
     except ConfigError as error:
         print(f"txmail: {error}", file=sys.stderr)

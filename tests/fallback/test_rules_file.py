@@ -373,6 +373,36 @@ def test_the_other_processes_refuse_a_rules_file_that_is_not_toml(
     assert "not valid TOML" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["worker", "api"])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "[tracking]\ndelivery_timeout = 10\n",
+            'tracking.delivery_timeout: write a duration with its unit, e.g. "10s" or "10m"',
+        ),
+        ("[trackin]\n", "trackin: unknown key"),
+    ],
+)
+def test_the_workers_check_the_tracking_they_read_as_check_config_does(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    command: str,
+    text: str,
+    message: str,
+) -> None:
+    # The handler is not theirs to check: its unset secret does not stop them.
+    handler = (
+        '[handlers.x]\ntype = "webhook"\nurl = "https://a"\nsecret_env = "TXMAIL_TEST_UNSET"\n'
+    )
+    monkeypatch.setenv("TXMAIL_RULES", str(write(tmp_path, f"{text}{handler}\n")))
+    assert main([command]) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "TXMAIL_TEST_UNSET" not in err
+
+
 async def test_the_ingress_starts_without_the_handlers_secrets(settings: Settings) -> None:
     env = {k: v for k, v in os.environ.items() if k not in EXAMPLE_SECRETS}
     process = await asyncio.create_subprocess_exec(
