@@ -1,7 +1,8 @@
 """Fallbacks: the handler protocol, the built-in handlers, the rules ops write, and the
 executor that runs them (``txmail fallback``).
 
-Other processes check the rules file at start-up with
+The executor checks the rules file at start-up with
 ``fallback.rules_file.load_configured_rules(settings)``, which raises txmail.errors.ConfigError
-listing every problem, with the same text ``txmail check-config`` prints.
+listing every problem, with the same text ``txmail check-config`` prints. The other
+processes read no handler table and need none of the handlers' secrets.
 """

@@ -1,31 +1,28 @@
-"""The fallback subcommands of ``txmail``: the executor, the parking queue, the rules file."""
+"""The fallback subcommands of ``txmail``: the executor and the rules file check (``dlq``
+is in fallback/dlq.py)."""
 
 import argparse
 import asyncio
-import json
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 import structlog
 
-from fallback.executor import fallback_topology, running_executor
-from fallback.parking import ParkedRequest, list_parked, replay_parked
-from fallback.rules_file import RulesFile, check_rules_file, load_rules_file
-from txmail.broker import connect_until_up
-from txmail.errors import BrokerUnavailable, ConfigError
+from fallback.dlq import add_dlq_commands
+from fallback.executor import running_executor
+from fallback.rules_file import RulesFile, check_rules_file, load_rules_file, warnings
+from txmail.errors import ConfigError
 from txmail.settings import Settings
 from txmail.stopping import stop_on_signals
 
 log = structlog.get_logger(__name__)
 
-# How long the dlq commands wait for RabbitMQ before giving up.
-CONNECT_TIMEOUT = 30
-
 
 def add_fallback_commands(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     run = commands.add_parser(
-        "fallback", help="consume fallback requests and run the handlers the rules file picks"
+        "fallback",
+        help="consume fallback requests and run the handlers the rules file picks",
+        epilog="It also reads the variables the rules file's *_env keys name.",
     )
     run.set_defaults(handler=run_fallback)
 
@@ -35,18 +32,7 @@ def add_fallback_commands(commands: "argparse._SubParsersAction[argparse.Argumen
     check.add_argument("path", nargs="?", type=Path, help="rules file (default: TXMAIL_RULES)")
     check.set_defaults(handler=check_config)
 
-    dlq = commands.add_parser("dlq", help="parked fallback requests: list, replay")
-    actions = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
-    listing = actions.add_parser("list", help="show what is parked and why (changes nothing)")
-    listing.add_argument("--json", action="store_true", help="one JSON object per line")
-    listing.set_defaults(handler=dlq_list)
-    replay = actions.add_parser("replay", help="put parked requests back on the fallback queue")
-    which = replay.add_mutually_exclusive_group(required=True)
-    which.add_argument(
-        "ids", nargs="*", default=[], metavar="ID", help="message id or idempotency key"
-    )
-    which.add_argument("--all", action="store_true", help="every parked request")
-    replay.set_defaults(handler=dlq_replay)
+    add_dlq_commands(commands)
 
 
 def check_config(settings: Settings, args: argparse.Namespace) -> int:
@@ -61,6 +47,8 @@ def check_config(settings: Settings, args: argparse.Namespace) -> int:
             print(f"  {problem}", file=sys.stderr)
         return 1
     print(f"{path}: ok ({len(rules_file.handlers)} handlers, {len(rules_file.rules)} rules)")
+    for warning in warnings(rules_file):
+        print(f"  warning: {warning}", file=sys.stderr)
     return 0
 
 
@@ -80,68 +68,9 @@ async def _serve(settings: Settings, rules_file: RulesFile) -> None:
     stop = stop_on_signals()
     async with running_executor(settings, rules_file, stop) as executor:
         if executor is not None:  # None: stopped while waiting for the broker
+            for warning in warnings(rules_file):
+                log.warning("rules file", warning=warning)
             log.info("fallback executor running", rules=str(rules_file.path))
             await stop.wait()
             log.info("stopping: finishing fallbacks in progress")
     log.info("stopped")
-
-
-def dlq_list(settings: Settings, args: argparse.Namespace) -> int:
-    try:
-        parked = asyncio.run(_with_connection(settings, None, replay=False))
-    except BrokerUnavailable as error:
-        print(f"txmail: {error}", file=sys.stderr)
-        return 1
-    if args.json:
-        for request in parked:
-            print(json.dumps(asdict(request)))
-        return 0
-    print(f"{len(parked)} parked fallback request(s)")
-    for request in parked:
-        _print_parked(request)
-    return 0
-
-
-def dlq_replay(settings: Settings, args: argparse.Namespace) -> int:
-    ids = None if args.all else set(args.ids)
-    try:
-        replayed = asyncio.run(_with_connection(settings, ids, replay=True))
-    except BrokerUnavailable as error:
-        print(f"txmail: {error}", file=sys.stderr)
-        return 1
-    for request in replayed:
-        print(f"replayed {request.message_id} ({request.idempotency_key})")
-    missing = (ids or set()) - {i for r in replayed for i in r.ids}
-    for unknown in sorted(missing):
-        print(f"txmail: nothing parked with id {unknown!r}", file=sys.stderr)
-    print(f"{len(replayed)} replayed")
-    return 1 if missing else 0
-
-
-async def _with_connection(
-    settings: Settings, ids: set[str] | None, replay: bool
-) -> list[ParkedRequest]:
-    try:
-        connection = await asyncio.wait_for(connect_until_up(settings.amqp_url), CONNECT_TIMEOUT)
-    except TimeoutError:
-        raise BrokerUnavailable(f"RabbitMQ not reachable within {CONNECT_TIMEOUT}s") from None
-    try:
-        topology = fallback_topology(settings)
-        if replay:
-            return await replay_parked(connection, topology, ids)
-        return await list_parked(connection, topology)
-    finally:
-        await connection.close()
-
-
-def _print_parked(request: ParkedRequest) -> None:
-    print(f"- id: {request.message_id}")
-    print(f"  idempotency_key: {request.idempotency_key or '-'}")
-    print(
-        f"  trigger: {request.trigger or '-'}  external_send_id: {request.external_send_id or '-'}"
-    )
-    print(
-        f"  parked_at: {request.parked_at}  attempts: {request.attempts}"
-        f"  succeeded: {', '.join(request.succeeded) or '-'}"
-    )
-    print(f"  reason: {request.reason}")

@@ -1,22 +1,22 @@
-"""The parking queue, for ops: what is parked and why (``txmail dlq list``), and putting
-requests back on the fallback queue once the cause is fixed (``txmail dlq replay``).
-
-Reading never loses a message: each one is fetched unacknowledged and, unless it was
-replayed (republished, confirmed, then acked), given back when the channel closes.
-"""
+"""What ``txmail dlq`` shows of a held message, read leniently from its headers and
+body: a parked fallback request, or a message of the dead-letter queue."""
 
 import json
-from collections.abc import Callable
-from dataclasses import dataclass
+import re
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
+from fallback.held import Selection, Target, visit
 from fallback.progress import PARKED_AT, PARKED_REASON, Progress
 from fallback.publisher import with_new_headers
-from txmail.broker import BROKER_ERRORS
-from txmail.errors import BrokerUnavailable
+from txmail.terminal import printable
 from txmail.topology import Topology
+
+# A handler's failure inside a parking reason: "ops-hook: transient: answered 503".
+_FAILURE = re.compile(r"(?:^|; )([A-Za-z0-9][A-Za-z0-9_.-]*): (?:transient|permanent): ")
 
 
 @dataclass(frozen=True)
@@ -29,42 +29,192 @@ class ParkedRequest:
     parked_at: str
     attempts: int
     succeeded: tuple[str, ...]
+    # Handlers that failed on it: for good on any attempt, or on the last one.
+    failed: tuple[str, ...]
 
     @property
     def ids(self) -> set[str]:
         """What ``dlq replay`` accepts for it: the message id or the idempotency key."""
         return {self.message_id, *([self.idempotency_key] if self.idempotency_key else [])}
 
+    @property
+    def at(self) -> datetime | None:
+        return _time(self.parked_at)
+
+    @property
+    def name(self) -> str:
+        key = f" ({self.idempotency_key})" if self.idempotency_key else ""
+        return self.message_id + key
+
+    def describe(self) -> str:
+        return "\n".join(
+            [
+                f"- id: {_show(self.message_id)}",
+                f"  idempotency_key: {_show(self.idempotency_key)}",
+                f"  trigger: {_show(self.trigger)}"
+                f"  external_send_id: {_show(self.external_send_id)}",
+                f"  parked_at: {_show(self.parked_at)}  attempts: {self.attempts}"
+                f"  succeeded: {_show(', '.join(self.succeeded))}",
+                f"  reason: {_show(self.reason)}",
+            ]
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
     @classmethod
     def from_message(cls, message: AbstractIncomingMessage) -> "ParkedRequest":
         headers = message.headers or {}
-        try:
-            body = json.loads(message.body)
-        except ValueError:
-            body = None
-        fields: dict[str, Any] = body if isinstance(body, dict) else {}
+        fields = _json_object(message.body)
         progress = Progress.from_headers(headers)
-
-        def text(value: object) -> str | None:
-            return value if isinstance(value, str) else None
-
+        reason = _text(headers.get(PARKED_REASON)) or "(no reason recorded)"
         return cls(
             message_id=message.message_id or "",
-            idempotency_key=text(fields.get("idempotency_key")),
-            trigger=text(fields.get("trigger")),
-            external_send_id=text(fields.get("external_send_id")),
-            reason=text(headers.get(PARKED_REASON)) or "(no reason recorded)",
-            parked_at=text(headers.get(PARKED_AT)) or "",
+            idempotency_key=_text(fields.get("idempotency_key")),
+            trigger=_text(fields.get("trigger")),
+            external_send_id=_text(fields.get("external_send_id")),
+            reason=reason,
+            parked_at=_text(headers.get(PARKED_AT)) or "",
             attempts=progress.attempt,
             succeeded=tuple(sorted(progress.succeeded)),
+            failed=tuple(sorted(progress.failed | set(_FAILURE.findall(reason)))),
         )
+
+    @staticmethod
+    def held_in(topology: Topology) -> str:
+        return topology.fallback_parking_queue
+
+    @staticmethod
+    def replay_target(message: AbstractIncomingMessage, topology: Topology) -> Target | str:
+        """The fallback queue, with its retries started over."""
+        progress = Progress.from_headers(message.headers).for_replay()
+        return Target("", topology.fallback_queue, with_new_headers(message, progress.to_headers()))
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A message no consumer could process: where it died, why, and what it was."""
+
+    message_id: str
+    type: str | None
+    died_in: str | None  # the queue
+    reason: str | None  # RabbitMQ's: rejected, delivery_limit, expired, maxlen
+    died_at: str
+    exchange: str | None  # where it had been published, to replay it there
+    routing_key: str | None
+    dispatch_id: str | None
+    external_send_id: str | None
+    idempotency_key: str | None
+    trigger: str | None
+
+    @property
+    def ids(self) -> set[str]:
+        """What ``dlq replay`` accepts for it: the message id, a dispatch id, or a
+        fallback request's idempotency key."""
+        return {self.message_id} | {
+            i for i in (self.dispatch_id, self.idempotency_key) if i is not None
+        }
+
+    @property
+    def at(self) -> datetime | None:
+        return _time(self.died_at)
+
+    @property
+    def name(self) -> str:
+        return f"{self.message_id} ({self.routing_key})" if self.routing_key else self.message_id
+
+    def describe(self) -> str:
+        return "\n".join(
+            [
+                f"- id: {_show(self.message_id)}  type: {_show(self.type)}",
+                f"  died_in: {_show(self.died_in)}  reason: {_show(self.reason)}"
+                f"  at: {_show(self.died_at)}",
+                f"  published_to: {_show(self.exchange)}  routing_key: {_show(self.routing_key)}",
+                f"  dispatch_id: {_show(self.dispatch_id)}"
+                f"  external_send_id: {_show(self.external_send_id)}"
+                f"  idempotency_key: {_show(self.idempotency_key)}",
+            ]
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def failed(self) -> tuple[str, ...]:
+        return ()
+
+    @classmethod
+    def from_message(cls, message: AbstractIncomingMessage) -> "DeadLetter":
+        death = _last_death(message)
+        fields = _json_object(message.body)
+        keys = death.get("routing-keys")
+        died_at = death.get("time")
+        return cls(
+            message_id=message.message_id or "",
+            type=message.type,
+            died_in=_text(death.get("queue")),
+            reason=_text(death.get("reason")),
+            died_at=died_at.isoformat() if isinstance(died_at, datetime) else "",
+            exchange=_text(death.get("exchange")),
+            routing_key=_text(keys[0]) if isinstance(keys, list) and keys else None,
+            dispatch_id=_text(fields.get("dispatch_id")),
+            external_send_id=_text(fields.get("external_send_id"))
+            or _text(_json_object_of(fields.get("metadata")).get("external_send_id")),
+            idempotency_key=_text(fields.get("idempotency_key")),
+            trigger=_text(fields.get("trigger")),
+        )
+
+    @staticmethod
+    def held_in(topology: Topology) -> str:
+        return topology.dead_letter_queue
+
+    @staticmethod
+    def replay_target(message: AbstractIncomingMessage, topology: Topology) -> Target | str:
+        """Where it was published before it died (RabbitMQ's x-death header says)."""
+        dead = DeadLetter.from_message(message)
+        if dead.exchange is None or dead.routing_key is None:
+            return "no x-death header says where it was published"
+        return Target(dead.exchange, dead.routing_key, with_new_headers(message, {}))
+
+
+def _last_death(message: AbstractIncomingMessage) -> dict[str, Any]:
+    # RabbitMQ keeps one entry per queue and reason it died for, the latest first.
+    deaths = (message.headers or {}).get("x-death")
+    first = deaths[0] if isinstance(deaths, list) and deaths else None
+    return first if isinstance(first, dict) else {}
+
+
+def _show(value: str | None) -> str:
+    return printable(value) if value else "-"
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _json_object_of(value: object) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    try:
+        return _json_object_of(json.loads(body))
+    except ValueError:
+        return {}
+
+
+def _time(value: str) -> datetime | None:
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 async def list_parked(
     connection: AbstractRobustConnection, topology: Topology
 ) -> list[ParkedRequest]:
-    seen, _ = await _visit(connection, topology, lambda parked: False)
-    return seen
+    return [v.held async for v in visit(connection, topology, ParkedRequest, Selection())]
 
 
 async def replay_parked(
@@ -72,43 +222,5 @@ async def replay_parked(
 ) -> list[ParkedRequest]:
     """Put the parked requests with these ids (all of them for None) back on the
     fallback queue; return those replayed."""
-    _, replayed = await _visit(connection, topology, lambda p: ids is None or bool(p.ids & ids))
-    return replayed
-
-
-async def _visit(
-    connection: AbstractRobustConnection,
-    topology: Topology,
-    replay: Callable[[ParkedRequest], bool],
-) -> tuple[list[ParkedRequest], list[ParkedRequest]]:
-    """Fetch each message parked now (not those parked while this runs) and replay the
-    chosen ones; return all of them, and those replayed."""
-    seen: list[ParkedRequest] = []
-    replayed: list[ParkedRequest] = []
-    try:
-        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        try:
-            await topology.declare(channel)
-            queue = await channel.declare_queue(topology.fallback_parking_queue, passive=True)
-            count = queue.declaration_result.message_count or 0
-            for _ in range(count):
-                message = await queue.get(no_ack=False, fail=False)
-                if message is None:
-                    break
-                parked = ParkedRequest.from_message(message)
-                seen.append(parked)
-                if replay(parked):
-                    progress = Progress.from_headers(message.headers).for_replay()
-                    await channel.default_exchange.publish(
-                        with_new_headers(message, progress.to_headers()),
-                        topology.fallback_queue,
-                        mandatory=True,
-                    )
-                    await message.ack()
-                    replayed.append(parked)
-        finally:
-            # Gives back every message fetched and not acked, in its place.
-            await channel.close()
-    except BROKER_ERRORS as error:
-        raise BrokerUnavailable(f"RabbitMQ: {error!r}") from error
-    return seen, replayed
+    replaying = visit(connection, topology, ParkedRequest, Selection(ids=ids), replay=True)
+    return [v.held async for v in replaying if v.outcome == "replayed"]

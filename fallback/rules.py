@@ -10,7 +10,15 @@ from collections.abc import Sequence
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+)
 
 from txmail.events import FallbackRequest, Trigger
 
@@ -46,6 +54,14 @@ class Rule(BaseModel):
     reason: Annotated[re.Pattern[str], BeforeValidator(_compiled)] | None = None
     handlers: list[str] = Field(min_length=1)
     mode: Mode = Mode.FIRST_SUCCESS
+
+    @field_validator("on", "campaigns", "handlers", mode="before")
+    @classmethod
+    def _a_list_not_a_string(cls, value: object, info: ValidationInfo) -> object:
+        # `on = "*"` is the likeliest slip; pydantic alone only says "a valid list".
+        if isinstance(value, str):
+            raise ValueError(f'write a list: {info.field_name} = ["{value}"]')
+        return value
 
     @field_validator("campaigns")
     @classmethod

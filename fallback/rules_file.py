@@ -1,10 +1,13 @@
 """The rules file (TOML, at ``TXMAIL_RULES``): read it, check all of it, say where it is wrong.
 
-``load_configured_rules`` is what every process calls at start-up: it returns the
-checked file, or raises ConfigError listing every problem with its place, e.g.
-``rules[1].handlers[0]: unknown handler 'smss'`` (indexes count from 0).
+``load_configured_rules`` is what the fallback executor calls at start-up: it returns
+the checked file, secrets read from the environment, or raises ConfigError listing
+every problem with its place, e.g. ``rules[1].handlers[0]: unknown handler 'smss'``
+(indexes count from 0). The other processes only check that the file is TOML
+(``read_rules_toml``) and read their own part of it.
 """
 
+import os
 import re
 import tomllib
 from dataclasses import dataclass
@@ -14,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from fallback.handler import HandlerConfig, HandlerType, WrittenDuration
+from fallback.handler import HandlerConfig, HandlerType, WrittenDuration, resolve_secrets
 from fallback.registry import resolve_handler_type
 from fallback.rules import Rule
 from txmail.errors import ConfigError
@@ -71,7 +74,7 @@ class RulesFile:
 
 
 def load_configured_rules(settings: Settings) -> RulesFile | None:
-    """For every process's start-up: the checked file at ``TXMAIL_RULES`` (None when
+    """For the executor's start-up: the checked file at ``TXMAIL_RULES`` (None when
     it is not set); raises ConfigError, with every problem, when it is invalid."""
     return None if settings.rules is None else load_rules_file(settings.rules)
 
@@ -80,26 +83,57 @@ def load_rules_file(path: Path) -> RulesFile:
     """Read and check the rules file; raise ConfigError naming every problem and where."""
     rules_file, problems = check_rules_file(path)
     if rules_file is None:
-        raise ConfigError(f"invalid rules file {path}:\n  " + "\n  ".join(problems))
+        raise _invalid(path, problems)
     return rules_file
 
 
-def check_rules_file(path: Path) -> tuple[RulesFile | None, list[str]]:
-    """The checked file and no problems, or None and every problem found."""
+def read_rules_toml(path: Path) -> dict[str, Any]:
+    """The file parsed and nothing more: the ingress's start-up check (it reads none of it)."""
+    data, problems = _read(path)
+    if data is None:
+        raise ConfigError(f"invalid rules file {path}: {problems[0]}")
+    return data
+
+
+def load_tracking(path: Path) -> Tracking:
+    """The workers' start-up check: the file's shape and its ``[tracking]``, checked as
+    ``txmail check-config`` checks them; handlers and rules (and their secrets) are the
+    executor's."""
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        shape = _FileShape.model_validate(read_rules_toml(path))
+    except ValidationError as error:
+        raise _invalid(path, _describe(error)) from None
+    try:
+        return Tracking.model_validate(shape.tracking)
+    except ValidationError as error:
+        raise _invalid(path, _describe(error, ("tracking",))) from None
+
+
+def _invalid(path: Path, problems: list[str]) -> ConfigError:
+    return ConfigError(f"invalid rules file {path}:\n  " + "\n  ".join(problems))
+
+
+def _read(path: Path) -> tuple[dict[str, Any] | None, list[str]]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8")), []
     except OSError as error:
         return None, [f"cannot read it: {error.strerror or error}"]
     except UnicodeDecodeError:
         return None, ["it is not UTF-8 text"]
     except tomllib.TOMLDecodeError as error:
         return None, [f"not valid TOML: {error}"]
+
+
+def check_rules_file(path: Path) -> tuple[RulesFile | None, list[str]]:
+    """The checked file and no problems, or None and every problem found."""
+    data, problems = _read(path)
+    if data is None:
+        return None, problems
     try:
         shape = _FileShape.model_validate(data)
     except ValidationError as error:
         return None, _describe(error)
 
-    problems: list[str] = []
     tracking = Tracking()
     try:
         tracking = Tracking.model_validate(shape.tracking)
@@ -127,7 +161,20 @@ def check_rules_file(path: Path) -> tuple[RulesFile | None, list[str]]:
     return RulesFile(path=path, tracking=tracking, handlers=handlers, rules=rules), []
 
 
+def warnings(rules_file: RulesFile) -> list[str]:
+    """What is valid but most likely not meant: no fallback would ever run."""
+    if not rules_file.rules:
+        return ["no [[rules]]: every fallback request is recorded as 'no rule' and none runs"]
+    used = {name for rule in rules_file.rules for name in rule.handlers}
+    return [
+        f"{_place(('handlers', name))}: no rule uses it"
+        for name in rules_file.handlers
+        if name not in used
+    ]
+
+
 def _check_handler(name: str, table: dict[str, Any]) -> tuple[ConfiguredHandler | None, list[str]]:
+    """The handler, or None and every problem of its table (as far as its type is known)."""
     where: Location = ("handlers", name)
     problems = []
     if not _HANDLER_NAME.fullmatch(name):
@@ -141,11 +188,20 @@ def _check_handler(name: str, table: dict[str, Any]) -> tuple[ConfiguredHandler 
         handler_type = resolve_handler_type(type_name)
     except ValueError as error:
         return None, [*problems, f"{_place((*where, 'type'))}: {error}"]
-    settings = {key: value for key, value in table.items() if key != "type"}
+    secrets = resolve_secrets(
+        handler_type.config_model,
+        {key: value for key, value in table.items() if key != "type"},
+        os.environ,
+    )
+    problems += [f"{_place((*where, key))}: {message}" for key, message in secrets.problems]
     try:
-        config = handler_type.config_model.model_validate(settings)
+        config = handler_type.config_model.model_validate(secrets.table)
     except ValidationError as error:
-        return None, [*problems, *_describe(error, where)]
+        problems += [
+            f"{_place((*where, *e['loc']))}: {_message(e)}"
+            for e in error.errors()
+            if not (e["loc"] and e["loc"][0] in secrets.unresolved)
+        ]
     if problems:
         return None, problems
     return ConfiguredHandler(name, type_name, handler_type, config), []

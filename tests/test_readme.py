@@ -1,8 +1,10 @@
 """The README's promises stay true: the test command is the one CI runs, settings are listed."""
 
+import json
 import re
 from pathlib import Path
 
+from tests.ingress_server import running_ingress
 from txmail.cli import build_parser
 from txmail.settings import Settings
 
@@ -29,3 +31,59 @@ def test_every_subcommand_is_documented() -> None:
     assert commands.choices is not None
     for name in commands.choices:
         assert f"`txmail {name}" in README, name
+
+
+DEPLOY = ROOT / "deploy"
+SAMPLE = json.loads((DEPLOY / "sample-postbacks.json").read_text())
+SAMPLE_SEND = json.loads((DEPLOY / "sample-send.json").read_text())
+
+
+def first_lines() -> str:
+    """The README before its first section: what a newcomer follows."""
+    return README.split("\n## ", 1)[0]
+
+
+def test_the_first_lines_run_it_try_it_and_test_it() -> None:
+    ci = (ROOT / ".ci" / "run").read_text()
+    command = re.search(r'^TEST_COMMAND="(.+)"$', ci, re.MULTILINE)
+    assert command is not None
+    text = first_lines()
+    assert "\ndocker compose up --build\n" in text
+    assert re.search(r"^python3 -m venv .* txmail run$", text, re.MULTILINE)
+    assert f"\n{command.group(1)}\n" in text
+
+
+def test_the_sample_is_brazes_five_examples_as_they_are() -> None:
+    examples = json.loads((ROOT / "tests" / "braze-postbacks.json").read_text())["examples"]
+    assert examples == SAMPLE
+
+
+def test_the_sample_send_and_the_registration_example_are_for_the_samples_send() -> None:
+    [send_id] = {p["metadata"]["external_send_id"] for p in SAMPLE}
+    assert SAMPLE_SEND["external_send_id"] == send_id
+    example = re.search(r"### `POST /v1/sends`.*?```json\n(.*?)```", README, re.DOTALL)
+    assert example is not None
+    assert json.loads(example.group(1)) == SAMPLE_SEND
+
+
+def test_the_quick_start_posts_the_samples_and_asks_about_their_send() -> None:
+    quick_start = first_lines()
+    [send_id] = {p["metadata"]["external_send_id"] for p in SAMPLE}
+    assert "-d @deploy/sample-send.json" in quick_start
+    assert "-d @deploy/sample-postbacks.json" in quick_start
+    assert f"\ntxmail status {send_id}" in quick_start
+    assert f"docker compose exec api txmail status {send_id[:4]}" in quick_start
+    # zsh takes an unquoted `?` for a glob.
+    for line in re.findall(r"^curl .*$", quick_start, re.MULTILINE):
+        assert not re.search(r"\s[^'\s]*\?", line), line
+
+
+async def test_the_samples_are_accepted_as_they_are(settings: Settings) -> None:
+    async with running_ingress(settings) as client:
+        sent = await client.post("/v1/sends", json=SAMPLE_SEND)
+        assert sent.status == 202, await sent.text()
+        posted = await client.post(
+            "/postbacks", data=(DEPLOY / "sample-postbacks.json").read_bytes()
+        )
+        assert posted.status == 202, await posted.text()
+        assert (await posted.json())["accepted"] == 5

@@ -2,9 +2,12 @@
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Callable, Sequence
+from importlib.metadata import version
 
+from txmail.command_help import add_epilogs
 from txmail.errors import ConfigError
 from txmail.logs import configure_logging
 from txmail.settings import Settings, load_settings
@@ -38,20 +41,34 @@ def run_everything(settings: Settings, args: argparse.Namespace) -> int:
 
 Command = Callable[[Settings, argparse.Namespace], int]
 
-# The commands that start a long-running process: each refuses to start on an invalid
-# rules file, with the same message `txmail check-config` prints.
-PROCESSES = frozenset({"ingress", "worker", "api", "fallback", "run"})
+INGRESS_ROUTES = """\
+routes (on TXMAIL_HTTP_HOST:TXMAIL_HTTP_PORT):
+  POST /postbacks   Braze's status postbacks (token: TXMAIL_POSTBACK_TOKEN)
+  POST /v1/sends    register a send's recipient and variables (token: TXMAIL_API_TOKEN)
+  GET  /healthz     200 while the process runs
+  GET  /readyz      200 while connected to RabbitMQ, else 503"""
+
+# Before it starts, each long-running process checks what it reads of the rules file,
+# with the messages `txmail check-config` prints: the executor all of it, secrets
+# included; the workers its [tracking]; the ingress that it is TOML. So the
+# internet-facing ingress holds none of the handlers' secrets.
+EXECUTORS = frozenset({"fallback", "run"})
+WORKERS = frozenset({"worker", "api"})
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="txmail",
         description="Track Braze transactional emails and run a fallback when one fails. "
-        "Configured through TXMAIL_* environment variables (see the README).",
+        "Configured through TXMAIL_* environment variables (see the README); "
+        "each command's --help lists those it reads.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version('txmail')}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     ingress = commands.add_parser(
-        "ingress", help="serve POST /postbacks and publish each postback to RabbitMQ"
+        "ingress",
+        help="serve POST /postbacks and publish each postback to RabbitMQ",
+        epilog=INGRESS_ROUTES,
     )
     ingress.set_defaults(handler=run_ingress)
     # worker, api, status and run live with the workers, which own the state they serve.
@@ -66,8 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser(
         "run",
         help="ingress, worker, api and fallback executor in one process (SQLite by default)",
+        epilog="With TXMAIL_RULES it also reads the variables its *_env keys name.",
     )
     run.set_defaults(handler=run_everything)
+    add_epilogs(parser)
     return parser
 
 
@@ -76,15 +95,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Command = args.handler
     try:
         settings = load_settings()
-        if args.command in PROCESSES:
-            from fallback.rules_file import load_configured_rules
+        if settings.rules is not None:
+            from fallback.rules_file import load_rules_file, load_tracking, read_rules_toml
 
-            load_configured_rules(settings)
+            if args.command in EXECUTORS:
+                load_rules_file(settings.rules)
+            elif args.command in WORKERS:
+                load_tracking(settings.rules)
+            elif args.command == "ingress":
+                read_rules_toml(settings.rules)
     except ConfigError as error:
         print(f"txmail: {error}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
-    return handler(settings, args)
+    try:
+        return handler(settings, args)
+    except BrokenPipeError:
+        # The reader went away (`txmail dlq list | head`): say nothing more, and keep
+        # Python from failing again when it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

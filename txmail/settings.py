@@ -153,5 +153,8 @@ def load_settings() -> Settings:
     try:
         return Settings()
     except ValidationError as error:
-        problems = [f"TXMAIL_{str(e['loc'][0]).upper()}: {e['msg']}" for e in error.errors()]
+        problems = [
+            f"TXMAIL_{str(e['loc'][0]).upper()}: {e['msg'].removeprefix('Value error, ')}"
+            for e in error.errors()
+        ]
         raise ConfigError("invalid settings:\n  " + "\n  ".join(problems)) from None

@@ -1,21 +1,31 @@
 """The commands as ops run them: real processes, real broker, real receiver."""
 
 import asyncio
+import json
 import os
 import signal
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from fallback.executor import running_executor
+import aio_pika
+import pytest
+
+from fallback import dlq
+from fallback.executor import fallback_topology, running_executor
+from fallback.progress import PARKED_AT, PARKED_REASON, Progress
 from fallback.rules_file import RulesFile
+from tests.amqp_helpers import drain, queue_depth
 from tests.fallback.conftest import RETRY_SCHEDULE, AttemptLog
 from tests.fallback.requests import a_request, handlers_toml, parked, publish
 from tests.fallback.servers import Receiver
 from tests.ports import free_port
 from tests.processes import wait_for_line
 from tests.waiting import wait_until
+from txmail.cli import main
 from txmail.durations import format_duration
+from txmail.events import FallbackRequest, Trigger
 from txmail.settings import Settings
 
 RULE = '[[rules]]\non = ["*"]\nhandlers = ["ops-hook"]\n'
@@ -143,3 +153,185 @@ async def test_sigterm_stops_the_fallback_command_while_the_broker_is_unreachabl
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+async def park(
+    settings: Settings,
+    *requests: FallbackRequest,
+    reason: str = "retries exhausted after 3 attempts; ops-hook: transient: answered 503",
+    parked_at: datetime | None = None,
+) -> None:
+    """Put requests in the parking queue as the executor parks them."""
+    connection = await aio_pika.connect(settings.amqp_url)
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        await fallback_topology(settings).declare(channel)
+        headers = {
+            **Progress(attempt=3).to_headers(),
+            PARKED_REASON: reason,
+            PARKED_AT: (parked_at or datetime.now(UTC)).isoformat(),
+        }
+        for request in requests:
+            message = aio_pika.Message(
+                request.model_dump_json().encode(),
+                message_id=request.idempotency_key,
+                headers=headers,
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            )
+            await channel.default_exchange.publish(
+                message, fallback_topology(settings).fallback_parking_queue
+            )
+
+
+async def test_dlq_filters_limit_and_dry_run(fallback_settings: Settings) -> None:
+    bounced = [a_request() for _ in range(3)]
+    timed_out = a_request(trigger=Trigger.TIMEOUT, reason=None)
+    await park(fallback_settings, *bounced, timed_out)
+    await park(
+        fallback_settings,
+        old := a_request(),
+        reason="every remaining handler failed permanently; sms: permanent: answered 400",
+        parked_at=datetime.now(UTC) - timedelta(days=2),
+    )
+
+    async def listed(*options: str) -> list[str]:
+        code, out, err = await txmail(fallback_settings, "dlq", "list", "--json", *options)
+        assert (code, err) == (0, "")
+        return [json.loads(line)["idempotency_key"] for line in out.splitlines()]
+
+    keys = [r.idempotency_key for r in bounced]
+    assert await listed() == [*keys, timed_out.idempotency_key, old.idempotency_key]
+    assert await listed("--trigger", "timeout") == [timed_out.idempotency_key]
+    assert await listed("--limit", "2") == keys[:2]
+    assert await listed("--since", "1d") == [*keys, timed_out.idempotency_key]
+    assert await listed("--since", (datetime.now(UTC) + timedelta(hours=1)).isoformat()) == []
+    assert await listed("--handler", "sms") == [old.idempotency_key]
+    assert await listed("--handler", "ops-hook", "--trigger", "bounced", "--limit", "1") == [
+        keys[0]
+    ]
+
+    code, out, _ = await txmail(fallback_settings, "dlq", "replay", "--all", "--dry-run")
+    assert code == 0
+    assert "5 would be replayed (dry run)" in out
+    assert len(await parked(fallback_settings)) == 5
+
+    code, out, _ = await txmail(fallback_settings, "dlq", "replay", "--all", "--handler", "sms")
+    assert code == 0
+    assert out.splitlines() == [
+        f"replayed {old.idempotency_key} ({old.idempotency_key})",
+        "1 replayed",
+    ]
+    assert await parked(fallback_settings) == [*keys, timed_out.idempotency_key]
+
+
+async def test_dlq_refuses_options_that_make_no_sense(fallback_settings: Settings) -> None:
+    for options, message in [
+        (["--limit", "0"], "'0' is not a whole number above 0"),
+        (["--since", "yesterday"], "is neither a duration (1h, 30m, 2d) nor an ISO time"),
+        (["--trigger", "late"], "invalid choice: 'late'"),
+        (["--queue", "dead-letter", "--handler", "sms"], "--handler applies to --queue parked"),
+    ]:
+        code, _, err = await txmail(fallback_settings, "dlq", "list", *options)
+        assert code == 2, options
+        assert message in err
+        assert "Traceback" not in err
+
+
+async def test_dlq_lists_and_replays_the_dead_letter_queue(fallback_settings: Settings) -> None:
+    topology = fallback_topology(fallback_settings)
+    connection = await aio_pika.connect(fallback_settings.amqp_url)
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        events = await topology.declare(channel)
+        body = json.dumps({"dispatch_id": "d-1", "status": "delivered"}).encode()
+        message = aio_pika.Message(
+            body, message_id="event-1", type="postback", headers={"received_at": "now"}
+        )
+        await events.publish(message, "postback.delivered")
+        # What the workers do with a postback that is not the contract.
+        tracker = await channel.declare_queue(topology.tracker_queue, passive=True)
+        delivered = await tracker.get(timeout=5)
+        await delivered.reject(requeue=False)
+
+    async def dead_lettered() -> bool:
+        return await queue_depth(fallback_settings.amqp_url, topology.dead_letter_queue) == 1
+
+    await wait_until(dead_lettered, what="dead-lettering")
+
+    code, out, _ = await txmail(fallback_settings, "dlq", "list", "--queue", "dead-letter")
+    assert code == 0
+    assert "- id: event-1  type: postback" in out
+    assert f"died_in: {topology.tracker_queue}  reason: rejected" in out
+    assert f"published_to: {topology.events_exchange}  routing_key: postback.delivered" in out
+    assert "dispatch_id: d-1" in out
+    assert "1 dead-lettered message(s)" in out
+
+    code, out, _ = await txmail(fallback_settings, "dlq", "replay", "--queue", "dead-letter", "d-1")
+    assert code == 0
+    assert "replayed event-1 (postback.delivered)" in out
+    [back] = await drain(fallback_settings.amqp_url, topology.tracker_queue, 1)
+    assert (back.body, back.message_id, back.type, back.routing_key) == (
+        body,
+        "event-1",
+        "postback",
+        "postback.delivered",
+    )
+    assert back.headers["received_at"] == "now"
+    assert await queue_depth(fallback_settings.amqp_url, topology.dead_letter_queue) == 0
+
+
+async def test_dlq_escapes_what_could_forge_lines_and_reports_progress(
+    fallback_settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    forged = "\n- id: forged\x1b[2K"
+    await park(fallback_settings, a_request(external_send_id="order\n1"), reason=forged)
+    monkeypatch.setenv("TXMAIL_AMQP_URL", fallback_settings.amqp_url)
+    monkeypatch.setenv("TXMAIL_NAMESPACE", fallback_settings.namespace)
+    monkeypatch.setattr(dlq, "PROGRESS_INTERVAL", 0.0)
+    # In a thread: the command runs its own event loop.
+    assert await asyncio.to_thread(main, ["dlq", "list"]) == 0
+    out, err = capsys.readouterr()
+    assert "external_send_id: order\\n1" in out
+    assert "reason: \\n- id: forged\\x1b[2K" in out
+    assert "\x1b" not in out
+    assert "txmail: read 1 of 1 parked, 1 selected" in err
+
+
+async def test_dlq_leaves_a_dead_letter_it_cannot_place(fallback_settings: Settings) -> None:
+    topology = fallback_topology(fallback_settings)
+    connection = await aio_pika.connect(fallback_settings.amqp_url)
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        await topology.declare(channel)
+        # Published straight to the dead-letter exchange: no x-death header.
+        dead = await channel.get_exchange(topology.dead_letter_exchange)
+        await dead.publish(aio_pika.Message(b"{}", message_id="stray"), "")
+
+    code, out, err = await txmail(
+        fallback_settings, "dlq", "replay", "--queue", "dead-letter", "--all"
+    )
+    assert code == 1
+    assert "txmail: stray: not replayed: no x-death header says where it was published" in err
+    assert "0 replayed" in out
+    assert await queue_depth(fallback_settings.amqp_url, topology.dead_letter_queue) == 1
+
+
+async def test_dlq_list_into_a_reader_that_goes_away_loses_nothing(
+    fallback_settings: Settings,
+) -> None:
+    # More than a pipe holds, so the listing is still writing when the reader leaves.
+    await park(fallback_settings, *(a_request() for _ in range(600)))
+    read_end, write_end = os.pipe()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "txmail.cli", "dlq", "list",
+        env=environment(fallback_settings), stdout=write_end, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as reader:  # as `| head -1` would: read a little, leave
+        assert (await asyncio.to_thread(reader.readline)).startswith(b"- id: ")
+    _, err = await asyncio.wait_for(process.communicate(), timeout=30)
+    assert process.returncode == 1
+    assert b"Traceback" not in err
+    assert len(await parked(fallback_settings)) == 600

@@ -1,5 +1,9 @@
 """The rules file: the issue's example loads; every mistake is named with its place."""
 
+import asyncio
+import os
+import signal
+import sys
 import textwrap
 from datetime import UTC, datetime
 from pathlib import Path
@@ -12,6 +16,8 @@ from fallback.rules import Mode
 from fallback.rules_file import check_rules_file, load_configured_rules, load_rules_file
 from fallback.templates import TextTemplate, template_context
 from tests.fallback.servers import WEBHOOK_SECRET
+from tests.ports import free_port
+from tests.processes import wait_for_line
 from txmail.cli import main
 from txmail.errors import ConfigError
 from txmail.events import FallbackRequest, Recipient, Trigger
@@ -135,12 +141,12 @@ INVALID = [
     ),
     (
         '[handlers.x]\ntype = "webhook"\nurl = "https://a"\nsecret_env = "TXMAIL_TEST_UNSET"\n',
-        "handlers.x: secret_env: environment variable 'TXMAIL_TEST_UNSET' is not set",
+        "handlers.x.secret_env: environment variable 'TXMAIL_TEST_UNSET' is not set",
     ),
     (
         f'[handlers.x]\ntype = "webhook"\nurl = "https://a"\nsecret = "{WEBHOOK_SECRET}"\n'
         'secret_env = "HOME"\n',
-        "handlers.x: set either 'secret' or 'secret_env', not both",
+        "handlers.x.secret_env: set either 'secret' or 'secret_env', not both",
     ),
     (
         '[handlers.x]\ntype = "sms"\naccount_sid = "AC1"\nauth_token = "t"\nfrom = "+1"\n',
@@ -169,7 +175,11 @@ INVALID = [
     ('[handlers.x]\ntype = "amqp"\n', "handlers.x.exchange: missing"),
     (HOOK + '[[rules]]\nhandlers = ["hook"]\n', "rules[0].on: missing"),
     (HOOK + '[[rules]]\non = []\nhandlers = ["hook"]\n', "rules[0].on: List should have at least"),
-    (HOOK + '[[rules]]\non = "bounced"\nhandlers = ["hook"]\n', "rules[0].on: Input should be a"),
+    (HOOK + '[[rules]]\non = "*"\nhandlers = ["hook"]\n', 'rules[0].on: write a list: on = ["*"]'),
+    (
+        HOOK + '[[rules]]\non = ["*"]\nhandlers = "hook"\n',
+        'rules[0].handlers: write a list: handlers = ["hook"]',
+    ),
     (
         HOOK + '[[rules]]\non = ["bouncd"]\nhandlers = ["hook"]\n',
         "rules[0].on[0]: unknown trigger 'bouncd' "
@@ -217,6 +227,30 @@ def test_every_problem_is_listed_at_once(tmp_path: Path) -> None:
     assert problems[-1].startswith("rules[0].handlers[0]: unknown handler 'y'")
 
 
+def test_every_problem_of_a_handler_is_listed_with_an_unset_secret(tmp_path: Path) -> None:
+    text = (
+        '[handlers.x]\ntype = "webhook"\nurl = "ftp://a"\ntimeout = 5\n'
+        'secret_env = "TXMAIL_TEST_UNSET"\n'
+        '[handlers.m]\ntype = "smtp"\nhost = "h"\nfrom = "a@b"\nsubject = "s"\nbody = "b"\n'
+        'username = "u"\npassword_env = "TXMAIL_TEST_UNSET"\n'
+    )
+    _, problems = check_rules_file(write(tmp_path, text))
+    assert problems == [
+        "handlers.x.secret_env: environment variable 'TXMAIL_TEST_UNSET' is not set "
+        "(the executor needs it)",
+        'handlers.x.timeout: write a duration with its unit, e.g. "5s" or "5m"',
+        "handlers.x.url: URL scheme should be 'http' or 'https'",
+        "handlers.m.password_env: environment variable 'TXMAIL_TEST_UNSET' is not set "
+        "(the executor needs it)",
+    ]
+
+
+def test_no_message_keeps_pydantics_value_error_prefix(tmp_path: Path) -> None:
+    for text, _ in INVALID:
+        _, problems = check_rules_file(write(tmp_path, text))
+        assert not [p for p in problems if "Value error" in p], text
+
+
 def test_a_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read it: No such file or directory"):
         load_rules_file(tmp_path / "nope.toml")
@@ -238,6 +272,20 @@ def test_check_config_passes_a_good_file(
     monkeypatch.setenv("TXMAIL_RULES", str(write(tmp_path, HOOK + RULE)))
     assert main(["check-config"]) == 0
     assert "ok (1 handlers, 1 rules)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("text", "warning"),
+    [
+        ("", "warning: no [[rules]]: every fallback request is recorded as 'no rule'"),
+        (HOOK + '[handlers.spare]\ntype = "log"\n' + RULE, "warning: handlers.spare: no rule uses"),
+    ],
+)
+def test_check_config_warns_of_a_file_that_runs_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, warning: str
+) -> None:
+    assert main(["check-config", str(write(tmp_path, text))]) == 0
+    assert warning in capsys.readouterr().err
 
 
 def test_the_documented_example_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -297,3 +345,92 @@ def test_the_start_up_check_of_other_processes(tmp_path: Path) -> None:
     bad = write(tmp_path, '[[rules]]\non = ["bounced"]\nhandlers = ["smss"]\n')
     with pytest.raises(ConfigError, match=r"rules\[0\]\.handlers\[0\]: unknown handler 'smss'"):
         load_configured_rules(Settings(rules=bad))
+
+
+EXAMPLE_FILE = Path(__file__).parents[2] / "fallback" / "rules.example.toml"
+EXAMPLE_SECRETS = ("OPS_HOOK_SECRET", "TWILIO_AUTH_TOKEN", "RELAY_PASSWORD")
+
+
+def test_the_executor_refuses_to_start_without_a_handler_secret(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("TXMAIL_RULES", str(EXAMPLE_FILE))
+    for variable in EXAMPLE_SECRETS:
+        monkeypatch.delenv(variable, raising=False)
+    assert main(["fallback"]) == 2
+    assert "environment variable 'OPS_HOOK_SECRET' is not set" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["ingress", "worker", "api"])
+def test_the_other_processes_refuse_a_rules_file_that_is_not_toml(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    command: str,
+) -> None:
+    monkeypatch.setenv("TXMAIL_RULES", str(write(tmp_path, "[tracking\n")))
+    assert main([command]) == 2
+    assert "not valid TOML" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["worker", "api"])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "[tracking]\ndelivery_timeout = 10\n",
+            'tracking.delivery_timeout: write a duration with its unit, e.g. "10s" or "10m"',
+        ),
+        ("[trackin]\n", "trackin: unknown key"),
+    ],
+)
+def test_the_workers_check_the_tracking_they_read_as_check_config_does(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    command: str,
+    text: str,
+    message: str,
+) -> None:
+    # The handler is not theirs to check: its unset secret does not stop them.
+    handler = (
+        '[handlers.x]\ntype = "webhook"\nurl = "https://a"\nsecret_env = "TXMAIL_TEST_UNSET"\n'
+    )
+    monkeypatch.setenv("TXMAIL_RULES", str(write(tmp_path, f"{text}{handler}\n")))
+    assert main([command]) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "TXMAIL_TEST_UNSET" not in err
+
+
+async def test_the_ingress_starts_without_the_handlers_secrets(settings: Settings) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in EXAMPLE_SECRETS}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "txmail.cli", "ingress",
+        env={
+            **env,
+            "TXMAIL_AMQP_URL": settings.amqp_url,
+            "TXMAIL_NAMESPACE": settings.namespace,
+            "TXMAIL_HTTP_HOST": "127.0.0.1",
+            "TXMAIL_HTTP_PORT": str(free_port()),
+            "TXMAIL_RULES": str(EXAMPLE_FILE),
+        },
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        # Once connected: a SIGTERM while the broker connects is a matter of its own.
+        await wait_for_line(process, b"broker connected")
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), timeout=15) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+def test_a_bad_setting_is_said_without_pydantics_prefix(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("TXMAIL_NAMESPACE", "a b")
+    assert main(["check-config"]) == 2
+    assert "TXMAIL_NAMESPACE: use letters, digits" in capsys.readouterr().err

@@ -84,10 +84,13 @@ async def test_a_bounce_posted_to_the_ingress_reaches_the_webhook_and_the_timeli
         assert await asyncio.wait_for(process.wait(), 15) == 0
 
 
-async def test_every_process_refuses_an_invalid_rules_file(tmp_path: Path) -> None:
+async def test_every_process_running_the_executor_refuses_an_invalid_rules_file(
+    tmp_path: Path,
+) -> None:
+    """(The others read no handler: tests/fallback/test_rules_file.py.)"""
     rules = tmp_path / "rules.toml"
     rules.write_text('[[rules]]\non = ["bounced"]\nhandlers = ["nowhere"]\n')
-    for command in ("ingress", "worker", "api", "fallback", "run"):
+    for command in ("fallback", "run"):
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "txmail.cli", command,
             env={**os.environ, "TXMAIL_RULES": str(rules)},

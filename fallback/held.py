@@ -1,0 +1,241 @@
+"""Reading and replaying a queue that holds messages for ops (the parking queue, the
+dead-letter queue), for ``txmail dlq``.
+
+Reading never loses a message: each one is delivered unacknowledged and, unless it
+was replayed (republished, confirmed, then acked), given back in its place when the
+channel closes. Messages come through one consumer with a prefetch as large as the
+queue, not one ``basic.get`` each, and each is yielded as soon as it is read.
+"""
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Generic, Protocol, Self, TypeVar
+
+import aio_pika
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
+from aio_pika.exceptions import DeliveryError, PublishError
+
+from txmail.broker import BROKER_ERRORS
+from txmail.errors import BrokerUnavailable
+from txmail.topology import Topology
+
+# AMQP's prefetch count is 16 bits: one run leaves at most this many messages in place
+# (unacked until it ends); only replayed ones make room.
+MAX_PREFETCH = 65_535
+# Publishes awaiting their confirm at once while replaying.
+REPLAY_WINDOW = 100
+# A message the queue counted that does not come within this long was taken by
+# someone else (another `dlq replay`): stop there.
+READ_TIMEOUT = 5.0
+PUBLISH_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a replayed message goes: an exchange ("" is the default one) and a key."""
+
+    exchange: str
+    routing_key: str
+    message: aio_pika.Message
+
+
+class Held(Protocol):
+    """One message of a held queue, as ``txmail dlq`` shows and selects it."""
+
+    @property
+    def ids(self) -> set[str]: ...
+
+    @property
+    def at(self) -> datetime | None: ...
+
+    @property
+    def trigger(self) -> str | None: ...
+
+    @property
+    def failed(self) -> tuple[str, ...]: ...
+
+    @property
+    def name(self) -> str:
+        """How a replay names it on a line: its id, and what says more."""
+        ...
+
+    def describe(self) -> str:
+        """A few lines for a person, every value from outside escaped."""
+        ...
+
+    def as_json(self) -> dict[str, Any]: ...
+
+    @classmethod
+    def from_message(cls, message: AbstractIncomingMessage) -> Self: ...
+
+    @staticmethod
+    def held_in(topology: Topology) -> str: ...
+
+    @staticmethod
+    def replay_target(message: AbstractIncomingMessage, topology: Topology) -> Target | str:
+        """Where to republish it, or why it cannot be."""
+        ...
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which held messages a command is about; None means any."""
+
+    ids: set[str] | None = None
+    trigger: str | None = None
+    handler: str | None = None
+    since: datetime | None = None
+    limit: int | None = None
+
+    def matches(self, held: Held) -> bool:
+        if self.ids is not None and not held.ids & self.ids:
+            return False
+        if self.trigger is not None and held.trigger != self.trigger:
+            return False
+        if self.handler is not None and self.handler not in held.failed:
+            return False
+        if self.since is not None:
+            at = held.at
+            return at is not None and at >= self.since
+        return True
+
+
+class Outcome(StrEnum):
+    LISTED = "listed"
+    REPLAYED = "replayed"
+    WOULD_REPLAY = "would replay"  # --dry-run
+    NOT_REPLAYED = "not replayed"
+
+
+H = TypeVar("H", bound=Held)
+
+
+@dataclass(frozen=True)
+class Visited(Generic[H]):
+    held: H
+    outcome: Outcome
+    problem: str = ""  # why it was not replayed
+
+
+@dataclass
+class Counts:
+    """How far a visit got, for progress lines."""
+
+    total: int = 0
+    read: int = 0
+    selected: int = 0
+    replayed: int = 0
+    # Why it stopped before reading them all (not counting --limit), or "".
+    stopped: str = ""
+
+
+async def visit(
+    connection: AbstractRobustConnection,
+    topology: Topology,
+    kind: type[H],
+    selection: Selection,
+    replay: bool = False,
+    dry_run: bool = False,
+    counts: Counts | None = None,
+    on_read: Callable[[Counts], None] = lambda counts: None,
+) -> AsyncIterator[Visited[H]]:
+    """Each selected message held now (not those arriving while this runs), in queue
+    order, replayed first when ``replay`` (unless ``dry_run``)."""
+    counts = counts if counts is not None else Counts()
+    try:
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        replaying: deque[tuple[H, asyncio.Task[str]]] = deque()
+        try:
+            await topology.declare(channel)
+            queue = await channel.declare_queue(kind.held_in(topology), passive=True)
+            counts.total = queue.declaration_result.message_count or 0
+            async for message, held in _selected(channel, queue, kind, selection, counts, on_read):
+                if not replay:
+                    yield Visited(held, Outcome.LISTED)
+                elif dry_run:
+                    yield Visited(held, Outcome.WOULD_REPLAY)
+                elif isinstance(target := kind.replay_target(message, topology), str):
+                    yield Visited(held, Outcome.NOT_REPLAYED, target)
+                else:
+                    task = asyncio.create_task(_republish(channel, message, target))
+                    replaying.append((held, task))
+                    # Confirms come back pipelined; report them in order as they do.
+                    while replaying and (len(replaying) >= REPLAY_WINDOW or replaying[0][1].done()):
+                        yield await _finished(counts, *replaying.popleft())
+            while replaying:
+                yield await _finished(counts, *replaying.popleft())
+        finally:
+            for _, task in replaying:  # left by an error, or by a reader that stopped
+                task.cancel()
+            # Gives back every message delivered and not acked, in its place.
+            await channel.close()
+    except BROKER_ERRORS as error:
+        raise BrokerUnavailable(f"RabbitMQ: {error!r}") from error
+
+
+async def _selected(
+    channel: AbstractChannel,
+    queue: AbstractQueue,
+    kind: type[H],
+    selection: Selection,
+    counts: Counts,
+    on_read: Callable[[Counts], None],
+) -> AsyncIterator[tuple[AbstractIncomingMessage, H]]:
+    """The selected messages among the first ``counts.total``, up to the limit."""
+    if counts.total == 0:
+        return
+    await channel.set_qos(prefetch_count=min(counts.total, MAX_PREFETCH))
+    async with queue.iterator(no_ack=False) as messages:
+        while counts.read < counts.total and (
+            selection.limit is None or counts.selected < selection.limit
+        ):
+            if counts.read - counts.replayed >= MAX_PREFETCH:
+                counts.stopped = f"{MAX_PREFETCH} left in place, as many as one run can"
+                return
+            try:
+                message = await asyncio.wait_for(anext(messages), READ_TIMEOUT)
+            except TimeoutError:
+                counts.stopped = "the rest did not come (taken by another consumer?)"
+                return
+            held = kind.from_message(message)
+            selected = selection.matches(held)
+            counts.read += 1
+            counts.selected += selected
+            on_read(counts)
+            if selected:
+                yield message, held
+
+
+async def _finished(counts: Counts, held: H, task: "asyncio.Task[str]") -> Visited[H]:
+    problem = await task
+    counts.replayed += not problem
+    return Visited(held, Outcome.NOT_REPLAYED if problem else Outcome.REPLAYED, problem)
+
+
+async def _republish(
+    channel: AbstractChannel, message: AbstractIncomingMessage, target: Target
+) -> str:
+    """Publish, and ack the original once confirmed; "" or why it was not replayed."""
+    exchange: AbstractExchange = (
+        channel.default_exchange
+        if target.exchange == ""
+        else await channel.get_exchange(target.exchange, ensure=False)
+    )
+    try:
+        await exchange.publish(
+            target.message, target.routing_key, mandatory=True, timeout=PUBLISH_TIMEOUT
+        )
+    except (DeliveryError, PublishError) as error:
+        return f"RabbitMQ did not take it back ({error!r}): it stays where it is"
+    await message.ack()
+    return ""
