@@ -58,6 +58,9 @@ async def test_the_same_registration_twice_has_one_event_id(settings: Settings) 
         ({**SEND, "recipient": {"fax": "+15005550006"}}, 422, "recipient.fax"),
         ({**SEND, "delivery_timeout": "10"}, 422, "delivery_timeout"),
         ({**SEND, "delivery_timeout": "0s"}, 422, "delivery_timeout"),
+        # Above zero, but "0s" on the wire (millisecond resolution): the worker would
+        # refuse what the ingress answered 202 for.
+        ({**SEND, "delivery_timeout": "0.0004s"}, 422, "delivery_timeout"),
         # Too long for any clock: a clear 422, not a 500 from an overflow.
         ({**SEND, "delivery_timeout": "99999999999d"}, 422, "delivery_timeout"),
         ({**SEND, "variables": {"nested": {"a": 1}}}, 422, "variables.nested"),

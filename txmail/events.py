@@ -160,6 +160,17 @@ class SendRegistration(BaseModel):
     variables: dict[str, StrictStr | int | FiniteFloat | bool] = Field(default_factory=dict)
     delivery_timeout: PositiveDuration | None = None
 
+    def to_wire(self) -> dict[str, Any]:
+        """The JSON object published for this registration, checked the way a worker
+        will read it: what the ingress answers 202 for must never be dead-lettered.
+
+        Raises ValidationError when the wire form does not read back, e.g. a
+        delivery_timeout under half a millisecond, which the wire rounds to "0s".
+        """
+        wire = self.model_dump(mode="json", exclude_none=True)
+        SendRegistration.model_validate(json.loads(canonical_json(wire)))
+        return wire
+
 
 class FallbackRequest(BaseModel):
     """Everything a fallback handler needs about one failed or late email.
