@@ -55,6 +55,10 @@ async def test_the_same_registration_twice_has_one_event_id(settings: Settings) 
         ({k: v for k, v in SEND.items() if k != "external_send_id"}, 422, "external_send_id"),
         ({**SEND, "recipient": {"phone": "555-1234"}}, 422, "recipient.phone"),
         ({**SEND, "recipient": {"email": "not an address"}}, 422, "recipient.email"),
+        # Two addresses in one: a relay would send to both.
+        ({**SEND, "recipient": {"email": "postmaster,ada@example.com"}}, 422, "recipient.email"),
+        ({**SEND, "recipient": {"email": "ada@example.com;eve@x.org"}}, 422, "recipient.email"),
+        ({**SEND, "recipient": {"email": "Ada<ada@example.com>"}}, 422, "recipient.email"),
         ({**SEND, "recipient": {"fax": "+15005550006"}}, 422, "recipient.fax"),
         ({**SEND, "delivery_timeout": "10"}, 422, "delivery_timeout"),
         ({**SEND, "delivery_timeout": "0s"}, 422, "delivery_timeout"),

@@ -141,8 +141,11 @@ class Recipient(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     # Loose on purpose: the company's mailer is the judge of an address; this only
-    # catches what is plainly not one.
-    email: StrictStr | None = Field(default=None, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")
+    # catches what is plainly not one, or more than one: the characters that separate
+    # or wrap addresses in a mail header (`,` `;` `:` `<` `>` `"` `(` `)`) are refused.
+    email: StrictStr | None = Field(
+        default=None, max_length=320, pattern=r'^[^@\s,;:<>"()]+@[^@\s,;:<>"()]+$'
+    )
     # E.164, what SMS APIs in Twilio's shape accept.
     phone: StrictStr | None = Field(default=None, pattern=r"^\+[1-9]\d{6,14}$")
 
