@@ -88,6 +88,12 @@ TOO_LONG = "x" * 201
 TOO_DEEP = b"[" * 100_000 + b"]" * 100_000
 
 
+def nested(levels: int) -> bytes:
+    """A postback whose objects nest ``levels`` deep, the postback itself being the first."""
+    inner = b'{"a": ' * (levels - 1) + b"1" + b"}" * (levels - 1)
+    return b'{"dispatch_id": "d", "status": "sent", "metadata": ' + inner + b"}"
+
+
 @pytest.mark.parametrize(
     ("body", "status", "error"),
     [
@@ -153,6 +159,28 @@ TOO_DEEP = b"[" * 100_000 + b"]" * 100_000
             422,
             "invalid_postback",
         ),
+        # Not JSON numbers: Python reads them, the store would give them back as null.
+        (
+            b'{"dispatch_id": "d", "status": "sent", "metadata": {"x": NaN}}',
+            422,
+            "invalid_postback",
+        ),
+        (
+            b'{"dispatch_id": "d", "status": "sent", "metadata": {"x": [1, Infinity]}}',
+            422,
+            "invalid_postback",
+        ),
+        (b'{"dispatch_id": "d", "status": "sent", "score": -Infinity}', 422, "invalid_postback"),
+        # Deeper than every later stage (the API, `txmail status --json`) can serialise.
+        (nested(33), 422, "invalid_postback"),
+        (nested(260), 422, "invalid_postback"),
+        (
+            b'{"dispatch_id": "d", "status": "bounced", "metadata": {"reason": "'
+            + b"5" * 1001
+            + b'"}}',
+            422,
+            "invalid_postback",
+        ),
     ],
 )
 async def test_bad_input_is_refused_with_a_json_error_and_publishes_nothing(
@@ -167,6 +195,19 @@ async def test_bad_input_is_refused_with_a_json_error_and_publishes_nothing(
         assert payload["error"] == error
         assert payload["message"]
     assert await queue_depth(amqp_url, Topology(settings.namespace).tracker_queue) == 0
+
+
+async def test_the_deepest_nesting_and_the_longest_reason_allowed_are_published(
+    settings: Settings, amqp_url: str
+) -> None:
+    longest_reason = {"dispatch_id": "d", "status": "bounced", "metadata": {"reason": "5" * 1000}}
+    async with running_ingress(settings) as client:
+        for body in (nested(32), json.dumps(longest_reason).encode()):
+            response = await client.post(
+                "/postbacks", data=body, headers={"Content-Type": "application/json"}
+            )
+            assert response.status == 202, await response.text()
+    await drain(amqp_url, Topology(settings.namespace).tracker_queue, 2)
 
 
 async def test_validation_errors_name_the_item_and_field(settings: Settings) -> None:
