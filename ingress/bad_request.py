@@ -31,7 +31,9 @@ _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 def parse_json(body: bytes) -> Any:
     try:
-        value = json.loads(body)
+        # Decoded strictly first: json.loads(bytes) lets raw unpaired surrogates through
+        # (UTF-8 bytes ED A0 80, or in a UTF-16/32 body), and they could not be published.
+        value = json.loads(body.decode(json.detect_encoding(body)))
     except (ValueError, UnicodeDecodeError) as error:
         raise BadRequest(400, "invalid_json", f"body is not valid JSON: {error}") from None
     except RecursionError:

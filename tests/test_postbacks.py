@@ -88,6 +88,13 @@ TOO_LONG = "x" * 201
 TOO_DEEP = b"[" * 100_000 + b"]" * 100_000
 
 
+def with_lone_surrogate(encoding: str) -> bytes:
+    """A postback in ``encoding`` whose metadata holds a raw unpaired surrogate (U+D800)."""
+    head = '{"dispatch_id": "d", "status": "sent", "metadata": {"x": "'.encode(encoding)
+    surrogate = "\ud800".encode(encoding, "surrogatepass")
+    return head + surrogate + '"}}'.encode(encoding)
+
+
 def nested(levels: int) -> bytes:
     """A postback whose objects nest ``levels`` deep, the postback itself being the first."""
     inner = b'{"a": ' * (levels - 1) + b"1" + b"}" * (levels - 1)
@@ -116,6 +123,11 @@ def nested(levels: int) -> bytes:
             400,
             "invalid_json",
         ),
+        # Raw, not escaped: in UTF-8 (bytes ED A0 80) and in UTF-16 and UTF-32 bodies.
+        (with_lone_surrogate("utf-8"), 400, "invalid_json"),
+        (with_lone_surrogate("utf-16-le"), 400, "invalid_json"),
+        (with_lone_surrogate("utf-16-be"), 400, "invalid_json"),
+        (with_lone_surrogate("utf-32-le"), 400, "invalid_json"),
         (b'"a string"', 400, "wrong_type"),
         (b"42", 400, "wrong_type"),
         (b"null", 400, "wrong_type"),
@@ -208,6 +220,23 @@ async def test_the_deepest_nesting_and_the_longest_reason_allowed_are_published(
             )
             assert response.status == 202, await response.text()
     await drain(amqp_url, Topology(settings.namespace).tracker_queue, 2)
+
+
+async def test_a_utf16_body_is_read(settings: Settings, amqp_url: str) -> None:
+    postback = {
+        "dispatch_id": "d",
+        "status": "bounced",
+        "metadata": {"reason": "r\u00e9fus\U0001f600"},
+    }
+    async with running_ingress(settings) as client:
+        response = await client.post(
+            "/postbacks",
+            data=json.dumps(postback, ensure_ascii=False).encode("utf-16-le"),
+            headers={"Content-Type": "application/json"},
+        )
+        assert response.status == 202
+    [message] = await drain(amqp_url, Topology(settings.namespace).tracker_queue, 1)
+    assert json.loads(message.body) == postback
 
 
 async def test_validation_errors_name_the_item_and_field(settings: Settings) -> None:

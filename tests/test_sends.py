@@ -88,6 +88,28 @@ async def test_bad_registrations_are_refused_and_publish_nothing(
     assert await queue_depth(amqp_url, Topology(settings.namespace).tracker_queue) == 0
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"external_send_id": "o", "variables": {"name": "\xed\xa0\x80"}}',
+        b'{"external_send_id": "o", "variables": {"\xed\xb0\x80": "x"}}',
+        '{"external_send_id": "o", "variables": {"\ud800": "x"}}'.encode(
+            "utf-16-le", "surrogatepass"
+        ),
+    ],
+)
+async def test_a_lone_surrogate_is_refused_as_invalid_json(
+    settings: Settings, amqp_url: str, body: bytes
+) -> None:
+    async with running_ingress(settings) as client:
+        response = await client.post(
+            "/v1/sends", data=body, headers={"Content-Type": "application/json"}
+        )
+        assert response.status == 400
+        assert (await response.json())["error"] == "invalid_json"
+    assert await queue_depth(amqp_url, Topology(settings.namespace).tracker_queue) == 0
+
+
 async def test_registrations_need_the_api_token_not_the_postback_token(
     settings: Settings,
 ) -> None:
