@@ -48,7 +48,7 @@ async def _serve_api(settings: Settings) -> None:
             create_api_app(store),
             settings.http_host,
             settings.api_port,
-            settings.shutdown_timeout.total_seconds(),
+            settings,
             stop,
         )
     finally:

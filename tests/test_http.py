@@ -1,0 +1,141 @@
+"""What every txmail HTTP server does at the connection level, tried with raw sockets:
+slow and idle clients are cut off, connections are capped, malformed requests get JSON."""
+
+import asyncio
+import json
+from datetime import timedelta
+from typing import Any
+
+import structlog
+
+from tests.ingress_server import running_ingress
+from tests.waiting import wait_until
+from txmail.settings import Settings
+
+TIMEOUT = timedelta(milliseconds=300)
+
+
+def limited(settings: Settings, **limits: Any) -> Settings:
+    return settings.model_copy(
+        update={
+            "http_header_timeout": TIMEOUT,
+            "http_body_timeout": TIMEOUT,
+            "http_keepalive_timeout": TIMEOUT,
+            **limits,
+        }
+    )
+
+
+async def connect(port: int | None) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    assert port is not None
+    return await asyncio.open_connection("127.0.0.1", port)
+
+
+async def answer_then_close(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], Any]:
+    """The one response the server sends, read until it closes the connection (within 5 s)."""
+    raw = await asyncio.wait_for(reader.read(), timeout=5)
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode().split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+    return int(status_line.split()[1]), headers, json.loads(body)
+
+
+async def closed_without_answer(reader: asyncio.StreamReader) -> bool:
+    return await asyncio.wait_for(reader.read(), timeout=5) == b""
+
+
+async def test_partial_headers_are_answered_408_and_closed(settings: Settings) -> None:
+    async with running_ingress(limited(settings)) as client:
+        reader, writer = await connect(client.port)
+        writer.write(b"POST /postbacks HTTP/1.1\r\nHost: x\r\n")
+        status, headers, body = await answer_then_close(reader)
+    assert status == 408
+    assert body["error"] == "request_timeout"
+    assert headers["server"] == "txmail"
+
+
+async def test_a_connection_that_sends_nothing_is_closed(settings: Settings) -> None:
+    slow = limited(settings, http_keepalive_timeout=timedelta(seconds=30))
+    async with running_ingress(slow) as client:
+        reader, _ = await connect(client.port)
+        status, _, _ = await answer_then_close(reader)
+    assert status == 408
+
+
+async def test_a_trickled_body_is_answered_408_and_closed(settings: Settings) -> None:
+    async with running_ingress(limited(settings)) as client:
+        reader, writer = await connect(client.port)
+        writer.write(
+            b"POST /postbacks HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100\r\n\r\n{"
+        )
+        status, _, body = await answer_then_close(reader)
+    assert status == 408
+    assert body["error"] == "request_timeout"
+
+
+async def test_an_idle_keep_alive_connection_is_closed(settings: Settings) -> None:
+    async with running_ingress(limited(settings)) as client:
+        reader, writer = await connect(client.port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await reader.readline()).startswith(b"HTTP/1.1 200")
+        await reader.readuntil(b"\r\n\r\n")
+        await reader.readexactly(len(json.dumps({"status": "ok"})))
+        assert await closed_without_answer(reader)
+
+
+async def test_connections_past_the_cap_are_answered_503(settings: Settings) -> None:
+    capped = limited(settings, http_keepalive_timeout=timedelta(seconds=30), http_max_connections=2)
+    capped = capped.model_copy(update={"http_header_timeout": timedelta(seconds=30)})
+    async with running_ingress(capped) as client:
+        # The test client's own connection (kept alive after its /readyz) is one of them.
+        _, first = await connect(client.port)
+        reader, _ = await connect(client.port)
+        status, headers, body = await answer_then_close(reader)
+        first.close()
+    assert status == 503
+    assert body["error"] == "too_many_connections"
+    assert headers["retry-after"] == "1"
+
+
+async def test_a_request_the_parser_refuses_is_json_and_logged_without_its_bytes(
+    settings: Settings,
+) -> None:
+    async with running_ingress(settings) as client:
+        reader, writer = await connect(client.port)
+        with structlog.testing.capture_logs() as logs:
+            writer.write(b"POST /postbacks?token=s3cret HTTP/1.1\r\nHost: x\r\nBad header\r\n\r\n")
+            status, headers, body = await answer_then_close(reader)
+    assert status == 400
+    assert headers["content-type"].startswith("application/json")
+    assert headers["server"] == "txmail"
+    assert body["error"] == "bad_request"
+    assert [entry["log_level"] for entry in logs] == ["info"]
+    assert "s3cret" not in repr(logs)
+
+
+async def test_a_client_hanging_up_mid_body_is_not_an_error(settings: Settings) -> None:
+    async with running_ingress(settings) as client:
+        _, writer = await connect(client.port)
+        with structlog.testing.capture_logs() as logs:
+            writer.write(
+                b"POST /postbacks HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 100\r\n\r\n{"
+            )
+            await writer.drain()
+            writer.transport.abort()
+
+            async def logged() -> bool:
+                return bool(logs)
+
+            await wait_until(logged, what="the hang-up to be logged")
+    assert [(e["event"], e["log_level"]) for e in logs] == [
+        ("client closed the connection mid-request", "info")
+    ]
+
+
+async def test_every_answer_names_txmail_not_aiohttp(settings: Settings) -> None:
+    async with running_ingress(settings) as client:
+        for method, path in (("GET", "/healthz"), ("GET", "/nowhere"), ("POST", "/postbacks")):
+            response = await client.request(method, path)
+            assert response.headers["Server"] == "txmail", (method, path)
