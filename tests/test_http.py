@@ -8,7 +8,9 @@ from typing import Any
 
 import structlog
 
-from tests.ingress_server import running_ingress
+from ingress.app import create_app
+from ingress.context import BROKER
+from tests.ingress_server import ProductionServer, running_ingress
 from tests.waiting import wait_until
 from txmail.settings import Settings
 
@@ -85,14 +87,20 @@ async def test_an_idle_keep_alive_connection_is_closed(settings: Settings) -> No
 
 
 async def test_connections_past_the_cap_are_answered_503(settings: Settings) -> None:
-    capped = limited(settings, http_keepalive_timeout=timedelta(seconds=30), http_max_connections=2)
-    capped = capped.model_copy(update={"http_header_timeout": timedelta(seconds=30)})
-    async with running_ingress(capped) as client:
-        # The test client's own connection (kept alive after its /readyz) is one of them.
-        _, first = await connect(client.port)
-        reader, _ = await connect(client.port)
+    capped = settings.model_copy(update={"http_max_connections": 2})
+    app = create_app(capped)
+    server = ProductionServer(app, capped)
+    await server.start_server()
+    try:
+        await wait_until(lambda: app[BROKER].is_ready, what="the broker connection")
+        _, first = await connect(server.port)
+        _, second = await connect(server.port)
+        reader, _ = await connect(server.port)
         status, headers, body = await answer_then_close(reader)
         first.close()
+        second.close()
+    finally:
+        await server.close()
     assert status == 503
     assert body["error"] == "too_many_connections"
     assert headers["retry-after"] == "1"
