@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from ingress.auth import refusal
 from ingress.bad_request import BadRequest, broker_unavailable, parse_json, validation_details
-from ingress.context import BROKER, SETTINGS
+from ingress.context import BROKER, GATE, SETTINGS
 from txmail.broker import Outgoing
 from txmail.errors import BrokerUnavailable
 from txmail.events import POSTBACK_TYPE, Postback, event_id, postback_routing_key, utc_now
@@ -71,10 +71,15 @@ async def receive_postbacks(request: web.Request) -> web.Response:
     except BadRequest as bad:
         log.info("postback rejected", error=bad.error, reason=bad.message)
         return bad.response()
+    gate = request.app[GATE]
+    if overloaded := gate.refusal():
+        log.info("postbacks refused: overloaded", count=len(postbacks))
+        return overloaded
     received_at = utc_now().isoformat()
     outgoing = [to_outgoing(postback, raw, received_at) for postback, raw in postbacks]
     try:
-        await request.app[BROKER].publish(outgoing)
+        with gate.holding(len(outgoing)):
+            await request.app[BROKER].publish(outgoing)
     except BrokerUnavailable as error:
         for postback, _ in postbacks:
             log.error(

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from ingress.auth import refusal
 from ingress.bad_request import BadRequest, broker_unavailable, parse_json, validation_details
-from ingress.context import BROKER, SETTINGS
+from ingress.context import BROKER, GATE, SETTINGS
 from txmail.broker import Outgoing
 from txmail.errors import BrokerUnavailable
 from txmail.events import (
@@ -60,10 +60,15 @@ async def register_send(request: web.Request) -> web.Response:
     except BadRequest as bad:
         log.info("send registration rejected", error=bad.error, reason=bad.message)
         return bad.response()
+    gate = request.app[GATE]
+    if overloaded := gate.refusal():
+        log.info("send registration refused: overloaded")
+        return overloaded
     message = to_outgoing(wire)
     bound = log.bind(external_send_id=registration.external_send_id, event_id=message.message_id)
     try:
-        await request.app[BROKER].publish([message])
+        with gate.holding(1):
+            await request.app[BROKER].publish([message])
     except BrokerUnavailable as error:
         bound.error("send registration not accepted: broker did not confirm", error=str(error))
         return broker_unavailable("send registration")
