@@ -10,7 +10,9 @@ import structlog
 
 from ingress.app import create_app
 from ingress.context import BROKER
+from tests.broker_url import host_and_port, via_port
 from tests.ingress_server import ProductionServer, running_ingress
+from tests.tcp_proxy import TcpProxy
 from tests.waiting import wait_until
 from txmail.settings import Settings
 
@@ -62,6 +64,38 @@ async def test_a_connection_that_sends_nothing_is_closed(settings: Settings) -> 
         reader, _ = await connect(client.port)
         status, _, _ = await answer_then_close(reader)
     assert status == 408
+
+
+async def test_a_slow_answer_is_not_cut_by_the_next_requests_header_timeout(
+    settings: Settings, amqp_url: str
+) -> None:
+    proxy = TcpProxy(*host_and_port(amqp_url))
+    await proxy.start()
+    slow_broker = limited(settings).model_copy(
+        update={
+            "amqp_url": via_port(amqp_url, proxy.port),
+            "http_keepalive_timeout": timedelta(seconds=30),
+        }
+    )
+    body = json.dumps({"dispatch_id": "d", "status": "sent"}).encode()
+    try:
+        async with running_ingress(slow_broker) as client:
+            reader, writer = await connect(client.port)
+            proxy.pause()  # the postback waits for its confirm longer than the header timeout
+            writer.write(
+                b"POST /postbacks HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            await wait_until(lambda: proxy.held > 0, what="the publish to reach the proxy")
+            writer.write(b"GET /healthz HTTP/1.1\r\n")  # the next request, pipelined, begun
+            await asyncio.sleep(3 * TIMEOUT.total_seconds())  # past the header timeout
+            proxy.resume()
+            assert (
+                await asyncio.wait_for(reader.readline(), timeout=5) == b"HTTP/1.1 202 Accepted\r\n"
+            )
+    finally:
+        await proxy.close()
 
 
 async def test_a_trickled_body_is_answered_408_and_closed(settings: Settings) -> None:

@@ -93,8 +93,9 @@ class _BoundedRequestHandler(RequestHandler):
     - a request aiohttp's parser refuses is answered in JSON, and logged briefly, at
       info, without the raw bytes aiohttp would log (a body, a ``?token=``).
 
-    It reads ``_messages``, the queue of parsed requests aiohttp's RequestHandler keeps,
-    to see when a request's headers are complete; tests/test_http.py pins each limit.
+    It reads a few attributes aiohttp's RequestHandler keeps (``_messages``, the queue
+    of parsed requests, to see when a request's headers are complete; whether one is
+    in progress or the connection closing); tests/test_http.py pins each limit.
     """
 
     def __init__(self, manager: web.Server, *, settings: Settings, **kwargs: Any) -> None:
@@ -126,7 +127,7 @@ class _BoundedRequestHandler(RequestHandler):
             payload = new[-1][1]
             if not payload.is_eof():
                 self._start_body_deadline(payload)
-        elif data and self._header_deadline is None and not self._receiving_body():
+        elif data and self._header_deadline is None and self._idle():
             self._start_header_deadline()
 
     def connection_lost(self, exc: BaseException | None) -> None:
@@ -164,8 +165,14 @@ class _BoundedRequestHandler(RequestHandler):
             return
         super().log_exception(*args, **kw)
 
-    def _receiving_body(self) -> bool:
-        return self._body is not None and not self._body.is_eof()
+    def _idle(self) -> bool:
+        """No request is being received, handled or answered: new bytes begin the next.
+
+        (Bytes of a pipelined request that arrive while one is handled start no
+        deadline: aiohttp's keep-alive timer bounds them once the response is out.)"""
+        receiving_body = self._body is not None and not self._body.is_eof()
+        closing = self._close or self._force_close
+        return not (receiving_body or closing or self._request_in_progress or self._messages)
 
     def _start_header_deadline(self) -> None:
         # A request has begun (or the connection just opened): the header timeout, not
