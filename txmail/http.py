@@ -222,19 +222,17 @@ class _BoundedRequestHandler(RequestHandler):
 
 
 class _BoundedServer(web.Server):
+    """aiohttp's server, making _BoundedRequestHandler connections."""
+
     def __init__(self, handler: Any, *, settings: Settings, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
         self._settings = settings
-        self._handler_kwargs = kwargs
 
     def __call__(self) -> RequestHandler:
-        kwargs = {k: v for k, v in self._handler_kwargs.items() if k not in _SERVER_ONLY}
+        # What aiohttp's own __call__ does, with the class and the settings of txmail.
         return _BoundedRequestHandler(
-            self, loop=asyncio.get_running_loop(), settings=self._settings, **kwargs
+            self, loop=self._loop, settings=self._settings, **self._kwargs
         )
-
-
-_SERVER_ONLY = frozenset({"request_factory", "handler_cancellation", "loop"})
 
 
 class _BoundedAppRunner(web.AppRunner):
