@@ -1,16 +1,20 @@
 """POST /postbacks: what Braze posts comes out of the tracker queue intact."""
 
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.amqp_helpers import drain, queue_depth
+from tests.factories import tracked
 from tests.ingress_server import running_ingress
-from txmail.events import event_id
+from txmail.events import MAX_NESTING, POSTBACK_TYPE, event_id
 from txmail.settings import Settings
 from txmail.topology import Topology
+from workers.store import open_store
+from workers.timeouts import DeliveryTimeouts
 
 EXAMPLES: list[dict[str, Any]] = json.loads(
     (Path(__file__).parent / "braze-postbacks.json").read_text()
@@ -237,6 +241,25 @@ async def test_a_utf16_body_is_read(settings: Settings, amqp_url: str) -> None:
         assert response.status == 202
     [message] = await drain(amqp_url, Topology(settings.namespace).tracker_queue, 1)
     assert json.loads(message.body) == postback
+
+
+async def test_the_deepest_postback_accepted_can_be_read_back(tmp_path: Path) -> None:
+    """What the ingress lets in, the store keeps and the API and `txmail status --json`
+    write out again (pydantic's serialiser stops at about 255 levels in all)."""
+    arrived = datetime(2026, 3, 1, tzinfo=UTC)
+    store = await open_store(
+        f"sqlite:///{tmp_path / 'txmail.db'}", DeliveryTimeouts(timedelta(minutes=10))
+    )
+    try:
+        await store.apply(
+            [tracked(POSTBACK_TYPE, json.loads(nested(MAX_NESTING)), arrived)], arrived
+        )
+        view = await store.find(dispatch_id="d")
+    finally:
+        await store.close()
+    assert view is not None
+    [entry] = json.loads(view.model_dump_json())["timeline"]
+    assert entry["body"] == json.loads(nested(MAX_NESTING))
 
 
 async def test_validation_errors_name_the_item_and_field(settings: Settings) -> None:
