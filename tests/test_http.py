@@ -107,7 +107,10 @@ async def test_a_trickled_body_is_answered_408_and_closed(settings: Settings) ->
         )
         status, _, body = await answer_then_close(reader)
     assert status == 408
-    assert body["error"] == "request_timeout"
+    assert body == {
+        "error": "request_timeout",
+        "message": "the request body took longer than 0.3s",
+    }
 
 
 async def test_an_idle_keep_alive_connection_is_closed(settings: Settings) -> None:

@@ -209,9 +209,10 @@ class _BoundedRequestHandler(RequestHandler):
     def _body_late(self) -> None:
         self._body_deadline = None
         if self._body is not None and not self._body.is_eof():
+            # The reason is what json_errors puts in the answer's "message".
             self._body.set_exception(
                 RequestBodyTimeout(
-                    text=f"the request body took longer than {self._body_timeout:g}s"
+                    reason=f"the request body took longer than {self._body_timeout:g}s"
                 )
             )
 
