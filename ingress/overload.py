@@ -10,10 +10,13 @@ once with ``Retry-After``: Braze retries later, and what is in flight stays fast
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import structlog
 from aiohttp import web
 
 from txmail.broker import Broker
 from txmail.http import json_error
+
+log = structlog.get_logger(__name__)
 
 RETRY_AFTER_SECONDS = 1
 
@@ -23,6 +26,7 @@ class PublishGate:
         self._broker = broker
         self._max_in_flight = max_in_flight
         self.in_flight = 0  # messages published and not yet confirmed (or failed)
+        self._refusing = False
 
     def refusal(self) -> web.Response | None:
         """The 503 to answer instead of publishing now, or None when there is room.
@@ -31,13 +35,19 @@ class PublishGate:
         carries, so one request past the bound still goes through: the bound can be
         passed by at most one request's events (TXMAIL_MAX_EVENTS_PER_REQUEST).
         """
+        why = None
         if self._broker.is_blocked:
-            return overloaded("RabbitMQ is blocking publishers (a memory or disk alarm)")
-        if self.in_flight >= self._max_in_flight:
-            return overloaded(
-                f"{self.in_flight} events are already waiting for RabbitMQ's confirms"
-            )
-        return None
+            why = "RabbitMQ is blocking publishers (a memory or disk alarm)"
+        elif self.in_flight >= self._max_in_flight:
+            why = f"{self.in_flight} events are already waiting for RabbitMQ's confirms"
+        # One line when refusing starts and one when it ends, not one per request:
+        # an overloaded ingress has better things to do than log thousands a second.
+        if why is not None and not self._refusing:
+            log.warning("overloaded: answering 503 until RabbitMQ catches up", reason=why)
+        elif why is None and self._refusing:
+            log.info("no longer overloaded")
+        self._refusing = why is not None
+        return None if why is None else overloaded(why)
 
     @contextmanager
     def holding(self, count: int) -> Iterator[None]:

@@ -73,7 +73,7 @@ async def receive_postbacks(request: web.Request) -> web.Response:
         return bad.response()
     gate = request.app[GATE]
     if overloaded := gate.refusal():
-        log.info("postbacks refused: overloaded", count=len(postbacks))
+        log.debug("postbacks refused: overloaded", count=len(postbacks))
         return overloaded
     received_at = utc_now().isoformat()
     outgoing = [to_outgoing(postback, raw, received_at) for postback, raw in postbacks]

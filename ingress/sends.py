@@ -62,7 +62,7 @@ async def register_send(request: web.Request) -> web.Response:
         return bad.response()
     gate = request.app[GATE]
     if overloaded := gate.refusal():
-        log.info("send registration refused: overloaded")
+        log.debug("send registration refused: overloaded")
         return overloaded
     message = to_outgoing(wire)
     bound = log.bind(external_send_id=registration.external_send_id, event_id=message.message_id)

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
+import structlog
 from pamqp import commands, frame
 
 from tests.amqp_helpers import drain
@@ -49,10 +50,16 @@ async def test_past_the_bound_of_publishes_in_flight_the_answer_is_503_at_once(
         )
         await wait_until(lambda: proxy.held > 0, what="the publishes to reach the proxy")
 
-        refused = await asyncio.wait_for(client.post("/postbacks", json=POSTBACK), timeout=2)
-        assert refused.status == 503
-        assert refused.headers["Retry-After"] == "1"
-        assert (await refused.json())["error"] == "overloaded"
+        with structlog.testing.capture_logs() as logs:
+            for _ in range(3):
+                refused = await asyncio.wait_for(
+                    client.post("/postbacks", json=POSTBACK), timeout=2
+                )
+                assert refused.status == 503
+                assert refused.headers["Retry-After"] == "1"
+                assert (await refused.json())["error"] == "overloaded"
+        # Said once, not once per request.
+        assert [e["log_level"] for e in logs if e["log_level"] != "debug"] == ["warning"]
 
         proxy.resume()
         assert (await waiting).status == 202
