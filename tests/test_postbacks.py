@@ -132,6 +132,14 @@ def nested(levels: int) -> bytes:
         (with_lone_surrogate("utf-16-le"), 400, "invalid_json"),
         (with_lone_surrogate("utf-16-be"), 400, "invalid_json"),
         (with_lone_surrogate("utf-32-le"), 400, "invalid_json"),
+        # Escaped, in a UTF-16 body.
+        (
+            '{"dispatch_id": "d", "status": "sent", "metadata": {"x": "\\ud800"}}'.encode(
+                "utf-16-le"
+            ),
+            400,
+            "invalid_json",
+        ),
         (b'"a string"', 400, "wrong_type"),
         (b"42", 400, "wrong_type"),
         (b"null", 400, "wrong_type"),
