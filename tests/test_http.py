@@ -4,6 +4,7 @@ slow and idle clients are cut off, connections are capped, malformed requests ge
 import asyncio
 import json
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -12,9 +13,14 @@ from ingress.app import create_app
 from ingress.context import BROKER
 from tests.broker_url import host_and_port, via_port
 from tests.ingress_server import ProductionServer, running_ingress
+from tests.ports import free_port
 from tests.tcp_proxy import TcpProxy
 from tests.waiting import wait_until
+from txmail.http import serve_until_stopped
 from txmail.settings import Settings
+from workers.api import create_api_app
+from workers.store import open_store
+from workers.timeouts import DeliveryTimeouts
 
 TIMEOUT = timedelta(milliseconds=300)
 
@@ -184,3 +190,38 @@ async def test_every_answer_names_txmail_not_aiohttp(settings: Settings) -> None
         for method, path in (("GET", "/healthz"), ("GET", "/nowhere"), ("POST", "/postbacks")):
             response = await client.request(method, path)
             assert response.headers["Server"] == "txmail", (method, path)
+
+
+async def test_the_api_is_served_the_same_way(settings: Settings, tmp_path: Path) -> None:
+    """`txmail api` goes through serve_until_stopped, as `txmail ingress` does."""
+    store = await open_store(
+        f"sqlite:///{tmp_path / 'txmail.db'}", DeliveryTimeouts(timedelta(minutes=10))
+    )
+    port = free_port()
+    stop = asyncio.Event()
+    serving = asyncio.create_task(
+        serve_until_stopped(create_api_app(store), "127.0.0.1", port, limited(settings), stop)
+    )
+    try:
+
+        async def listening() -> bool:
+            try:
+                _, writer = await connect(port)
+            except OSError:
+                return False
+            writer.close()
+            return True
+
+        await wait_until(listening, what="the API to listen")
+        reader, writer = await connect(port)
+        writer.write(b"GET /v1/messages/d?token=s3cret HTTP/1.1\r\nBad header\r\n\r\n")
+        status, headers, body = await answer_then_close(reader)
+        assert (status, body["error"], headers["server"]) == (400, "bad_request", "txmail")
+        reader, writer = await connect(port)
+        writer.write(b"GET /v1/messages/d HTTP/1.1\r\n")
+        status, _, body = await answer_then_close(reader)
+        assert (status, body["error"]) == (408, "request_timeout")
+    finally:
+        stop.set()
+        await serving
+        await store.close()
