@@ -138,15 +138,19 @@ async def test_connections_past_the_cap_are_answered_503(settings: Settings) -> 
         await wait_until(lambda: app[BROKER].is_ready, what="the broker connection")
         _, first = await connect(server.port)
         _, second = await connect(server.port)
-        reader, _ = await connect(server.port)
-        status, headers, body = await answer_then_close(reader)
-        first.close()
-        second.close()
+        with structlog.testing.capture_logs() as logs:
+            refused = [await connect(server.port) for _ in range(3)]
+            answers = [await answer_then_close(reader) for reader, _ in refused]
+        for writer in (first, second, *(writer for _, writer in refused)):
+            writer.close()
     finally:
         await server.close()
-    assert status == 503
-    assert body["error"] == "too_many_connections"
-    assert headers["retry-after"] == "1"
+    for status, headers, body in answers:
+        assert status == 503
+        assert body["error"] == "too_many_connections"
+        assert headers["retry-after"] == "1"
+    # Said once, not once per connection.
+    assert [e["log_level"] for e in logs] == ["warning"]
 
 
 async def test_a_request_the_parser_refuses_is_json_and_logged_without_its_bytes(

@@ -98,20 +98,18 @@ class _BoundedRequestHandler(RequestHandler):
     in progress or the connection closing); tests/test_http.py pins each limit.
     """
 
-    def __init__(self, manager: web.Server, *, settings: Settings, **kwargs: Any) -> None:
+    def __init__(self, manager: "_BoundedServer", *, settings: Settings, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._server = manager
         self._header_timeout = settings.http_header_timeout.total_seconds()
         self._body_timeout = settings.http_body_timeout.total_seconds()
-        self._max_connections = settings.http_max_connections
         self._header_deadline: asyncio.TimerHandle | None = None
         self._body_deadline: asyncio.TimerHandle | None = None
         self._body: StreamReader | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        if len(self._server.connections) > self._max_connections:
-            log.warning("connection refused: too many open", limit=self._max_connections)
+        if not self._server.admits_another():
             self._answer_and_close(
                 503, "Service Unavailable", "too_many_connections", "too many open connections"
             )
@@ -228,6 +226,21 @@ class _BoundedServer(web.Server):
     def __init__(self, handler: Any, *, settings: Settings, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
         self._settings = settings
+        self._refusing = False
+
+    def admits_another(self) -> bool:
+        """Whether the connection just made fits under TXMAIL_HTTP_MAX_CONNECTIONS.
+
+        Logged when refusing starts and when it ends, not once per connection: a flood
+        of connections should not become a flood of log lines."""
+        limit = self._settings.http_max_connections
+        admits = len(self.connections) <= limit
+        if not admits and not self._refusing:
+            log.warning("too many open connections: refusing new ones with 503", limit=limit)
+        elif admits and self._refusing:
+            log.info("accepting connections again", limit=limit)
+        self._refusing = not admits
+        return admits
 
     def __call__(self) -> RequestHandler:
         # What aiohttp's own __call__ does, with the class and the settings of txmail.
