@@ -3,6 +3,8 @@ slow and idle clients are cut off, connections are capped, malformed requests ge
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -26,14 +28,31 @@ TIMEOUT = timedelta(milliseconds=300)
 
 
 def limited(settings: Settings, **limits: Any) -> Settings:
+    """Header and body timeouts short enough to pass in a test; an idle connection is
+    kept (unless a test says otherwise), so no test client's connection is cut under it."""
     return settings.model_copy(
         update={
             "http_header_timeout": TIMEOUT,
             "http_body_timeout": TIMEOUT,
-            "http_keepalive_timeout": TIMEOUT,
+            "http_keepalive_timeout": timedelta(seconds=30),
             **limits,
         }
     )
+
+
+@asynccontextmanager
+async def serving(settings: Settings) -> AsyncIterator[int]:
+    """The ingress served as in production, with no test client holding a connection
+    to it (which its limits could cut or count); yields its port."""
+    app = create_app(settings)
+    server = ProductionServer(app, settings)
+    await server.start_server()
+    try:
+        await wait_until(lambda: app[BROKER].is_ready, what="the broker connection")
+        assert server.port is not None
+        yield server.port
+    finally:
+        await server.close()
 
 
 async def connect(port: int | None) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -55,8 +74,8 @@ async def closed_without_answer(reader: asyncio.StreamReader) -> bool:
 
 
 async def test_partial_headers_are_answered_408_and_closed(settings: Settings) -> None:
-    async with running_ingress(limited(settings)) as client:
-        reader, writer = await connect(client.port)
+    async with serving(limited(settings)) as port:
+        reader, writer = await connect(port)
         writer.write(b"POST /postbacks HTTP/1.1\r\nHost: x\r\n")
         status, headers, body = await answer_then_close(reader)
     assert status == 408
@@ -65,9 +84,8 @@ async def test_partial_headers_are_answered_408_and_closed(settings: Settings) -
 
 
 async def test_a_connection_that_sends_nothing_is_closed(settings: Settings) -> None:
-    slow = limited(settings, http_keepalive_timeout=timedelta(seconds=30))
-    async with running_ingress(slow) as client:
-        reader, _ = await connect(client.port)
+    async with serving(limited(settings)) as port:
+        reader, _ = await connect(port)
         status, _, _ = await answer_then_close(reader)
     assert status == 408
 
@@ -77,12 +95,7 @@ async def test_a_slow_answer_is_not_cut_by_the_next_requests_header_timeout(
 ) -> None:
     proxy = TcpProxy(*host_and_port(amqp_url))
     await proxy.start()
-    slow_broker = limited(settings).model_copy(
-        update={
-            "amqp_url": via_port(amqp_url, proxy.port),
-            "http_keepalive_timeout": timedelta(seconds=30),
-        }
-    )
+    slow_broker = limited(settings, amqp_url=via_port(amqp_url, proxy.port))
     body = json.dumps({"dispatch_id": "d", "status": "sent"}).encode()
     try:
         async with running_ingress(slow_broker) as client:
@@ -105,8 +118,8 @@ async def test_a_slow_answer_is_not_cut_by_the_next_requests_header_timeout(
 
 
 async def test_a_trickled_body_is_answered_408_and_closed(settings: Settings) -> None:
-    async with running_ingress(limited(settings)) as client:
-        reader, writer = await connect(client.port)
+    async with serving(limited(settings)) as port:
+        reader, writer = await connect(port)
         writer.write(
             b"POST /postbacks HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
             b"Content-Length: 100\r\n\r\n{"
@@ -120,8 +133,8 @@ async def test_a_trickled_body_is_answered_408_and_closed(settings: Settings) ->
 
 
 async def test_an_idle_keep_alive_connection_is_closed(settings: Settings) -> None:
-    async with running_ingress(limited(settings)) as client:
-        reader, writer = await connect(client.port)
+    async with serving(limited(settings, http_keepalive_timeout=TIMEOUT)) as port:
+        reader, writer = await connect(port)
         writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         assert (await reader.readline()).startswith(b"HTTP/1.1 200")
         await reader.readuntil(b"\r\n\r\n")
@@ -130,21 +143,14 @@ async def test_an_idle_keep_alive_connection_is_closed(settings: Settings) -> No
 
 
 async def test_connections_past_the_cap_are_answered_503(settings: Settings) -> None:
-    capped = settings.model_copy(update={"http_max_connections": 2})
-    app = create_app(capped)
-    server = ProductionServer(app, capped)
-    await server.start_server()
-    try:
-        await wait_until(lambda: app[BROKER].is_ready, what="the broker connection")
-        _, first = await connect(server.port)
-        _, second = await connect(server.port)
+    async with serving(settings.model_copy(update={"http_max_connections": 2})) as port:
+        _, first = await connect(port)
+        _, second = await connect(port)
         with structlog.testing.capture_logs() as logs:
-            refused = [await connect(server.port) for _ in range(3)]
+            refused = [await connect(port) for _ in range(3)]
             answers = [await answer_then_close(reader) for reader, _ in refused]
         for writer in (first, second, *(writer for _, writer in refused)):
             writer.close()
-    finally:
-        await server.close()
     for status, headers, body in answers:
         assert status == 503
         assert body["error"] == "too_many_connections"
@@ -156,8 +162,8 @@ async def test_connections_past_the_cap_are_answered_503(settings: Settings) -> 
 async def test_a_request_the_parser_refuses_is_json_and_logged_without_its_bytes(
     settings: Settings,
 ) -> None:
-    async with running_ingress(settings) as client:
-        reader, writer = await connect(client.port)
+    async with serving(settings) as port:
+        reader, writer = await connect(port)
         with structlog.testing.capture_logs() as logs:
             writer.write(b"POST /postbacks?token=s3cret HTTP/1.1\r\nHost: x\r\nBad header\r\n\r\n")
             status, headers, body = await answer_then_close(reader)
