@@ -10,6 +10,7 @@ import pytest
 import structlog
 from pamqp import commands, frame
 
+from ingress.context import BROKER
 from tests.amqp_helpers import drain
 from tests.broker_url import host_and_port, via_port
 from tests.ingress_server import running_ingress
@@ -76,21 +77,16 @@ async def test_while_rabbitmq_blocks_publishers_the_answer_is_503_at_once(
         # What RabbitMQ sends on a memory or disk alarm; not raised for real, because
         # the alarm would block every other test's publishers on the shared broker.
         proxy.send_to_clients(frame.marshal(commands.Connection.Blocked(reason="low on memory"), 0))
-
-        async def refused() -> bool:
-            response = await client.post("/v1/sends", json={"external_send_id": "o"})
-            return response.status == 503 and response.headers.get("Retry-After") == "1"
-
-        await wait_until(refused, timeout=5, what="a 503 while blocked")
-        response = await asyncio.wait_for(client.post("/postbacks", json=POSTBACK), timeout=2)
-        assert response.status == 503
-        assert (await response.json())["error"] == "overloaded"
+        broker = client.app[BROKER]
+        await wait_until(lambda: broker.is_blocked, what="the Blocked frame to be read")
+        for path, body in (("/postbacks", POSTBACK), ("/v1/sends", {"external_send_id": "o"})):
+            response = await asyncio.wait_for(client.post(path, json=body), timeout=2)
+            assert response.status == 503
+            assert response.headers["Retry-After"] == "1"
+            assert (await response.json())["error"] == "overloaded"
 
         proxy.send_to_clients(frame.marshal(commands.Connection.Unblocked(), 0))
-
-        async def accepted() -> bool:
-            return (await client.post("/postbacks", json=POSTBACK)).status == 202
-
-        await wait_until(accepted, timeout=5, what="a 202 once unblocked")
+        await wait_until(lambda: not broker.is_blocked, what="the Unblocked frame to be read")
+        assert (await client.post("/postbacks", json=POSTBACK)).status == 202
     [message] = await drain(amqp_url, Topology(settings.namespace).tracker_queue, 1)
     assert json.loads(message.body) == POSTBACK
