@@ -66,15 +66,16 @@ async def receive_postbacks(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     if refused := refusal(request, settings.postback_token, settings.allowed_networks, "postbacks"):
         return refused
+    gate = request.app[GATE]
+    # Before parsing: refusing must cost next to nothing when there is too much to do.
+    if overloaded := gate.refusal():
+        log.debug("postbacks refused: overloaded")
+        return overloaded
     try:
         postbacks = parse_postbacks(await request.read(), settings.max_events_per_request)
     except BadRequest as bad:
         log.info("postback rejected", error=bad.error, reason=bad.message)
         return bad.response()
-    gate = request.app[GATE]
-    if overloaded := gate.refusal():
-        log.debug("postbacks refused: overloaded", count=len(postbacks))
-        return overloaded
     received_at = utc_now().isoformat()
     outgoing = [to_outgoing(postback, raw, received_at) for postback, raw in postbacks]
     try:

@@ -55,15 +55,15 @@ async def register_send(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     if refused := refusal(request, settings.api_token, settings.allowed_networks, "sends"):
         return refused
+    gate = request.app[GATE]
+    if overloaded := gate.refusal():  # before parsing, as for postbacks
+        log.debug("send registration refused: overloaded")
+        return overloaded
     try:
         registration, wire = parse_registration(await request.read())
     except BadRequest as bad:
         log.info("send registration rejected", error=bad.error, reason=bad.message)
         return bad.response()
-    gate = request.app[GATE]
-    if overloaded := gate.refusal():
-        log.debug("send registration refused: overloaded")
-        return overloaded
     message = to_outgoing(wire)
     bound = log.bind(external_send_id=registration.external_send_id, event_id=message.message_id)
     try:
