@@ -5,7 +5,8 @@ from collections.abc import AsyncIterator
 import structlog
 from aiohttp import web
 
-from ingress.context import BROKER, SETTINGS
+from ingress.context import BROKER, GATE, SETTINGS
+from ingress.overload import PublishGate
 from ingress.postbacks import receive_postbacks
 from ingress.sends import register_send
 from txmail.broker import Broker
@@ -30,6 +31,7 @@ def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[json_errors], client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app[BROKER] = Broker(settings.amqp_url, Topology(settings.namespace), settings.publish_timeout)
+    app[GATE] = PublishGate(app[BROKER], settings.max_publishes_in_flight)
     app.router.add_post("/postbacks", receive_postbacks)
     app.router.add_post("/v1/sends", register_send)
     app.router.add_get("/healthz", healthz)

@@ -26,17 +26,25 @@ class BadRequest(Exception):
 
 
 # The escape of a UTF-16 surrogate, which JSON allows and Python reads even unpaired.
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 def parse_json(body: bytes) -> Any:
     try:
-        value = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as error:
+        # Decoded strictly first: json.loads(bytes) lets raw unpaired surrogates through
+        # (UTF-8 bytes ED A0 80, or in a UTF-16/32 body), and they could not be published.
+        text = body.decode(json.detect_encoding(body))
+    except UnicodeDecodeError as error:
+        raise BadRequest(
+            400, "invalid_json", f"body is not UTF-8 (or UTF-16, UTF-32) text: {error}"
+        ) from None
+    try:
+        value = json.loads(text)
+    except ValueError as error:
         raise BadRequest(400, "invalid_json", f"body is not valid JSON: {error}") from None
     except RecursionError:
         raise BadRequest(400, "invalid_json", "body is nested too deeply to parse") from None
-    if _SURROGATE_ESCAPE.search(body):
+    if _SURROGATE_ESCAPE.search(text):
         # An unpaired one is not text: it could not be encoded again to be published.
         try:
             json.dumps(value, ensure_ascii=False).encode()

@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from ingress.auth import refusal
 from ingress.bad_request import BadRequest, broker_unavailable, parse_json, validation_details
-from ingress.context import BROKER, SETTINGS
+from ingress.context import BROKER, GATE, SETTINGS
 from txmail.broker import Outgoing
 from txmail.errors import BrokerUnavailable
 from txmail.events import POSTBACK_TYPE, Postback, event_id, postback_routing_key, utc_now
@@ -66,6 +66,11 @@ async def receive_postbacks(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     if refused := refusal(request, settings.postback_token, settings.allowed_networks, "postbacks"):
         return refused
+    gate = request.app[GATE]
+    # Before parsing: refusing must cost next to nothing when there is too much to do.
+    if overloaded := gate.refusal():
+        log.debug("postbacks refused: overloaded")
+        return overloaded
     try:
         postbacks = parse_postbacks(await request.read(), settings.max_events_per_request)
     except BadRequest as bad:
@@ -74,7 +79,8 @@ async def receive_postbacks(request: web.Request) -> web.Response:
     received_at = utc_now().isoformat()
     outgoing = [to_outgoing(postback, raw, received_at) for postback, raw in postbacks]
     try:
-        await request.app[BROKER].publish(outgoing)
+        with gate.holding(len(outgoing)):
+            await request.app[BROKER].publish(outgoing)
     except BrokerUnavailable as error:
         for postback, _ in postbacks:
             log.error(

@@ -4,13 +4,15 @@ A postback never names the recipient, so the app that asked Braze to send tells 
 who to reach if the email fails: the registration travels as an event like a postback.
 """
 
+from typing import Any
+
 import structlog
 from aiohttp import web
 from pydantic import ValidationError
 
 from ingress.auth import refusal
 from ingress.bad_request import BadRequest, broker_unavailable, parse_json, validation_details
-from ingress.context import BROKER, SETTINGS
+from ingress.context import BROKER, GATE, SETTINGS
 from txmail.broker import Outgoing
 from txmail.errors import BrokerUnavailable
 from txmail.events import (
@@ -25,20 +27,21 @@ from txmail.events import (
 log = structlog.get_logger(__name__)
 
 
-def parse_registration(body: bytes) -> SendRegistration:
+def parse_registration(body: bytes) -> tuple[SendRegistration, dict[str, Any]]:
+    """The registration and the JSON object to publish for it."""
     payload = parse_json(body)
     if not isinstance(payload, dict):
         raise BadRequest(400, "wrong_type", "expected one JSON object describing the send")
     try:
-        return SendRegistration.model_validate(payload)
+        registration = SendRegistration.model_validate(payload)
+        return registration, registration.to_wire()
     except ValidationError as error:
         raise BadRequest(
             422, "invalid_send", "send registration failed validation", validation_details(error)
         ) from None
 
 
-def to_outgoing(registration: SendRegistration) -> Outgoing:
-    wire = registration.model_dump(mode="json", exclude_none=True)
+def to_outgoing(wire: dict[str, Any]) -> Outgoing:
     return Outgoing(
         routing_key=SEND_REGISTERED_ROUTING_KEY,
         body=canonical_json(wire),
@@ -52,15 +55,20 @@ async def register_send(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     if refused := refusal(request, settings.api_token, settings.allowed_networks, "sends"):
         return refused
+    gate = request.app[GATE]
+    if overloaded := gate.refusal():  # before parsing, as for postbacks
+        log.debug("send registration refused: overloaded")
+        return overloaded
     try:
-        registration = parse_registration(await request.read())
+        registration, wire = parse_registration(await request.read())
     except BadRequest as bad:
         log.info("send registration rejected", error=bad.error, reason=bad.message)
         return bad.response()
-    message = to_outgoing(registration)
+    message = to_outgoing(wire)
     bound = log.bind(external_send_id=registration.external_send_id, event_id=message.message_id)
     try:
-        await request.app[BROKER].publish([message])
+        with gate.holding(1):
+            await request.app[BROKER].publish([message])
     except BrokerUnavailable as error:
         bound.error("send registration not accepted: broker did not confirm", error=str(error))
         return broker_unavailable("send registration")

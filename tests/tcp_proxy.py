@@ -9,6 +9,7 @@ class TcpProxy:
         self._target = (target_host, target_port)
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._client_writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self.port = 0
         self.held = 0  # reads held back while paused
@@ -33,6 +34,13 @@ class TcpProxy:
         for writer in list(self._writers):
             writer.transport.abort()
         self._writers.clear()
+        self._client_writers.clear()
+
+    def send_to_clients(self, data: bytes) -> None:
+        """Write ``data`` to every client as if the target had sent it (a frame of the
+        broker's own, say). Safe between whole frames only: use it while nothing flows."""
+        for writer in self._client_writers:
+            writer.write(data)
 
     def pause(self) -> None:
         """Hold every byte in both directions (a broker that stopped answering)."""
@@ -55,6 +63,7 @@ class TcpProxy:
             writer.transport.abort()
             return
         self._writers.update((writer, up_writer))
+        self._client_writers.add(writer)
         for src, dst in ((reader, up_writer), (up_reader, writer)):
             task = asyncio.create_task(self._pipe(src, dst))
             self._tasks.add(task)
@@ -72,5 +81,6 @@ class TcpProxy:
             pass
         finally:
             self._writers.discard(dst)
+            self._client_writers.discard(dst)
             with contextlib.suppress(Exception):
                 dst.transport.abort()

@@ -1,16 +1,20 @@
 """POST /postbacks: what Braze posts comes out of the tracker queue intact."""
 
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.amqp_helpers import drain, queue_depth
+from tests.factories import tracked
 from tests.ingress_server import running_ingress
-from txmail.events import event_id
+from txmail.events import MAX_NESTING, POSTBACK_TYPE, event_id
 from txmail.settings import Settings
 from txmail.topology import Topology
+from workers.store import open_store
+from workers.timeouts import DeliveryTimeouts
 
 EXAMPLES: list[dict[str, Any]] = json.loads(
     (Path(__file__).parent / "braze-postbacks.json").read_text()
@@ -88,6 +92,19 @@ TOO_LONG = "x" * 201
 TOO_DEEP = b"[" * 100_000 + b"]" * 100_000
 
 
+def with_lone_surrogate(encoding: str) -> bytes:
+    """A postback in ``encoding`` whose metadata holds a raw unpaired surrogate (U+D800)."""
+    head = '{"dispatch_id": "d", "status": "sent", "metadata": {"x": "'.encode(encoding)
+    surrogate = "\ud800".encode(encoding, "surrogatepass")
+    return head + surrogate + '"}}'.encode(encoding)
+
+
+def nested(levels: int) -> bytes:
+    """A postback whose objects nest ``levels`` deep, the postback itself being the first."""
+    inner = b'{"a": ' * (levels - 1) + b"1" + b"}" * (levels - 1)
+    return b'{"dispatch_id": "d", "status": "sent", "metadata": ' + inner + b"}"
+
+
 @pytest.mark.parametrize(
     ("body", "status", "error"),
     [
@@ -107,6 +124,19 @@ TOO_DEEP = b"[" * 100_000 + b"]" * 100_000
         ),
         (
             b'{"dispatch_id": "d", "status": "sent", "metadata": {"x": ' + TOO_DEEP + b"}}",
+            400,
+            "invalid_json",
+        ),
+        # Raw, not escaped: in UTF-8 (bytes ED A0 80) and in UTF-16 and UTF-32 bodies.
+        (with_lone_surrogate("utf-8"), 400, "invalid_json"),
+        (with_lone_surrogate("utf-16-le"), 400, "invalid_json"),
+        (with_lone_surrogate("utf-16-be"), 400, "invalid_json"),
+        (with_lone_surrogate("utf-32-le"), 400, "invalid_json"),
+        # Escaped, in a UTF-16 body.
+        (
+            '{"dispatch_id": "d", "status": "sent", "metadata": {"x": "\\ud800"}}'.encode(
+                "utf-16-le"
+            ),
             400,
             "invalid_json",
         ),
@@ -153,6 +183,28 @@ TOO_DEEP = b"[" * 100_000 + b"]" * 100_000
             422,
             "invalid_postback",
         ),
+        # Not JSON numbers: Python reads them, the store would give them back as null.
+        (
+            b'{"dispatch_id": "d", "status": "sent", "metadata": {"x": NaN}}',
+            422,
+            "invalid_postback",
+        ),
+        (
+            b'{"dispatch_id": "d", "status": "sent", "metadata": {"x": [1, Infinity]}}',
+            422,
+            "invalid_postback",
+        ),
+        (b'{"dispatch_id": "d", "status": "sent", "score": -Infinity}', 422, "invalid_postback"),
+        # Deeper than every later stage (the API, `txmail status --json`) can serialise.
+        (nested(33), 422, "invalid_postback"),
+        (nested(260), 422, "invalid_postback"),
+        (
+            b'{"dispatch_id": "d", "status": "bounced", "metadata": {"reason": "'
+            + b"5" * 1001
+            + b'"}}',
+            422,
+            "invalid_postback",
+        ),
     ],
 )
 async def test_bad_input_is_refused_with_a_json_error_and_publishes_nothing(
@@ -167,6 +219,55 @@ async def test_bad_input_is_refused_with_a_json_error_and_publishes_nothing(
         assert payload["error"] == error
         assert payload["message"]
     assert await queue_depth(amqp_url, Topology(settings.namespace).tracker_queue) == 0
+
+
+async def test_the_deepest_nesting_and_the_longest_reason_allowed_are_published(
+    settings: Settings, amqp_url: str
+) -> None:
+    longest_reason = {"dispatch_id": "d", "status": "bounced", "metadata": {"reason": "5" * 1000}}
+    async with running_ingress(settings) as client:
+        for body in (nested(32), json.dumps(longest_reason).encode()):
+            response = await client.post(
+                "/postbacks", data=body, headers={"Content-Type": "application/json"}
+            )
+            assert response.status == 202, await response.text()
+    await drain(amqp_url, Topology(settings.namespace).tracker_queue, 2)
+
+
+async def test_a_utf16_body_is_read(settings: Settings, amqp_url: str) -> None:
+    postback = {
+        "dispatch_id": "d",
+        "status": "bounced",
+        "metadata": {"reason": "r\u00e9fus\U0001f600"},
+    }
+    async with running_ingress(settings) as client:
+        response = await client.post(
+            "/postbacks",
+            data=json.dumps(postback, ensure_ascii=False).encode("utf-16-le"),
+            headers={"Content-Type": "application/json"},
+        )
+        assert response.status == 202
+    [message] = await drain(amqp_url, Topology(settings.namespace).tracker_queue, 1)
+    assert json.loads(message.body) == postback
+
+
+async def test_the_deepest_postback_accepted_can_be_read_back(tmp_path: Path) -> None:
+    """What the ingress lets in, the store keeps and the API and `txmail status --json`
+    write out again (pydantic's serialiser stops at about 255 levels in all)."""
+    arrived = datetime(2026, 3, 1, tzinfo=UTC)
+    store = await open_store(
+        f"sqlite:///{tmp_path / 'txmail.db'}", DeliveryTimeouts(timedelta(minutes=10))
+    )
+    try:
+        await store.apply(
+            [tracked(POSTBACK_TYPE, json.loads(nested(MAX_NESTING)), arrived)], arrived
+        )
+        view = await store.find(dispatch_id="d")
+    finally:
+        await store.close()
+    assert view is not None
+    [entry] = json.loads(view.model_dump_json())["timeline"]
+    assert entry["body"] == json.loads(nested(MAX_NESTING))
 
 
 async def test_validation_errors_name_the_item_and_field(settings: Settings) -> None:

@@ -55,9 +55,16 @@ async def test_the_same_registration_twice_has_one_event_id(settings: Settings) 
         ({k: v for k, v in SEND.items() if k != "external_send_id"}, 422, "external_send_id"),
         ({**SEND, "recipient": {"phone": "555-1234"}}, 422, "recipient.phone"),
         ({**SEND, "recipient": {"email": "not an address"}}, 422, "recipient.email"),
+        # Two addresses in one: a relay would send to both.
+        ({**SEND, "recipient": {"email": "postmaster,ada@example.com"}}, 422, "recipient.email"),
+        ({**SEND, "recipient": {"email": "ada@example.com;eve@x.org"}}, 422, "recipient.email"),
+        ({**SEND, "recipient": {"email": "Ada<ada@example.com>"}}, 422, "recipient.email"),
         ({**SEND, "recipient": {"fax": "+15005550006"}}, 422, "recipient.fax"),
         ({**SEND, "delivery_timeout": "10"}, 422, "delivery_timeout"),
         ({**SEND, "delivery_timeout": "0s"}, 422, "delivery_timeout"),
+        # Above zero, but "0s" on the wire (millisecond resolution): the worker would
+        # refuse what the ingress answered 202 for.
+        ({**SEND, "delivery_timeout": "0.0004s"}, 422, "delivery_timeout"),
         # Too long for any clock: a clear 422, not a 500 from an overflow.
         ({**SEND, "delivery_timeout": "99999999999d"}, 422, "delivery_timeout"),
         ({**SEND, "variables": {"nested": {"a": 1}}}, 422, "variables.nested"),
@@ -78,6 +85,28 @@ async def test_bad_registrations_are_refused_and_publish_nothing(
         payload = await response.json()
     if field is not None:
         assert field in [d["field"].split(".str")[0] for d in payload["details"]]
+    assert await queue_depth(amqp_url, Topology(settings.namespace).tracker_queue) == 0
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"external_send_id": "o", "variables": {"name": "\xed\xa0\x80"}}',
+        b'{"external_send_id": "o", "variables": {"\xed\xb0\x80": "x"}}',
+        '{"external_send_id": "o", "variables": {"\ud800": "x"}}'.encode(
+            "utf-16-le", "surrogatepass"
+        ),
+    ],
+)
+async def test_a_lone_surrogate_is_refused_as_invalid_json(
+    settings: Settings, amqp_url: str, body: bytes
+) -> None:
+    async with running_ingress(settings) as client:
+        response = await client.post(
+            "/v1/sends", data=body, headers={"Content-Type": "application/json"}
+        )
+        assert response.status == 400
+        assert (await response.json())["error"] == "invalid_json"
     assert await queue_depth(amqp_url, Topology(settings.namespace).tracker_queue) == 0
 
 

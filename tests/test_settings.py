@@ -84,6 +84,12 @@ def test_an_empty_token_means_no_token(monkeypatch: pytest.MonkeyPatch) -> None:
         # Longer than a day would hold every deadline back for days.
         ("TXMAIL_MAX_LATENESS", "2d", "TXMAIL_MAX_LATENESS"),
         ("TXMAIL_WATERMARK_SKEW", "25h", "TXMAIL_WATERMARK_SKEW"),
+        # Zero would close every connection before its request could arrive.
+        ("TXMAIL_HTTP_HEADER_TIMEOUT", "0s", "TXMAIL_HTTP_HEADER_TIMEOUT"),
+        ("TXMAIL_HTTP_BODY_TIMEOUT", "0s", "TXMAIL_HTTP_BODY_TIMEOUT"),
+        ("TXMAIL_HTTP_KEEPALIVE_TIMEOUT", "0s", "TXMAIL_HTTP_KEEPALIVE_TIMEOUT"),
+        ("TXMAIL_HTTP_MAX_CONNECTIONS", "0", "TXMAIL_HTTP_MAX_CONNECTIONS"),
+        ("TXMAIL_MAX_PUBLISHES_IN_FLIGHT", "0", "TXMAIL_MAX_PUBLISHES_IN_FLIGHT"),
     ],
 )
 def test_bad_settings_name_the_variable(

@@ -109,6 +109,17 @@ class Broker:
             and not any(channel.is_closed for channel in self._channels)
         )
 
+    @property
+    def is_blocked(self) -> bool:
+        """True while RabbitMQ blocks this connection's publishes (connection.blocked,
+        sent on a memory or disk alarm). aiormq keeps this only in a private event and
+        offers no callback, so it is read there; tests/test_overload.py pins it."""
+        underlay = self._connection.transport if self._connection is not None else None
+        if underlay is None:
+            return False
+        unblocked = getattr(underlay.connection, "_Connection__connection_unblocked", None)
+        return isinstance(unblocked, asyncio.Event) and not unblocked.is_set()
+
     async def publish(self, messages: Sequence[Outgoing]) -> None:
         """Publish every message and wait until the broker confirmed each one.
 

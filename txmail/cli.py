@@ -27,7 +27,7 @@ async def _serve_ingress(settings: Settings) -> None:
         create_app(settings),
         settings.http_host,
         settings.http_port,
-        settings.shutdown_timeout.total_seconds(),
+        settings,
         stop_on_signals(),
     )
 

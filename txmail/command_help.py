@@ -12,6 +12,12 @@ from txmail.settings import Settings
 
 _BROKER = ("amqp_url", "namespace")
 _EVERY = tuple(Settings.model_fields)
+_HTTP_LIMITS = (
+    "http_header_timeout",
+    "http_body_timeout",
+    "http_keepalive_timeout",
+    "http_max_connections",
+)
 
 # The Settings fields each command reads (tests/test_cli_help.py checks each is a field,
 # and that every field is read by some command).
@@ -25,6 +31,8 @@ READS: dict[str, tuple[str, ...]] = {
         "allowed_networks",
         "max_body_bytes",
         "max_events_per_request",
+        *_HTTP_LIMITS,
+        "max_publishes_in_flight",
         "publish_timeout",
         "shutdown_timeout",
         "rules",
@@ -55,6 +63,7 @@ READS: dict[str, tuple[str, ...]] = {
         "api_port",
         "api_token",
         "api_read_token",
+        *_HTTP_LIMITS,
         "shutdown_timeout",
         "log_level",
     ),

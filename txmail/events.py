@@ -7,6 +7,7 @@ event it is (``message_id``, the same for the same postback posted twice).
 
 import hashlib
 import json
+import math
 import re
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -20,6 +21,7 @@ from pydantic import (
     FiniteFloat,
     StrictStr,
     field_validator,
+    model_validator,
 )
 
 from txmail.durations import PositiveDuration
@@ -43,12 +45,34 @@ def _without_nul(value: str) -> str:
 Text = Annotated[StrictStr, AfterValidator(_without_nul)]
 """A string a store keeps as text (a column, an index entry)."""
 
-# Metadata a store keeps in columns of its own, and the longest each may be.
-_STORED_METADATA: Final = {
-    "external_send_id": MAX_ID_LENGTH,
-    "campaign_api_id": MAX_ID_LENGTH,
-    "reason": None,
-}
+# Metadata ids a store keeps in columns of its own (and indexes).
+_STORED_IDS: Final = ("external_send_id", "campaign_api_id")
+# The longest reason kept: Braze's are an SMTP reply or a sentence; anything longer is
+# not one, and would be stored, shown and put in SMS bodies (`$reason`) as it came.
+MAX_REASON_LENGTH: Final = 1000
+# How deep objects and arrays may nest in a postback, the postback itself being the
+# first level. Braze's nest 2 or 3 deep; every later stage (the store, the API's
+# serialiser, `txmail status --json`) nests a postback a few levels deeper still, and
+# must be able to write it out.
+MAX_NESTING: Final = 32
+
+
+def _plain_json_problem(value: Any, depth: int = 1, path: str = "") -> str | None:
+    """What makes ``value`` more than plain JSON a later stage can keep, or None:
+    nesting deeper than MAX_NESTING, or NaN and infinities, which Python reads and
+    JSON does not have (the store would give them back as null)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{path or 'value'}: {value} is not a JSON number"
+    if isinstance(value, dict | list):
+        if depth > MAX_NESTING:
+            return f"{path}: nested deeper than {MAX_NESTING} levels"
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, item in items:
+            if problem := _plain_json_problem(
+                item, depth + 1, f"{path}.{key}" if path else str(key)
+            ):
+                return problem
+    return None
 
 
 class Postback(BaseModel):
@@ -60,21 +84,31 @@ class Postback(BaseModel):
     status: Text = Field(min_length=1, max_length=64)
     metadata: dict[str, Any] = Field(default_factory=dict)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _plain_json(cls, data: Any) -> Any:
+        if problem := _plain_json_problem(data):
+            raise ValueError(problem)
+        return data
+
     @field_validator("metadata")
     @classmethod
     def _storable_metadata(cls, metadata: dict[str, Any]) -> dict[str, Any]:
-        for name, longest in _STORED_METADATA.items():
+        for name in _STORED_IDS:
             value = metadata.get(name)
-            if longest is not None and value is not None and not isinstance(value, str):
+            if value is not None and not isinstance(value, str):
                 # Read as absent, an id that is a number would key the message by its
                 # dispatch_id, apart from the registration and the other postbacks.
                 raise ValueError(f"{name} must be a string")
-            if not isinstance(value, str):
-                continue
-            if NUL in value:
+            if value is not None and len(value) > MAX_ID_LENGTH:
+                raise ValueError(f"{name} must be at most {MAX_ID_LENGTH} characters")
+        for name in (*_STORED_IDS, "reason"):
+            value = metadata.get(name)
+            if isinstance(value, str) and NUL in value:
                 raise ValueError(f"{name} must not contain the NUL character (\\u0000)")
-            if longest is not None and len(value) > longest:
-                raise ValueError(f"{name} must be at most {longest} characters")
+        reason = metadata.get("reason")
+        if isinstance(reason, str) and len(reason) > MAX_REASON_LENGTH:
+            raise ValueError(f"reason must be at most {MAX_REASON_LENGTH} characters")
         return metadata
 
     @property
@@ -141,8 +175,11 @@ class Recipient(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     # Loose on purpose: the company's mailer is the judge of an address; this only
-    # catches what is plainly not one.
-    email: StrictStr | None = Field(default=None, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")
+    # catches what is plainly not one, or more than one: the characters that separate
+    # or wrap addresses in a mail header (`,` `;` `:` `<` `>` `"` `(` `)`) are refused.
+    email: StrictStr | None = Field(
+        default=None, max_length=320, pattern=r'^[^@\s,;:<>"()]+@[^@\s,;:<>"()]+$'
+    )
     # E.164, what SMS APIs in Twilio's shape accept.
     phone: StrictStr | None = Field(default=None, pattern=r"^\+[1-9]\d{6,14}$")
 
@@ -159,6 +196,17 @@ class SendRegistration(BaseModel):
     # null, which no longer validates, and every later event of the send would fail.
     variables: dict[str, StrictStr | int | FiniteFloat | bool] = Field(default_factory=dict)
     delivery_timeout: PositiveDuration | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        """The JSON object published for this registration, checked the way a worker
+        will read it: what the ingress answers 202 for must never be dead-lettered.
+
+        Raises ValidationError when the wire form does not read back, e.g. a
+        delivery_timeout under half a millisecond, which the wire rounds to "0s".
+        """
+        wire = self.model_dump(mode="json", exclude_none=True)
+        SendRegistration.model_validate(json.loads(canonical_json(wire)))
+        return wire
 
 
 class FallbackRequest(BaseModel):

@@ -18,6 +18,7 @@ async def run_all(settings: Settings) -> None:
     from fallback.executor import running_executor
     from fallback.rules_file import load_configured_rules
     from ingress.app import create_app
+    from txmail.http import app_runner
     from txmail.stopping import stop_on_signals
     from workers.api import api_host, api_tokens, create_api_app
     from workers.worker import open_store_when_available, run_worker, timeouts_from
@@ -34,7 +35,7 @@ async def run_all(settings: Settings) -> None:
             (create_api_app(store, api_tokens(settings)), api_host(settings), settings.api_port),
         )
         for app, host, port in apps:
-            runner = web.AppRunner(app, access_log=None)
+            runner = app_runner(app, settings)
             await runner.setup()
             running.push_async_callback(runner.cleanup)
             await web.TCPSite(runner, host, port).start()

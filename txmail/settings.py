@@ -35,6 +35,15 @@ class Settings(BaseSettings):
     # Empty means every source may post; Braze documents no source IPs to put here.
     allowed_networks: Annotated[list[IPNetwork], NoDecode] = Field(default_factory=list)
     publish_timeout: Duration = timedelta(seconds=5)
+    # Events the ingress may have waiting for RabbitMQ's confirms before it answers 503:
+    # the rate to sustain times the confirm latency to accept (see the README).
+    max_publishes_in_flight: int = Field(default=1000, ge=1)
+    # Limits of every HTTP server (ingress and API), so that slow or idle clients
+    # cannot hold connections: see txmail.http.
+    http_header_timeout: Duration = timedelta(seconds=10)
+    http_body_timeout: Duration = timedelta(seconds=30)
+    http_keepalive_timeout: Duration = timedelta(seconds=75)
+    http_max_connections: int = Field(default=1000, ge=1)
     # How long SIGTERM waits for requests in flight before closing.
     shutdown_timeout: Duration = timedelta(seconds=10)
     log_level: str = "info"
@@ -119,6 +128,9 @@ class Settings(BaseSettings):
 
     @field_validator(
         "publish_timeout",
+        "http_header_timeout",
+        "http_body_timeout",
+        "http_keepalive_timeout",
         "sweep_interval",
         "delivery_timeout",
         "republish_after",

@@ -63,7 +63,7 @@ async def _serve_api(settings: Settings) -> None:
             create_api_app(store, api_tokens(settings)),
             host,
             settings.api_port,
-            settings.shutdown_timeout.total_seconds(),
+            settings,
             stop,
         )
     finally:

@@ -1,0 +1,172 @@
+"""The promise, tried as Braze would try it: a burst faster than the pipeline takes it,
+to two ingresses, three workers on PostgreSQL and an executor, with a worker and the
+executor SIGKILLed mid-way. No fallback for a message Braze delivered in time, exactly
+one handler call for every message that failed or was late on Braze's clock.
+
+The webhook receiver can be paused: the executor is killed while its calls wait there,
+so the kill lands outside the one window no design closes (a provider took a call whose
+success was not recorded yet); a call whose caller is gone by the time the receiver
+would answer it was never taken.
+"""
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+
+import aio_pika
+import pytest
+
+from tests.burst_load import (
+    Burst,
+    Fate,
+    PausableReceiver,
+    all_ready,
+    offer,
+    pipeline,
+    plan_burst,
+    serving,
+)
+from tests.fallback.servers import WEBHOOK_SECRET
+from tests.ports import free_port
+from tests.processes import environment
+from tests.waiting import wait_until
+from txmail.durations import format_duration
+from txmail.events import utc_now
+from txmail.settings import Settings
+from txmail.topology import Topology
+from workers.store import open_store
+from workers.store.protocol import Store
+from workers.timeouts import DeliveryTimeouts
+
+TIMEOUT = 3.0  # seconds: Braze delivers within a fifth of it, or too late by half
+MESSAGES = 900  # about 2,800 postbacks
+PER_SECOND = 250  # messages starting each second of Braze's time: more than txmail takes
+CONCURRENCY = 32
+# Long enough for a call claimed by the killed executor to come free (its lease is the
+# handler's timeout and a margin) before the request is parked.
+SCHEDULE = [timedelta(seconds=s) for s in (0.5, 1, 2, 4, 8)]
+
+RULES = """
+[handlers.ops-hook]
+type = "webhook"
+url = "{url}/hook"
+secret = "{secret}"
+timeout = "1s"
+
+[[rules]]
+on = ["*"]
+handlers = ["ops-hook"]
+"""
+
+
+@pytest.fixture
+async def namespace(namespace: str, amqp_url: str) -> AsyncIterator[str]:
+    """The fallback tests' namespace, plus this test's own delay queues."""
+    yield namespace
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        await Topology(namespace, tuple(SCHEDULE)).delete(await connection.channel())
+
+
+async def _queues_empty(settings: Settings) -> bool:
+    topology = Topology(settings.namespace, tuple(SCHEDULE))
+    connection = await aio_pika.connect(settings.amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        for name in (topology.tracker_queue, topology.fallback_queue):
+            queue = await channel.declare_queue(name, passive=True)
+            if queue.declaration_result.message_count:
+                return False
+    return True
+
+
+async def _settled(
+    store: Store, settings: Settings, burst: Burst, receiver: PausableReceiver
+) -> bool:
+    due = burst.with_fallback()
+    called = {key for key, _ in receiver.taken}
+    if not due <= called:
+        return False
+    counts = await store.counts()
+    return counts.unpublished == 0 and await _queues_empty(settings)
+
+
+@pytest.mark.timeout(240)
+async def test_a_burst_with_a_worker_and_the_executor_killed_mid_way(
+    fallback_settings: Settings, postgres_schema_url: str, tmp_path: Path
+) -> None:
+    settings = fallback_settings.model_copy(
+        update={
+            "database_url": postgres_schema_url,
+            "delivery_timeout": timedelta(seconds=TIMEOUT),
+            "sweep_interval": timedelta(milliseconds=100),
+            "watermark_skew": timedelta(seconds=1),
+            "max_lateness": timedelta(seconds=2),
+            "batch_size": 100,
+            "republish_after": timedelta(seconds=2),
+        }
+    )
+    receiver = PausableReceiver()
+    burst = plan_burst(MESSAGES, PER_SECOND, TIMEOUT, utc_now())
+    ports = [free_port(), free_port()]
+    async with serving(receiver) as receiver_url:
+        rules = tmp_path / "rules.toml"
+        rules.write_text(RULES.format(url=receiver_url, secret=WEBHOOK_SECRET))
+        env = {
+            **environment(settings),
+            "TXMAIL_RULES": str(rules),
+            "TXMAIL_FALLBACK_RETRY_SCHEDULE": ",".join(map(format_duration, SCHEDULE)),
+            "TXMAIL_HTTP_HOST": "127.0.0.1",
+            "TXMAIL_METRICS_PORT": "0",
+        }
+        store = await open_store(postgres_schema_url, DeliveryTimeouts(timedelta(seconds=TIMEOUT)))
+        try:
+            with pipeline(env, tmp_path) as running:
+                for n, port in enumerate(ports):
+                    running.start(f"ingress-{n}", "ingress", TXMAIL_HTTP_PORT=str(port))
+                for n in range(3):
+                    running.start(f"worker-{n}", "worker")
+                running.start("executor", "fallback")
+                urls = [f"http://127.0.0.1:{port}" for port in ports]
+                await wait_until(lambda: all_ready(urls), timeout=30, what="the ingresses ready")
+                postbacks = burst.postbacks
+                cut = [0, len(postbacks) * 2 // 5, len(postbacks) * 3 // 5, len(postbacks)]
+                lags = [(await offer(urls, postbacks[cut[0] : cut[1]], CONCURRENCY)).worst_lag]
+                running.kill("worker-0")  # however it likes, wherever it was
+                # The executor dies while its calls wait at the receiver, not taken yet.
+                receiver.open.clear()
+                offering = asyncio.ensure_future(
+                    offer(urls, postbacks[cut[1] : cut[2]], CONCURRENCY)
+                )
+                await wait_until(lambda: receiver.waiting > 0, timeout=30, what="a call held")
+                running.kill("executor")
+                receiver.open.set()
+                running.start("worker-0-again", "worker")
+                running.start("executor-again", "fallback")
+                lags.append((await offering).worst_lag)
+                lags.append((await offer(urls, postbacks[cut[2] : cut[3]], CONCURRENCY)).worst_lag)
+                assert max(lags) > TIMEOUT, "the burst must put txmail behind by more than that"
+                await wait_until(
+                    lambda: _settled(store, settings, burst, receiver),
+                    timeout=120,
+                    what="every fallback called and every queue drained",
+                )
+        finally:
+            await store.close()
+    expected_trigger = {
+        Fate.BOUNCED: "bounced",
+        Fate.ABORTED: "aborted",
+        Fate.LATE: "timeout",
+        Fate.DELIVERED_LATE: "timeout",
+    }
+    false_fallbacks = sorted(
+        key for (key, _), n in receiver.taken.items() if burst.fates[key] is Fate.DELIVERED
+    )
+    assert false_fallbacks == [], f"{len(false_fallbacks)} messages delivered in time got one"
+    doubled = sorted(key for key, n in receiver.taken.items() if n > 1)
+    assert doubled == [], f"{len(doubled)} handler calls made twice"
+    for key, fate in burst.fates.items():
+        if fate in expected_trigger:
+            assert receiver.taken[(key, expected_trigger[fate])] == 1, (key, fate)
+    assert sum(receiver.taken.values()) == len(burst.with_fallback())
