@@ -48,7 +48,7 @@ def test_the_first_lines_run_it_try_it_and_test_it() -> None:
     command = re.search(r'^TEST_COMMAND="(.+)"$', ci, re.MULTILINE)
     assert command is not None
     text = first_lines()
-    assert "\ndocker compose up --build\n" in text
+    assert "\ndocker compose up --build -d\n" in text
     assert re.search(r"^python3 -m venv .* txmail run$", text, re.MULTILINE)
     assert f"\n{command.group(1)}\n" in text
 
