@@ -26,6 +26,7 @@ def environment(settings: Settings, rules: Path | None = None) -> dict[str, str]
         **os.environ,
         "TXMAIL_AMQP_URL": settings.amqp_url,
         "TXMAIL_NAMESPACE": settings.namespace,
+        "TXMAIL_DATABASE_URL": settings.database_url,
         "TXMAIL_FALLBACK_RETRY_SCHEDULE": ",".join(map(format_duration, RETRY_SCHEDULE)),
     }
     if rules is not None:
