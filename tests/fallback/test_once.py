@@ -203,3 +203,40 @@ def _environment(settings: Settings, rules: Path) -> dict[str, str]:
         ),
         "TXMAIL_LOG_LEVEL": "warning",
     }
+
+
+async def test_a_success_the_ledger_cannot_record_is_kept_in_the_retry(
+    fallback_settings: Settings,
+    postgres_schema_url: str,
+    receiver: Receiver,
+    write_rules: WriteRules,
+    attempt_log: AttemptLog,
+) -> None:
+    rules = write_rules(
+        handlers_toml(receiver)
+        + '[[rules]]\non = ["*"]\nhandlers = ["ops-hook", "sms"]\nmode = "all"\n'
+    )
+    proxy = TcpProxy(*host_and_port(postgres_schema_url))
+    await proxy.start()
+    settings = fallback_settings.model_copy(
+        update={"database_url": via_port(postgres_schema_url, proxy.port)}
+    )
+    gate = asyncio.Event()
+    receiver.webhook.hold_next = gate
+    try:
+        async with running_executor(settings, rules):
+            await publish(settings, a_request())
+            await wait_until(lambda: receiver.webhook.hold_next is None, what="the webhook call")
+            await proxy.cut()  # the database goes while the webhook is being called
+            gate.set()
+            await wait_until(
+                lambda: attempt_log.outcomes() == ["succeeded", "retrying"],
+                what="the webhook's success kept, the sms left for the retry",
+            )
+            assert receiver.sms.calls == []
+            await proxy.start()
+            await wait_until(lambda: attempt_log.outcomes("sms") == ["retrying", "succeeded"])
+    finally:
+        await proxy.close()
+    assert len(receiver.webhook.calls) == 1
+    assert len(receiver.sms.calls) == 1
