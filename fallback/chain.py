@@ -38,8 +38,8 @@ class ResultKind(StrEnum):
     SUCCEEDED = "succeeded"
     TRANSIENT = "transient"
     PERMANENT = "permanent"
-    # Another executor holds the call right now (it runs a copy of the request): not
-    # called, and the chain stops there; the request is tried again later.
+    # A copy of the request holds the call right now (in this executor or another):
+    # not called, and the chain stops there; the request is tried again later.
     BUSY = "busy"
 
 
@@ -128,7 +128,7 @@ async def call_once(
         detail = "failed permanently before: not called again (a replay calls it again)"
         return HandlerResult(ready.name, ResultKind.PERMANENT, detail)
     if claim.verdict is ClaimVerdict.BUSY:
-        detail = "another executor is calling it for a copy of this request: not called"
+        detail = "a copy of this request is calling it now: not called"
         return HandlerResult(ready.name, ResultKind.BUSY, detail)
     if claim.verdict is ClaimVerdict.CALL_AFTER_LOST_OUTCOME:
         log.warning(

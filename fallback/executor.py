@@ -12,7 +12,7 @@ cannot even be read is parked, never retried.
 import asyncio
 import inspect
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager, suppress
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from datetime import UTC, datetime
 
 import aiohttp
@@ -143,7 +143,8 @@ class FallbackExecutor:
         timeout; unfinished ones are redelivered to another executor)."""
         self._stopping.set()
         if self._purging is not None:
-            await self._purging
+            self._purging.cancel()
+            await asyncio.gather(self._purging, return_exceptions=True)
         if self._queue is not None and self._consumer_tag is not None:
             # Bounded: with the broker away, a robust queue waits for the reconnection,
             # and a SIGTERM during an outage must still stop the process.
@@ -306,21 +307,16 @@ async def running_executor(
     if ledger is None:
         yield None
         return
-    try:
+    async with AsyncExitStack() as running:
+        running.push_async_callback(ledger.close)
         connection = await connect_unless_stopped(settings.amqp_url, stop)
         if connection is None:
             yield None
             return
-        try:
-            async with aiohttp.ClientSession() as http:
-                handlers = build_handlers(rules_file, HandlerResources(http, connection))
-                executor = FallbackExecutor(settings, rules_file, handlers, connection, ledger)
-                await executor.start()
-                try:
-                    yield executor
-                finally:
-                    await executor.stop()
-        finally:
-            await connection.close()
-    finally:
-        await ledger.close()
+        running.push_async_callback(connection.close)
+        http = await running.enter_async_context(aiohttp.ClientSession())
+        handlers = build_handlers(rules_file, HandlerResources(http, connection))
+        executor = FallbackExecutor(settings, rules_file, handlers, connection, ledger)
+        await executor.start()
+        running.push_async_callback(executor.stop)
+        yield executor
