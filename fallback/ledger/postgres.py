@@ -147,6 +147,6 @@ class PostgresLedger:
 
         try:
             await self._transaction(ping)
-        except LedgerUnavailable:
+        except (LedgerUnavailable, asyncpg.PostgresError):  # a missing table too
             return False
         return True

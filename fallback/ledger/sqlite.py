@@ -164,6 +164,6 @@ class SqliteLedger:
             return False
         try:
             await self._run(ping)
-        except LedgerUnavailable:
+        except (LedgerUnavailable, sqlite3.Error):  # a missing table too
             return False
         return True
