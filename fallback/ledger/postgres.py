@@ -33,9 +33,12 @@ COMMAND_TIMEOUT = 10.0
 
 _INSERT = """INSERT INTO fallback_calls VALUES ($1, $2, 'calling', $3, $4, $5, 1, $6, $6)
 ON CONFLICT (idempotency_key, handler) DO NOTHING"""
-_UPDATE = """UPDATE fallback_calls SET state = 'calling', owner = $3, lease_until = $4,
-    replays = $5, calls = calls + 1, updated_at = $6
-WHERE idempotency_key = $1 AND handler = $2"""
+# An upsert, not an update: the row may have been purged since (if it was that old).
+_TAKE = """INSERT INTO fallback_calls VALUES ($1, $2, 'calling', $3, $4, $5, 1, $6, $6)
+ON CONFLICT (idempotency_key, handler) DO UPDATE SET state = 'calling',
+    owner = EXCLUDED.owner, lease_until = EXCLUDED.lease_until,
+    replays = EXCLUDED.replays, calls = fallback_calls.calls + 1,
+    updated_at = EXCLUDED.updated_at"""
 
 
 class PostgresLedger:
@@ -106,11 +109,10 @@ class PostgresLedger:
                 idempotency_key,
                 handler,
             )
-            # The row was there a moment ago; only a purge deletes rows, and only old ones.
             row = None if found is None else CallRow(CallState(found[0]), found[1], found[2])
             verdict = judge_claim(row, replays, now)
             if verdict in (ClaimVerdict.CALL, ClaimVerdict.CALL_AFTER_LOST_OUTCOME):
-                await db.execute(_UPDATE, *values)
+                await db.execute(_TAKE, *values)
             return verdict
 
         return Claim(idempotency_key, handler, owner, await self._transaction(claim))
