@@ -186,7 +186,7 @@ async def sqlite_sweep(path: Path) -> tuple[float, float]:
     """Seconds to find the due deadlines, and to claim them (find, decide, write)."""
     import sqlite3
 
-    from workers.store.sqlite import to_micros
+    from txmail.database import to_micros
 
     store = await open_store(f"sqlite:///{path}", TIMEOUTS)
     now = utc_now()

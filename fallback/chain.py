@@ -1,8 +1,10 @@
 """Run one rule's handler chain for one request, and decide what happens next.
 
 ``run_handler`` calls a handler (through its circuit breaker, within its timeout) and
-turns whatever happened into a HandlerResult; ``decide`` is a pure function from the
-rule, the progress so far and this attempt's results to done, retry or park.
+turns whatever happened into a HandlerResult; ``call_once`` wraps that in a claim on
+the call ledger, so no copy of the request calls a handler that already succeeded;
+``decide`` is a pure function from the rule, the progress so far and this attempt's
+results to done, retry or park.
 """
 
 import asyncio
@@ -20,6 +22,7 @@ from fallback.handler import (
     TransientFailure,
     UnusableRequest,
 )
+from fallback.ledger import CallLedger, CallState, ClaimVerdict, LedgerUnavailable
 from fallback.progress import Progress
 from fallback.rules import Mode, Rule
 from txmail.durations import format_duration
@@ -27,11 +30,17 @@ from txmail.events import FallbackRequest
 
 log = structlog.get_logger(__name__)
 
+# How long a claim outlasts the handler's own timeout: time to record the outcome.
+LEASE_MARGIN = timedelta(seconds=5)
+
 
 class ResultKind(StrEnum):
     SUCCEEDED = "succeeded"
     TRANSIENT = "transient"
     PERMANENT = "permanent"
+    # A copy of the request holds the call right now (in this executor or another):
+    # not called, and the chain stops there; the request is tried again later.
+    BUSY = "busy"
 
 
 @dataclass(frozen=True)
@@ -102,23 +111,87 @@ async def run_handler(
     return HandlerResult(ready.name, ResultKind.SUCCEEDED)
 
 
+async def call_once(
+    ready: ReadyHandler,
+    request: FallbackRequest,
+    progress: Progress,
+    circuits: Circuits,
+    ledger: CallLedger,
+) -> HandlerResult:
+    """Call the handler unless the ledger shows a copy of this request already did (or
+    is doing it now), and record the outcome before anything else happens to it.
+    LedgerUnavailable before the call: nothing was called."""
+    lease = ready.timeout + LEASE_MARGIN
+    claim = await ledger.claim(request.idempotency_key, ready.name, progress.replays, lease)
+    if claim.verdict is ClaimVerdict.SUCCEEDED:
+        return HandlerResult(ready.name, ResultKind.SUCCEEDED, "succeeded before: not called again")
+    if claim.verdict is ClaimVerdict.FAILED_PERMANENTLY:
+        detail = "failed permanently before: not called again (a replay calls it again)"
+        return HandlerResult(ready.name, ResultKind.PERMANENT, detail)
+    if claim.verdict is ClaimVerdict.BUSY:
+        detail = "a copy of this request is calling it now: not called"
+        return HandlerResult(ready.name, ResultKind.BUSY, detail)
+    if claim.verdict is ClaimVerdict.CALL_AFTER_LOST_OUTCOME:
+        log.warning(
+            "calling again: an earlier call's outcome was never recorded "
+            "(its executor stopped mid-call); the provider may get it twice",
+            handler=ready.name,
+            idempotency_key=request.idempotency_key,
+        )
+    result = await run_handler(ready, request, circuits)
+    try:
+        await ledger.record(claim, _recorded_state(result.kind))
+    except LedgerUnavailable as error:
+        # The result still travels in this attempt's events and retry headers; only a
+        # copy of the request arriving after the lease would call it again.
+        log.error(
+            "handler outcome not recorded in the call ledger",
+            handler=ready.name,
+            idempotency_key=request.idempotency_key,
+            result=result.kind.value,
+            error=str(error),
+        )
+    return result
+
+
+def _recorded_state(kind: ResultKind) -> CallState:
+    if kind is ResultKind.SUCCEEDED:
+        return CallState.SUCCEEDED
+    if kind is ResultKind.PERMANENT:
+        return CallState.FAILED_PERMANENTLY
+    return CallState.FAILED_TRANSIENTLY
+
+
 async def run_chain(
     rule: Rule,
     handlers: Mapping[str, ReadyHandler],
     request: FallbackRequest,
     progress: Progress,
     circuits: Circuits,
+    ledger: CallLedger,
 ) -> list[HandlerResult]:
     """Call the rule's handlers in order, skipping those that already succeeded or
-    failed for good; in ``first_success`` mode, stop at the first success."""
+    failed for good; in ``first_success`` mode, stop at the first success.
+
+    LedgerUnavailable when the ledger fails before anything happened in this attempt;
+    after that, the chain stops with what it has, so the outcomes so far are kept (in
+    the attempt events and retry headers) and the rest is retried."""
     if rule.mode is Mode.FIRST_SUCCESS and progress.succeeded & set(rule.handlers):
         return []
-    results = []
+    results: list[HandlerResult] = []
     for name in rule.handlers:
         if name in progress.succeeded or name in progress.failed:
             continue
-        result = await run_handler(handlers[name], request, circuits)
+        try:
+            result = await call_once(handlers[name], request, progress, circuits, ledger)
+        except LedgerUnavailable as error:
+            if not results:
+                raise
+            results.append(HandlerResult(name, ResultKind.TRANSIENT, f"not called: {error}"))
+            break
         results.append(result)
+        if result.kind is ResultKind.BUSY:
+            break
         if rule.mode is Mode.FIRST_SUCCESS and result.kind is ResultKind.SUCCEEDED:
             break
     return results

@@ -3,14 +3,16 @@ record the outcome: attempt events always, then a retry through a delay queue or
 place in the parking queue when the chain did not finish.
 
 A request is acked only once everything its outcome needs is confirmed by RabbitMQ;
-a crash before that redelivers it, and the handlers' idempotency keys make running
-them again harmless. A request that cannot even be read is parked, never retried.
+a crash before that redelivers it. The call ledger (fallback/ledger) keeps the
+redelivered copy, or any other copy, from calling a handler that already succeeded;
+while the ledger's database is away no handler is called at all. A request that
+cannot even be read is parked, never retried.
 """
 
 import asyncio
 import inspect
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager, suppress
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from datetime import UTC, datetime
 
 import aiohttp
@@ -29,6 +31,12 @@ from fallback.chain import (
 )
 from fallback.circuit import Circuits
 from fallback.handler import FallbackHandler, HandlerResources
+from fallback.ledger import (
+    CallLedger,
+    LedgerUnavailable,
+    open_ledger_when_available,
+    purge_ledger,
+)
 from fallback.progress import PARKED_AT, PARKED_REASON, Progress
 from fallback.publisher import ConfirmedPublisher, QueuedMessage, with_new_headers
 from fallback.retries import RetrySchedule
@@ -38,6 +46,7 @@ from txmail.broker import BROKER_ERRORS, connect_unless_stopped
 from txmail.errors import BrokerUnavailable, ConfigError
 from txmail.events import AttemptOutcome, FallbackAttempt, FallbackRequest, utc_now
 from txmail.settings import Settings
+from txmail.stopping import pause
 from txmail.topology import Topology
 
 log = structlog.get_logger(__name__)
@@ -45,6 +54,10 @@ log = structlog.get_logger(__name__)
 # A request whose outcome could not be recorded goes back to the queue after this
 # pause, so a broker in trouble is not hit in a tight loop.
 REQUEUE_PAUSE = 1.0
+# How often the ledger is asked again while its database is away.
+LEDGER_RETRY_INTERVAL = 1.0
+# How often each executor deletes ledger rows past TXMAIL_RETENTION.
+PURGE_INTERVAL = 3600.0
 
 _RESULT_OUTCOME = {
     Decision.DONE: AttemptOutcome.FAILED,
@@ -79,8 +92,10 @@ class FallbackExecutor:
         rules_file: RulesFile,
         handlers: Mapping[str, ReadyHandler],
         connection: AbstractRobustConnection,
+        ledger: CallLedger,
     ) -> None:
         self._settings = settings
+        self._ledger = ledger
         self._rules = rules_file.rules
         self._handlers = handlers
         self._connection = connection
@@ -93,6 +108,8 @@ class FallbackExecutor:
         self._queue: AbstractQueue | None = None
         self._consumer_tag: str | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
+        self._stopping = asyncio.Event()
+        self._purging: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         publishing = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
@@ -104,11 +121,30 @@ class FallbackExecutor:
         # back when the robust connection reconnects.
         self._queue = await consuming.declare_queue(self._topology.fallback_queue, passive=True)
         self._consumer_tag = await self._queue.consume(self._on_message, no_ack=False)
+        self._purging = asyncio.create_task(self._purge_now_and_then())
         log.info("fallback executor consuming", queue=self._topology.fallback_queue)
+
+    async def ledger_reachable(self) -> bool:
+        """For readiness: without its ledger the executor calls no handler."""
+        return await self._ledger.ping()
+
+    async def _purge_now_and_then(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                purged = await purge_ledger(self._ledger, self._settings.retention, utc_now())
+                if purged:
+                    log.info("purged call ledger rows past retention", count=purged)
+            except LedgerUnavailable as error:
+                log.warning("call ledger unavailable, purging later", error=str(error))
+            await pause(self._stopping, PURGE_INTERVAL)
 
     async def stop(self) -> None:
         """Stop taking requests, and let those in progress finish (within the shutdown
         timeout; unfinished ones are redelivered to another executor)."""
+        self._stopping.set()
+        if self._purging is not None:
+            self._purging.cancel()
+            await asyncio.gather(self._purging, return_exceptions=True)
         if self._queue is not None and self._consumer_tag is not None:
             # Bounded: with the broker away, a robust queue waits for the reconnection,
             # and a SIGTERM during an outage must still stop the process.
@@ -134,6 +170,13 @@ class FallbackExecutor:
     async def _handle(self, message: AbstractIncomingMessage) -> None:
         try:
             await self._process(message)
+        except LedgerUnavailable as error:
+            # Nothing was called. Hold the request until the ledger answers, so a long
+            # outage does not spend the queue's delivery limit on requeues.
+            log.warning("call ledger unavailable: calling no handler", error=str(error))
+            while not self._stopping.is_set() and not await self._ledger.ping():
+                await pause(self._stopping, LEDGER_RETRY_INTERVAL)
+            await self._requeue(message)
         except (BrokerUnavailable, *BROKER_ERRORS) as error:
             log.warning("outcome not recorded, requeueing", error=str(error) or repr(error))
             await self._requeue(message)
@@ -174,7 +217,9 @@ class FallbackExecutor:
             return
 
         index, rule = match
-        results = await run_chain(rule, self._handlers, request, progress, self._circuits)
+        results = await run_chain(
+            rule, self._handlers, request, progress, self._circuits, self._ledger
+        )
         can_retry = self._schedule.delay_before(progress.attempt + 1) is not None
         verdict = decide(rule, progress, results, can_retry)
         attempts = [
@@ -265,20 +310,22 @@ def _detail(result: HandlerResult, verdict: Verdict, rule_index: int) -> str:
 async def running_executor(
     settings: Settings, rules_file: RulesFile, stop: asyncio.Event | None = None
 ) -> AsyncIterator[FallbackExecutor | None]:
-    """A started executor with its connection and HTTP client; stopped on exit. None
-    when ``stop`` was set while it was still waiting for the broker."""
-    connection = await connect_unless_stopped(settings.amqp_url, stop)
-    if connection is None:
+    """A started executor with its ledger, connection and HTTP client; stopped on exit.
+    None when ``stop`` was set while it was still waiting for the database or broker."""
+    ledger = await open_ledger_when_available(settings.database_url, stop or asyncio.Event())
+    if ledger is None:
         yield None
         return
-    try:
-        async with aiohttp.ClientSession() as http:
-            handlers = build_handlers(rules_file, HandlerResources(http, connection))
-            executor = FallbackExecutor(settings, rules_file, handlers, connection)
-            await executor.start()
-            try:
-                yield executor
-            finally:
-                await executor.stop()
-    finally:
-        await connection.close()
+    async with AsyncExitStack() as running:
+        running.push_async_callback(ledger.close)
+        connection = await connect_unless_stopped(settings.amqp_url, stop)
+        if connection is None:
+            yield None
+            return
+        running.push_async_callback(connection.close)
+        http = await running.enter_async_context(aiohttp.ClientSession())
+        handlers = build_handlers(rules_file, HandlerResources(http, connection))
+        executor = FallbackExecutor(settings, rules_file, handlers, connection, ledger)
+        await executor.start()
+        running.push_async_callback(executor.stop)
+        yield executor

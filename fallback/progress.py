@@ -1,7 +1,9 @@
 """How far a fallback request got, carried in its AMQP headers from attempt to attempt.
 
 So a retry (or a replay from the parking queue) knows which handlers already
-succeeded and does not run them again, and which failed for good.
+succeeded and does not run them again, and which failed for good. The call ledger
+(fallback/ledger) is what guards against copies of a request; these headers carry
+what one copy learnt, even while the ledger cannot record it.
 """
 
 from collections.abc import Iterable, Mapping
@@ -11,6 +13,7 @@ from typing import Any, Final
 ATTEMPT: Final = "x-txmail-attempt"
 SUCCEEDED: Final = "x-txmail-succeeded"
 FAILED: Final = "x-txmail-failed"
+REPLAYS: Final = "x-txmail-replays"
 PARKED_REASON: Final = "x-txmail-parked-reason"
 PARKED_AT: Final = "x-txmail-parked-at"
 
@@ -20,16 +23,17 @@ class Progress:
     attempt: int = 0  # attempts made before this one
     succeeded: frozenset[str] = field(default_factory=frozenset)
     failed: frozenset[str] = field(default_factory=frozenset)  # permanently
+    replays: int = 0  # times ops replayed it from the parking queue
 
     @classmethod
     def from_headers(cls, headers: Mapping[str, Any] | None) -> "Progress":
         """Read them leniently: headers someone else mangled count as a fresh start."""
         headers = headers or {}
-        attempt = headers.get(ATTEMPT, 0)
         return cls(
-            attempt=attempt if isinstance(attempt, int) and attempt >= 0 else 0,
+            attempt=_count(headers.get(ATTEMPT)),
             succeeded=_names(headers.get(SUCCEEDED)),
             failed=_names(headers.get(FAILED)),
+            replays=_count(headers.get(REPLAYS)),
         )
 
     def to_headers(self) -> dict[str, Any]:
@@ -37,6 +41,7 @@ class Progress:
             ATTEMPT: self.attempt,
             SUCCEEDED: sorted(self.succeeded),
             FAILED: sorted(self.failed),
+            REPLAYS: self.replays,
         }
 
     def next_attempt(self, succeeded: Iterable[str], failed: Iterable[str]) -> "Progress":
@@ -44,12 +49,19 @@ class Progress:
             attempt=self.attempt + 1,
             succeeded=self.succeeded | frozenset(succeeded),
             failed=self.failed | frozenset(failed),
+            replays=self.replays,
         )
 
     def for_replay(self) -> "Progress":
         """A replay starts the retry schedule over and gives every handler that failed
-        another chance (presumably the cause was fixed), but keeps what succeeded."""
-        return Progress(succeeded=self.succeeded)
+        another chance (presumably the cause was fixed), but keeps what succeeded. The
+        replay count lets the call ledger tell this new chance from a copy of the
+        request that failed."""
+        return Progress(succeeded=self.succeeded, replays=self.replays + 1)
+
+
+def _count(value: object) -> int:
+    return value if isinstance(value, int) and value >= 0 else 0
 
 
 def _names(value: object) -> frozenset[str]:

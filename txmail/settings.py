@@ -52,7 +52,8 @@ class Settings(BaseSettings):
     rules: Path | None = None
 
     # --- workers -----------------------------------------------------------------
-    # sqlite:///path (one node, the default) or postgresql://... (many workers).
+    # sqlite:///path (one node, the default) or postgresql://... (many workers). The
+    # fallback executor keeps its call ledger there too.
     database_url: str = "sqlite:///txmail.db"
     # How long after `sent` a message may take to be delivered; the rules file's
     # [tracking] section can override it per campaign.

@@ -28,11 +28,12 @@ RETRY_SCHEDULE = [timedelta(milliseconds=200), timedelta(milliseconds=500)]
 
 
 @pytest.fixture
-def fallback_settings(settings: Settings) -> Settings:
+def fallback_settings(settings: Settings, tmp_path: Path) -> Settings:
     return settings.model_copy(
         update={
             "fallback_retry_schedule": RETRY_SCHEDULE,
             "shutdown_timeout": timedelta(seconds=2),
+            "database_url": f"sqlite:///{tmp_path / 'txmail.db'}",
         }
     )
 

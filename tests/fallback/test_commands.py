@@ -36,6 +36,7 @@ def environment(settings: Settings, rules: Path | None = None) -> dict[str, str]
         **os.environ,
         "TXMAIL_AMQP_URL": settings.amqp_url,
         "TXMAIL_NAMESPACE": settings.namespace,
+        "TXMAIL_DATABASE_URL": settings.database_url,
         "TXMAIL_FALLBACK_RETRY_SCHEDULE": ",".join(map(format_duration, RETRY_SCHEDULE)),
     }
     if rules is not None:
@@ -130,6 +131,22 @@ async def test_the_fallback_command_refuses_an_invalid_rules_file(
     _, err = await asyncio.wait_for(process.communicate(), timeout=30)
     assert process.returncode == 2
     assert "rules[0].handlers[0]: unknown handler 'smss'" in err.decode()
+
+
+async def test_the_fallback_command_refuses_a_database_url_it_cannot_use(
+    fallback_settings: Settings, receiver: Receiver, tmp_path: Path
+) -> None:
+    rules = tmp_path / "rules.toml"
+    rules.write_text(handlers_toml(receiver) + RULE)
+    settings = fallback_settings.model_copy(update={"database_url": "mysql://db/txmail"})
+    process = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "txmail.cli", "fallback"),
+        env=environment(settings, rules),
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(process.communicate(), timeout=30)
+    assert process.returncode == 2
+    assert err.decode().startswith("txmail: TXMAIL_DATABASE_URL: 'mysql' is not supported")
 
 
 async def test_sigterm_stops_the_fallback_command_while_the_broker_is_unreachable(

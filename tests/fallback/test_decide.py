@@ -49,9 +49,11 @@ def test_progress_remembers_successes_and_permanent_failures() -> None:
 
 
 def test_progress_survives_the_trip_through_headers() -> None:
-    progress = Progress(attempt=4, succeeded=frozenset({"sms", "hook"}), failed=frozenset({"x"}))
+    progress = Progress(
+        attempt=4, succeeded=frozenset({"sms", "hook"}), failed=frozenset({"x"}), replays=1
+    )
     assert Progress.from_headers(progress.to_headers()) == progress
-    assert progress.for_replay() == Progress(succeeded=progress.succeeded)
+    assert progress.for_replay() == Progress(succeeded=progress.succeeded, replays=2)
 
 
 @pytest.mark.parametrize(

@@ -5,9 +5,8 @@ schema; readers (api, status) change nothing, so a read-only database user serve
 """
 
 from datetime import timedelta
-from pathlib import Path
 
-from txmail.errors import ConfigError
+from txmail.database import sqlite_path
 from workers.store.postgres import PostgresStore
 from workers.store.protocol import Store
 from workers.store.sqlite import SqliteStore
@@ -17,14 +16,10 @@ from workers.timeouts import DeliveryTimeouts
 def _store_for(
     url: str, timeouts: DeliveryTimeouts, republish_after: timedelta
 ) -> SqliteStore | PostgresStore:
-    if url.startswith("sqlite:///"):
-        return SqliteStore(Path(url.removeprefix("sqlite:///")), timeouts, republish_after)
-    if url.startswith(("postgresql://", "postgres://")):
+    path = sqlite_path(url)
+    if path is None:
         return PostgresStore(url, timeouts, republish_after)
-    raise ConfigError(
-        f"TXMAIL_DATABASE_URL: {url.split(':', 1)[0]!r} is not supported; "
-        "use sqlite:///path/to/file.db or postgresql://user@host/db"
-    )
+    return SqliteStore(path, timeouts, republish_after)
 
 
 async def open_store(

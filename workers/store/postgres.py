@@ -7,7 +7,6 @@ waiting and never claim the same row. A late `delivered` and the sweeper's claim
 meet on the message's row lock: whoever comes second sees what the first decided.
 """
 
-import asyncio
 import json
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
@@ -16,6 +15,7 @@ from typing import TypeAlias, TypeVar
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
+from txmail.database import POSTGRES_MISCONFIGURED, POSTGRES_UNAVAILABLE
 from txmail.errors import ConfigError
 from txmail.events import NUL, FallbackRequest
 from workers.state import Message, claim_deadline
@@ -42,22 +42,6 @@ class _RowsVanished(Exception):
 
 # Lost races between writers: the transaction is simply run again.
 _RETRYABLE = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError, _RowsVanished)
-# The database is down, restarting, or unreachable: the caller retries later.
-_UNAVAILABLE = (
-    OSError,
-    asyncio.TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.TooManyConnectionsError,
-    asyncpg.exceptions.OperatorInterventionError,
-)
-# A URL that can never work: no such database or role, a wrong password, a bad option.
-_MISCONFIGURED = (
-    asyncpg.InvalidCatalogNameError,
-    asyncpg.InvalidAuthorizationSpecificationError,
-    asyncpg.ClientConfigurationError,
-)
 _ATTEMPTS = 5
 
 _WRITE_ROWS = """
@@ -107,11 +91,11 @@ class PostgresStore:
             self._pool = await asyncpg.create_pool(
                 self._url, min_size=1, max_size=self._pool_size, command_timeout=60
             )
-        except _MISCONFIGURED as error:
+        except POSTGRES_MISCONFIGURED as error:
             # Waiting will not make these work: say so, instead of a traceback or a
             # worker retrying for ever.
             raise ConfigError(f"TXMAIL_DATABASE_URL: PostgreSQL refused it: {error}") from None
-        except _UNAVAILABLE as error:
+        except POSTGRES_UNAVAILABLE as error:
             raise StoreUnavailable(f"PostgreSQL: {error!r}") from error
 
     async def open_for_reading(self) -> None:
@@ -162,7 +146,7 @@ class PostgresStore:
             except _RETRYABLE as error:
                 if attempt == _ATTEMPTS:
                     raise StoreUnavailable(f"PostgreSQL: {error!r}") from error
-            except _UNAVAILABLE as error:
+            except POSTGRES_UNAVAILABLE as error:
                 raise StoreUnavailable(f"PostgreSQL: {error!r}") from error
         raise AssertionError("unreachable")
 

@@ -11,7 +11,6 @@ on its first read.
 import asyncio
 import json
 import sqlite3
-import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import quote
 
+from txmail.database import BUSY_TIMEOUT_MS, connect_sqlite, from_micros, to_micros
 from txmail.errors import ConfigError
 from txmail.events import FallbackRequest
 from workers.state import Message, claim_deadline
@@ -38,20 +38,11 @@ from workers.timeouts import DeliveryTimeouts
 from workers.watermark import WorkerProgress
 
 T = TypeVar("T")
-BUSY_TIMEOUT_MS = 10_000
 
 _FIND = """SELECT outcome, reason, deadline, summary, decision_request,
     decision_published_at, created_at, updated_at FROM messages """
 _FIND_BY_DISPATCH_ID = _FIND + "WHERE dispatch_id = ? ORDER BY created_at LIMIT 1"
 _FIND_BY_EXTERNAL_SEND_ID = _FIND + "WHERE external_send_id = ? ORDER BY created_at LIMIT 1"
-
-
-def to_micros(value: datetime) -> int:
-    return int(value.timestamp() * 1_000_000)
-
-
-def from_micros(value: int) -> datetime:
-    return datetime.fromtimestamp(value / 1_000_000, UTC)
 
 
 def _optional_micros(value: datetime | None) -> int | None:
@@ -60,21 +51,6 @@ def _optional_micros(value: datetime | None) -> int | None:
 
 def _optional_time(value: int | None) -> datetime | None:
     return None if value is None else from_micros(value)
-
-
-def _switch_to_wal(connection: sqlite3.Connection) -> None:
-    """Turn on WAL mode. Switching takes an exclusive lock and, unlike other statements,
-    fails at once instead of waiting for the busy timeout while another process opening
-    the same new file holds one: so try again for as long as the busy timeout."""
-    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
-    while True:
-        try:
-            connection.execute("PRAGMA journal_mode = WAL")
-            return
-        except sqlite3.OperationalError as error:
-            if "locked" not in str(error) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.01)
 
 
 class SqliteStore:
@@ -90,20 +66,8 @@ class SqliteStore:
         await self._run(self._open)
 
     def _open(self) -> None:
-        try:
-            self._path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise ConfigError(
-                f"TXMAIL_DATABASE_URL: cannot make the directory of {self._path}: {error.strerror}"
-            ) from None
         with self._cannot_write_is_config_error():
-            connection = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
-            connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            _switch_to_wal(connection)
-            # In WAL mode NORMAL loses no committed transaction on a process crash, only
-            # on a power loss, and saves an fsync per commit.
-            connection.execute("PRAGMA synchronous = NORMAL")
-        self._connection = connection
+            self._connection = connect_sqlite(self._path)
 
     async def open_for_reading(self) -> None:
         """Nothing to do yet: a reader opens the file on its first read (``_reading``)."""

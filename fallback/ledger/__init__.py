@@ -1,0 +1,81 @@
+"""The call ledger: one row per (request idempotency key, handler) in TXMAIL_DATABASE_URL,
+so a handler that succeeded for a message is not called again, whatever redelivers or
+duplicates the request (the workers' outbox republishing it, an executor killed
+mid-chain, two executors taking copies of it at once).
+
+Before a call, the executor claims it (a row in state ``calling`` with a lease that
+outlasts the handler's timeout); right after the handler returns it records the
+outcome. What a claim finds is judged by ``judge_claim`` (claims.py); each backend makes
+the read-and-write atomic.
+"""
+
+import asyncio
+from datetime import datetime, timedelta
+
+import structlog
+
+from fallback.ledger.claims import (
+    CallState,
+    Claim,
+    ClaimVerdict,
+    LedgerUnavailable,
+)
+from fallback.ledger.postgres import PostgresLedger
+from fallback.ledger.protocol import CallLedger
+from fallback.ledger.sqlite import SqliteLedger
+from txmail.database import sqlite_path
+from txmail.stopping import pause
+
+__all__ = [
+    "CallLedger",
+    "CallState",
+    "Claim",
+    "ClaimVerdict",
+    "LedgerUnavailable",
+    "migrate_ledger",
+    "open_ledger",
+    "open_ledger_when_available",
+    "purge_ledger",
+]
+
+log = structlog.get_logger(__name__)
+
+OPEN_RETRY_INTERVAL = 2.0
+PURGE_BATCH = 500  # small, so a purge never holds the lock for long
+
+
+async def open_ledger(url: str) -> CallLedger:
+    """Connect, create or migrate the ledger's table if needed, and return the ledger.
+    ConfigError for a URL that cannot work; LedgerUnavailable for a database that is
+    down (try again later)."""
+    path = sqlite_path(url)
+    ledger: CallLedger = PostgresLedger(url) if path is None else SqliteLedger(path)
+    await ledger.open()
+    return ledger
+
+
+async def migrate_ledger(url: str) -> None:
+    """Create or migrate the ledger's table, and close (for ``txmail migrate``)."""
+    ledger = await open_ledger(url)
+    await ledger.close()
+
+
+async def open_ledger_when_available(url: str, stop: asyncio.Event) -> CallLedger | None:
+    """Open the ledger, waiting for the database to come up; None when stopped first."""
+    while not stop.is_set():
+        try:
+            return await open_ledger(url)
+        except LedgerUnavailable as error:
+            log.warning("call ledger unavailable, retrying", error=str(error))
+        await pause(stop, OPEN_RETRY_INTERVAL)
+    return None
+
+
+async def purge_ledger(ledger: CallLedger, retention: timedelta, now: datetime) -> int:
+    """Delete the rows last changed longer than ``retention`` ago; return how many."""
+    total = 0
+    while True:
+        purged = await ledger.purge(now - retention, PURGE_BATCH)
+        total += purged
+        if purged < PURGE_BATCH:
+            return total
