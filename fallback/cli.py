@@ -9,11 +9,13 @@ from pathlib import Path
 
 import structlog
 
-from fallback.executor import fallback_topology, running_executor
+from fallback.executor import FallbackExecutor, fallback_topology, running_executor
 from fallback.parking import ParkedRequest, list_parked, replay_parked
 from fallback.rules_file import RulesFile, check_rules_file, load_rules_file
 from txmail.broker import connect_until_up
 from txmail.errors import BrokerUnavailable, ConfigError
+from txmail.health import create_health_app
+from txmail.http import serving
 from txmail.settings import Settings
 from txmail.stopping import stop_on_signals
 
@@ -78,8 +80,18 @@ def run_fallback(settings: Settings, args: argparse.Namespace) -> int:
 
 async def _serve(settings: Settings, rules_file: RulesFile) -> None:
     stop = stop_on_signals()
-    async with running_executor(settings, rules_file, stop) as executor:
+    running: list[FallbackExecutor] = []  # the executor, once connected
+
+    async def not_ready() -> list[str]:
+        return await running[0].not_ready() if running else ["not connected to RabbitMQ yet"]
+
+    # Listening first: a port in use ends the process before it waits for the broker.
+    async with (
+        serving(create_health_app(not_ready), settings.http_host, settings.metrics_port),
+        running_executor(settings, rules_file, stop) as executor,
+    ):
         if executor is not None:  # None: stopped while waiting for the broker
+            running.append(executor)
             log.info("fallback executor running", rules=str(rules_file.path))
             await stop.wait()
             log.info("stopping: finishing fallbacks in progress")

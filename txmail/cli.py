@@ -5,7 +5,7 @@ import asyncio
 import sys
 from collections.abc import Callable, Sequence
 
-from txmail.errors import ConfigError
+from txmail.errors import CannotStart, ConfigError
 from txmail.logs import configure_logging
 from txmail.settings import Settings, load_settings
 
@@ -84,7 +84,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"txmail: {error}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
-    return handler(settings, args)
+    try:
+        return handler(settings, args)
+    except CannotStart as error:
+        print(f"txmail: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -19,6 +19,11 @@ _SHARED: list[Processor] = [
 _CHATTY_LIBRARIES = ("aiormq", "aio_pika")
 
 
+def _not_a_failed_connect(record: logging.LogRecord) -> bool:
+    """aiormq logs each failed connect at error; txmail's retry line already says it."""
+    return not record.getMessage().startswith("error when creating transport")
+
+
 def configure_logging(level: str) -> None:
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(
@@ -36,6 +41,7 @@ def configure_logging(level: str) -> None:
     root.setLevel(level.upper())
     for name in _CHATTY_LIBRARIES:
         logging.getLogger(name).setLevel(max(root.level, logging.INFO))
+    logging.getLogger("aiormq.connection").addFilter(_not_a_failed_connect)
     structlog.configure(
         processors=[*_SHARED, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         wrapper_class=structlog.make_filtering_bound_logger(root.level),

@@ -55,6 +55,8 @@ class Settings(BaseSettings):
     batch_size: int = Field(default=200, ge=1, le=10_000)
     batch_wait: Duration = timedelta(milliseconds=5)
     api_port: int = Field(default=8081, ge=0, le=65535)
+    # /healthz and /readyz of `txmail worker` and `txmail fallback` (0: any free port).
+    metrics_port: int = Field(default=9464, ge=0, le=65535)
 
     # --- fallback executor (see the README's "Fallbacks" section) ---
     # How long a fallback waits before each retry of a transient failure; after the

@@ -1,8 +1,11 @@
 """The read side over HTTP: one message by dispatch id or by the sender's own id."""
 
+from functools import partial
+
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from txmail.health import Readiness, add_health_routes, all_ready
 from txmail.http import json_error, json_errors
 from workers.store.protocol import MessageView, Store, StoreUnavailable
 
@@ -31,16 +34,15 @@ async def message_by_external_send_id(request: web.Request) -> web.Response:
     return _found(message, f"external_send_id {external_send_id!r}")
 
 
-async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+def _store_answers(store: Store) -> Readiness:
+    async def not_ready() -> list[str]:
+        try:
+            await store.ping()
+        except StoreUnavailable as error:
+            return [f"store unavailable: {error}"]
+        return []
 
-
-async def readyz(request: web.Request) -> web.Response:
-    try:
-        await request.app[STORE].ping()
-    except StoreUnavailable as error:
-        return json_error(503, "not_ready", str(error))
-    return web.json_response({"status": "ready"})
+    return not_ready
 
 
 @web.middleware
@@ -51,12 +53,12 @@ async def store_unavailable_is_503(request: web.Request, handler: Handler) -> we
         return json_error(503, "store_unavailable", str(error))
 
 
-def create_api_app(store: Store) -> web.Application:
-    """The API over an open store; whoever opened the store closes it."""
+def create_api_app(store: Store, *parts: Readiness) -> web.Application:
+    """The API over an open store; whoever opened the store closes it. ``/readyz`` asks
+    the store, and ``parts`` running in the same process (``txmail run``)."""
     app = web.Application(middlewares=[json_errors, store_unavailable_is_503])
     app[STORE] = store
     app.router.add_get("/v1/messages/{dispatch_id}", message_by_dispatch_id)
     app.router.add_get("/v1/messages", message_by_external_send_id)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
+    add_health_routes(app, partial(all_ready, [_store_answers(store), *parts]))
     return app

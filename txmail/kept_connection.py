@@ -1,0 +1,113 @@
+"""A connection to RabbitMQ kept up by txmail: opened again, with backoff, after each loss.
+
+aio-pika's robust connection reconnects by itself, but restores consumers only on queues
+declared through it, says nothing while it has none, and keeps reconnecting after its
+first attempt was cancelled. Here a connection, with what was built on it, is either up
+and in use or known to be down, and closing ends whatever attempt is in progress.
+"""
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import suppress
+from typing import Any, Generic, TypeVar
+
+import aio_pika
+import structlog
+from aio_pika.abc import AbstractChannel, AbstractConnection
+from aio_pika.exceptions import CONNECTION_EXCEPTIONS
+
+from txmail.backoff import until_up
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+# What a lost, refused or slow broker raises through aio-pika.
+BROKER_ERRORS = (*CONNECTION_EXCEPTIONS, asyncio.TimeoutError)
+
+# A broker that accepts TCP but does not answer must not stall an attempt for ever.
+OPEN_TIMEOUT = 10.0
+CLOSE_TIMEOUT = 5.0
+
+# What to build on a new connection: the thing to use, and the channels whose closing
+# means it is unusable (the connection is then opened again).
+Build = Callable[[AbstractConnection], Awaitable[tuple[T, Sequence[AbstractChannel]]]]
+
+
+class KeptConnection(Generic[T]):
+    def __init__(self, url: str, build: Build[T], **context: Any) -> None:
+        self._url = url
+        self._build = build
+        self._context = context  # said in every log line: what the connection is for
+        self._connection: AbstractConnection | None = None
+        self._built: T | None = None
+        self._keeping: asyncio.Task[None] | None = None
+        self.times_up = 0  # how many times it came up: tells a reconnection apart
+
+    @property
+    def current(self) -> T | None:
+        """What was built on the connection while it is up; None while it is not."""
+        return self._built
+
+    def start(self) -> None:
+        """Connect in the background, and again after every loss; returns at once."""
+        self._keeping = asyncio.create_task(self._keep_up(), name="broker-connection")
+
+    async def stop_reconnecting(self) -> None:
+        """Connect no more; a connection that is up stays open (for acks) until close()."""
+        if self._keeping is not None:
+            self._keeping.cancel()
+            await asyncio.gather(self._keeping, return_exceptions=True)
+            self._keeping = None
+
+    async def close(self) -> None:
+        await self.stop_reconnecting()
+        self._built = None
+        if self._connection is not None:
+            await _close_quietly(self._connection)
+            self._connection = None
+
+    async def _keep_up(self) -> None:
+        while True:
+            connection, built, channels = await until_up(
+                self._open, "broker", BROKER_ERRORS, **self._context
+            )
+            lost = asyncio.Event()
+            connection.close_callbacks.add(_setter(lost))
+            for channel in channels:
+                channel.close_callbacks.add(_setter(lost))
+            if connection.is_closed or any(channel.is_closed for channel in channels):
+                lost.set()  # closed before the callbacks were in place
+            self._connection, self._built = connection, built
+            self.times_up += 1
+            log.info("broker connected", **self._context)
+            try:
+                await lost.wait()
+            finally:
+                self._built = None
+            log.warning("broker connection lost, reconnecting", **self._context)
+            self._connection = None
+            await _close_quietly(connection)
+
+    async def _open(self) -> tuple[AbstractConnection, T, Sequence[AbstractChannel]]:
+        connection: AbstractConnection | None = None
+        try:
+            async with asyncio.timeout(OPEN_TIMEOUT):
+                connection = await aio_pika.connect(self._url)
+                built, channels = await self._build(connection)
+        except BaseException:
+            if connection is not None:
+                await _close_quietly(connection)
+            raise
+        return connection, built, channels
+
+
+def _setter(event: asyncio.Event) -> Callable[..., None]:
+    return lambda *_: event.set()
+
+
+async def _close_quietly(connection: AbstractConnection) -> None:
+    """Close, within CLOSE_TIMEOUT: a broker that went away cannot answer the close."""
+    with suppress(*BROKER_ERRORS):
+        async with asyncio.timeout(CLOSE_TIMEOUT):
+            await connection.close()
