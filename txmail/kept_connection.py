@@ -15,6 +15,7 @@ import aio_pika
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractConnection
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
+from yarl import URL
 
 from txmail.backoff import until_up
 
@@ -90,14 +91,15 @@ class KeptConnection(Generic[T]):
             await _close_quietly(connection)
 
     async def _open(self) -> tuple[AbstractConnection, T, Sequence[AbstractChannel]]:
-        connection: AbstractConnection | None = None
+        # Made here rather than by aio_pika.connect(), which drops a connection whose
+        # attempt failed without closing it.
+        connection = aio_pika.Connection(URL(self._url))
         try:
             async with asyncio.timeout(OPEN_TIMEOUT):
-                connection = await aio_pika.connect(self._url)
+                await connection.connect()
                 built, channels = await self._build(connection)
         except BaseException:
-            if connection is not None:
-                await _close_quietly(connection)
+            await _close_quietly(connection)
             raise
         return connection, built, channels
 
