@@ -64,4 +64,8 @@ class Consumer:
         await channel.set_qos(prefetch_count=self._prefetch)
         queue = await self._prepare(channel)
         tag = await queue.consume(self._on_message)
+        # The broker cancels a consumer whose queue was deleted (or moved, in a cluster):
+        # the connection is then opened again, and the queue declared again.
+        underlay = await channel.get_underlay_channel()
+        underlay.on_consumer_cancel_callbacks.add(lambda _: self._connection.reopen())
         return (queue, tag), [channel]

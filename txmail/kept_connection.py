@@ -43,6 +43,7 @@ class KeptConnection(Generic[T]):
         self._connection: AbstractConnection | None = None
         self._built: T | None = None
         self._keeping: asyncio.Task[None] | None = None
+        self._lost: asyncio.Event | None = None
         self.times_up = 0  # how many times it came up: tells a reconnection apart
 
     @property
@@ -53,6 +54,11 @@ class KeptConnection(Generic[T]):
     def start(self) -> None:
         """Connect in the background, and again after every loss; returns at once."""
         self._keeping = asyncio.create_task(self._keep_up(), name="broker-connection")
+
+    def reopen(self) -> None:
+        """Open everything again, as after a loss: what was built is no longer usable."""
+        if self._lost is not None:
+            self._lost.set()
 
     async def stop_reconnecting(self) -> None:
         """Connect no more; a connection that is up stays open (for acks) until close()."""
@@ -73,7 +79,7 @@ class KeptConnection(Generic[T]):
             connection, built, channels = await until_up(
                 self._open, "broker", BROKER_ERRORS, **self._context
             )
-            lost = asyncio.Event()
+            lost = self._lost = asyncio.Event()
             connection.close_callbacks.add(_setter(lost))
             for channel in channels:
                 channel.close_callbacks.add(_setter(lost))
