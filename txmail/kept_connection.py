@@ -80,9 +80,10 @@ class KeptConnection(Generic[T]):
                 self._open, "broker", BROKER_ERRORS, **self._context
             )
             lost = self._lost = asyncio.Event()
-            connection.close_callbacks.add(_setter(lost))
+            why: list[BaseException] = []
+            connection.close_callbacks.add(_setter(lost, why))
             for channel in channels:
-                channel.close_callbacks.add(_setter(lost))
+                channel.close_callbacks.add(_setter(lost, why))
             if connection.is_closed or any(channel.is_closed for channel in channels):
                 lost.set()  # closed before the callbacks were in place
             self._connection, self._built = connection, built
@@ -92,7 +93,11 @@ class KeptConnection(Generic[T]):
                 await lost.wait()
             finally:
                 self._built = None
-            log.warning("broker connection lost, reconnecting", **self._context)
+            log.warning(
+                "broker connection lost, reconnecting",
+                error=(str(why[0]) or repr(why[0])) if why else None,
+                **self._context,
+            )
             self._connection = None
             await _close_quietly(connection)
 
@@ -110,8 +115,15 @@ class KeptConnection(Generic[T]):
         return connection, built, channels
 
 
-def _setter(event: asyncio.Event) -> Callable[..., None]:
-    return lambda *_: event.set()
+def _setter(event: asyncio.Event, why: list[BaseException]) -> Callable[..., None]:
+    """A close callback: aio-pika passes the closed object and the reason, if any."""
+
+    def closed(_: object, error: BaseException | None = None, *__: object) -> None:
+        if error is not None:
+            why.append(error)
+        event.set()
+
+    return closed
 
 
 async def _close_quietly(connection: AbstractConnection) -> None:
