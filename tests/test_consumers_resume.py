@@ -65,6 +65,13 @@ async def tracker_cut_off_alone(
         await store.close()
 
 
+async def _cut_off(worker: Worker) -> bool:
+    problems = await worker.not_ready()
+    return await is_not_consuming(worker) and (
+        "not connected to RabbitMQ for publishing" in problems
+    )
+
+
 async def _outcome(store: Store, dispatch_id: str) -> Outcome | None:
     message = await store.find(dispatch_id=dispatch_id)
     return message.outcome if message else None
@@ -138,8 +145,7 @@ async def test_the_worker_consumes_again_after_its_connections_drop(
     ):
         await wait_until(lambda: is_ready(worker), what="the worker to be ready")
         await proxy.cut()
-        await wait_until(lambda: is_not_consuming(worker), what="the worker to say so")
-        assert "not connected to RabbitMQ for publishing" in await worker.not_ready()
+        await wait_until(lambda: _cut_off(worker), what="the worker to say it is cut off")
         await proxy.start()
         for round_ in range(2):
             await wait_until(lambda: is_ready(worker), timeout=20, what="the worker to be back")
