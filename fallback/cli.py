@@ -9,9 +9,11 @@ from pathlib import Path
 import structlog
 
 from fallback.dlq import add_dlq_commands
-from fallback.executor import running_executor
+from fallback.executor import FallbackExecutor, running_executor
 from fallback.rules_file import RulesFile, check_rules_file, load_rules_file, warnings
 from txmail.errors import ConfigError
+from txmail.health import create_health_app
+from txmail.http import serving
 from txmail.settings import Settings
 from txmail.stopping import stop_on_signals
 
@@ -66,8 +68,18 @@ def run_fallback(settings: Settings, args: argparse.Namespace) -> int:
 
 async def _serve(settings: Settings, rules_file: RulesFile) -> None:
     stop = stop_on_signals()
-    async with running_executor(settings, rules_file, stop) as executor:
+    running: list[FallbackExecutor] = []  # the executor, once connected
+
+    async def not_ready() -> list[str]:
+        return await running[0].not_ready() if running else ["not connected to RabbitMQ yet"]
+
+    # Listening first: a port in use ends the process before it waits for the broker.
+    async with (
+        serving(create_health_app(not_ready), settings.http_host, settings.metrics_port, settings),
+        running_executor(settings, rules_file, stop) as executor,
+    ):
         if executor is not None:  # None: stopped while waiting for the broker
+            running.append(executor)
             for warning in warnings(rules_file):
                 log.warning("rules file", warning=warning)
             log.info("fallback executor running", rules=str(rules_file.path))

@@ -17,7 +17,12 @@ from datetime import UTC, datetime
 
 import aiohttp
 import structlog
-from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
 from pydantic import ValidationError
 
 from fallback.chain import (
@@ -43,6 +48,7 @@ from fallback.retries import RetrySchedule
 from fallback.rules import select_rule
 from fallback.rules_file import RulesFile
 from txmail.broker import BROKER_ERRORS, connect_unless_stopped
+from txmail.consumer import Consumer
 from txmail.errors import BrokerUnavailable, ConfigError
 from txmail.events import AttemptOutcome, FallbackAttempt, FallbackRequest, utc_now
 from txmail.settings import Settings
@@ -105,8 +111,14 @@ class FallbackExecutor:
             settings.fallback_circuit_failures, settings.fallback_circuit_open_for
         )
         self._publisher: ConfirmedPublisher | None = None
-        self._queue: AbstractQueue | None = None
-        self._consumer_tag: str | None = None
+        # On a connection of its own, which it keeps up: see txmail.consumer.
+        self._consumer = Consumer(
+            settings.amqp_url,
+            self._topology.fallback_queue,
+            settings.fallback_prefetch,
+            self._declare,
+            self._on_message,
+        )
         self._in_flight: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
         self._purging: asyncio.Task[None] | None = None
@@ -115,14 +127,23 @@ class FallbackExecutor:
         publishing = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
         events = await self._topology.declare(publishing)
         self._publisher = ConfirmedPublisher(publishing, events, self._settings.publish_timeout)
-        consuming = await self._connection.channel()
-        await consuming.set_qos(prefetch_count=self._settings.fallback_prefetch)
-        # Declared (passively), not just named: only declared queues get their consumer
-        # back when the robust connection reconnects.
-        self._queue = await consuming.declare_queue(self._topology.fallback_queue, passive=True)
-        self._consumer_tag = await self._queue.consume(self._on_message, no_ack=False)
+        self._consumer.start()
         self._purging = asyncio.create_task(self._purge_now_and_then())
-        log.info("fallback executor consuming", queue=self._topology.fallback_queue)
+
+    async def not_ready(self) -> list[str]:
+        """What keeps this executor from doing its job; empty when nothing does."""
+        problems = []
+        if not self._connection.connected.is_set():
+            problems.append("not connected to RabbitMQ for publishing")
+        if not self._consumer.is_consuming:
+            problems.append(f"not consuming {self._topology.fallback_queue}")
+        if not await self.ledger_reachable():
+            problems.append("call ledger unavailable: no handler is called")
+        return problems
+
+    async def _declare(self, channel: AbstractChannel) -> AbstractQueue:
+        await self._topology.declare(channel)
+        return await channel.get_queue(self._topology.fallback_queue, ensure=False)
 
     async def ledger_reachable(self) -> bool:
         """For readiness: without its ledger the executor calls no handler."""
@@ -145,14 +166,7 @@ class FallbackExecutor:
         if self._purging is not None:
             self._purging.cancel()
             await asyncio.gather(self._purging, return_exceptions=True)
-        if self._queue is not None and self._consumer_tag is not None:
-            # Bounded: with the broker away, a robust queue waits for the reconnection,
-            # and a SIGTERM during an outage must still stop the process.
-            with suppress(*BROKER_ERRORS):
-                await asyncio.wait_for(
-                    self._queue.cancel(self._consumer_tag),
-                    self._settings.publish_timeout.total_seconds(),
-                )
+        await self._consumer.stop_consuming()
         if self._in_flight:
             _, unfinished = await asyncio.wait(
                 self._in_flight, timeout=self._settings.shutdown_timeout.total_seconds()
@@ -160,6 +174,7 @@ class FallbackExecutor:
             for task in unfinished:
                 task.cancel()
             await asyncio.gather(*unfinished, return_exceptions=True)
+        await self._consumer.close()
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         # Each request in its own task, so up to `prefetch` run at the same time.

@@ -7,6 +7,7 @@ from tests.broker_url import host_and_port, via_port
 from tests.ingress_server import running_ingress
 from tests.tcp_proxy import TcpProxy
 from tests.waiting import wait_until
+from txmail.broker import Broker
 from txmail.settings import Settings
 from txmail.topology import Topology
 
@@ -80,3 +81,28 @@ async def test_the_ingress_starts_before_the_broker_and_connects_when_it_comes(
     await asyncio.wait_for(
         drain(amqp_url, Topology(settings.namespace).tracker_queue, 1), timeout=10
     )
+
+
+async def test_close_ends_a_connection_attempt_in_progress(
+    settings: Settings, amqp_url: str
+) -> None:
+    """Else a process that fails at start-up never finishes: asyncio.run waits for it."""
+    proxy = TcpProxy(*host_and_port(amqp_url))
+    await proxy.start()
+    proxy.pause()  # the broker accepts the connection and never answers
+    broker = Broker(
+        via_port(amqp_url, proxy.port), Topology(settings.namespace), settings.publish_timeout
+    )
+    try:
+        broker.start()
+        await wait_until(lambda: proxy.held > 0, what="the attempt to reach the broker")
+        await asyncio.wait_for(broker.close(), timeout=2)
+        left = [task for task in asyncio.all_tasks() if "aio_pika" in _source(task)]
+        assert left == []
+    finally:
+        await proxy.close()
+
+
+def _source(task: asyncio.Task[object]) -> str:
+    code = getattr(task.get_coro(), "cr_code", None)
+    return code.co_filename if code else ""

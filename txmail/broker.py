@@ -1,4 +1,4 @@
-"""The connection to RabbitMQ: connect (and reconnect) by itself, publish with confirms.
+"""Publishing to RabbitMQ with confirms, over a connection kept up by itself.
 
 A process starts without waiting for the broker; until the first connection is up,
 and while a lost one is being re-established, publishing raises BrokerUnavailable
@@ -8,31 +8,34 @@ and ``is_ready`` is false, so callers can answer 503 instead of hanging.
 import asyncio
 import itertools
 from collections.abc import Sequence
-from contextlib import suppress
 from dataclasses import dataclass
 from datetime import timedelta
 
 import aio_pika
-import structlog
-from aio_pika.abc import AbstractExchange, AbstractRobustChannel, AbstractRobustConnection
-from aio_pika.exceptions import CONNECTION_EXCEPTIONS
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractConnection,
+    AbstractExchange,
+    AbstractRobustConnection,
+)
+from yarl import URL
 
+from txmail.backoff import until_up
 from txmail.errors import BrokerUnavailable
+from txmail.kept_connection import BROKER_ERRORS, OPEN_TIMEOUT, KeptConnection
+from txmail.stopping import unless_stopped
 from txmail.topology import Topology
 
-log = structlog.get_logger(__name__)
+__all__ = ["BROKER_ERRORS", "Broker", "Outgoing", "connect_unless_stopped", "connect_until_up"]
 
-# How long to wait between attempts to make the first connection; after that,
-# aio-pika's robust connection reconnects on its own with the same interval.
+# How long a robust connection (shared by the executor's handlers) waits between
+# attempts to reconnect after a loss.
 RECONNECT_INTERVAL = 1.0
 
 # aio-pika holds a channel's lock until each publish frame is written to the socket,
 # so one channel writes one publish at a time; a few channels keep several in the
 # write path while their confirms come back pipelined.
 PUBLISH_CHANNELS = 4
-
-# What a lost, refused or slow broker raises through aio-pika.
-BROKER_ERRORS = (*CONNECTION_EXCEPTIONS, asyncio.TimeoutError)
 
 
 @dataclass(frozen=True)
@@ -59,62 +62,40 @@ class Outgoing:
 
 class Broker:
     def __init__(self, url: str, topology: Topology, publish_timeout: timedelta) -> None:
-        self._url = url
         self._topology = topology
         self._publish_timeout = publish_timeout.total_seconds()
-        self._connection: AbstractRobustConnection | None = None
-        self._channels: list[AbstractRobustChannel] = []
-        self._exchanges: list[AbstractExchange] = []
+        self._connection = KeptConnection(url, self._open_exchanges, purpose="publishing")
         self._turn = itertools.count()
-        self._connecting: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         """Begin connecting in the background; returns at once."""
-        self._connecting = asyncio.create_task(self._connect_until_up(), name="broker-connect")
+        self._connection.start()
 
-    async def _connect_until_up(self) -> None:
-        while True:
-            connection: AbstractRobustConnection | None = None
-            try:
-                connection = await aio_pika.connect_robust(
-                    self._url, reconnect_interval=RECONNECT_INTERVAL
-                )
-                channels = [
-                    # Returned (unroutable) messages raise instead of vanishing after an ack.
-                    await connection.channel(publisher_confirms=True, on_return_raises=True)
-                    for _ in range(PUBLISH_CHANNELS)
-                ]
-                exchanges = [await self._topology.declare(channel) for channel in channels]
-            except BROKER_ERRORS as error:
-                # Also a topology that exists with other arguments (PRECONDITION_FAILED):
-                # say so and keep trying, an operator can fix it without a restart.
-                log.warning("broker not usable, retrying", error=str(error) or repr(error))
-                if connection is not None:
-                    await connection.close()
-                await asyncio.sleep(RECONNECT_INTERVAL)
-                continue
-            self._connection = connection
-            self._channels = channels
-            self._exchanges = exchanges
-            log.info("broker connected", namespace=self._topology.namespace)
-            return
+    async def _open_exchanges(
+        self, connection: AbstractConnection
+    ) -> tuple[list[AbstractExchange], list[AbstractChannel]]:
+        channels = [
+            # Returned (unroutable) messages raise instead of vanishing after an ack.
+            await connection.channel(publisher_confirms=True, on_return_raises=True)
+            for _ in range(PUBLISH_CHANNELS)
+        ]
+        # A topology that exists with other arguments (PRECONDITION_FAILED) fails here
+        # and is retried: an operator can fix it without a restart.
+        exchanges = [await self._topology.declare(channel) for channel in channels]
+        return exchanges, channels
 
     @property
     def is_ready(self) -> bool:
         """True while the connection and the publishing channels are open."""
-        return (
-            self._connection is not None
-            and not self._connection.is_closed
-            and bool(self._channels)
-            and not any(channel.is_closed for channel in self._channels)
-        )
+        return self._connection.current is not None
 
     @property
     def is_blocked(self) -> bool:
         """True while RabbitMQ blocks this connection's publishes (connection.blocked,
         sent on a memory or disk alarm). aiormq keeps this only in a private event and
         offers no callback, so it is read there; tests/test_overload.py pins it."""
-        underlay = self._connection.transport if self._connection is not None else None
+        connection = self._connection.connection
+        underlay = connection.transport if connection is not None else None
         if underlay is None:
             return False
         unblocked = getattr(underlay.connection, "_Connection__connection_unblocked", None)
@@ -127,9 +108,9 @@ class Broker:
         have been stored all the same, which is why every event carries an id that
         makes a republish harmless.
         """
-        if not self.is_ready:
+        exchanges = self._connection.current
+        if exchanges is None:
             raise BrokerUnavailable("not connected to RabbitMQ")
-        exchanges = self._exchanges
         publishes = [
             exchanges[next(self._turn) % len(exchanges)].publish(
                 m.to_message(), m.routing_key, mandatory=True
@@ -146,21 +127,13 @@ class Broker:
             raise BrokerUnavailable(f"RabbitMQ did not confirm: {error!r}") from error
 
     async def close(self) -> None:
-        if self._connecting is not None and not self._connecting.done():
-            self._connecting.cancel()
-            await asyncio.gather(self._connecting, return_exceptions=True)
-        if self._connection is not None:
-            await self._connection.close()
+        """Close the connection, or end the attempt to make one."""
+        await self._connection.close()
 
 
 async def connect_until_up(url: str) -> AbstractRobustConnection:
-    """A robust connection to ``url``, tried every RECONNECT_INTERVAL until it is up."""
-    while True:
-        try:
-            return await aio_pika.connect_robust(url, reconnect_interval=RECONNECT_INTERVAL)
-        except BROKER_ERRORS as error:
-            log.warning("broker not reachable, retrying", error=str(error) or repr(error))
-            await asyncio.sleep(RECONNECT_INTERVAL)
+    """A robust connection to ``url``, tried with backoff until it is up."""
+    return await until_up(lambda: _connect_robust(url), "broker", BROKER_ERRORS)
 
 
 async def connect_unless_stopped(
@@ -168,15 +141,16 @@ async def connect_unless_stopped(
 ) -> AbstractRobustConnection | None:
     """``connect_until_up``, given up (None) when ``stop`` is set first: a SIGTERM while
     the broker is down must still stop the process."""
-    if stop is None:
-        return await connect_until_up(url)
-    connecting = asyncio.ensure_future(connect_until_up(url))
-    stopping = asyncio.ensure_future(stop.wait())
-    await asyncio.wait({connecting, stopping}, return_when=asyncio.FIRST_COMPLETED)
-    stopping.cancel()
-    if connecting.done():
-        return connecting.result()
-    connecting.cancel()
-    with suppress(asyncio.CancelledError):
-        await connecting
-    return None
+    return await unless_stopped(connect_until_up(url), stop)
+
+
+async def _connect_robust(url: str) -> AbstractRobustConnection:
+    connection = aio_pika.RobustConnection(URL(url), reconnect_interval=RECONNECT_INTERVAL)
+    try:
+        await connection.connect(timeout=OPEN_TIMEOUT)
+    except BaseException:
+        # Else a failed or cancelled first attempt leaves aio-pika reconnecting for ever,
+        # and asyncio.run() never returns.
+        await connection.close()
+        raise
+    return connection

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from importlib.metadata import version
 
 from txmail.command_help import add_epilogs
-from txmail.errors import ConfigError
+from txmail.errors import CannotStart, ConfigError
 from txmail.logs import configure_logging
 from txmail.settings import Settings, load_settings
 
@@ -110,6 +110,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings.log_level)
     try:
         return handler(settings, args)
+    except CannotStart as error:
+        print(f"txmail: {error}", file=sys.stderr)
+        return 1
     except BrokenPipeError:
         # The reader went away (`txmail dlq list | head`): say nothing more, and keep
         # Python from failing again when it flushes stdout at exit.

@@ -14,3 +14,7 @@ class BrokerUnavailable(TxmailError):
 
     Callers must treat the message as *not* sent (the ingress answers 503).
     """
+
+
+class CannotStart(TxmailError):
+    """A process cannot start (its port is taken, ...); the message says why."""

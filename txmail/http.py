@@ -1,9 +1,12 @@
 """What every txmail HTTP server shares: JSON errors, bounded connections and requests,
-and serving until SIGTERM."""
+starting (or saying why it cannot), and serving until SIGTERM."""
 
 import asyncio
+import errno
 import itertools
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import structlog
@@ -12,6 +15,7 @@ from aiohttp.streams import StreamReader
 from aiohttp.typedefs import Handler
 from aiohttp.web_protocol import RequestHandler
 
+from txmail.errors import CannotStart
 from txmail.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -282,19 +286,43 @@ def app_runner(app: web.Application, settings: Settings) -> web.AppRunner:
     )
 
 
+@asynccontextmanager
+async def serving(
+    app: web.Application, host: str, port: int, settings: Settings
+) -> AsyncIterator[int]:
+    """Serve ``app`` for the block, and yield the port it listens on (``port`` 0 picks a
+    free one). Raises CannotStart at once when it cannot listen: a process that cannot
+    do its job must exit, not linger. On exit, requests in flight get at most
+    TXMAIL_SHUTDOWN_TIMEOUT, then the app's cleanup runs."""
+    runner = app_runner(app, settings)
+    await runner.setup()
+    try:
+        try:
+            await web.TCPSite(runner, host, port).start()
+        except OSError as error:
+            raise CannotStart(_why_not_listening(error, host, port)) from None
+        listening_on: int = runner.addresses[0][1]
+        log.info("listening", host=host, port=listening_on)
+        yield listening_on
+    finally:
+        await runner.cleanup()
+
+
+def _why_not_listening(error: OSError, host: str, port: int) -> str:
+    if error.errno == errno.EADDRINUSE:
+        return f"port {port} is already in use"
+    if error.errno == errno.EACCES:
+        return f"port {port} needs privileges this process does not have"
+    return f"cannot listen on {host}:{port}: {error.strerror or error}"
+
+
 async def serve_until_stopped(
     app: web.Application, host: str, port: int, settings: Settings, stop: asyncio.Event
 ) -> None:
     """Serve ``app`` until ``stop`` is set (see ``txmail.stopping.stop_on_signals``), then
     stop accepting, let requests in flight finish (at most TXMAIL_SHUTDOWN_TIMEOUT)
     and run the app's cleanup."""
-    runner = app_runner(app, settings)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, host, port).start()
-        log.info("listening", host=host, port=port)
+    async with serving(app, host, port, settings):
         await stop.wait()
         log.info("stopping: finishing requests in flight")
-    finally:
-        await runner.cleanup()
-        log.info("stopped")
+    log.info("stopped")

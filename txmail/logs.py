@@ -9,6 +9,7 @@ same renderer, so every line a txmail process prints is JSON.
 
 import logging
 import sys
+from collections.abc import Callable
 
 import structlog
 from structlog.typing import Processor
@@ -20,6 +21,21 @@ _SHARED: list[Processor] = [
 ]
 # Their debug output is a frame-by-frame AMQP trace: useful to nobody operating txmail.
 _CHATTY_LIBRARIES = ("aiormq", "aio_pika")
+
+
+# Said by txmail itself ("broker connection lost, reconnecting", then "broker not
+# reachable, retrying" once per attempt with its number and the next wait), for every
+# connection of the process: aiormq logs each lost connection with a traceback and each
+# failed connect at error, and aio-pika's robust connection (the executor's, shared with
+# its handlers) two lines a second while the broker is away.
+_SAID_BY_TXMAIL = {
+    "aiormq.connection": ("error when creating transport", "Cancelling cause reader exited"),
+    "aio_pika.robust_connection": ("Connection to ", "Connection attempt to "),
+}
+
+
+def _said_by_txmail(prefixes: tuple[str, ...]) -> Callable[[logging.LogRecord], bool]:
+    return lambda record: not record.getMessage().startswith(prefixes)
 
 
 def configure_logging(level: str) -> None:
@@ -39,6 +55,8 @@ def configure_logging(level: str) -> None:
     root.setLevel(level.upper())
     for name in _CHATTY_LIBRARIES:
         logging.getLogger(name).setLevel(max(root.level, logging.INFO))
+    for name, prefixes in _SAID_BY_TXMAIL.items():
+        logging.getLogger(name).addFilter(_said_by_txmail(prefixes))
     structlog.configure(
         processors=[*_SHARED, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         wrapper_class=structlog.make_filtering_bound_logger(root.level),

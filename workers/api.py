@@ -6,12 +6,14 @@ on this machine only, unless told otherwise.
 """
 
 from collections.abc import Sequence
+from functools import partial
 
 import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 from pydantic import SecretStr
 
+from txmail.health import Readiness, add_health_routes, all_ready
 from txmail.http import json_error, json_errors
 from txmail.settings import Settings
 from txmail.tokens import token_accepted, unauthorized
@@ -46,16 +48,15 @@ async def message_by_external_send_id(request: web.Request) -> web.Response:
     return _found(message, f"external_send_id {external_send_id!r}")
 
 
-async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+def _store_answers(store: Store) -> Readiness:
+    async def not_ready() -> list[str]:
+        try:
+            await store.ping()
+        except StoreUnavailable as error:
+            return [f"store unavailable: {error}"]
+        return []
 
-
-async def readyz(request: web.Request) -> web.Response:
-    try:
-        await request.app[STORE].ping()
-    except StoreUnavailable as error:
-        return json_error(503, "not_ready", str(error))
-    return web.json_response({"status": "ready"})
+    return not_ready
 
 
 @web.middleware
@@ -101,14 +102,16 @@ def api_host(settings: Settings) -> str:
     return settings.api_host
 
 
-def create_api_app(store: Store, tokens: Sequence[SecretStr] = ()) -> web.Application:
+def create_api_app(
+    store: Store, tokens: Sequence[SecretStr] = (), *parts: Readiness
+) -> web.Application:
     """The API over an open store; whoever opened the store closes it. With ``tokens``,
-    every path but the health checks needs one of them."""
+    every path but the health checks needs one of them. ``/readyz`` asks the store, and
+    ``parts`` running in the same process (``txmail run``)."""
     app = web.Application(middlewares=[json_errors, token_required, store_unavailable_is_503])
     app[STORE] = store
     app[TOKENS] = tokens
     app.router.add_get("/v1/messages/{dispatch_id}", message_by_dispatch_id)
     app.router.add_get("/v1/messages", message_by_external_send_id)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
+    add_health_routes(app, partial(all_ready, [_store_answers(store), *parts]))
     return app

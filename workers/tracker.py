@@ -8,7 +8,6 @@ blocks the messages behind it.
 """
 
 import asyncio
-import contextlib
 import os
 import socket
 import uuid
@@ -16,9 +15,10 @@ from collections.abc import Awaitable, Sequence
 from datetime import datetime
 
 import structlog
-from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
-from txmail.broker import BROKER_ERRORS, RECONNECT_INTERVAL, Broker, connect_unless_stopped
+from txmail.broker import BROKER_ERRORS, Broker
+from txmail.consumer import Consumer
 from txmail.events import utc_now
 from txmail.stopping import pause
 from txmail.topology import Topology
@@ -52,24 +52,33 @@ class Tracker:
         batch_size: int,
         batch_wait: float,
     ) -> None:
-        self._amqp_url = amqp_url
         self._topology = topology
         self._store = store
         self._broker = broker
         self._batch_size = batch_size
         self._inbox = Inbox(batch_size, batch_wait)
+        # Room for the next batch to arrive while this one commits.
+        self._consumer = Consumer(
+            amqp_url, topology.tracker_queue, 2 * batch_size, self._declare, self._inbox.put
+        )
         # When the oldest event of the batch being applied reached txmail.
         self._in_hand: datetime | None = None
         # When the newest event of the last batch reached txmail: the queue, first in
         # first out, holds only later ones.
         self._applied_through: datetime | None = None
-        # Nothing was delivered for a while: the queue is empty.
+        # Nothing was delivered for a while, while consuming: the queue is empty. When
+        # that was last seen: every event that reached txmail before is applied.
         self._caught_up = False
+        self._caught_up_at: datetime | None = None
         # For the watermark: this process, and the latest Braze time it applied (capped
         # at the postback's arrival) and when the latest postback with one arrived.
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._event_time: datetime | None = None
         self._heard_at: datetime | None = None
+
+    @property
+    def is_consuming(self) -> bool:
+        return self._consumer.is_consuming
 
     def progress(self, now: datetime) -> WorkerProgress:
         """What this worker has applied, for the deployment's watermark."""
@@ -89,50 +98,39 @@ class Tracker:
             held.append(received_at(waiting.headers, waiting.timestamp, now))
         if held:
             return min(now, *held)
-        if self._caught_up:
+        if self._caught_up and self._consumer.is_consuming:
             return now
-        return None if self._applied_through is None else min(now, self._applied_through)
+        # Not consuming, or not known to be caught up: events may wait in the queue, so
+        # only what is known to be applied counts; deadlines after it wait.
+        known = [t for t in (self._applied_through, self._caught_up_at) if t is not None]
+        return min(now, max(known)) if known else None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set; the batch in hand is finished first."""
-        connection = await connect_unless_stopped(self._amqp_url, stop)
-        if connection is None:
-            return
+        self._consumer.start()
         try:
-            consuming = await self._consume(connection, stop)
-            if consuming is None:
-                return
             while not stop.is_set():
+                polled_at, session = utc_now(), self._consuming_session()
                 batch = await self._inbox.next_batch(idle_timeout=0.2)
-                self._caught_up = not batch
+                # Caught up only if one consumer was up the whole time nothing came: not
+                # while it is gone, nor just after it came back (the backlog is on its way).
+                self._caught_up = (
+                    not batch and session is not None and session == self._consuming_session()
+                )
+                if self._caught_up:
+                    self._caught_up_at = polled_at
                 if batch:
                     await self._handle(batch, stop)
-            queue, consumer = consuming
-            with contextlib.suppress(*BROKER_ERRORS):
-                await queue.cancel(consumer)
         finally:
             # Whatever is still unacked goes back to the queue for another worker.
-            await connection.close()
+            await self._consumer.close()
 
-    async def _consume(
-        self, connection: AbstractRobustConnection, stop: asyncio.Event
-    ) -> tuple[AbstractQueue, str] | None:
-        """Start consuming; after that, the robust connection resumes it by itself."""
-        while not stop.is_set():
-            try:
-                channel = await connection.channel()
-                # Room for the next batch to arrive while this one commits.
-                await channel.set_qos(prefetch_count=2 * self._batch_size)
-                await self._topology.declare(channel)
-                queue = await channel.get_queue(self._topology.tracker_queue, ensure=False)
-                consumer = await queue.consume(self._inbox.put)
-            except BROKER_ERRORS as error:
-                log.warning("cannot consume yet, retrying", error=str(error) or repr(error))
-                await pause(stop, RECONNECT_INTERVAL)
-                continue
-            log.info("tracker consuming", queue=self._topology.tracker_queue)
-            return queue, consumer
-        return None
+    def _consuming_session(self) -> int | None:
+        return self._consumer.times_up if self._consumer.is_consuming else None
+
+    async def _declare(self, channel: AbstractChannel) -> AbstractQueue:
+        await self._topology.declare(channel)
+        return await channel.get_queue(self._topology.tracker_queue, ensure=False)
 
     async def _handle(self, batch: Sequence[AbstractIncomingMessage], stop: asyncio.Event) -> None:
         now = utc_now()

@@ -4,9 +4,12 @@ import asyncio
 
 import structlog
 
+from txmail.backoff import until_up
 from txmail.broker import Broker
+from txmail.health import create_health_app
+from txmail.http import serving
 from txmail.settings import Settings
-from txmail.stopping import pause, stop_on_signals
+from txmail.stopping import pause, stop_on_signals, unless_stopped
 from txmail.topology import Topology
 from workers.store import open_store
 from workers.store.protocol import Store, StoreUnavailable
@@ -17,7 +20,6 @@ from workers.watermark import WatermarkRule
 
 log = structlog.get_logger(__name__)
 
-STORE_RETRY_INTERVAL = 1.0
 BROKER_WAIT_INTERVAL = 0.05
 
 
@@ -29,54 +31,91 @@ def timeouts_from(settings: Settings) -> DeliveryTimeouts:
 async def open_store_when_available(
     settings: Settings, timeouts: DeliveryTimeouts, stop: asyncio.Event, *, read_only: bool = False
 ) -> Store | None:
-    """Open the store (see ``open_store``), waiting for the database to come up; None
-    when stopped first."""
-    while not stop.is_set():
+    """Open the store, waiting (with backoff) for the database to come up; None when
+    stopped first."""
+
+    async def opening() -> Store:
+        return await open_store(
+            settings.database_url, timeouts, settings.republish_after, read_only=read_only
+        )
+
+    return await unless_stopped(until_up(opening, "store", (StoreUnavailable,)), stop)
+
+
+class Worker:
+    def __init__(self, settings: Settings, store: Store) -> None:
+        topology = Topology(settings.namespace)
+        self._store = store
+        self._broker = Broker(settings.amqp_url, topology, settings.publish_timeout)
+        self._tracker = Tracker(
+            settings.amqp_url,
+            topology,
+            store,
+            self._broker,
+            settings.batch_size,
+            settings.batch_wait.total_seconds(),
+        )
+        watermark = WatermarkRule(
+            settings.watermark_skew, settings.max_lateness, settings.sweep_interval
+        )
+        self._sweeper = Sweeper(
+            store,
+            self._broker,
+            settings.sweep_interval,
+            settings.retention,
+            self._tracker,
+            watermark,
+        )
+        self._tracker_queue = topology.tracker_queue
+
+    async def not_ready(self) -> list[str]:
+        """What keeps this worker from doing its job; empty when nothing does."""
+        problems = []
+        if not self._broker.is_ready:
+            problems.append("not connected to RabbitMQ for publishing")
+        if not self._tracker.is_consuming:
+            problems.append(f"not consuming {self._tracker_queue}")
         try:
-            return await open_store(
-                settings.database_url, timeouts, settings.republish_after, read_only=read_only
-            )
+            await self._store.ping()
         except StoreUnavailable as error:
-            log.warning("store unavailable, retrying", error=str(error))
-        await pause(stop, STORE_RETRY_INTERVAL)
-    return None
+            problems.append(f"store unavailable: {error}")
+        return problems
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Track and sweep until ``stop`` is set."""
+        self._broker.start()
+        try:
+            # Deciding while unable to publish would only postpone each publish by a retry.
+            while not self._broker.is_ready and not stop.is_set():
+                await pause(stop, BROKER_WAIT_INTERVAL)
+            await asyncio.gather(self._tracker.run(stop), self._sweeper.run(stop))
+        finally:
+            await self._broker.close()
 
 
 async def run_worker(settings: Settings, store: Store, stop: asyncio.Event) -> None:
-    topology = Topology(settings.namespace)
-    broker = Broker(settings.amqp_url, topology, settings.publish_timeout)
-    broker.start()
-    tracker = Tracker(
-        settings.amqp_url,
-        topology,
-        store,
-        broker,
-        settings.batch_size,
-        settings.batch_wait.total_seconds(),
-    )
-    watermark = WatermarkRule(
-        settings.watermark_skew, settings.max_lateness, settings.sweep_interval
-    )
-    sweeper = Sweeper(
-        store, broker, settings.sweep_interval, settings.retention, tracker, watermark
-    )
-    try:
-        # Deciding while unable to publish would only postpone each publish by a retry.
-        while not broker.is_ready and not stop.is_set():
-            await pause(stop, BROKER_WAIT_INTERVAL)
-        await asyncio.gather(tracker.run(stop), sweeper.run(stop))
-    finally:
-        await broker.close()
+    await Worker(settings, store).run(stop)
 
 
 async def serve_worker(settings: Settings) -> None:
-    """``txmail worker``: run until SIGTERM."""
+    """``txmail worker``: run until SIGTERM, with /healthz and /readyz on the metrics port
+    from the start (a port in use ends the process before it waits for anything)."""
     stop = stop_on_signals()
-    store = await open_store_when_available(settings, timeouts_from(settings), stop)
-    if store is None:
-        return
-    try:
-        await run_worker(settings, store, stop)
-    finally:
-        await store.close()
+    timeouts = timeouts_from(settings)
+    worker: Worker | None = None
+
+    async def not_ready() -> list[str]:
+        return ["store not open yet"] if worker is None else await worker.not_ready()
+
+    async with serving(
+        create_health_app(not_ready), settings.http_host, settings.metrics_port, settings
+    ):
+        store = await open_store_when_available(settings, timeouts, stop)
+        if store is None:
+            return
+        try:
+            worker = Worker(settings, store)
+            await worker.run(stop)
+        finally:
+            await store.close()
     log.info("worker stopped")

@@ -1,0 +1,37 @@
+"""The executor's broker connections drop: it consumes again by itself, says it is not
+ready meanwhile, and runs the fallback that came in the meantime once."""
+
+from pathlib import Path
+
+from fallback.executor import running_executor
+from fallback.rules_file import load_rules_file
+from tests.fallback.requests import a_request, handlers_toml, publish
+from tests.fallback.servers import Receiver
+from tests.readiness import is_not_consuming, is_ready, proxied
+from tests.waiting import wait_until
+from txmail.settings import Settings
+
+
+async def test_the_executor_consumes_again_and_runs_the_fallback_once(
+    fallback_settings: Settings, receiver: Receiver, tmp_path: Path
+) -> None:
+    rules_path = tmp_path / "rules.toml"
+    rules_path.write_text(
+        handlers_toml(receiver) + '[[rules]]\non = ["bounced"]\nhandlers = ["ops-hook"]\n'
+    )
+    rules = load_rules_file(rules_path)
+    async with proxied(fallback_settings) as (proxy, cut_off):
+        async with running_executor(cut_off, rules) as executor:
+            assert executor is not None
+            await wait_until(lambda: is_ready(executor), what="the executor to be ready")
+            await proxy.cut()
+            await wait_until(
+                lambda: is_not_consuming(executor), what="the executor to say it is not ready"
+            )
+            request = a_request()
+            await publish(fallback_settings, request)
+            await proxy.start()
+            await wait_until(lambda: is_ready(executor), timeout=20, what="the executor back")
+            await wait_until(lambda: len(receiver.webhook.accepted) == 1, what="the fallback")
+        assert receiver.webhook.keys == {f"{request.idempotency_key}:ops-hook"}
+        assert len(receiver.webhook.calls) == 1
