@@ -26,6 +26,7 @@ def environment(settings: Settings) -> dict[str, str]:
         "TXMAIL_BATCH_SIZE": str(settings.batch_size),
         "TXMAIL_REPUBLISH_AFTER": format_duration(settings.republish_after),
         "TXMAIL_LOG_LEVEL": "warning",
+        "TXMAIL_METRICS_PORT": "0",  # tests run many workers on one machine
     }
 
 

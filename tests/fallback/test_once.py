@@ -220,6 +220,7 @@ def _environment(settings: Settings, rules: Path) -> dict[str, str]:
             map(format_duration, settings.fallback_retry_schedule)
         ),
         "TXMAIL_LOG_LEVEL": "warning",
+        "TXMAIL_METRICS_PORT": "0",  # tests run many executors on one machine
     }
 
 
