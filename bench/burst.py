@@ -93,7 +93,6 @@ async def run(messages: int, concurrency: int) -> None:
     admin = await asyncpg.connect(POSTGRES_URL)
     await admin.execute(f'CREATE SCHEMA "{schema}"')
     receiver = PausableReceiver()
-    burst = plan_burst(messages, PER_SECOND, TIMEOUT, utc_now())
     ports = [free_port(), free_port()]
     try:
         with tempfile.TemporaryDirectory() as folder:
@@ -121,8 +120,9 @@ async def run(messages: int, concurrency: int) -> None:
                     running.start("executor", "fallback")
                     urls = [f"http://127.0.0.1:{port}" for port in ports]
                     await wait_until(lambda: all_ready(urls), timeout=30, what="ingresses")
+                    burst = plan_burst(messages, PER_SECOND, TIMEOUT, utc_now())
                     started = time.monotonic()
-                    offered = await offer(urls, burst.postbacks, concurrency)
+                    offered = await offer(urls, burst.postbacks, concurrency, started)
                     offering = time.monotonic() - started
                     await wait_until(
                         lambda: _caught_up(namespace, burst, receiver),

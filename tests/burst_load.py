@@ -123,15 +123,16 @@ async def offer(
     urls: Sequence[str],
     postbacks: Sequence[Planned],
     concurrency: int,
+    started: float,
     token: str | None = None,
 ) -> Offered:
-    """Post every postback, one per request, each as soon as Braze's schedule has it
-    and a connection is free; a 503 is posted again after its Retry-After."""
+    """Post every postback, one per request, each as soon as Braze's schedule (which
+    began at ``started``, on the monotonic clock) has it and a connection is free; a
+    503 is posted again after its Retry-After."""
     offered = Offered()
     queue: asyncio.Queue[Planned] = asyncio.Queue()
     for p in postbacks:
         queue.put_nowait(p)
-    started = time.monotonic()
     headers = {"Content-Type": "application/json"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
