@@ -174,18 +174,26 @@ class PausableReceiver:
         self.first_taken_at: dict[str, float] = {}
         self.open = asyncio.Event()
         self.open.set()
-        self.waiting = 0
+        self.held: dict[int, web.Request] = {}  # by id: a request is not hashable
         self.app = web.Application()
         self.app.router.add_post("/hook", self._hook)
+
+    @property
+    def waiting(self) -> int:
+        return len(self.held)
+
+    def callers_gone(self) -> bool:
+        """Every held call's caller has hung up (its connection is closed here)."""
+        return all(r.transport is None or r.transport.is_closing() for r in self.held.values())
 
     async def _hook(self, request: web.Request) -> web.Response:
         body = await request.read()
         verify_standard_webhook(request.headers, body)
-        self.waiting += 1
+        self.held[id(request)] = request
         try:
             await self.open.wait()
         finally:
-            self.waiting -= 1
+            del self.held[id(request)]
         if request.transport is None or request.transport.is_closing():
             return web.Response(status=499)  # the caller is gone: nothing was taken
         data = (await request.json())["data"]

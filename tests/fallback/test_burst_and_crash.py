@@ -166,6 +166,7 @@ async def test_a_burst_with_a_worker_and_the_executor_killed_mid_way(
                     what="calls held at the receiver and none other open",
                 )
                 running.kill("executor")
+                await wait_until(receiver.callers_gone, what="the held calls' callers gone")
                 receiver.open.set()
                 running.start("worker-0-again", "worker")
                 running.start("executor-again", "fallback")
