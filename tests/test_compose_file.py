@@ -161,18 +161,24 @@ def test_every_service_is_limited_and_rotates_its_logs() -> None:
 
 
 def test_published_ports_and_health_checks_are_the_ones_txmail_listens_on() -> None:
-    listens = {"ingress": Settings().http_port, "api": Settings().api_port}
+    settings = Settings()
+    listens = {"ingress": settings.http_port, "api": settings.api_port}
     published = {"ingress": f"{listens['ingress']}:8080", "api": f"127.0.0.1:{listens['api']}:8081"}
     for name, service in SERVICES.items():
         assert service.get("ports", []) == ([published[name]] if name in published else []), name
-    for name, port in listens.items():
+    checked = {
+        "ingress": f"{listens['ingress']}/healthz",
+        "api": f"{listens['api']}/healthz",
+        # No HTTP API of their own: their health port, ready only while doing their job.
+        "worker": f"{settings.metrics_port}/readyz",
+        "fallback": f"{settings.metrics_port}/readyz",
+    }
+    for name, where in checked.items():
         kind, runner, flag, code = SERVICES[name]["healthcheck"]["test"]
         # The slim image has python but no curl; urlopen fails on anything but 2xx.
         assert (kind, runner, flag) == ("CMD", "python", "-c")
         compile(code, name, "exec")
-        assert f"urlopen('http://127.0.0.1:{port}/healthz'" in code
-    for name in ("worker", "fallback"):
-        assert "healthcheck" not in SERVICES[name]
+        assert f"urlopen('http://127.0.0.1:{where}'" in code, name
 
 
 def test_only_the_fallback_executor_gets_the_handlers_secrets() -> None:
