@@ -1,7 +1,7 @@
 """The executor's outgoing side: attempt events, retries and parked requests, confirmed.
 
 Everything one request's outcome needs is published together, and the request is
-acked only after the broker confirmed all of it (DESIGN.md, invariant 1).
+acked only after the broker confirmed all of it (invariant 1, docs/architecture.md).
 """
 
 import asyncio

@@ -1,4 +1,4 @@
-"""Real parts for every test: a RabbitMQ found as DESIGN.md says, and a namespace per test.
+"""Real parts for every test: a RabbitMQ found as below, and a namespace per test.
 
 The broker is, in order: ``TXMAIL_TEST_AMQP_URL``; one listening on localhost:5672;
 a RabbitMQ container started with testcontainers. Every test gets its own namespace

@@ -1,4 +1,5 @@
-"""Invariant 3 under contention: the deadline and a late `delivered` race; sweepers share."""
+"""Invariant 3 (docs/architecture.md) under contention: the deadline and a late
+`delivered` race; sweepers share."""
 
 import asyncio
 from collections import Counter

@@ -1,4 +1,5 @@
-"""The functional core, in microseconds: invariant 2 and the decision rules."""
+"""The functional core, in microseconds: invariant 2 (docs/architecture.md) and the
+decision rules."""
 
 import json
 from datetime import UTC, datetime, timedelta

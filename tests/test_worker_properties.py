@@ -1,4 +1,5 @@
-"""Invariants 2 and 3 end to end: random histories through RabbitMQ and a worker process."""
+"""Invariants 2 and 3 (docs/architecture.md) end to end: random histories through
+RabbitMQ and a worker process."""
 
 import asyncio
 import uuid

@@ -238,7 +238,7 @@ class FallbackRequest(BaseModel):
 class AttemptOutcome(StrEnum):
     SUCCEEDED = "succeeded"
     RETRYING = "retrying"  # transient failure, scheduled again
-    PARKED = "parked"  # permanent failure or retries exhausted: in the dead-letter queue
+    PARKED = "parked"  # permanent failure or retries exhausted: in the parking queue
     NO_RULE = "no_rule"  # no rule matched: nothing runs, by configuration
     # This handler failed, but the request is done: a later handler of a
     # `first_success` chain succeeded instead.

@@ -3,11 +3,11 @@
 No I/O here. The stores load a message, call ``evolve`` or ``claim_deadline`` and
 persist what comes back, so the rules below are the only place these rules live.
 
-Invariant 2 (order and duplicates do not matter) holds because ``merge`` is a join:
-for each status it keeps the earliest sighting (earliest arrival, then smallest event
-id), for the registration the latest one, and for ids the smallest non-empty one. Any
-order, any number of copies, same ``Message``. Only the decision is sticky: once made,
-it is part of the message and never made again (invariant 3).
+Invariant 2 of docs/architecture.md (order and duplicates do not matter) holds because
+``merge`` is a join: for each status it keeps the earliest sighting (earliest arrival,
+then smallest event id), for the registration the latest one, and for ids the smallest
+non-empty one. Any order, any number of copies, same ``Message``. Only the decision is
+sticky: once made, it is part of the message and never made again (invariant 3).
 """
 
 import hashlib

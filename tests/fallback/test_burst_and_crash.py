@@ -5,8 +5,8 @@ one handler call for every message that failed or was late on Braze's clock.
 
 The webhook receiver can be paused: the executor is killed while its calls wait there,
 so the kill lands outside the one window no design closes (a provider took a call whose
-success was not recorded yet); a call whose caller is gone by the time the receiver
-would answer it was never taken.
+success was not recorded yet: invariant 3 in docs/architecture.md); a call whose caller
+is gone by the time the receiver would answer it was never taken.
 """
 
 import asyncio
