@@ -4,13 +4,16 @@ is in fallback/dlq.py)."""
 import argparse
 import asyncio
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import structlog
 
+from fallback.chain import LEASE_MARGIN
 from fallback.dlq import add_dlq_commands
 from fallback.executor import FallbackExecutor, running_executor
 from fallback.rules_file import RulesFile, check_rules_file, load_rules_file, warnings
+from txmail.durations import format_duration
 from txmail.errors import ConfigError
 from txmail.health import create_health_app
 from txmail.http import serving
@@ -49,9 +52,27 @@ def check_config(settings: Settings, args: argparse.Namespace) -> int:
             print(f"  {problem}", file=sys.stderr)
         return 1
     print(f"{path}: ok ({len(rules_file.handlers)} handlers, {len(rules_file.rules)} rules)")
-    for warning in warnings(rules_file):
+    for warning in _warnings(rules_file, settings):
         print(f"  warning: {warning}", file=sys.stderr)
     return 0
+
+
+def _warnings(rules_file: RulesFile, settings: Settings) -> list[str]:
+    """The rules file's warnings, and each handler whose lease outlasts the retries: a
+    request back after an executor died mid-call finds the lease live (`busy`), which
+    takes a retry, and is parked before the lease ends."""
+    retries = sum(settings.fallback_retry_schedule, timedelta())
+    return [
+        *warnings(rules_file),
+        *(
+            f"handlers.{name}: its lease (timeout {format_duration(lease - LEASE_MARGIN)} "
+            f"+ {format_duration(LEASE_MARGIN)}) outlasts TXMAIL_FALLBACK_RETRY_SCHEDULE "
+            f"({format_duration(retries)} in all): a request taken back after an executor "
+            "died calling it is parked; lengthen the schedule"
+            for name, handler in rules_file.handlers.items()
+            if (lease := handler.config.timeout + LEASE_MARGIN) > retries
+        ),
+    ]
 
 
 def run_fallback(settings: Settings, args: argparse.Namespace) -> int:
@@ -80,7 +101,7 @@ async def _serve(settings: Settings, rules_file: RulesFile) -> None:
     ):
         if executor is not None:  # None: stopped while waiting for the broker
             running.append(executor)
-            for warning in warnings(rules_file):
+            for warning in _warnings(rules_file, settings):
                 log.warning("rules file", warning=warning)
             log.info("fallback executor running", rules=str(rules_file.path))
             await stop.wait()

@@ -282,11 +282,13 @@ async def test_a_received_at_header_without_a_utc_time_is_not_a_poison(store: St
 async def test_worker_progress_is_one_row_per_worker_and_old_rows_are_forgotten(
     store: Store,
 ) -> None:
-    old = WorkerProgress("gone", NOW - timedelta(hours=2), NOW, NOW, NOW)
+    old = WorkerProgress("gone", NOW - timedelta(hours=2), NOW, NOW, NOW, None)
     assert await store.report_progress(old, NOW - timedelta(days=1)) == [old]
-    first = WorkerProgress("w1", NOW, None, None, None)
+    first = WorkerProgress("w1", NOW, None, None, None, None)
     await store.report_progress(first, NOW - timedelta(days=1))
     later = NOW + timedelta(seconds=1)
-    again = WorkerProgress("w1", later, later, NOW - timedelta(minutes=1), NOW)
+    again = WorkerProgress(
+        "w1", later, later, NOW - timedelta(minutes=1), NOW, NOW - timedelta(minutes=2)
+    )
     rows = await store.report_progress(again, NOW - timedelta(hours=1))
     assert rows == [again]

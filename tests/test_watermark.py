@@ -20,10 +20,11 @@ def worker(
     braze: datetime | None = NOW,
     heard: datetime | None = None,
     heartbeat: datetime = NOW,
+    holding: datetime | None = None,
 ) -> WorkerProgress:
     """A worker caught up to ``applied_until`` that last applied a postback Braze stamped
     ``braze``, heard at ``heard`` (by default: then, as Braze sends them at once)."""
-    return WorkerProgress(name, heartbeat, applied_until, braze, heard or braze)
+    return WorkerProgress(name, heartbeat, applied_until, braze, heard or braze, holding)
 
 
 def fires(deadline: datetime, rows: list[WorkerProgress], now: datetime = NOW) -> bool:
@@ -121,3 +122,28 @@ def test_nothing_is_due_before_every_live_worker_knows_its_backlog() -> None:
 def test_a_deployment_that_never_heard_a_postback_fires_within_the_maximum_lateness() -> None:
     rows = [worker(braze=None)]
     assert due_by(rows, NOW, RULE) == NOW - L
+
+
+def test_a_delivered_one_worker_holds_keeps_its_deadline_from_another_workers_progress() -> None:
+    # Ten minutes behind Braze: B applies postbacks stamped up to BEHIND while A still
+    # holds, in its inbox, a `delivered` stamped a minute earlier that arrived a moment
+    # ago. The arrival bound (when that `delivered` arrived) is far after both.
+    behind = NOW - timedelta(minutes=10)
+    delivered_at = behind - timedelta(minutes=1)
+    deadline = delivered_at + timedelta(seconds=1)
+    a = worker("a", applied_until=NOW - timedelta(seconds=1), braze=behind, holding=delivered_at)
+    b = worker("b", braze=behind + timedelta(minutes=1), heard=NOW)
+    assert not fires(deadline, [a, b])
+    assert not fires(delivered_at, [a, b])  # stamped at the deadline itself: in time
+    assert fires(delivered_at - timedelta(microseconds=1), [a, b])
+    # Once A applied it, B's progress alone bounds the deadline again.
+    applied = worker("a", applied_until=NOW, braze=delivered_at)
+    assert fires(deadline, [applied, b])
+
+
+def test_a_dead_workers_held_postbacks_stop_counting_with_its_row() -> None:
+    dead_since = NOW - RULE.stale_after - timedelta(seconds=1)
+    held = NOW - timedelta(minutes=5)
+    rows = [worker("w"), worker("dead", heartbeat=dead_since, holding=held)]
+    # Its deliveries went back to the queue: whoever takes them holds them now.
+    assert due_by(rows, NOW, RULE) == NOW - S

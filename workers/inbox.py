@@ -7,27 +7,31 @@ short wait keeps a lone postback from waiting for company.
 
 import asyncio
 from collections import deque
+from collections.abc import Iterator
+from typing import Generic, TypeVar
 
-from aio_pika.abc import AbstractIncomingMessage
+T = TypeVar("T")
 
 
-class Inbox:
+class Inbox(Generic[T]):
     def __init__(self, size: int, wait: float) -> None:
         self._size = size
         self._wait = wait
-        self._buffer: deque[AbstractIncomingMessage] = deque()
+        self._buffer: deque[T] = deque()
         self._arrived = asyncio.Event()
 
-    async def put(self, message: AbstractIncomingMessage) -> None:
-        """The consumer callback."""
-        self._buffer.append(message)
+    async def put(self, delivery: T) -> None:
+        self._buffer.append(delivery)
         self._arrived.set()
 
-    def oldest(self) -> AbstractIncomingMessage | None:
+    def oldest(self) -> T | None:
         """The delivery that waits longest, or None when none waits."""
         return self._buffer[0] if self._buffer else None
 
-    async def next_batch(self, idle_timeout: float) -> list[AbstractIncomingMessage]:
+    def waiting(self) -> Iterator[T]:
+        return iter(self._buffer)
+
+    async def next_batch(self, idle_timeout: float) -> list[T]:
         """The next batch, or an empty list when nothing arrived within ``idle_timeout``."""
         if not self._buffer:
             self._arrived.clear()

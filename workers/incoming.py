@@ -6,9 +6,11 @@ processed, so the tracker dead-letters it at once instead of retrying it.
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from aio_pika.abc import AbstractIncomingMessage
 from pydantic import ValidationError
 
 from txmail.errors import TxmailError
@@ -21,12 +23,35 @@ from txmail.events import (
     SendRegistration,
     event_id,
 )
-from workers.state import PostbackEvent, RegistrationEvent, message_key
+from workers.state import PostbackEvent, RegistrationEvent, event_time, message_key
 from workers.store.protocol import TrackedEvent
 
 
 class NotTheContract(TxmailError):
     """A message on the tracker queue that no worker will ever be able to process."""
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A delivery from the tracker queue, decoded as it arrives: the watermark needs the
+    Braze times of the postbacks a worker holds, not only of those it applied."""
+
+    message: AbstractIncomingMessage
+    received_at: datetime
+    # The event, or why it is none (reported when the delivery is handled).
+    decoded: TrackedEvent | Exception
+    # Braze's time of a postback; None for anything else or a postback without one.
+    braze_time: datetime | None
+
+
+def arrive(message: AbstractIncomingMessage, now: datetime) -> Delivery:
+    arrived = received_at(message.headers, message.timestamp, now)
+    try:
+        event = decode(message.type, message.body, message.headers, message.timestamp, now)
+    except Exception as error:  # not only NotTheContract: a bug must not stop the consumer
+        return Delivery(message, arrived, error, None)
+    stamped = event_time(event.core) if isinstance(event.core, PostbackEvent) else None
+    return Delivery(message, arrived, event, stamped)
 
 
 def received_at(headers: Mapping[str, Any], timestamp: datetime | None, now: datetime) -> datetime:

@@ -24,8 +24,7 @@ from txmail.stopping import pause
 from txmail.topology import Topology
 from workers.decisions import publish_decisions
 from workers.inbox import Inbox
-from workers.incoming import NotTheContract, decode, received_at
-from workers.state import PostbackEvent, event_time
+from workers.incoming import Delivery, NotTheContract, arrive
 from workers.store.protocol import PendingRequest, Store, StoreUnavailable, TrackedEvent
 from workers.watermark import WorkerProgress
 
@@ -56,13 +55,15 @@ class Tracker:
         self._store = store
         self._broker = broker
         self._batch_size = batch_size
-        self._inbox = Inbox(batch_size, batch_wait)
+        self._inbox: Inbox[Delivery] = Inbox(batch_size, batch_wait)
         # Room for the next batch to arrive while this one commits.
         self._consumer = Consumer(
-            amqp_url, topology.tracker_queue, 2 * batch_size, self._declare, self._inbox.put
+            amqp_url, topology.tracker_queue, 2 * batch_size, self._declare, self._arrive
         )
         # When the oldest event of the batch being applied reached txmail.
         self._in_hand: datetime | None = None
+        # The earliest Braze time of a postback in that batch.
+        self._holding_in_hand: datetime | None = None
         # When the newest event of the last batch reached txmail: the queue, first in
         # first out, holds only later ones.
         self._applied_through: datetime | None = None
@@ -83,8 +84,20 @@ class Tracker:
     def progress(self, now: datetime) -> WorkerProgress:
         """What this worker has applied, for the deployment's watermark."""
         return WorkerProgress(
-            self.worker_id, now, self.applied_until(now), self._event_time, self._heard_at
+            self.worker_id,
+            now,
+            self.applied_until(now),
+            self._event_time,
+            self._heard_at,
+            self.holding(),
         )
+
+    def holding(self) -> datetime | None:
+        """The earliest Braze time of a postback held, in hand or waiting, not applied."""
+        held = [d.braze_time for d in self._inbox.waiting() if d.braze_time is not None]
+        if self._holding_in_hand is not None:
+            held.append(self._holding_in_hand)
+        return min(held, default=None)
 
     def applied_until(self, now: datetime) -> datetime | None:
         """Every event that reached txmail before this is applied, as far as this worker
@@ -95,7 +108,7 @@ class Tracker:
         """
         held = [] if self._in_hand is None else [self._in_hand]
         if (waiting := self._inbox.oldest()) is not None:
-            held.append(received_at(waiting.headers, waiting.timestamp, now))
+            held.append(waiting.received_at)
         if held:
             return min(now, *held)
         if self._caught_up and self._consumer.is_consuming:
@@ -128,49 +141,52 @@ class Tracker:
     def _consuming_session(self) -> int | None:
         return self._consumer.times_up if self._consumer.is_consuming else None
 
+    async def _arrive(self, message: AbstractIncomingMessage) -> None:
+        """The consumer callback: decoded at once, so that its Braze time counts."""
+        await self._inbox.put(arrive(message, utc_now()))
+
     async def _declare(self, channel: AbstractChannel) -> AbstractQueue:
         await self._topology.declare(channel)
         return await channel.get_queue(self._topology.tracker_queue, ensure=False)
 
-    async def _handle(self, batch: Sequence[AbstractIncomingMessage], stop: asyncio.Event) -> None:
-        now = utc_now()
+    async def _handle(self, batch: Sequence[Delivery], stop: asyncio.Event) -> None:
         # Set before the first await, so that no sweep sees the batch neither waiting
         # in the inbox nor in hand.
-        arrivals = [received_at(m.headers, m.timestamp, now) for m in batch]
+        arrivals = [d.received_at for d in batch]
         self._in_hand = min(arrivals)
+        self._holding_in_hand = min(
+            (d.braze_time for d in batch if d.braze_time is not None), default=None
+        )
         try:
-            await self._handle_in_hand(batch, now, stop)
+            await self._handle_in_hand(batch, stop)
         finally:
-            self._in_hand = None
+            self._in_hand = self._holding_in_hand = None
             self._applied_through = max(arrivals)
 
-    async def _handle_in_hand(
-        self, batch: Sequence[AbstractIncomingMessage], now: datetime, stop: asyncio.Event
-    ) -> None:
-        accepted: list[tuple[TrackedEvent, AbstractIncomingMessage]] = []
-        for message in batch:
-            try:
-                event = decode(message.type, message.body, message.headers, message.timestamp, now)
-            except NotTheContract as error:
+    async def _handle_in_hand(self, batch: Sequence[Delivery], stop: asyncio.Event) -> None:
+        accepted: list[tuple[TrackedEvent, Delivery]] = []
+        for delivery in batch:
+            message, decoded = delivery.message, delivery.decoded
+            if isinstance(decoded, NotTheContract):
                 log.error(
                     "dead-lettering a message that is not the contract",
-                    reason=str(error),
+                    reason=str(decoded),
                     type=message.type,
                     message_id=message.message_id,
                     routing_key=message.routing_key,
                 )
                 await _settle(message.reject(requeue=False))
-                continue
-            except Exception:
-                log.exception(
+            elif isinstance(decoded, Exception):
+                log.error(
                     "cannot decode message; returning it to the queue, whose delivery limit "
                     "dead-letters it",
                     type=message.type,
                     message_id=message.message_id,
+                    exc_info=decoded,
                 )
                 await _settle(message.nack(requeue=True))
-                continue
-            accepted.append((event, message))
+            else:
+                accepted.append((decoded, delivery))
         if not accepted:
             return
         decided = await self._apply([e for e, _ in accepted], stop)
@@ -180,10 +196,10 @@ class Tracker:
         if isinstance(decided, _Unexplained):
             await self._apply_one_by_one(accepted, stop)
             return
-        self._note_applied([e for e, _ in accepted])
+        self._note_applied([d for _, d in accepted])
         # One ack for the whole batch: every earlier delivery on this channel is in it or
         # already settled, because batches are handled one after another in order.
-        await _settle(accepted[-1][1].ack(multiple=True))
+        await _settle(accepted[-1][1].message.ack(multiple=True))
         await publish_decisions(self._broker, self._store, decided)
 
     async def _apply(
@@ -202,9 +218,10 @@ class Tracker:
             await pause(stop, STORE_RETRY_INTERVAL)
 
     async def _apply_one_by_one(
-        self, accepted: list[tuple[TrackedEvent, AbstractIncomingMessage]], stop: asyncio.Event
+        self, accepted: list[tuple[TrackedEvent, Delivery]], stop: asyncio.Event
     ) -> None:
-        for event, message in accepted:
+        for event, delivery in accepted:
+            message = delivery.message
             decided = await self._apply([event], stop)
             if decided is None:
                 return
@@ -219,23 +236,21 @@ class Tracker:
                 )
                 await _settle(message.nack(requeue=True))
                 continue
-            self._note_applied([event])
+            self._note_applied([delivery])
             await _settle(message.ack())
             await publish_decisions(self._broker, self._store, decided)
 
-    def _note_applied(self, events: list[TrackedEvent]) -> None:
+    def _note_applied(self, deliveries: list[Delivery]) -> None:
         """Advance this worker's Braze time with committed postbacks, before the batch
         leaves its hands: a sweep never sees the batch neither held nor counted."""
-        for event in events:
-            if not isinstance(event.core, PostbackEvent):
-                continue  # registrations and attempts are not Braze's stream
-            stamped = event_time(event.core)
+        for delivery in deliveries:
+            stamped = delivery.braze_time
             if stamped is None:
-                continue
+                continue  # registrations and attempts are not Braze's stream
             if self._event_time is None or stamped > self._event_time:
                 self._event_time = stamped
-            if self._heard_at is None or event.received_at > self._heard_at:
-                self._heard_at = event.received_at
+            if self._heard_at is None or delivery.received_at > self._heard_at:
+                self._heard_at = delivery.received_at
 
 
 async def _settle(settling: Awaitable[None]) -> None:

@@ -16,6 +16,11 @@ deadlines up to ``due_by``, the smaller of two bounds built from every worker's 
   sending), it follows the arrival bound ``max_lateness`` behind, so that deadlines
   still fire, at most that late.
 
+- **held postbacks**: no deadline at or after the Braze time of a postback a live worker
+  holds (in hand or waiting in its inbox) but has not applied. Without it, another
+  worker applying later postbacks moves the watermark past a `delivered` still held:
+  under a backlog Braze times lag arrivals, so the arrival bound alone does not hold it.
+
 Silence is measured on the arrival bound, not on the wall clock: while txmail itself
 is behind, events have arrived that are not applied yet, so it is not silence.
 
@@ -32,6 +37,8 @@ STALE_SWEEPS = 10
 STALE_AT_LEAST = timedelta(seconds=2)
 # Rows of dead workers are deleted after this; until then their Braze times still count.
 FORGET_AFTER = timedelta(hours=1)
+# The stores keep microseconds: one below a held postback's Braze time.
+HELD_MARGIN = timedelta(microseconds=1)
 
 
 @dataclass(frozen=True)
@@ -46,6 +53,8 @@ class WorkerProgress:
     event_time: datetime | None
     # When the latest postback with a readable Braze time reached txmail.
     heard_at: datetime | None
+    # The earliest Braze time of a postback this worker holds but has not applied.
+    holding: datetime | None
 
 
 @dataclass(frozen=True)
@@ -73,4 +82,8 @@ def due_by(rows: Sequence[WorkerProgress], now: datetime, rule: WatermarkRule) -
     silent_since = arrived - rule.max_lateness
     if not heard or max(heard) <= silent_since:
         watermark = silent_since if watermark is None else max(watermark, silent_since)
-    return None if watermark is None else min(arrived, watermark)
+    if watermark is None:
+        return None
+    held = [row.holding for row in live if row.holding is not None]
+    # Strictly before: a `delivered` stamped at the deadline itself is in time.
+    return min(arrived, watermark, *(t - HELD_MARGIN for t in held))

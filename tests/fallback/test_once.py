@@ -138,7 +138,9 @@ class _CaughtUp:
     """A worker that has applied everything: this sweep is about the outbox only."""
 
     def progress(self, now: datetime) -> WorkerProgress:
-        return WorkerProgress("test", now, applied_until=now, event_time=None, heard_at=None)
+        return WorkerProgress(
+            "test", now, applied_until=now, event_time=None, heard_at=None, holding=None
+        )
 
 
 _WATERMARK = WatermarkRule(

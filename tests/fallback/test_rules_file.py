@@ -288,6 +288,18 @@ def test_check_config_warns_of_a_file_that_runs_nothing(
     assert warning in capsys.readouterr().err
 
 
+def test_check_config_warns_of_a_retry_schedule_shorter_than_a_handlers_lease(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = str(write(tmp_path, HOOK + RULE))
+    monkeypatch.setenv("TXMAIL_FALLBACK_RETRY_SCHEDULE", "2s,3s")
+    assert main(["check-config", path]) == 0
+    assert "outlasts TXMAIL_FALLBACK_RETRY_SCHEDULE (5s in all)" in capsys.readouterr().err
+    monkeypatch.delenv("TXMAIL_FALLBACK_RETRY_SCHEDULE")
+    assert main(["check-config", path]) == 0
+    assert "outlasts" not in capsys.readouterr().err
+
+
 def test_the_documented_example_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
     for variable in ("OPS_HOOK_SECRET", "TWILIO_AUTH_TOKEN", "RELAY_PASSWORD"):
         monkeypatch.setenv(variable, WEBHOOK_SECRET)

@@ -79,6 +79,11 @@ SQLITE: Final[tuple[Migration, ...]] = (
             )""",
         ),
     ),
+    (
+        3,
+        # The earliest Braze time of a postback the worker holds but has not applied.
+        ("ALTER TABLE worker_progress ADD COLUMN holding INTEGER",),
+    ),
 )
 
 POSTGRES: Final[tuple[Migration, ...]] = (
@@ -131,5 +136,10 @@ POSTGRES: Final[tuple[Migration, ...]] = (
                 heard_at TIMESTAMPTZ
             )""",
         ),
+    ),
+    (
+        3,
+        # The earliest Braze time of a postback the worker holds but has not applied.
+        ("ALTER TABLE worker_progress ADD COLUMN holding TIMESTAMPTZ",),
     ),
 )

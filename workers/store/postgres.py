@@ -246,27 +246,34 @@ class PostgresStore:
         async def work(db: Db) -> list[asyncpg.Record]:
             await db.execute(
                 """INSERT INTO worker_progress
-                    (worker_id, heartbeat, applied_until, event_time, heard_at)
-                VALUES ($1, $2, $3, $4, $5)
+                    (worker_id, heartbeat, applied_until, event_time, heard_at, holding)
+                VALUES ($1, $2, $3, $4, $5, $6)
                 ON CONFLICT (worker_id) DO UPDATE SET heartbeat = EXCLUDED.heartbeat,
                     applied_until = EXCLUDED.applied_until,
-                    event_time = EXCLUDED.event_time, heard_at = EXCLUDED.heard_at""",
+                    event_time = EXCLUDED.event_time, heard_at = EXCLUDED.heard_at,
+                    holding = EXCLUDED.holding""",
                 progress.worker_id,
                 progress.heartbeat,
                 progress.applied_until,
                 progress.event_time,
                 progress.heard_at,
+                progress.holding,
             )
             await db.execute("DELETE FROM worker_progress WHERE heartbeat < $1", forget_before)
             return await db.fetch(
-                "SELECT worker_id, heartbeat, applied_until, event_time, heard_at "
+                "SELECT worker_id, heartbeat, applied_until, event_time, heard_at, holding "
                 "FROM worker_progress"
             )
 
         rows = await self._transaction(work)
         return [
             WorkerProgress(
-                r["worker_id"], r["heartbeat"], r["applied_until"], r["event_time"], r["heard_at"]
+                r["worker_id"],
+                r["heartbeat"],
+                r["applied_until"],
+                r["event_time"],
+                r["heard_at"],
+                r["holding"],
             )
             for r in rows
         ]

@@ -263,20 +263,21 @@ class SqliteStore:
     ) -> list[WorkerProgress]:
         with self._write() as db:
             db.execute(
-                "INSERT OR REPLACE INTO worker_progress VALUES (?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO worker_progress VALUES (?, ?, ?, ?, ?, ?)",
                 (
                     progress.worker_id,
                     to_micros(progress.heartbeat),
                     _optional_micros(progress.applied_until),
                     _optional_micros(progress.event_time),
                     _optional_micros(progress.heard_at),
+                    _optional_micros(progress.holding),
                 ),
             )
             db.execute(
                 "DELETE FROM worker_progress WHERE heartbeat < ?", (to_micros(forget_before),)
             )
             rows = db.execute(
-                "SELECT worker_id, heartbeat, applied_until, event_time, heard_at "
+                "SELECT worker_id, heartbeat, applied_until, event_time, heard_at, holding "
                 "FROM worker_progress"
             ).fetchall()
         return [
@@ -286,8 +287,9 @@ class SqliteStore:
                 _optional_time(applied_until),
                 _optional_time(event_time),
                 _optional_time(heard_at),
+                _optional_time(holding),
             )
-            for worker_id, heartbeat, applied_until, event_time, heard_at in rows
+            for worker_id, heartbeat, applied_until, event_time, heard_at, holding in rows
         ]
 
     async def claim_unpublished(self, now: datetime, limit: int) -> list[PendingRequest]:
