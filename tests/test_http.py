@@ -18,7 +18,9 @@ from tests.ingress_server import ProductionServer, running_ingress
 from tests.ports import free_port
 from tests.tcp_proxy import TcpProxy
 from tests.waiting import wait_until
+from txmail.health import create_health_app
 from txmail.http import serve_until_stopped
+from txmail.http import serving as serving_app
 from txmail.settings import Settings
 from workers.api import create_api_app
 from workers.store import open_store
@@ -235,3 +237,22 @@ async def test_the_api_is_served_the_same_way(settings: Settings, tmp_path: Path
         stop.set()
         await serving
         await store.close()
+
+
+async def test_the_worker_and_executor_health_port_is_served_the_same_way(
+    settings: Settings,
+) -> None:
+    """`txmail worker` and `txmail fallback` serve their health app through serving()."""
+
+    async def ready() -> list[str]:
+        return []
+
+    async with serving_app(create_health_app(ready), "127.0.0.1", 0, settings) as port:
+        reader, writer = await connect(port)
+        writer.write(b"GET /readyz?token=s3cret HTTP/1.1\r\nBad header\r\n\r\n")
+        status, headers, body = await answer_then_close(reader)
+        assert (status, body["error"], headers["server"]) == (400, "bad_request", "txmail")
+        reader, writer = await connect(port)
+        writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        status, headers, body = await answer_then_close(reader)
+        assert (status, body["error"]) == (404, "not_found")

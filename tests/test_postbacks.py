@@ -13,6 +13,7 @@ from tests.ingress_server import running_ingress
 from txmail.events import MAX_NESTING, POSTBACK_TYPE, event_id
 from txmail.settings import Settings
 from txmail.topology import Topology
+from workers.status import as_json, describe
 from workers.store import open_store
 from workers.timeouts import DeliveryTimeouts
 
@@ -266,8 +267,12 @@ async def test_the_deepest_postback_accepted_can_be_read_back(tmp_path: Path) ->
     finally:
         await store.close()
     assert view is not None
-    [entry] = json.loads(view.model_dump_json())["timeline"]
-    assert entry["body"] == json.loads(nested(MAX_NESTING))
+    deepest = json.loads(nested(MAX_NESTING))
+    [entry] = json.loads(view.model_dump_json())["timeline"]  # the API's answer
+    assert entry["body"] == deepest
+    [entry] = json.loads(as_json(view))["timeline"]  # txmail status --json
+    assert entry["body"] == deepest
+    assert "sent" in describe(view)  # txmail status
 
 
 async def test_validation_errors_name_the_item_and_field(settings: Settings) -> None:

@@ -1,10 +1,11 @@
-"""The executor's broker connections drop: it consumes again by itself, says it is not
-ready meanwhile, and runs the fallback that came in the meantime once."""
+"""The executor's broker connections drop: it consumes and publishes again by itself,
+says it is not ready meanwhile, and runs the fallback that came in the meantime once."""
 
 from pathlib import Path
 
 from fallback.executor import running_executor
 from fallback.rules_file import load_rules_file
+from tests.fallback.conftest import AttemptLog
 from tests.fallback.requests import a_request, handlers_toml, publish
 from tests.fallback.servers import Receiver
 from tests.readiness import is_not_consuming, is_ready, proxied
@@ -13,7 +14,7 @@ from txmail.settings import Settings
 
 
 async def test_the_executor_consumes_again_and_runs_the_fallback_once(
-    fallback_settings: Settings, receiver: Receiver, tmp_path: Path
+    fallback_settings: Settings, receiver: Receiver, attempt_log: AttemptLog, tmp_path: Path
 ) -> None:
     rules_path = tmp_path / "rules.toml"
     rules_path.write_text(
@@ -33,5 +34,9 @@ async def test_the_executor_consumes_again_and_runs_the_fallback_once(
             await proxy.start()
             await wait_until(lambda: is_ready(executor), timeout=20, what="the executor back")
             await wait_until(lambda: len(receiver.webhook.accepted) == 1, what="the fallback")
+            # Its outcome goes out on the publishing connection, which dropped too.
+            await wait_until(
+                lambda: attempt_log.outcomes("ops-hook") == ["succeeded"], what="the outcome"
+            )
         assert receiver.webhook.keys == {f"{request.idempotency_key}:ops-hook"}
         assert len(receiver.webhook.calls) == 1

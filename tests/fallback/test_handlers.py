@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import aio_pika
+import aiohttp
 import pytest
 from pydantic import ValidationError
 
@@ -28,6 +29,7 @@ from fallback.handlers.log import LogConfig, LogHandler
 from fallback.handlers.sms import SmsConfig, SmsHandler
 from fallback.handlers.smtp import SmtpConfig, SmtpHandler
 from fallback.handlers.webhook import WebhookConfig, WebhookHandler, sign
+from tests.broker_url import host_and_port, via_port
 from tests.fallback.servers import (
     SMS_SID,
     SMS_TOKEN,
@@ -38,7 +40,9 @@ from tests.fallback.servers import (
     Receiver,
 )
 from tests.ports import free_port
+from tests.tcp_proxy import TcpProxy
 from tests.waiting import wait_until
+from txmail.broker import connect_until_up
 from txmail.events import FallbackRequest, Recipient, Trigger
 
 
@@ -444,6 +448,37 @@ async def test_amqp_publishes_a_persistent_message_keyed_by_idempotency_key(
     assert message.routing_key == "email.fallback.aborted"
     assert message.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
     assert json.loads(message.body)["data"]["external_send_id"] == "order-77"
+
+
+async def test_amqp_publishes_again_after_the_shared_connection_drops(
+    bound_exchange: tuple[str, aio_pika.abc.AbstractQueue], amqp_url: str
+) -> None:
+    """The executor's handlers share one robust connection: a drop must not end them."""
+    name, queue = bound_exchange
+    proxy = TcpProxy(*host_and_port(amqp_url))
+    await proxy.start()
+    connection = await connect_until_up(via_port(amqp_url, proxy.port))
+    try:
+        async with aiohttp.ClientSession() as http:
+            handler = AmqpHandler(
+                "bus", AmqpConfig(exchange=name), HandlerResources(http, connection)
+            )
+            await handler.send(a_request(), "before")
+            proxy.drop_connections()  # a broker restart: it listens again at once
+
+            async def sent_again() -> bool:
+                try:
+                    await handler.send(a_request(), "after")
+                except TransientFailure:
+                    return False
+                return True
+
+            await wait_until(sent_again, timeout=20, what="a publish after the drop")
+        ids = {(await queue.get(timeout=5)).message_id for _ in range(2)}
+        assert ids == {"before", "after"}
+    finally:
+        await connection.close()
+        await proxy.close()
 
 
 async def test_amqp_without_a_bound_queue_is_transient(
