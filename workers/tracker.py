@@ -20,6 +20,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from txmail.broker import BROKER_ERRORS, Broker
 from txmail.consumer import Consumer
 from txmail.events import utc_now
+from txmail.readable import readable
 from txmail.stopping import pause
 from txmail.topology import Topology
 from workers.decisions import publish_decisions
@@ -212,7 +213,7 @@ class Tracker:
                 log.error(
                     "cannot apply event; returning it to the queue, whose delivery limit "
                     "dead-letters it",
-                    error=repr(decided.error),
+                    error=readable(decided.error),
                     event_id=event.event_id,
                     message_key=event.message_key,
                     redelivered=message.redelivered,
@@ -244,4 +245,4 @@ async def _settle(settling: Awaitable[None]) -> None:
     try:
         await settling
     except BROKER_ERRORS as error:
-        log.info("could not settle a delivery; it will be redelivered", error=repr(error))
+        log.info("could not settle a delivery; it will be redelivered", error=readable(error))
