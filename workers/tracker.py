@@ -17,11 +17,12 @@ from datetime import datetime
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
+from txmail.backoff import until_up
 from txmail.broker import BROKER_ERRORS, Broker
 from txmail.consumer import Consumer
 from txmail.events import utc_now
 from txmail.readable import readable
-from txmail.stopping import pause
+from txmail.stopping import unless_stopped
 from txmail.topology import Topology
 from workers.decisions import publish_decisions
 from workers.inbox import Inbox
@@ -33,7 +34,7 @@ from workers.watermark import WorkerProgress
 log = structlog.get_logger(__name__)
 
 # How long to wait before trying the store again while it is unavailable.
-STORE_RETRY_INTERVAL = 1.0
+STORE_DOWN = (StoreUnavailable,)
 
 
 class _Unexplained:
@@ -190,17 +191,13 @@ class Tracker:
     async def _apply(
         self, events: list[TrackedEvent], stop: asyncio.Event
     ) -> list[PendingRequest] | _Unexplained | None:
-        while True:
-            try:
-                return await self._store.apply(events, utc_now())
-            except StoreUnavailable as error:
-                log.warning("store unavailable, retrying the batch", error=str(error))
-            except Exception as error:
-                log.exception("batch failed; applying its messages one by one")
-                return _Unexplained(error)
-            if stop.is_set():
-                return None
-            await pause(stop, STORE_RETRY_INTERVAL)
+        # A store that is down is retried with growing waits, one log line each.
+        applying = until_up(lambda: self._store.apply(events, utc_now()), "store", STORE_DOWN)
+        try:
+            return await unless_stopped(applying, stop)
+        except Exception as error:
+            log.exception("batch failed; applying its messages one by one")
+            return _Unexplained(error)
 
     async def _apply_one_by_one(
         self, accepted: list[tuple[TrackedEvent, AbstractIncomingMessage]], stop: asyncio.Event
