@@ -51,6 +51,7 @@ from txmail.broker import BROKER_ERRORS, connect_unless_stopped
 from txmail.consumer import Consumer
 from txmail.errors import BrokerUnavailable, ConfigError
 from txmail.events import AttemptOutcome, FallbackAttempt, FallbackRequest, utc_now
+from txmail.readable import readable
 from txmail.settings import Settings
 from txmail.stopping import pause
 from txmail.topology import Topology
@@ -193,7 +194,7 @@ class FallbackExecutor:
                 await pause(self._stopping, LEDGER_RETRY_INTERVAL)
             await self._requeue(message)
         except (BrokerUnavailable, *BROKER_ERRORS) as error:
-            log.warning("outcome not recorded, requeueing", error=str(error) or repr(error))
+            log.warning("outcome not recorded, requeueing", error=readable(error))
             await self._requeue(message)
         except Exception:
             # A bug, not bad input: requeued; the queue's delivery limit dead-letters

@@ -14,9 +14,9 @@ from typing import Annotated, Any, ClassVar, Protocol, runtime_checkable
 
 import aiohttp
 from aio_pika.abc import AbstractRobustConnection
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict
 
-from txmail.durations import Duration
+from txmail.durations import PositiveDuration
 from txmail.errors import TxmailError
 from txmail.events import FallbackRequest
 
@@ -30,8 +30,9 @@ def _unit_required(value: object) -> object:
     return value
 
 
-# A duration in the rules file: "90s", "10m", "2h", "1d", "1h30m"; never a bare number.
-WrittenDuration = Annotated[Duration, BeforeValidator(_unit_required)]
+# A timeout in the rules file: "90s", "10m", "2h", "1d", "1h30m"; never a bare number,
+# and never zero ("must be longer than 0s").
+PositiveWrittenDuration = Annotated[PositiveDuration, BeforeValidator(_unit_required)]
 
 
 class HandlerFailure(TxmailError):
@@ -75,7 +76,7 @@ class HandlerConfig(BaseModel):
     secret_fields: ClassVar[tuple[str, ...]] = ()
 
     # How long one call of the handler may take before it counts as a transient failure.
-    timeout: WrittenDuration = Field(default=timedelta(seconds=10), gt=timedelta(0))
+    timeout: PositiveWrittenDuration = timedelta(seconds=10)
 
 
 # Put in place of a secret whose variable is not set, so the rest of the table is still

@@ -27,6 +27,7 @@ from aio_pika.exceptions import DeliveryError, PublishError
 
 from txmail.broker import BROKER_ERRORS
 from txmail.errors import BrokerUnavailable
+from txmail.readable import readable
 from txmail.topology import Topology
 
 # AMQP's prefetch count is 16 bits: one run leaves at most this many messages in place
@@ -180,7 +181,7 @@ async def visit(
             # Gives back every message delivered and not acked, in its place.
             await channel.close()
     except BROKER_ERRORS as error:
-        raise BrokerUnavailable(f"RabbitMQ: {error!r}") from error
+        raise BrokerUnavailable(f"RabbitMQ: {readable(error)}") from error
 
 
 async def _selected(
@@ -236,6 +237,6 @@ async def _republish(
             target.message, target.routing_key, mandatory=True, timeout=PUBLISH_TIMEOUT
         )
     except (DeliveryError, PublishError) as error:
-        return f"RabbitMQ did not take it back ({error!r}): it stays where it is"
+        return f"RabbitMQ did not take it back ({readable(error)}): it stays where it is"
     await message.ack()
     return ""

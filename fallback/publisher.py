@@ -17,6 +17,7 @@ from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMess
 from txmail.broker import BROKER_ERRORS, Outgoing
 from txmail.errors import BrokerUnavailable
 from txmail.events import FALLBACK_ATTEMPT_TYPE, FallbackAttempt
+from txmail.readable import readable
 
 
 @dataclass(frozen=True)
@@ -84,4 +85,4 @@ class ConfirmedPublisher:
                 ),
             )
         except BROKER_ERRORS as error:
-            raise BrokerUnavailable(f"RabbitMQ did not confirm: {error!r}") from error
+            raise BrokerUnavailable(f"RabbitMQ did not confirm: {readable(error)}") from error

@@ -16,6 +16,7 @@ from fallback.handlers.log import LogHandler
 from fallback.handlers.sms import SmsHandler
 from fallback.handlers.smtp import SmtpHandler
 from fallback.handlers.webhook import WebhookHandler
+from txmail.readable import readable
 
 ENTRY_POINT_GROUP = "txmail.fallback_handlers"
 
@@ -45,7 +46,7 @@ def resolve_handler_type(name: str) -> HandlerType:
         loaded = entry_point.load()
     except Exception as error:  # a broken plug-in is a configuration problem to report
         raise ValueError(
-            f"handler type {name!r} ({entry_point.value}) failed to load: {error!r}"
+            f"handler type {name!r} ({entry_point.value}) failed to load: {readable(error)}"
         ) from None
     config_model = getattr(loaded, "config_model", None)
     if not (

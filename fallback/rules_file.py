@@ -11,13 +11,12 @@ import os
 import re
 import tomllib
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from fallback.handler import HandlerConfig, HandlerType, WrittenDuration, resolve_secrets
+from fallback.handler import HandlerConfig, HandlerType, PositiveWrittenDuration, resolve_secrets
 from fallback.registry import resolve_handler_type
 from fallback.rules import Rule
 from txmail.errors import ConfigError
@@ -33,7 +32,7 @@ Location = tuple[str | int, ...]
 class CampaignTracking(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    delivery_timeout: WrittenDuration = Field(gt=timedelta(0))
+    delivery_timeout: PositiveWrittenDuration
 
 
 class Tracking(BaseModel):
@@ -41,7 +40,7 @@ class Tracking(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    delivery_timeout: WrittenDuration | None = Field(default=None, gt=timedelta(0))
+    delivery_timeout: PositiveWrittenDuration | None = None
     campaigns: dict[str, CampaignTracking] = Field(default_factory=dict)
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import aio_pika
 import pytest
+import structlog
 
 from txmail.settings import Settings
 from txmail.topology import Topology
@@ -26,6 +27,14 @@ def _listening(host: str, port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+@pytest.fixture(autouse=True)
+def _unconfigured_logging() -> Iterator[None]:
+    """A test that runs ``txmail.cli.main`` configures logging with loggers cached on
+    first use, which ``structlog.testing.capture_logs`` in later tests could not see."""
+    yield
+    structlog.reset_defaults()
 
 
 @pytest.fixture(scope="session")

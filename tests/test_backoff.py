@@ -48,5 +48,7 @@ async def test_an_unreachable_broker_is_retried_with_growing_waits(tmp_path: Pat
     waits = [float(r["retry_in"].removesuffix("s")) for r in retries]
     assert 0.5 <= waits[0] <= 1.5
     assert 2.0 <= waits[2] <= 3.0
+    # Said in words, not as an exception's repr.
+    assert {r["error"] for r in retries} == {"Connection refused"}
     # Nothing else is said about each attempt (aiormq logged each failure at error).
     assert [line for line in lines if line["level"] == "error"] == []

@@ -59,3 +59,9 @@ def test_ingress_help_names_every_route() -> None:
     for route in create_app(Settings()).router.routes():
         if route.method != "HEAD":  # aiohttp adds HEAD to every GET
             assert f"{route.method:<4} {route.resource.canonical}  " in text, route  # type: ignore[union-attr]
+
+
+def test_every_listening_command_says_a_busy_port_ends_it_with_1() -> None:
+    # txmail.cli turns CannotStart (e.g. "port 8080 is already in use") into exit code 1.
+    for name in ("ingress", "worker", "api", "fallback", "run"):
+        assert "already in use" in EXIT_CODES[name][1], name

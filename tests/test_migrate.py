@@ -228,3 +228,20 @@ async def test_a_sqlite_path_the_worker_cannot_write_fails_at_start_naming_it(
         assert worker.returncode == 2
         assert f"cannot write the SQLite database {path}" in err.decode()
         assert b"Traceback" not in err
+
+
+async def _table_names(database_url: str) -> set[str]:
+    path = database_url.removeprefix("sqlite:///")
+    if path != database_url:
+        with sqlite3.connect(path) as db:
+            return {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    return set(await _tables(database_url))
+
+
+async def test_migrate_creates_the_executors_call_ledger_too(
+    database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # So the executor, too, can run as a user that may not create tables.
+    assert await _command(Settings(database_url=database_url), "migrate") == 0
+    assert "fallback_calls" in await _table_names(database_url)
+    assert "call ledger" in capsys.readouterr().out

@@ -48,8 +48,14 @@ handlers = ["ops-hook"]
         ('[tracking.campaigns.c1]\ndelivery_timout = "2m"', "tracking.campaigns.c1"),
         ("[tracking\n", "not valid TOML"),
         # Zero would time out every message the moment it is sent.
-        ('[tracking]\ndelivery_timeout = "0s"', "tracking.delivery_timeout"),
-        ('[tracking.campaigns.c1]\ndelivery_timeout = "0ms"', "tracking.campaigns.c1"),
+        (
+            '[tracking]\ndelivery_timeout = "0s"',
+            "tracking.delivery_timeout: must be longer than 0s",
+        ),
+        (
+            '[tracking.campaigns.c1]\ndelivery_timeout = "0ms"',
+            "tracking.campaigns.c1.delivery_timeout: must be longer than 0s",
+        ),
     ],
 )
 def test_a_bad_tracking_section_names_the_file_and_the_field(
@@ -61,6 +67,7 @@ def test_a_bad_tracking_section_names_the_file_and_the_field(
         load_timeouts(DEFAULT, rules)
     assert str(rules) in str(error.value)
     assert problem in str(error.value)
+    assert "Value error" not in str(error.value)
 
 
 def test_a_missing_rules_file_is_a_config_error(tmp_path: Path) -> None:

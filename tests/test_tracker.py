@@ -1,15 +1,20 @@
 """The worker against a real RabbitMQ, on both stores."""
 
 import json
+from collections.abc import MutableMapping
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
 from aio_pika.abc import AbstractIncomingMessage
+from structlog.testing import capture_logs
 
+from tests.broker_url import host_and_port, via_port
 from tests.factories import outgoing_postback, raw_postback
 from tests.harness import body, publisher, queue_readers, running_worker
+from tests.tcp_proxy import TcpProxy
 from tests.waiting import wait_until
 from txmail.broker import Outgoing
 from txmail.events import (
@@ -47,6 +52,10 @@ def worker_settings(settings: Settings, database_url: str) -> Settings:
 async def _outcome(store: Store, dispatch_id: str) -> Outcome | None:
     message = await store.find(dispatch_id=dispatch_id)
     return message.outcome if message else None
+
+
+async def _known(store: Store, dispatch_id: str) -> bool:
+    return await store.find(dispatch_id=dispatch_id) is not None
 
 
 async def _published(store: Store, **lookup: str) -> bool:
@@ -306,3 +315,35 @@ async def test_a_backlog_drained_after_a_restart_makes_no_false_timeouts(
             await wait_until(drained, what="the backlog applied")
             counts = await store.counts()
     assert counts.decisions == 0
+
+
+async def test_a_store_outage_is_retried_with_growing_waits(
+    settings: Settings, postgres_schema_url: str
+) -> None:
+    proxy = TcpProxy(*host_and_port(postgres_schema_url))
+    await proxy.start()
+    proxied = settings.model_copy(
+        update={
+            "database_url": via_port(postgres_schema_url, proxy.port),
+            "delivery_timeout": timedelta(seconds=1),
+        }
+    )
+
+    def retries(logs: list[MutableMapping[str, Any]]) -> list[MutableMapping[str, Any]]:
+        return [e for e in logs if e["event"] == "store not reachable, retrying"]
+
+    try:
+        async with running_worker(proxied) as store, publisher(proxied) as broker:
+            await proxy.cut()
+            with capture_logs() as logs:
+                await broker.publish([outgoing_postback(BRAZE[0], utc_now())])
+                await wait_until(lambda: len(retries(logs)) >= 3, 15, "three store retries")
+            # One line per attempt, each wait longer than the one before (with jitter).
+            waits = [float(e["retry_in"].removesuffix("s")) for e in retries(logs)]
+            assert waits[0] <= 1.5
+            assert waits[2] >= 2.0
+            await proxy.start()
+            dispatch_id = BRAZE[0]["dispatch_id"]
+            await wait_until(lambda: _known(store, dispatch_id), 15, "the postback applied")
+    finally:
+        await proxy.close()

@@ -11,6 +11,8 @@ import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_never
 from tenacity.wait import wait_exponential, wait_random
 
+from txmail.readable import readable
+
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
@@ -33,7 +35,7 @@ def _log_failure(what: str, context: dict[str, Any]) -> Callable[[RetryCallState
             f"{what} not reachable, retrying",
             attempt=state.attempt_number,
             retry_in=f"{wait:.1f}s",
-            error=(str(error) or repr(error)) if error else None,
+            error=readable(error) if error else None,
             **context,
         )
 

@@ -23,6 +23,7 @@ from yarl import URL
 from txmail.backoff import until_up
 from txmail.errors import BrokerUnavailable
 from txmail.kept_connection import BROKER_ERRORS, OPEN_TIMEOUT, KeptConnection
+from txmail.readable import readable
 from txmail.stopping import unless_stopped
 from txmail.topology import Topology
 
@@ -124,7 +125,7 @@ class Broker:
                 else:
                     await asyncio.gather(*publishes)
         except BROKER_ERRORS as error:
-            raise BrokerUnavailable(f"RabbitMQ did not confirm: {error!r}") from error
+            raise BrokerUnavailable(f"RabbitMQ did not confirm: {readable(error)}") from error
 
     async def close(self) -> None:
         """Close the connection, or end the attempt to make one."""

@@ -39,6 +39,28 @@ def run_everything(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def migrate_everything(settings: Settings, args: argparse.Namespace) -> int:
+    """The workers' tables and the executor's call ledger, both in TXMAIL_DATABASE_URL:
+    here, where both are known, so that neither service imports the other."""
+    from fallback.ledger import LedgerUnavailable, migrate_ledger
+    from workers.store import migrate_schema
+    from workers.store.protocol import StoreUnavailable
+    from workers.worker import timeouts_from
+
+    try:
+        applied = asyncio.run(migrate_schema(settings.database_url, timeouts_from(settings)))
+        asyncio.run(migrate_ledger(settings.database_url))
+    except (StoreUnavailable, LedgerUnavailable) as error:
+        print(f"txmail: cannot migrate the store: {error}", file=sys.stderr)
+        return 2
+    except ConfigError as error:
+        print(f"txmail: {error}", file=sys.stderr)
+        return 2
+    done = f"applied migrations {', '.join(map(str, applied))}" if applied else "nothing to do"
+    print(f"{done}: the schema and the call ledger are up to date")
+    return 0
+
+
 Command = Callable[[Settings, argparse.Namespace], int]
 
 INGRESS_ROUTES = """\
@@ -75,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
     from workers.commands import add_commands as add_worker_commands
 
     add_worker_commands(commands)
+    migrate = commands.add_parser(
+        "migrate",
+        help="create or update the store's tables and the executor's call ledger, then exit "
+        "(workers and the executor do it too when they start)",
+    )
+    migrate.set_defaults(handler=migrate_everything)
 
     # --- fallback: `fallback`, `check-config`, `dlq list|replay` ---
     from fallback.cli import add_fallback_commands

@@ -95,12 +95,17 @@ READS: dict[str, tuple[str, ...]] = {
 
 _STOPPED = "stopped by SIGTERM or SIGINT"
 _BAD_CONFIG = "bad settings, or a rules file that is not TOML"
+_CANNOT_START = "cannot listen on a port, e.g. one already in use (the message says which)"
 EXIT_CODES: dict[str, dict[int, str]] = {
-    "ingress": {0: _STOPPED, 2: _BAD_CONFIG},
-    "worker": {0: _STOPPED, 2: _BAD_CONFIG + " or with a bad [tracking]"},
-    "api": {0: _STOPPED, 2: _BAD_CONFIG + " or with a bad [tracking]"},
-    "run": {0: _STOPPED, 2: "bad settings or an invalid rules file"},
-    "fallback": {0: _STOPPED, 2: "bad settings, TXMAIL_RULES not set, or an invalid rules file"},
+    "ingress": {0: _STOPPED, 1: _CANNOT_START, 2: _BAD_CONFIG},
+    "worker": {0: _STOPPED, 1: _CANNOT_START, 2: _BAD_CONFIG + " or with a bad [tracking]"},
+    "api": {0: _STOPPED, 1: _CANNOT_START, 2: _BAD_CONFIG + " or with a bad [tracking]"},
+    "run": {0: _STOPPED, 1: _CANNOT_START, 2: "bad settings or an invalid rules file"},
+    "fallback": {
+        0: _STOPPED,
+        1: _CANNOT_START,
+        2: "bad settings, TXMAIL_RULES not set, or an invalid rules file",
+    },
     "migrate": {0: "the schema is up to date", 2: "bad settings, or the store cannot be written"},
     "status": {
         0: "found",

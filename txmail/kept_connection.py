@@ -18,6 +18,7 @@ from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 from yarl import URL
 
 from txmail.backoff import until_up
+from txmail.readable import readable
 
 log = structlog.get_logger(__name__)
 
@@ -100,7 +101,7 @@ class KeptConnection(Generic[T]):
                 self._built = None
             log.warning(
                 "broker connection lost, reconnecting",
-                error=(str(why[0]) or repr(why[0])) if why else None,
+                error=readable(why[0]) if why else None,
                 **self._context,
             )
             self._connection = None

@@ -1,4 +1,4 @@
-"""The workers' subcommands of ``txmail``: worker, migrate, api, status."""
+"""The workers' subcommands of ``txmail``: worker, api, status."""
 
 import argparse
 import asyncio
@@ -11,7 +11,7 @@ from txmail.settings import Settings
 from txmail.stopping import stop_on_signals
 from workers.api import api_host, api_tokens, create_api_app
 from workers.status import as_json, describe
-from workers.store import migrate_schema, open_store
+from workers.store import open_store
 from workers.store.protocol import MessageView, StoreUnavailable
 from workers.worker import open_store_when_available, serve_worker, timeouts_from
 
@@ -34,20 +34,6 @@ def _fails_cleanly(command: Command) -> Command:
 @_fails_cleanly
 def worker_command(settings: Settings, args: argparse.Namespace) -> int:
     asyncio.run(serve_worker(settings))
-    return 0
-
-
-@_fails_cleanly
-def migrate_command(settings: Settings, args: argparse.Namespace) -> int:
-    try:
-        applied = asyncio.run(migrate_schema(settings.database_url, timeouts_from(settings)))
-    except StoreUnavailable as error:
-        print(f"txmail: cannot migrate the store: {error}", file=sys.stderr)
-        return 2
-    if applied:
-        print(f"applied migrations {', '.join(map(str, applied))}: the schema is up to date")
-    else:
-        print("nothing to do: the schema is up to date")
     return 0
 
 
@@ -107,11 +93,6 @@ def add_commands(commands: "argparse._SubParsersAction[argparse.ArgumentParser]"
         "worker", help="track every message: consume events, keep state, decide fallbacks"
     )
     worker.set_defaults(handler=worker_command)
-    migrate = commands.add_parser(
-        "migrate",
-        help="create or update the store's tables, then exit (workers do it too when they start)",
-    )
-    migrate.set_defaults(handler=migrate_command)
     api = commands.add_parser("api", help="serve the message state over HTTP (TXMAIL_API_PORT)")
     api.set_defaults(handler=api_command)
     status = commands.add_parser("status", help="show what happened to one message")

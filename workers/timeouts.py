@@ -63,7 +63,8 @@ def load_timeouts(default: timedelta, rules: Path | None) -> DeliveryTimeouts:
         raise ConfigError(f"{rules}: not valid TOML: {error}") from None
     except ValidationError as error:
         problems = [
-            f"{rules}: {'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+            f"{rules}: {'.'.join(str(p) for p in e['loc'])}: "
+            + e["msg"].removeprefix("Value error, ")
             for e in error.errors(include_url=False)
         ]
         raise ConfigError("\n".join(problems)) from None

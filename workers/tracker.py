@@ -17,10 +17,12 @@ from datetime import datetime
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
+from txmail.backoff import until_up
 from txmail.broker import BROKER_ERRORS, Broker
 from txmail.consumer import Consumer
 from txmail.events import utc_now
-from txmail.stopping import pause
+from txmail.readable import readable
+from txmail.stopping import unless_stopped
 from txmail.topology import Topology
 from workers.decisions import publish_decisions
 from workers.inbox import Inbox
@@ -31,7 +33,7 @@ from workers.watermark import WorkerProgress
 log = structlog.get_logger(__name__)
 
 # How long to wait before trying the store again while it is unavailable.
-STORE_RETRY_INTERVAL = 1.0
+STORE_DOWN = (StoreUnavailable,)
 
 
 class _Unexplained:
@@ -205,17 +207,13 @@ class Tracker:
     async def _apply(
         self, events: list[TrackedEvent], stop: asyncio.Event
     ) -> list[PendingRequest] | _Unexplained | None:
-        while True:
-            try:
-                return await self._store.apply(events, utc_now())
-            except StoreUnavailable as error:
-                log.warning("store unavailable, retrying the batch", error=str(error))
-            except Exception as error:
-                log.exception("batch failed; applying its messages one by one")
-                return _Unexplained(error)
-            if stop.is_set():
-                return None
-            await pause(stop, STORE_RETRY_INTERVAL)
+        # A store that is down is retried with growing waits, one log line each.
+        applying = until_up(lambda: self._store.apply(events, utc_now()), "store", STORE_DOWN)
+        try:
+            return await unless_stopped(applying, stop)
+        except Exception as error:
+            log.exception("batch failed; applying its messages one by one")
+            return _Unexplained(error)
 
     async def _apply_one_by_one(
         self, accepted: list[tuple[TrackedEvent, Delivery]], stop: asyncio.Event
@@ -229,7 +227,7 @@ class Tracker:
                 log.error(
                     "cannot apply event; returning it to the queue, whose delivery limit "
                     "dead-letters it",
-                    error=repr(decided.error),
+                    error=readable(decided.error),
                     event_id=event.event_id,
                     message_key=event.message_key,
                     redelivered=message.redelivered,
@@ -259,4 +257,4 @@ async def _settle(settling: Awaitable[None]) -> None:
     try:
         await settling
     except BROKER_ERRORS as error:
-        log.info("could not settle a delivery; it will be redelivered", error=repr(error))
+        log.info("could not settle a delivery; it will be redelivered", error=readable(error))

@@ -26,9 +26,10 @@ from fallback.handler import (
     TransientFailure,
     UnusableRequest,
 )
-from fallback.handlers.common import fallback_payload, readable
+from fallback.handlers.common import fallback_payload
 from fallback.templates import TextTemplate, template_context
 from txmail.events import FallbackRequest
+from txmail.readable import readable
 
 MESSAGE_TYPE = "email_fallback"
 # AMQP carries exchange names and routing keys as "short strings": at most 255 bytes.

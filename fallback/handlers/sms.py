@@ -17,10 +17,10 @@ from fallback.handlers.common import (
     HTTP_TRANSPORT_ERRORS,
     USER_AGENT,
     check_http_response,
-    readable,
 )
 from fallback.templates import TextTemplate, template_context
 from txmail.events import FallbackRequest
+from txmail.readable import readable
 
 IDEMPOTENCY_HEADER = "I-Twilio-Idempotency-Token"
 # What no provider takes as a number to text: nothing at all, blanks, control characters.

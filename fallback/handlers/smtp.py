@@ -20,9 +20,10 @@ from fallback.handler import (
     TransientFailure,
     UnusableRequest,
 )
-from fallback.handlers.common import USER_AGENT, readable
+from fallback.handlers.common import USER_AGENT
 from fallback.templates import TextTemplate, template_context
 from txmail.events import FallbackRequest
+from txmail.readable import readable
 
 
 class SmtpConfig(HandlerConfig):

@@ -21,9 +21,9 @@ from fallback.handlers.common import (
     USER_AGENT,
     check_http_response,
     fallback_payload,
-    readable,
 )
 from txmail.events import FallbackRequest
+from txmail.readable import readable
 
 SECRET_PREFIX = "whsec_"  # noqa: S105 -- the prefix Standard Webhooks secrets start with
 

@@ -12,8 +12,6 @@ the read-and-write atomic.
 import asyncio
 from datetime import datetime, timedelta
 
-import structlog
-
 from fallback.ledger.claims import (
     CallState,
     Claim,
@@ -23,8 +21,9 @@ from fallback.ledger.claims import (
 from fallback.ledger.postgres import PostgresLedger
 from fallback.ledger.protocol import CallLedger
 from fallback.ledger.sqlite import SqliteLedger
+from txmail.backoff import until_up
 from txmail.database import sqlite_path
-from txmail.stopping import pause
+from txmail.stopping import unless_stopped
 
 __all__ = [
     "CallLedger",
@@ -38,9 +37,6 @@ __all__ = [
     "purge_ledger",
 ]
 
-log = structlog.get_logger(__name__)
-
-OPEN_RETRY_INTERVAL = 2.0
 PURGE_BATCH = 500  # small, so a purge never holds the lock for long
 
 
@@ -61,14 +57,10 @@ async def migrate_ledger(url: str) -> None:
 
 
 async def open_ledger_when_available(url: str, stop: asyncio.Event) -> CallLedger | None:
-    """Open the ledger, waiting for the database to come up; None when stopped first."""
-    while not stop.is_set():
-        try:
-            return await open_ledger(url)
-        except LedgerUnavailable as error:
-            log.warning("call ledger unavailable, retrying", error=str(error))
-        await pause(stop, OPEN_RETRY_INTERVAL)
-    return None
+    """Open the ledger, waiting for the database to come up with growing waits, one log
+    line each; None when stopped first."""
+    opening = until_up(lambda: open_ledger(url), "call ledger", (LedgerUnavailable,))
+    return await unless_stopped(opening, stop)
 
 
 async def purge_ledger(ledger: CallLedger, retention: timedelta, now: datetime) -> int:

@@ -24,6 +24,7 @@ from fallback.ledger.claims import (
 from fallback.ledger.migrations import POSTGRES
 from txmail.database import POSTGRES_MISCONFIGURED, POSTGRES_UNAVAILABLE
 from txmail.errors import ConfigError
+from txmail.readable import readable
 
 T = TypeVar("T")
 Db: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"
@@ -55,7 +56,7 @@ class PostgresLedger:
         except POSTGRES_MISCONFIGURED as error:
             raise ConfigError(f"TXMAIL_DATABASE_URL: PostgreSQL refused it: {error}") from None
         except POSTGRES_UNAVAILABLE as error:
-            raise LedgerUnavailable(f"PostgreSQL: {error!r}") from error
+            raise LedgerUnavailable(f"PostgreSQL: {readable(error)}") from error
         await self._transaction(self._migrate)
 
     @staticmethod
@@ -91,7 +92,7 @@ class PostgresLedger:
             async with self._pool.acquire() as db, db.transaction():
                 return await work(db)
         except POSTGRES_UNAVAILABLE as error:
-            raise LedgerUnavailable(f"PostgreSQL: {error!r}") from error
+            raise LedgerUnavailable(f"PostgreSQL: {readable(error)}") from error
 
     async def claim(
         self, idempotency_key: str, handler: str, replays: int, lease: timedelta

@@ -2,10 +2,12 @@
 several claimers at once, retention, and a database that is away."""
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
 from datetime import timedelta
+from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from fallback.ledger import (
     CallLedger,
@@ -14,9 +16,11 @@ from fallback.ledger import (
     LedgerUnavailable,
     migrate_ledger,
     open_ledger,
+    open_ledger_when_available,
     purge_ledger,
 )
 from tests.ports import free_port
+from tests.waiting import wait_until
 from txmail.errors import ConfigError
 from txmail.events import utc_now
 from workers.store import open_store
@@ -132,3 +136,20 @@ async def test_ping_says_whether_the_database_answers(database_url: str) -> None
     assert await ledger.ping()
     await ledger.close()
     assert not await ledger.ping()
+
+
+async def test_a_ledger_that_is_down_is_retried_with_growing_waits() -> None:
+    stop = asyncio.Event()
+    url = f"postgresql://postgres@127.0.0.1:{free_port()}/test"
+    with capture_logs() as logs:
+        opening = asyncio.create_task(open_ledger_when_available(url, stop))
+
+        def retries() -> list[MutableMapping[str, Any]]:
+            return [e for e in logs if e["event"] == "call ledger not reachable, retrying"]
+
+        await wait_until(lambda: len(retries()) >= 3, 15, "three attempts")
+        stop.set()
+        assert await asyncio.wait_for(opening, 1) is None
+    waits = [float(e["retry_in"].removesuffix("s")) for e in retries()]
+    assert waits[0] <= 1.5
+    assert waits[2] >= 2.0

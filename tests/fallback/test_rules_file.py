@@ -107,7 +107,8 @@ RULE = '[[rules]]\non = ["bounced"]\nhandlers = ["hook"]\n'
 INVALID = [
     ("[tracking\n", "not valid TOML"),
     ('[tracking]\ndelivery_timeout = "10 minutes"\n', "tracking.delivery_timeout: '10 minutes'"),
-    ('[tracking]\ndelivery_timeout = "0s"\n', "tracking.delivery_timeout:"),
+    ('[tracking]\ndelivery_timeout = "0s"\n', "tracking.delivery_timeout: must be longer than 0s"),
+    ('[handlers.x]\ntype = "log"\ntimeout = "0s"\n', "handlers.x.timeout: must be longer than 0s"),
     (
         "[tracking]\ndelivery_timeout = 10\n",
         'tracking.delivery_timeout: write a duration with its unit, e.g. "10s" or "10m"',

@@ -18,6 +18,7 @@ from asyncpg.pool import PoolConnectionProxy
 from txmail.database import POSTGRES_MISCONFIGURED, POSTGRES_UNAVAILABLE
 from txmail.errors import ConfigError
 from txmail.events import NUL, FallbackRequest
+from txmail.readable import readable
 from workers.state import Message, claim_deadline
 from workers.store.migrations import POSTGRES, require_migrated
 from workers.store.protocol import (
@@ -96,7 +97,7 @@ class PostgresStore:
             # worker retrying for ever.
             raise ConfigError(f"TXMAIL_DATABASE_URL: PostgreSQL refused it: {error}") from None
         except POSTGRES_UNAVAILABLE as error:
-            raise StoreUnavailable(f"PostgreSQL: {error!r}") from error
+            raise StoreUnavailable(f"PostgreSQL: {readable(error)}") from error
 
     async def open_for_reading(self) -> None:
         await self.open()  # a pool of connections, which creates nothing
@@ -145,9 +146,9 @@ class PostgresStore:
                     return await work(db)
             except _RETRYABLE as error:
                 if attempt == _ATTEMPTS:
-                    raise StoreUnavailable(f"PostgreSQL: {error!r}") from error
+                    raise StoreUnavailable(f"PostgreSQL: {readable(error)}") from error
             except POSTGRES_UNAVAILABLE as error:
-                raise StoreUnavailable(f"PostgreSQL: {error!r}") from error
+                raise StoreUnavailable(f"PostgreSQL: {readable(error)}") from error
         raise AssertionError("unreachable")
 
     # --- writing ---------------------------------------------------------------
