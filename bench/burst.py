@@ -32,14 +32,13 @@ from tests.burst_load import (
     Fate,
     Offered,
     PausableReceiver,
-    all_ready,
     offer,
     pipeline,
     plan_burst,
     serving,
+    start_deployment,
 )
 from tests.fallback.servers import WEBHOOK_SECRET
-from tests.ports import free_port
 from tests.waiting import wait_until
 from txmail.events import utc_now
 from txmail.topology import Topology
@@ -93,7 +92,6 @@ async def run(messages: int, concurrency: int) -> None:
     admin = await asyncpg.connect(POSTGRES_URL)
     await admin.execute(f'CREATE SCHEMA "{schema}"')
     receiver = PausableReceiver()
-    ports = [free_port(), free_port()]
     try:
         with tempfile.TemporaryDirectory() as folder:
             async with serving(receiver) as receiver_url:
@@ -113,13 +111,7 @@ async def run(messages: int, concurrency: int) -> None:
                     "TXMAIL_LOG_LEVEL": "warning",
                 }
                 with pipeline(env, Path(folder)) as running:
-                    for n, port in enumerate(ports):
-                        running.start(f"ingress-{n}", "ingress", TXMAIL_HTTP_PORT=str(port))
-                    for n in range(3):
-                        running.start(f"worker-{n}", "worker")
-                    running.start("executor", "fallback")
-                    urls = [f"http://127.0.0.1:{port}" for port in ports]
-                    await wait_until(lambda: all_ready(urls), timeout=30, what="ingresses")
+                    urls = await start_deployment(running)
                     burst = plan_burst(messages, PER_SECOND, TIMEOUT, utc_now())
                     started = time.monotonic()
                     offered = await offer(urls, burst.postbacks, concurrency, started)

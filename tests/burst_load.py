@@ -29,6 +29,7 @@ from aiohttp import web
 
 from tests.fallback.servers import verify_standard_webhook
 from tests.ports import free_port
+from tests.waiting import wait_until
 
 
 class Fate(StrEnum):
@@ -269,3 +270,17 @@ async def all_ready(urls: list[str]) -> bool:
             except aiohttp.ClientConnectionError:
                 return False
     return True
+
+
+async def start_deployment(running: Pipeline, ingresses: int = 2, workers: int = 3) -> list[str]:
+    """Ingresses on free ports, workers and one executor, as an operator deploys them;
+    returns the ingresses' URLs once they are ready."""
+    ports = [free_port() for _ in range(ingresses)]
+    for n, port in enumerate(ports):
+        running.start(f"ingress-{n}", "ingress", TXMAIL_HTTP_PORT=str(port))
+    for n in range(workers):
+        running.start(f"worker-{n}", "worker")
+    running.start("executor", "fallback")
+    urls = [f"http://127.0.0.1:{port}" for port in ports]
+    await wait_until(lambda: all_ready(urls), timeout=30, what="the ingresses ready")
+    return urls

@@ -23,14 +23,13 @@ from tests.burst_load import (
     Burst,
     Fate,
     PausableReceiver,
-    all_ready,
     offer,
     pipeline,
     plan_burst,
     serving,
+    start_deployment,
 )
 from tests.fallback.servers import WEBHOOK_SECRET
-from tests.ports import free_port
 from tests.processes import environment
 from tests.waiting import wait_until
 from txmail.durations import format_duration
@@ -123,7 +122,6 @@ async def test_a_burst_with_a_worker_and_the_executor_killed_mid_way(
         }
     )
     receiver = PausableReceiver()
-    ports = [free_port(), free_port()]
     async with serving(receiver) as receiver_url:
         rules = tmp_path / "rules.toml"
         rules.write_text(RULES.format(url=receiver_url, secret=WEBHOOK_SECRET))
@@ -137,13 +135,7 @@ async def test_a_burst_with_a_worker_and_the_executor_killed_mid_way(
         store = await open_store(postgres_schema_url, DeliveryTimeouts(timedelta(seconds=TIMEOUT)))
         try:
             with pipeline(env, tmp_path) as running:
-                for n, port in enumerate(ports):
-                    running.start(f"ingress-{n}", "ingress", TXMAIL_HTTP_PORT=str(port))
-                for n in range(3):
-                    running.start(f"worker-{n}", "worker")
-                running.start("executor", "fallback")
-                urls = [f"http://127.0.0.1:{port}" for port in ports]
-                await wait_until(lambda: all_ready(urls), timeout=30, what="the ingresses ready")
+                urls = await start_deployment(running)
                 # Braze's schedule begins: its times, and when each postback is emitted.
                 burst = plan_burst(MESSAGES, PER_SECOND, TIMEOUT, utc_now())
                 started = time.monotonic()
