@@ -20,10 +20,11 @@ from tests.ports import free_port
 from tests.processes import wait_for_line
 from tests.waiting import wait_until
 from txmail.cli import build_parser
+from txmail.database import Migration
 from txmail.settings import Settings
 from workers.api import create_api_app
 from workers.store import migrate_schema, open_store
-from workers.store.migrations import SQLITE, Migration, require_migrated
+from workers.store.migrations import SQLITE, require_migrated
 from workers.store.protocol import NotMigrated
 from workers.timeouts import DeliveryTimeouts
 

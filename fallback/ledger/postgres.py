@@ -22,7 +22,11 @@ from fallback.ledger.claims import (
     new_owner,
 )
 from fallback.ledger.migrations import POSTGRES
-from txmail.database import POSTGRES_MISCONFIGURED, POSTGRES_UNAVAILABLE
+from txmail.database import (
+    POSTGRES_MISCONFIGURED,
+    POSTGRES_UNAVAILABLE,
+    apply_postgres_migrations,
+)
 from txmail.errors import ConfigError
 from txmail.readable import readable
 
@@ -61,24 +65,9 @@ class PostgresLedger:
 
     @staticmethod
     async def _migrate(db: Db) -> None:
-        # One migrator at a time per schema; the others wait here, then find it done.
-        await db.execute(
-            "SELECT pg_advisory_xact_lock(hashtext('txmail.ledger:' || current_schema()))"
+        await apply_postgres_migrations(
+            db, "fallback_ledger_migrations", "txmail.ledger:", POSTGRES
         )
-        await db.execute(
-            "CREATE TABLE IF NOT EXISTS fallback_ledger_migrations "
-            "(version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
-        )
-        applied = {
-            r["version"] for r in await db.fetch("SELECT version FROM fallback_ledger_migrations")
-        }
-        for version, statements in POSTGRES:
-            if version not in applied:
-                for statement in statements:
-                    await db.execute(statement)
-                await db.execute(
-                    "INSERT INTO fallback_ledger_migrations (version) VALUES ($1)", version
-                )
 
     async def close(self) -> None:
         if self._pool is not None:

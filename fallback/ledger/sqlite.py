@@ -24,7 +24,13 @@ from fallback.ledger.claims import (
     new_owner,
 )
 from fallback.ledger.migrations import SQLITE
-from txmail.database import connect_sqlite, from_micros, to_micros
+from txmail.database import (
+    apply_sqlite_migrations,
+    connect_sqlite,
+    from_micros,
+    sqlite_transaction,
+    to_micros,
+)
 
 T = TypeVar("T")
 
@@ -41,21 +47,7 @@ class SqliteLedger:
     def _open(self) -> None:
         self._connection = connect_sqlite(self._path)
         with self._write() as db:
-            db.execute(
-                "CREATE TABLE IF NOT EXISTS fallback_ledger_migrations "
-                "(version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)"
-            )
-            applied = {
-                row[0] for row in db.execute("SELECT version FROM fallback_ledger_migrations")
-            }
-            for version, statements in SQLITE:
-                if version not in applied:
-                    for statement in statements:
-                        db.execute(statement)
-                    db.execute(
-                        "INSERT INTO fallback_ledger_migrations VALUES (?, ?)",
-                        (version, to_micros(datetime.now(UTC))),
-                    )
+            apply_sqlite_migrations(db, "fallback_ledger_migrations", SQLITE)
 
     async def close(self) -> None:
         def close() -> None:
@@ -76,14 +68,8 @@ class SqliteLedger:
     def _write(self) -> Iterator[sqlite3.Connection]:
         if self._connection is None:
             raise LedgerUnavailable("SQLite call ledger is not open")
-        db = self._connection
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with sqlite_transaction(self._connection) as db:
             yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
 
     async def claim(
         self, idempotency_key: str, handler: str, replays: int, lease: timedelta

@@ -8,9 +8,8 @@ the epoch in SQLite (integers sort and index well there) and timestamptz in Post
 from collections.abc import Sequence
 from typing import Final
 
+from txmail.database import Migration
 from workers.store.protocol import NotMigrated
-
-Migration = tuple[int, tuple[str, ...]]
 
 HOW_TO_MIGRATE = "run `txmail migrate` or start a worker"
 

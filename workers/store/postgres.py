@@ -15,7 +15,11 @@ from typing import TypeAlias, TypeVar
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from txmail.database import POSTGRES_MISCONFIGURED, POSTGRES_UNAVAILABLE
+from txmail.database import (
+    POSTGRES_MISCONFIGURED,
+    POSTGRES_UNAVAILABLE,
+    apply_postgres_migrations,
+)
 from txmail.errors import ConfigError
 from txmail.events import NUL, FallbackRequest
 from txmail.readable import readable
@@ -111,22 +115,11 @@ class PostgresStore:
                 f"TXMAIL_DATABASE_URL: this user may not create the txmail tables: {error}"
             ) from None
 
-    async def _migrate(self, db: Db) -> list[int]:
-        # One migrator at a time per schema; the others wait here, then find it done.
-        await db.execute(
-            "SELECT pg_advisory_xact_lock(hashtext('txmail.migrations:' || current_schema()))"
+    @staticmethod
+    async def _migrate(db: Db) -> list[int]:
+        return await apply_postgres_migrations(
+            db, "schema_migrations", "txmail.migrations:", POSTGRES
         )
-        await db.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations "
-            "(version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
-        )
-        applied = {r["version"] for r in await db.fetch("SELECT version FROM schema_migrations")}
-        missing = [(v, statements) for v, statements in POSTGRES if v not in applied]
-        for version, statements in missing:
-            for statement in statements:
-                await db.execute(statement)
-            await db.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
-        return [version for version, _ in missing]
 
     @staticmethod
     async def _require_migrated(db: Db) -> None:

@@ -14,12 +14,19 @@ import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
 from urllib.parse import quote
 
-from txmail.database import BUSY_TIMEOUT_MS, connect_sqlite, from_micros, to_micros
+from txmail.database import (
+    BUSY_TIMEOUT_MS,
+    apply_sqlite_migrations,
+    connect_sqlite,
+    from_micros,
+    sqlite_transaction,
+    to_micros,
+)
 from txmail.errors import ConfigError
 from txmail.events import FallbackRequest
 from workers.state import Message, claim_deadline
@@ -78,20 +85,7 @@ class SqliteStore:
 
     def _migrate(self) -> list[int]:
         with self._cannot_write_is_config_error(), self._write() as db:
-            db.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations "
-                "(version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)"
-            )
-            applied = {row[0] for row in db.execute("SELECT version FROM schema_migrations")}
-            missing = [(v, statements) for v, statements in SQLITE if v not in applied]
-            for version, statements in missing:
-                for statement in statements:
-                    db.execute(statement)
-                db.execute(
-                    "INSERT INTO schema_migrations VALUES (?, ?)",
-                    (version, to_micros(datetime.now(UTC))),
-                )
-        return [version for version, _ in missing]
+            return apply_sqlite_migrations(db, "schema_migrations", SQLITE)
 
     @contextmanager
     def _cannot_write_is_config_error(self) -> Iterator[None]:
@@ -140,14 +134,8 @@ class SqliteStore:
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with sqlite_transaction(self._db) as db:
             yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
 
     @property
     def _db(self) -> sqlite3.Connection:
