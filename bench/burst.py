@@ -32,13 +32,13 @@ from tests.burst_load import (
     Fate,
     Offered,
     PausableReceiver,
+    every_fallback_to,
     offer,
     pipeline,
     plan_burst,
     serving,
     start_deployment,
 )
-from tests.fallback.servers import WEBHOOK_SECRET
 from tests.waiting import wait_until
 from txmail.events import utc_now
 from txmail.topology import Topology
@@ -52,17 +52,6 @@ TIMEOUT = 10.0  # seconds, on Braze's clock
 # stream (the skew) or for the silence after the burst (the lateness bound).
 SKEW, LATENESS = "2s", "5s"
 PER_SECOND = 5_000  # messages "emitted" per second: far more than one machine takes
-
-RULES = """
-[handlers.ops-hook]
-type = "webhook"
-url = "{url}/hook"
-secret = "{secret}"
-
-[[rules]]
-on = ["*"]
-handlers = ["ops-hook"]
-"""
 
 
 async def _queued(namespace: str) -> int:
@@ -96,7 +85,7 @@ async def run(messages: int, concurrency: int) -> None:
         with tempfile.TemporaryDirectory() as folder:
             async with serving(receiver) as receiver_url:
                 rules = Path(folder) / "rules.toml"
-                rules.write_text(RULES.format(url=receiver_url, secret=WEBHOOK_SECRET))
+                rules.write_text(every_fallback_to(receiver_url))
                 env = {
                     **os.environ,
                     "TXMAIL_AMQP_URL": AMQP_URL,

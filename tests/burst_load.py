@@ -27,7 +27,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from tests.fallback.servers import verify_standard_webhook
+from tests.fallback.servers import WEBHOOK_SECRET, verify_standard_webhook
 from tests.ports import free_port
 from tests.waiting import wait_until
 
@@ -284,3 +284,18 @@ async def start_deployment(running: Pipeline, ingresses: int = 2, workers: int =
     urls = [f"http://127.0.0.1:{port}" for port in ports]
     await wait_until(lambda: all_ready(urls), timeout=30, what="the ingresses ready")
     return urls
+
+
+def every_fallback_to(receiver_url: str, timeout: str = "10s") -> str:
+    """A rules file that sends every fallback to the receiver's signed webhook."""
+    return f"""
+[handlers.ops-hook]
+type = "webhook"
+url = "{receiver_url}/hook"
+secret = "{WEBHOOK_SECRET}"
+timeout = "{timeout}"
+
+[[rules]]
+on = ["*"]
+handlers = ["ops-hook"]
+"""

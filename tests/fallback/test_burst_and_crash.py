@@ -23,13 +23,13 @@ from tests.burst_load import (
     Burst,
     Fate,
     PausableReceiver,
+    every_fallback_to,
     offer,
     pipeline,
     plan_burst,
     serving,
     start_deployment,
 )
-from tests.fallback.servers import WEBHOOK_SECRET
 from tests.processes import environment
 from tests.waiting import wait_until
 from txmail.durations import format_duration
@@ -47,18 +47,6 @@ CONCURRENCY = 32
 # Long enough for a call claimed by the killed executor to come free (its lease is the
 # handler's timeout and a margin) before the request is parked.
 SCHEDULE = [timedelta(seconds=s) for s in (0.5, 1, 2, 4, 8)]
-
-RULES = """
-[handlers.ops-hook]
-type = "webhook"
-url = "{url}/hook"
-secret = "{secret}"
-timeout = "1s"
-
-[[rules]]
-on = ["*"]
-handlers = ["ops-hook"]
-"""
 
 
 @pytest.fixture
@@ -124,7 +112,7 @@ async def test_a_burst_with_a_worker_and_the_executor_killed_mid_way(
     receiver = PausableReceiver()
     async with serving(receiver) as receiver_url:
         rules = tmp_path / "rules.toml"
-        rules.write_text(RULES.format(url=receiver_url, secret=WEBHOOK_SECRET))
+        rules.write_text(every_fallback_to(receiver_url, timeout="1s"))
         env = {
             **environment(settings),
             "TXMAIL_RULES": str(rules),
