@@ -1,7 +1,7 @@
 FROM python:3.11-slim
 WORKDIR /app
 COPY pyproject.toml README.md ./
-COPY txmail ./txmail
+COPY src ./src
 COPY ingress ./ingress
 COPY workers ./workers
 COPY fallback ./fallback

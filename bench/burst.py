@@ -40,8 +40,8 @@ from tests.burst_load import (
     start_deployment,
 )
 from tests.waiting import wait_until
-from txmail.events import utc_now
-from txmail.topology import Topology
+from txmail.core.events import utc_now
+from txmail.core.topology import Topology
 
 AMQP_URL = os.environ.get("TXMAIL_AMQP_URL", "amqp://guest:guest@localhost:5672/")
 POSTGRES_URL = os.environ.get(

@@ -26,7 +26,7 @@ import aio_pika
 import aiohttp
 from aiohttp import web
 
-from txmail.topology import Topology
+from txmail.core.topology import Topology
 
 AMQP_URL = os.environ.get("TXMAIL_AMQP_URL", "amqp://guest:guest@localhost:5672/")
 

@@ -18,14 +18,14 @@ from pathlib import Path
 import aio_pika
 import asyncpg
 
-from txmail.broker import Broker, Outgoing
-from txmail.events import POSTBACK_TYPE, event_id, postback_routing_key, utc_now
-from txmail.settings import Settings
-from txmail.topology import Topology
-from workers.state import Message, StatusSeen
-from workers.store import open_store
-from workers.timeouts import DeliveryTimeouts
-from workers.worker import run_worker
+from txmail.core.broker import Broker, Outgoing
+from txmail.core.events import POSTBACK_TYPE, event_id, postback_routing_key, utc_now
+from txmail.core.settings import Settings
+from txmail.core.topology import Topology
+from txmail.workers.state import Message, StatusSeen
+from txmail.workers.store import open_store
+from txmail.workers.timeouts import DeliveryTimeouts
+from txmail.workers.worker import run_worker
 
 AMQP_URL = os.environ.get("TXMAIL_BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 POSTGRES_URL = os.environ.get(
@@ -186,7 +186,7 @@ async def sqlite_sweep(path: Path) -> tuple[float, float]:
     """Seconds to find the due deadlines, and to claim them (find, decide, write)."""
     import sqlite3
 
-    from txmail.database import to_micros
+    from txmail.core.database import to_micros
 
     store = await open_store(f"sqlite:///{path}", TIMEOUTS)
     now = utc_now()

@@ -15,18 +15,18 @@ from enum import StrEnum
 
 import structlog
 
-from fallback.circuit import Circuits
-from fallback.handler import (
+from txmail.core.durations import format_duration
+from txmail.core.events import FallbackRequest
+from txmail.fallback.circuit import Circuits
+from txmail.fallback.handler import (
     FallbackHandler,
     PermanentFailure,
     TransientFailure,
     UnusableRequest,
 )
-from fallback.ledger import CallLedger, CallState, ClaimVerdict, LedgerUnavailable
-from fallback.progress import Progress
-from fallback.rules import Mode, Rule
-from txmail.durations import format_duration
-from txmail.events import FallbackRequest
+from txmail.fallback.ledger import CallLedger, CallState, ClaimVerdict, LedgerUnavailable
+from txmail.fallback.progress import Progress
+from txmail.fallback.rules import Mode, Rule
 
 log = structlog.get_logger(__name__)
 

@@ -16,7 +16,7 @@ from enum import StrEnum
 
 import structlog
 
-from txmail.durations import format_duration
+from txmail.core.durations import format_duration
 
 log = structlog.get_logger(__name__)
 

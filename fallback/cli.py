@@ -9,16 +9,16 @@ from pathlib import Path
 
 import structlog
 
-from fallback.chain import LEASE_MARGIN
-from fallback.dlq import add_dlq_commands
-from fallback.executor import FallbackExecutor, running_executor
-from fallback.rules_file import RulesFile, check_rules_file, load_rules_file, warnings
-from txmail.durations import format_duration
-from txmail.errors import ConfigError
-from txmail.health import create_health_app
-from txmail.http import serving
-from txmail.settings import Settings
-from txmail.stopping import stop_on_signals
+from txmail.core.durations import format_duration
+from txmail.core.errors import ConfigError
+from txmail.core.health import create_health_app
+from txmail.core.http import serving
+from txmail.core.settings import Settings
+from txmail.core.stopping import stop_on_signals
+from txmail.fallback.chain import LEASE_MARGIN
+from txmail.fallback.dlq import add_dlq_commands
+from txmail.fallback.executor import FallbackExecutor, running_executor
+from txmail.fallback.rules_file import RulesFile, check_rules_file, load_rules_file, warnings
 
 log = structlog.get_logger(__name__)
 

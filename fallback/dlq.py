@@ -11,15 +11,15 @@ from datetime import UTC, datetime
 
 from aio_pika.abc import AbstractRobustConnection
 
-from fallback.executor import fallback_topology
-from fallback.held import Counts, Held, Outcome, Selection, Visited, visit
-from fallback.parking import DeadLetter, ParkedRequest
-from txmail.broker import connect_until_up
-from txmail.durations import parse_duration
-from txmail.errors import BrokerUnavailable
-from txmail.events import Trigger
-from txmail.settings import Settings
-from txmail.terminal import printable
+from txmail.core.broker import connect_until_up
+from txmail.core.durations import parse_duration
+from txmail.core.errors import BrokerUnavailable
+from txmail.core.events import Trigger
+from txmail.core.settings import Settings
+from txmail.core.terminal import printable
+from txmail.fallback.executor import fallback_topology
+from txmail.fallback.held import Counts, Held, Outcome, Selection, Visited, visit
+from txmail.fallback.parking import DeadLetter, ParkedRequest
 
 # How long the dlq commands wait for RabbitMQ before giving up.
 CONNECT_TIMEOUT = 30

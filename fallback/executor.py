@@ -25,7 +25,15 @@ from aio_pika.abc import (
 )
 from pydantic import ValidationError
 
-from fallback.chain import (
+from txmail.core.broker import BROKER_ERRORS, connect_unless_stopped
+from txmail.core.consumer import Consumer
+from txmail.core.errors import BrokerUnavailable, ConfigError
+from txmail.core.events import AttemptOutcome, FallbackAttempt, FallbackRequest, utc_now
+from txmail.core.readable import readable
+from txmail.core.settings import Settings
+from txmail.core.stopping import pause
+from txmail.core.topology import Topology
+from txmail.fallback.chain import (
     Decision,
     HandlerResult,
     ReadyHandler,
@@ -34,27 +42,19 @@ from fallback.chain import (
     decide,
     run_chain,
 )
-from fallback.circuit import Circuits
-from fallback.handler import FallbackHandler, HandlerResources
-from fallback.ledger import (
+from txmail.fallback.circuit import Circuits
+from txmail.fallback.handler import FallbackHandler, HandlerResources
+from txmail.fallback.ledger import (
     CallLedger,
     LedgerUnavailable,
     open_ledger_when_available,
     purge_ledger,
 )
-from fallback.progress import PARKED_AT, PARKED_REASON, Progress
-from fallback.publisher import ConfirmedPublisher, QueuedMessage, with_new_headers
-from fallback.retries import RetrySchedule
-from fallback.rules import select_rule
-from fallback.rules_file import RulesFile
-from txmail.broker import BROKER_ERRORS, connect_unless_stopped
-from txmail.consumer import Consumer
-from txmail.errors import BrokerUnavailable, ConfigError
-from txmail.events import AttemptOutcome, FallbackAttempt, FallbackRequest, utc_now
-from txmail.readable import readable
-from txmail.settings import Settings
-from txmail.stopping import pause
-from txmail.topology import Topology
+from txmail.fallback.progress import PARKED_AT, PARKED_REASON, Progress
+from txmail.fallback.publisher import ConfirmedPublisher, QueuedMessage, with_new_headers
+from txmail.fallback.retries import RetrySchedule
+from txmail.fallback.rules import select_rule
+from txmail.fallback.rules_file import RulesFile
 
 log = structlog.get_logger(__name__)
 

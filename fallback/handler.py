@@ -16,9 +16,9 @@ import aiohttp
 from aio_pika.abc import AbstractRobustConnection
 from pydantic import BaseModel, BeforeValidator, ConfigDict
 
-from txmail.durations import PositiveDuration
-from txmail.errors import TxmailError
-from txmail.events import FallbackRequest
+from txmail.core.durations import PositiveDuration
+from txmail.core.errors import TxmailError
+from txmail.core.events import FallbackRequest
 
 
 def _unit_required(value: object) -> object:

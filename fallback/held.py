@@ -25,10 +25,10 @@ from aio_pika.abc import (
 )
 from aio_pika.exceptions import DeliveryError, PublishError
 
-from txmail.broker import BROKER_ERRORS
-from txmail.errors import BrokerUnavailable
-from txmail.readable import readable
-from txmail.topology import Topology
+from txmail.core.broker import BROKER_ERRORS
+from txmail.core.errors import BrokerUnavailable
+from txmail.core.readable import readable
+from txmail.core.topology import Topology
 
 # AMQP's prefetch count is 16 bits: one run leaves at most this many messages in place
 # (unacked until it ends); only replayed ones make room.

@@ -9,11 +9,11 @@ from typing import Any
 
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
-from fallback.held import Selection, Target, visit
-from fallback.progress import PARKED_AT, PARKED_REASON, Progress
-from fallback.publisher import with_new_headers
-from txmail.terminal import printable
-from txmail.topology import Topology
+from txmail.core.terminal import printable
+from txmail.core.topology import Topology
+from txmail.fallback.held import Selection, Target, visit
+from txmail.fallback.progress import PARKED_AT, PARKED_REASON, Progress
+from txmail.fallback.publisher import with_new_headers
 
 # A handler's failure inside a parking reason: "ops-hook: transient: answered 503".
 _FAILURE = re.compile(r"(?:^|; )([A-Za-z0-9][A-Za-z0-9_.-]*): (?:transient|permanent): ")

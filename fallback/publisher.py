@@ -14,10 +14,10 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
 
-from txmail.broker import BROKER_ERRORS, Outgoing
-from txmail.errors import BrokerUnavailable
-from txmail.events import FALLBACK_ATTEMPT_TYPE, FallbackAttempt
-from txmail.readable import readable
+from txmail.core.broker import BROKER_ERRORS, Outgoing
+from txmail.core.errors import BrokerUnavailable
+from txmail.core.events import FALLBACK_ATTEMPT_TYPE, FallbackAttempt
+from txmail.core.readable import readable
 
 
 @dataclass(frozen=True)

@@ -10,13 +10,13 @@ and ``type = "pager"`` in the rules file then uses it. Built-in names cannot be 
 
 from importlib.metadata import entry_points
 
-from fallback.handler import HandlerConfig, HandlerType
-from fallback.handlers.amqp import AmqpHandler
-from fallback.handlers.log import LogHandler
-from fallback.handlers.sms import SmsHandler
-from fallback.handlers.smtp import SmtpHandler
-from fallback.handlers.webhook import WebhookHandler
-from txmail.readable import readable
+from txmail.core.readable import readable
+from txmail.fallback.handler import HandlerConfig, HandlerType
+from txmail.fallback.handlers.amqp import AmqpHandler
+from txmail.fallback.handlers.log import LogHandler
+from txmail.fallback.handlers.sms import SmsHandler
+from txmail.fallback.handlers.smtp import SmtpHandler
+from txmail.fallback.handlers.webhook import WebhookHandler
 
 ENTRY_POINT_GROUP = "txmail.fallback_handlers"
 
@@ -56,7 +56,7 @@ def resolve_handler_type(name: str) -> HandlerType:
     ):
         raise ValueError(
             f"handler type {name!r} ({entry_point.value}) is not a handler class: it needs "
-            "a 'config_model' subclass of fallback.handler.HandlerConfig"
+            "a 'config_model' subclass of txmail.fallback.handler.HandlerConfig"
         )
     handler_type: HandlerType = loaded
     return handler_type

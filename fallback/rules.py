@@ -20,7 +20,7 @@ from pydantic import (
     field_validator,
 )
 
-from txmail.events import FallbackRequest, Trigger
+from txmail.core.events import FallbackRequest, Trigger
 
 ANY: Literal["*"] = "*"
 

@@ -16,11 +16,16 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from fallback.handler import HandlerConfig, HandlerType, PositiveWrittenDuration, resolve_secrets
-from fallback.registry import resolve_handler_type
-from fallback.rules import Rule
-from txmail.errors import ConfigError
-from txmail.settings import Settings
+from txmail.core.errors import ConfigError
+from txmail.core.settings import Settings
+from txmail.fallback.handler import (
+    HandlerConfig,
+    HandlerType,
+    PositiveWrittenDuration,
+    resolve_secrets,
+)
+from txmail.fallback.registry import resolve_handler_type
+from txmail.fallback.rules import Rule
 
 # Handler names end up in AMQP headers and idempotency keys: keep them plain.
 _HANDLER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")

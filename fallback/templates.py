@@ -12,8 +12,8 @@ from typing import Any
 from pydantic import GetCoreSchemaHandler
 from pydantic_core import core_schema
 
-from fallback.handler import UnusableRequest
-from txmail.events import FallbackRequest
+from txmail.core.events import FallbackRequest
+from txmail.fallback.handler import UnusableRequest
 
 
 class TextTemplate:

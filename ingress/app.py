@@ -5,14 +5,14 @@ from collections.abc import AsyncIterator
 import structlog
 from aiohttp import web
 
-from ingress.context import BROKER, GATE, SETTINGS
-from ingress.overload import PublishGate
-from ingress.postbacks import receive_postbacks
-from ingress.sends import register_send
-from txmail.broker import Broker
-from txmail.http import json_error, json_errors
-from txmail.settings import Settings
-from txmail.topology import Topology
+from txmail.core.broker import Broker
+from txmail.core.http import json_error, json_errors
+from txmail.core.settings import Settings
+from txmail.core.topology import Topology
+from txmail.ingress.context import BROKER, GATE, SETTINGS
+from txmail.ingress.overload import PublishGate
+from txmail.ingress.postbacks import receive_postbacks
+from txmail.ingress.sends import register_send
 
 log = structlog.get_logger(__name__)
 

@@ -6,9 +6,9 @@ from collections.abc import Sequence
 from aiohttp import web
 from pydantic import SecretStr
 
-from txmail.http import json_error
-from txmail.settings import IPNetwork
-from txmail.tokens import token_accepted, unauthorized
+from txmail.core.http import json_error
+from txmail.core.settings import IPNetwork
+from txmail.core.tokens import token_accepted, unauthorized
 
 
 def refusal(

@@ -8,7 +8,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
-from txmail.http import json_error
+from txmail.core.http import json_error
 
 
 @dataclass

@@ -2,9 +2,9 @@
 
 from aiohttp import web
 
-from ingress.overload import PublishGate
-from txmail.broker import Broker
-from txmail.settings import Settings
+from txmail.core.broker import Broker
+from txmail.core.settings import Settings
+from txmail.ingress.overload import PublishGate
 
 SETTINGS = web.AppKey("settings", Settings)
 BROKER = web.AppKey("broker", Broker)

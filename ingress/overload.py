@@ -13,8 +13,8 @@ from contextlib import contextmanager
 import structlog
 from aiohttp import web
 
-from txmail.broker import Broker
-from txmail.http import json_error
+from txmail.core.broker import Broker
+from txmail.core.http import json_error
 
 log = structlog.get_logger(__name__)
 

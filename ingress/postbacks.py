@@ -7,12 +7,17 @@ import structlog
 from aiohttp import web
 from pydantic import ValidationError
 
-from ingress.auth import refusal
-from ingress.bad_request import BadRequest, broker_unavailable, parse_json, validation_details
-from ingress.context import BROKER, GATE, SETTINGS
-from txmail.broker import Outgoing
-from txmail.errors import BrokerUnavailable
-from txmail.events import POSTBACK_TYPE, Postback, event_id, postback_routing_key, utc_now
+from txmail.core.broker import Outgoing
+from txmail.core.errors import BrokerUnavailable
+from txmail.core.events import POSTBACK_TYPE, Postback, event_id, postback_routing_key, utc_now
+from txmail.ingress.auth import refusal
+from txmail.ingress.bad_request import (
+    BadRequest,
+    broker_unavailable,
+    parse_json,
+    validation_details,
+)
+from txmail.ingress.context import BROKER, GATE, SETTINGS
 
 log = structlog.get_logger(__name__)
 

@@ -10,12 +10,9 @@ import structlog
 from aiohttp import web
 from pydantic import ValidationError
 
-from ingress.auth import refusal
-from ingress.bad_request import BadRequest, broker_unavailable, parse_json, validation_details
-from ingress.context import BROKER, GATE, SETTINGS
-from txmail.broker import Outgoing
-from txmail.errors import BrokerUnavailable
-from txmail.events import (
+from txmail.core.broker import Outgoing
+from txmail.core.errors import BrokerUnavailable
+from txmail.core.events import (
     SEND_REGISTERED_ROUTING_KEY,
     SEND_REGISTRATION_TYPE,
     SendRegistration,
@@ -23,6 +20,14 @@ from txmail.events import (
     event_id,
     utc_now,
 )
+from txmail.ingress.auth import refusal
+from txmail.ingress.bad_request import (
+    BadRequest,
+    broker_unavailable,
+    parse_json,
+    validation_details,
+)
+from txmail.ingress.context import BROKER, GATE, SETTINGS
 
 log = structlog.get_logger(__name__)
 

@@ -15,8 +15,8 @@ import aio_pika
 import pytest
 import structlog
 
-from txmail.settings import Settings
-from txmail.topology import Topology
+from txmail.core.settings import Settings
+from txmail.core.topology import Topology
 
 LOCAL_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 

@@ -4,15 +4,15 @@ import json
 from datetime import datetime
 from typing import Any
 
-from txmail.broker import Outgoing
-from txmail.events import (
+from txmail.core.broker import Outgoing
+from txmail.core.events import (
     POSTBACK_TYPE,
     SEND_REGISTRATION_TYPE,
     event_id,
     postback_routing_key,
 )
-from workers.incoming import decode
-from workers.store.protocol import TrackedEvent
+from txmail.workers.incoming import decode
+from txmail.workers.store.protocol import TrackedEvent
 
 
 def raw_postback(dispatch_id: str, status: str, **metadata: Any) -> dict[str, Any]:

@@ -10,12 +10,12 @@ from typing import Any
 import aio_pika
 
 from tests.waiting import wait_until
-from txmail.broker import Broker
-from txmail.settings import Settings
-from txmail.topology import Topology
-from workers.store import open_store
-from workers.store.protocol import Store
-from workers.worker import run_worker, timeouts_from
+from txmail.core.broker import Broker
+from txmail.core.settings import Settings
+from txmail.core.topology import Topology
+from txmail.workers.store import open_store
+from txmail.workers.store.protocol import Store
+from txmail.workers.worker import run_worker, timeouts_from
 
 
 @asynccontextmanager

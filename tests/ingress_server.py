@@ -8,10 +8,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from aiohttp.web_runner import BaseRunner
 
-from ingress.app import create_app
 from tests.waiting import wait_until
-from txmail.http import app_runner
-from txmail.settings import Settings
+from txmail.core.http import app_runner
+from txmail.core.settings import Settings
+from txmail.ingress.app import create_app
 
 
 class ProductionServer(TestServer):

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from txmail.durations import format_duration
-from txmail.settings import Settings
+from txmail.core.durations import format_duration
+from txmail.core.settings import Settings
 
 
 def environment(settings: Settings) -> dict[str, str]:

@@ -6,7 +6,7 @@ from typing import Protocol
 
 from tests.broker_url import host_and_port, via_port
 from tests.tcp_proxy import TcpProxy
-from txmail.settings import Settings
+from txmail.core.settings import Settings
 
 
 class Part(Protocol):

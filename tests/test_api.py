@@ -22,11 +22,11 @@ from tests.ports import free_port
 from tests.raw_http import raw_request
 from tests.waiting import wait_until
 from txmail.cli import build_parser
-from txmail.settings import Settings
-from workers.api import api_host, api_tokens, create_api_app
-from workers.store import open_store
-from workers.store.protocol import Store
-from workers.timeouts import DeliveryTimeouts
+from txmail.core.settings import Settings
+from txmail.workers.api import api_host, api_tokens, create_api_app
+from txmail.workers.store import open_store
+from txmail.workers.store.protocol import Store
+from txmail.workers.timeouts import DeliveryTimeouts
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 

@@ -7,9 +7,9 @@ from tests.broker_url import host_and_port, via_port
 from tests.ingress_server import running_ingress
 from tests.tcp_proxy import TcpProxy
 from tests.waiting import wait_until
-from txmail.broker import Broker
-from txmail.settings import Settings
-from txmail.topology import Topology
+from txmail.core.broker import Broker
+from txmail.core.settings import Settings
+from txmail.core.topology import Topology
 
 
 async def test_outage_answers_503_then_recovers(settings: Settings, amqp_url: str) -> None:

@@ -6,10 +6,10 @@ from importlib.metadata import version
 
 import pytest
 
-from ingress.app import create_app
 from txmail.cli import build_parser, main
-from txmail.command_help import EXIT_CODES, READS, commands
-from txmail.settings import Settings
+from txmail.cli.command_help import EXIT_CODES, READS, commands
+from txmail.core.settings import Settings
+from txmail.ingress.app import create_app
 
 # `run` and `check-config` read every setting: they prove nothing about the others.
 EVERY_SETTING = {"run", "check-config"}
@@ -32,7 +32,7 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_every_command_lists_its_variables_and_exit_codes() -> None:
     for name, command in leaf_commands().items():
-        assert name in READS, f"txmail {name}: add it to txmail/command_help.py"
+        assert name in READS, f"txmail {name}: add it to src/txmail/cli/command_help.py"
         text = command.format_help()
         for field in READS[name]:
             assert f"TXMAIL_{field.upper()} " in text, (name, field)

@@ -13,8 +13,8 @@ from tests.ports import free_port
 from tests.processes import wait_for_line
 from tests.tcp_proxy import TcpProxy
 from tests.waiting import wait_until
-from txmail.settings import Settings
-from txmail.topology import Topology
+from txmail.core.settings import Settings
+from txmail.core.topology import Topology
 
 
 def txmail(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -9,10 +9,10 @@ from typing import Any
 
 import yaml
 
-from fallback.rules_file import load_rules_file
 from txmail.cli import build_parser
-from txmail.durations import parse_duration
-from txmail.settings import Settings
+from txmail.core.durations import parse_duration
+from txmail.core.settings import Settings
+from txmail.fallback.rules_file import load_rules_file
 
 ROOT = Path(__file__).parent.parent
 COMPOSE_TEXT = (ROOT / "docker-compose.yml").read_text()
@@ -112,7 +112,7 @@ def test_txmail_services_build_from_the_dockerfile_that_installs_the_project() -
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert re.search(r"^FROM python:3\.\d+", dockerfile, re.MULTILINE)  # health checks use it
     assert 'ENTRYPOINT ["txmail"]' in dockerfile
-    for package in ("txmail", "ingress", "workers", "fallback"):
+    for package in ("src", "ingress", "workers", "fallback"):
         assert f"COPY {package} ./{package}" in dockerfile
     ignored = (ROOT / ".dockerignore").read_text().splitlines()
     assert {"**/.env", "**/*.env", ".git", ".venv"} <= set(ignored)

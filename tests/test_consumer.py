@@ -6,8 +6,8 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
 from tests.waiting import wait_until
-from txmail.consumer import Consumer
-from txmail.settings import Settings
+from txmail.core.consumer import Consumer
+from txmail.core.settings import Settings
 
 
 async def test_a_consumer_cancelled_by_the_broker_consumes_again(settings: Settings) -> None:

@@ -10,17 +10,17 @@ from pathlib import Path
 from tests.ingress_server import running_ingress
 from tests.readiness import is_not_consuming, is_ready, proxied
 from tests.waiting import wait_until
-from txmail.broker import Broker
-from txmail.events import utc_now
-from txmail.settings import Settings
-from txmail.topology import Topology
-from workers.state import Outcome
-from workers.store import open_store
-from workers.store.protocol import Store
-from workers.sweeper import Sweeper
-from workers.tracker import Tracker
-from workers.watermark import WatermarkRule
-from workers.worker import Worker, timeouts_from
+from txmail.core.broker import Broker
+from txmail.core.events import utc_now
+from txmail.core.settings import Settings
+from txmail.core.topology import Topology
+from txmail.workers.state import Outcome
+from txmail.workers.store import open_store
+from txmail.workers.store.protocol import Store
+from txmail.workers.sweeper import Sweeper
+from txmail.workers.tracker import Tracker
+from txmail.workers.watermark import WatermarkRule
+from txmail.workers.worker import Worker, timeouts_from
 
 SEND = {
     "external_send_id": "order-77",

@@ -6,10 +6,10 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 from tests.factories import postback
-from workers.state import Outcome
-from workers.store import open_store
-from workers.store.protocol import PendingRequest, Store
-from workers.timeouts import DeliveryTimeouts
+from txmail.workers.state import Outcome
+from txmail.workers.store import open_store
+from txmail.workers.store.protocol import PendingRequest, Store
+from txmail.workers.timeouts import DeliveryTimeouts
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 TIMEOUTS = DeliveryTimeouts(timedelta(minutes=10))

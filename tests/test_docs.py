@@ -7,7 +7,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 ARCHITECTURE = ROOT / "docs" / "architecture.md"
-SOURCES = ("txmail", "ingress", "workers", "fallback", "tests", "bench")
+SOURCES = ("src", "ingress", "workers", "fallback", "tests", "bench")
 
 # "invariant 3", "Invariants 2 and 3", "invariants 1, 2 and 5"
 INVARIANT_CITATION = re.compile(r"\binvariants?\s+(\d+(?:\s*(?:,|and)\s*\d+)*)", re.IGNORECASE)

@@ -18,8 +18,8 @@ from tests.ports import free_port
 from tests.processes import environment
 from tests.readiness import proxied
 from tests.waiting import wait_until
-from txmail.settings import Settings
-from txmail.topology import Topology
+from txmail.core.settings import Settings
+from txmail.core.topology import Topology
 
 RULES = f"""
 [handlers.ops-hook]

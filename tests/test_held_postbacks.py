@@ -12,14 +12,14 @@ from aio_pika.abc import AbstractIncomingMessage
 from tests.factories import outgoing_postback, postback, raw_postback
 from tests.harness import publisher
 from tests.waiting import wait_until
-from txmail.events import utc_now
-from txmail.settings import Settings
-from txmail.topology import Topology
-from workers.store import open_store
-from workers.sweeper import Sweeper
-from workers.tracker import Tracker
-from workers.watermark import WatermarkRule, WorkerProgress
-from workers.worker import timeouts_from
+from txmail.core.events import utc_now
+from txmail.core.settings import Settings
+from txmail.core.topology import Topology
+from txmail.workers.store import open_store
+from txmail.workers.sweeper import Sweeper
+from txmail.workers.tracker import Tracker
+from txmail.workers.watermark import WatermarkRule, WorkerProgress
+from txmail.workers.worker import timeouts_from
 
 TIMEOUT = timedelta(seconds=1)
 SKEW = timedelta(seconds=1)

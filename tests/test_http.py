@@ -11,20 +11,20 @@ from typing import Any
 
 import structlog
 
-from ingress.app import create_app
-from ingress.context import BROKER
 from tests.broker_url import host_and_port, via_port
 from tests.ingress_server import ProductionServer, running_ingress
 from tests.ports import free_port
 from tests.tcp_proxy import TcpProxy
 from tests.waiting import wait_until
-from txmail.health import create_health_app
-from txmail.http import serve_until_stopped
-from txmail.http import serving as serving_app
-from txmail.settings import Settings
-from workers.api import create_api_app
-from workers.store import open_store
-from workers.timeouts import DeliveryTimeouts
+from txmail.core.health import create_health_app
+from txmail.core.http import serve_until_stopped
+from txmail.core.http import serving as serving_app
+from txmail.core.settings import Settings
+from txmail.ingress.app import create_app
+from txmail.ingress.context import BROKER
+from txmail.workers.api import create_api_app
+from txmail.workers.store import open_store
+from txmail.workers.timeouts import DeliveryTimeouts
 
 TIMEOUT = timedelta(milliseconds=300)
 

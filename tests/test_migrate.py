@@ -20,13 +20,13 @@ from tests.ports import free_port
 from tests.processes import wait_for_line
 from tests.waiting import wait_until
 from txmail.cli import build_parser
-from txmail.database import Migration
-from txmail.settings import Settings
-from workers.api import create_api_app
-from workers.store import migrate_schema, open_store
-from workers.store.migrations import SQLITE, require_migrated
-from workers.store.protocol import NotMigrated
-from workers.timeouts import DeliveryTimeouts
+from txmail.core.database import Migration
+from txmail.core.settings import Settings
+from txmail.workers.api import create_api_app
+from txmail.workers.store import migrate_schema, open_store
+from txmail.workers.store.migrations import SQLITE, require_migrated
+from txmail.workers.store.protocol import NotMigrated
+from txmail.workers.timeouts import DeliveryTimeouts
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 TIMEOUTS = DeliveryTimeouts(timedelta(minutes=10))

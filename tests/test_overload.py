@@ -10,14 +10,14 @@ import pytest
 import structlog
 from pamqp import commands, frame
 
-from ingress.context import BROKER
 from tests.amqp_helpers import drain
 from tests.broker_url import host_and_port, via_port
 from tests.ingress_server import running_ingress
 from tests.tcp_proxy import TcpProxy
 from tests.waiting import wait_until
-from txmail.settings import Settings
-from txmail.topology import Topology
+from txmail.core.settings import Settings
+from txmail.core.topology import Topology
+from txmail.ingress.context import BROKER
 
 POSTBACK = {"dispatch_id": "d-1", "status": "sent"}
 

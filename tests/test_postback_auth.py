@@ -9,8 +9,8 @@ from pydantic import SecretStr
 from tests.amqp_helpers import queue_depth
 from tests.ingress_server import running_ingress
 from tests.raw_http import raw_request
-from txmail.settings import Settings
-from txmail.topology import Topology
+from txmail.core.settings import Settings
+from txmail.core.topology import Topology
 
 TOKEN = "s3cret-token"
 POSTBACK = {"dispatch_id": "d-1", "status": "sent"}

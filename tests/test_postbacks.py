@@ -10,12 +10,12 @@ import pytest
 from tests.amqp_helpers import drain, queue_depth
 from tests.factories import tracked
 from tests.ingress_server import running_ingress
-from txmail.events import MAX_NESTING, POSTBACK_TYPE, event_id
-from txmail.settings import Settings
-from txmail.topology import Topology
-from workers.status import as_json, describe
-from workers.store import open_store
-from workers.timeouts import DeliveryTimeouts
+from txmail.core.events import MAX_NESTING, POSTBACK_TYPE, event_id
+from txmail.core.settings import Settings
+from txmail.core.topology import Topology
+from txmail.workers.status import as_json, describe
+from txmail.workers.store import open_store
+from txmail.workers.timeouts import DeliveryTimeouts
 
 EXAMPLES: list[dict[str, Any]] = json.loads(
     (Path(__file__).parent / "braze-postbacks.json").read_text()

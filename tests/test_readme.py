@@ -6,7 +6,7 @@ from pathlib import Path
 
 from tests.ingress_server import running_ingress
 from txmail.cli import build_parser
-from txmail.settings import Settings
+from txmail.core.settings import Settings
 
 ROOT = Path(__file__).parent.parent
 README = (ROOT / "README.md").read_text()

@@ -8,9 +8,9 @@ from pydantic import SecretStr
 
 from tests.amqp_helpers import drain, queue_depth
 from tests.ingress_server import running_ingress
-from txmail.events import SendRegistration
-from txmail.settings import Settings
-from txmail.topology import Topology
+from txmail.core.events import SendRegistration
+from txmail.core.settings import Settings
+from txmail.core.topology import Topology
 
 SEND = {
     "external_send_id": "order-1234",

@@ -5,9 +5,9 @@ from datetime import timedelta
 
 import pytest
 
-from txmail.durations import format_duration, parse_duration
-from txmail.errors import ConfigError
-from txmail.settings import load_settings
+from txmail.core.durations import format_duration, parse_duration
+from txmail.core.errors import ConfigError
+from txmail.core.settings import load_settings
 
 
 @pytest.mark.parametrize(

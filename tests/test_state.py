@@ -8,8 +8,8 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
-from txmail.events import Postback, SendRegistration, Trigger, event_id
-from workers.state import (
+from txmail.core.events import Postback, SendRegistration, Trigger, event_id
+from txmail.workers.state import (
     Event,
     Message,
     Outcome,
@@ -22,7 +22,7 @@ from workers.state import (
     merge,
     outcome,
 )
-from workers.timeouts import DeliveryTimeouts
+from txmail.workers.timeouts import DeliveryTimeouts
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 TIMEOUTS = DeliveryTimeouts(timedelta(minutes=10), {"slow": timedelta(hours=2)})

@@ -8,11 +8,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from tests.factories import postback, registration, tracked
-from txmail.events import FALLBACK_ATTEMPT_TYPE, AttemptOutcome, FallbackAttempt
-from workers.status import as_json, describe
-from workers.store import open_store
-from workers.store.protocol import MessageView, TrackedEvent
-from workers.timeouts import DeliveryTimeouts
+from txmail.core.events import FALLBACK_ATTEMPT_TYPE, AttemptOutcome, FallbackAttempt
+from txmail.workers.status import as_json, describe
+from txmail.workers.store import open_store
+from txmail.workers.store.protocol import MessageView, TrackedEvent
+from txmail.workers.timeouts import DeliveryTimeouts
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 

@@ -12,19 +12,19 @@ import pytest
 
 from tests.factories import postback, registration, tracked
 from tests.waiting import wait_until
-from txmail.events import (
+from txmail.core.events import (
     FALLBACK_ATTEMPT_TYPE,
     POSTBACK_TYPE,
     AttemptOutcome,
     FallbackAttempt,
     Trigger,
 )
-from workers.incoming import decode
-from workers.state import Outcome
-from workers.store import open_store
-from workers.store.protocol import Store, TrackedEvent
-from workers.timeouts import DeliveryTimeouts
-from workers.watermark import WorkerProgress
+from txmail.workers.incoming import decode
+from txmail.workers.state import Outcome
+from txmail.workers.store import open_store
+from txmail.workers.store.protocol import Store, TrackedEvent
+from txmail.workers.timeouts import DeliveryTimeouts
+from txmail.workers.watermark import WorkerProgress
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 TIMEOUTS = DeliveryTimeouts(timedelta(minutes=10))

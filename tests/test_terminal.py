@@ -1,6 +1,6 @@
 import pytest
 
-from txmail.terminal import printable
+from txmail.core.terminal import printable
 
 
 @pytest.mark.parametrize(

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from txmail.errors import ConfigError
-from workers.timeouts import load_timeouts
+from txmail.core.errors import ConfigError
+from txmail.workers.timeouts import load_timeouts
 
 DEFAULT = timedelta(minutes=10)
 

@@ -16,8 +16,8 @@ from tests.factories import outgoing_postback, raw_postback
 from tests.harness import body, publisher, queue_readers, running_worker
 from tests.tcp_proxy import TcpProxy
 from tests.waiting import wait_until
-from txmail.broker import Outgoing
-from txmail.events import (
+from txmail.core.broker import Outgoing
+from txmail.core.events import (
     FALLBACK_ATTEMPT_TYPE,
     POSTBACK_TYPE,
     SEND_REGISTERED_ROUTING_KEY,
@@ -27,10 +27,10 @@ from txmail.events import (
     event_id,
     utc_now,
 )
-from txmail.settings import Settings
-from txmail.topology import Topology
-from workers.state import Outcome
-from workers.store.protocol import Store
+from txmail.core.settings import Settings
+from txmail.core.topology import Topology
+from txmail.workers.state import Outcome
+from txmail.workers.store.protocol import Store
 
 BRAZE = json.loads((Path(__file__).parent / "braze-postbacks.json").read_text())["examples"]
 

@@ -3,8 +3,8 @@
 import aio_pika
 
 from tests.ingress_server import running_ingress
-from txmail.settings import Settings
-from txmail.topology import Topology
+from txmail.core.settings import Settings
+from txmail.core.topology import Topology
 
 
 async def test_a_postback_no_queue_takes_is_refused_with_503(

@@ -2,9 +2,9 @@
 
 from datetime import UTC, datetime, timedelta
 
-from txmail.events import Postback
-from workers.state import PostbackEvent, event_time
-from workers.watermark import WatermarkRule, WorkerProgress, due_by
+from txmail.core.events import Postback
+from txmail.workers.state import PostbackEvent, event_time
+from txmail.workers.watermark import WatermarkRule, WorkerProgress, due_by
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 S = timedelta(seconds=30)

@@ -18,10 +18,10 @@ from tests.harness import body, publisher, queue_readers, running_worker
 from tests.ingress_server import running_ingress
 from tests.processes import start_worker
 from tests.waiting import wait_until
-from txmail.events import utc_now
-from txmail.settings import Settings
-from workers.state import Outcome
-from workers.store.protocol import Store
+from txmail.core.events import utc_now
+from txmail.core.settings import Settings
+from txmail.workers.state import Outcome
+from txmail.workers.store.protocol import Store
 
 LAG = timedelta(seconds=5)
 TIMEOUT = timedelta(seconds=1)

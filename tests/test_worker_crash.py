@@ -8,13 +8,13 @@ from tests.factories import outgoing_postback, raw_postback
 from tests.harness import body, publisher, queue_readers
 from tests.processes import start_worker, worker_process
 from tests.waiting import wait_until
-from txmail.broker import Outgoing
-from txmail.events import utc_now
-from txmail.settings import Settings
-from workers.state import Outcome
-from workers.store import open_store
-from workers.store.protocol import Store
-from workers.timeouts import DeliveryTimeouts
+from txmail.core.broker import Outgoing
+from txmail.core.events import utc_now
+from txmail.core.settings import Settings
+from txmail.workers.state import Outcome
+from txmail.workers.store import open_store
+from txmail.workers.store.protocol import Store
+from txmail.workers.timeouts import DeliveryTimeouts
 
 MESSAGES = 600  # a third delivered, a third bounced, a third already late
 

@@ -18,12 +18,12 @@ from tests.factories import outgoing_postback, postback, raw_postback
 from tests.harness import body, publisher, queue_readers
 from tests.processes import worker_process
 from tests.waiting import wait_until
-from txmail.events import utc_now
-from txmail.settings import Settings
-from workers.state import FAILURES, Event, Message, evolve, outcome, reason
-from workers.store import open_store
-from workers.store.protocol import Store
-from workers.timeouts import DeliveryTimeouts
+from txmail.core.events import utc_now
+from txmail.core.settings import Settings
+from txmail.workers.state import FAILURES, Event, Message, evolve, outcome, reason
+from txmail.workers.store import open_store
+from txmail.workers.store.protocol import Store
+from txmail.workers.timeouts import DeliveryTimeouts
 
 STATUSES = ("sent", "processed", "aborted", "delivered", "bounced", "deferred")
 TIMEOUTS = DeliveryTimeouts(timedelta(hours=1))  # nothing times out in these histories

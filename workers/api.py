@@ -13,11 +13,11 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from pydantic import SecretStr
 
-from txmail.health import Readiness, add_health_routes, all_ready
-from txmail.http import json_error, json_errors
-from txmail.settings import Settings
-from txmail.tokens import token_accepted, unauthorized
-from workers.store.protocol import MessageView, NotMigrated, Store, StoreUnavailable
+from txmail.core.health import Readiness, add_health_routes, all_ready
+from txmail.core.http import json_error, json_errors
+from txmail.core.settings import Settings
+from txmail.core.tokens import token_accepted, unauthorized
+from txmail.workers.store.protocol import MessageView, NotMigrated, Store, StoreUnavailable
 
 log = structlog.get_logger(__name__)
 

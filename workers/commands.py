@@ -5,15 +5,15 @@ import asyncio
 import sys
 from collections.abc import Callable
 
-from txmail.errors import ConfigError
-from txmail.http import serve_until_stopped
-from txmail.settings import Settings
-from txmail.stopping import stop_on_signals
-from workers.api import api_host, api_tokens, create_api_app
-from workers.status import as_json, describe
-from workers.store import open_store
-from workers.store.protocol import MessageView, StoreUnavailable
-from workers.worker import open_store_when_available, serve_worker, timeouts_from
+from txmail.core.errors import ConfigError
+from txmail.core.http import serve_until_stopped
+from txmail.core.settings import Settings
+from txmail.core.stopping import stop_on_signals
+from txmail.workers.api import api_host, api_tokens, create_api_app
+from txmail.workers.status import as_json, describe
+from txmail.workers.store import open_store
+from txmail.workers.store.protocol import MessageView, StoreUnavailable
+from txmail.workers.worker import open_store_when_available, serve_worker, timeouts_from
 
 Command = Callable[[Settings, argparse.Namespace], int]
 

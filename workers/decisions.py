@@ -9,10 +9,10 @@ from collections.abc import Sequence
 
 import structlog
 
-from txmail.broker import Broker, Outgoing
-from txmail.errors import BrokerUnavailable
-from txmail.events import FALLBACK_REQUEST_TYPE, FallbackRequest, utc_now
-from workers.store.protocol import PendingRequest, Store, StoreUnavailable
+from txmail.core.broker import Broker, Outgoing
+from txmail.core.errors import BrokerUnavailable
+from txmail.core.events import FALLBACK_REQUEST_TYPE, FallbackRequest, utc_now
+from txmail.workers.store.protocol import PendingRequest, Store, StoreUnavailable
 
 log = structlog.get_logger(__name__)
 

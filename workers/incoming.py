@@ -13,8 +13,8 @@ from typing import Any
 from aio_pika.abc import AbstractIncomingMessage
 from pydantic import ValidationError
 
-from txmail.errors import TxmailError
-from txmail.events import (
+from txmail.core.errors import TxmailError
+from txmail.core.events import (
     FALLBACK_ATTEMPT_TYPE,
     POSTBACK_TYPE,
     SEND_REGISTRATION_TYPE,
@@ -23,8 +23,8 @@ from txmail.events import (
     SendRegistration,
     event_id,
 )
-from workers.state import PostbackEvent, RegistrationEvent, event_time, message_key
-from workers.store.protocol import TrackedEvent
+from txmail.workers.state import PostbackEvent, RegistrationEvent, event_time, message_key
+from txmail.workers.store.protocol import TrackedEvent
 
 
 class NotTheContract(TxmailError):

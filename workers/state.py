@@ -17,8 +17,8 @@ from typing import Final
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from txmail.events import FallbackRequest, Postback, Recipient, SendRegistration, Trigger
-from workers.timeouts import DeliveryTimeouts
+from txmail.core.events import FallbackRequest, Postback, Recipient, SendRegistration, Trigger
+from txmail.workers.timeouts import DeliveryTimeouts
 
 # Failures in rank order: a bounce is the later, more definite verdict of the two.
 FAILURES: Final = ("bounced", "aborted")

@@ -9,9 +9,9 @@ import json
 import re
 from datetime import datetime
 
-from txmail.events import FALLBACK_ATTEMPT_TYPE, POSTBACK_TYPE, FallbackAttempt
-from txmail.terminal import printable
-from workers.store.protocol import MessageView, TimelineEntry
+from txmail.core.events import FALLBACK_ATTEMPT_TYPE, POSTBACK_TYPE, FallbackAttempt
+from txmail.core.terminal import printable
+from txmail.workers.store.protocol import MessageView, TimelineEntry
 
 # What JSON leaves unescaped but a terminal may still act on: DEL, C1 controls, and
 # the Unicode line and paragraph separators.

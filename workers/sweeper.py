@@ -10,12 +10,12 @@ from typing import Protocol
 
 import structlog
 
-from txmail.broker import Broker
-from txmail.events import utc_now
-from txmail.stopping import pause
-from workers.decisions import publish_decisions
-from workers.store.protocol import Store, StoreUnavailable
-from workers.watermark import FORGET_AFTER, WatermarkRule, WorkerProgress, due_by
+from txmail.core.broker import Broker
+from txmail.core.events import utc_now
+from txmail.core.stopping import pause
+from txmail.workers.decisions import publish_decisions
+from txmail.workers.store.protocol import Store, StoreUnavailable
+from txmail.workers.watermark import FORGET_AFTER, WatermarkRule, WorkerProgress, due_by
 
 log = structlog.get_logger(__name__)
 

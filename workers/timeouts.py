@@ -11,8 +11,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from txmail.durations import PositiveDuration
-from txmail.errors import ConfigError
+from txmail.core.durations import PositiveDuration
+from txmail.core.errors import ConfigError
 
 
 class _CampaignTracking(BaseModel):

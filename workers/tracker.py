@@ -17,18 +17,18 @@ from datetime import datetime
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
-from txmail.backoff import until_up
-from txmail.broker import BROKER_ERRORS, Broker
-from txmail.consumer import Consumer
-from txmail.events import utc_now
-from txmail.readable import readable
-from txmail.stopping import unless_stopped
-from txmail.topology import Topology
-from workers.decisions import publish_decisions
-from workers.inbox import Inbox
-from workers.incoming import Delivery, NotTheContract, arrive
-from workers.store.protocol import PendingRequest, Store, StoreUnavailable, TrackedEvent
-from workers.watermark import WorkerProgress
+from txmail.core.backoff import until_up
+from txmail.core.broker import BROKER_ERRORS, Broker
+from txmail.core.consumer import Consumer
+from txmail.core.events import utc_now
+from txmail.core.readable import readable
+from txmail.core.stopping import unless_stopped
+from txmail.core.topology import Topology
+from txmail.workers.decisions import publish_decisions
+from txmail.workers.inbox import Inbox
+from txmail.workers.incoming import Delivery, NotTheContract, arrive
+from txmail.workers.store.protocol import PendingRequest, Store, StoreUnavailable, TrackedEvent
+from txmail.workers.watermark import WorkerProgress
 
 log = structlog.get_logger(__name__)
 

@@ -4,19 +4,19 @@ import asyncio
 
 import structlog
 
-from txmail.backoff import until_up
-from txmail.broker import Broker
-from txmail.health import create_health_app
-from txmail.http import serving
-from txmail.settings import Settings
-from txmail.stopping import pause, stop_on_signals, unless_stopped
-from txmail.topology import Topology
-from workers.store import open_store
-from workers.store.protocol import Store, StoreUnavailable
-from workers.sweeper import Sweeper
-from workers.timeouts import DeliveryTimeouts, load_timeouts
-from workers.tracker import Tracker
-from workers.watermark import WatermarkRule
+from txmail.core.backoff import until_up
+from txmail.core.broker import Broker
+from txmail.core.health import create_health_app
+from txmail.core.http import serving
+from txmail.core.settings import Settings
+from txmail.core.stopping import pause, stop_on_signals, unless_stopped
+from txmail.core.topology import Topology
+from txmail.workers.store import open_store
+from txmail.workers.store.protocol import Store, StoreUnavailable
+from txmail.workers.sweeper import Sweeper
+from txmail.workers.timeouts import DeliveryTimeouts, load_timeouts
+from txmail.workers.tracker import Tracker
+from txmail.workers.watermark import WatermarkRule
 
 log = structlog.get_logger(__name__)
 

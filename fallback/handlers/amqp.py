@@ -19,17 +19,17 @@ from aio_pika.exceptions import (
 )
 from pydantic import Field, field_validator
 
-from fallback.handler import (
+from txmail.core.events import FallbackRequest
+from txmail.core.readable import readable
+from txmail.fallback.handler import (
     HandlerConfig,
     HandlerResources,
     PermanentFailure,
     TransientFailure,
     UnusableRequest,
 )
-from fallback.handlers.common import fallback_payload
-from fallback.templates import TextTemplate, template_context
-from txmail.events import FallbackRequest
-from txmail.readable import readable
+from txmail.fallback.handlers.common import fallback_payload
+from txmail.fallback.templates import TextTemplate, template_context
 
 MESSAGE_TYPE = "email_fallback"
 # AMQP carries exchange names and routing keys as "short strings": at most 255 bytes.

@@ -7,8 +7,8 @@ from typing import Any
 
 import aiohttp
 
-from fallback.handler import PermanentFailure, TransientFailure
-from txmail.events import FallbackRequest
+from txmail.core.events import FallbackRequest
+from txmail.fallback.handler import PermanentFailure, TransientFailure
 
 # Names txmail's traffic for whoever receives it (in User-Agent, or a mail's X-Mailer).
 USER_AGENT = f"txmail/{version('txmail')}"

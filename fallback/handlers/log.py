@@ -2,8 +2,8 @@
 
 import structlog
 
-from fallback.handler import HandlerConfig, HandlerResources
-from txmail.events import FallbackRequest
+from txmail.core.events import FallbackRequest
+from txmail.fallback.handler import HandlerConfig, HandlerResources
 
 log = structlog.get_logger(__name__)
 

@@ -12,15 +12,20 @@ from typing import ClassVar
 
 from pydantic import AnyHttpUrl, Field, SecretStr
 
-from fallback.handler import HandlerConfig, HandlerResources, TransientFailure, UnusableRequest
-from fallback.handlers.common import (
+from txmail.core.events import FallbackRequest
+from txmail.core.readable import readable
+from txmail.fallback.handler import (
+    HandlerConfig,
+    HandlerResources,
+    TransientFailure,
+    UnusableRequest,
+)
+from txmail.fallback.handlers.common import (
     HTTP_TRANSPORT_ERRORS,
     USER_AGENT,
     check_http_response,
 )
-from fallback.templates import TextTemplate, template_context
-from txmail.events import FallbackRequest
-from txmail.readable import readable
+from txmail.fallback.templates import TextTemplate, template_context
 
 IDEMPOTENCY_HEADER = "I-Twilio-Idempotency-Token"
 # What no provider takes as a number to text: nothing at all, blanks, control characters.

@@ -13,17 +13,17 @@ from typing import ClassVar
 import aiosmtplib
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from fallback.handler import (
+from txmail.core.events import FallbackRequest
+from txmail.core.readable import readable
+from txmail.fallback.handler import (
     HandlerConfig,
     HandlerResources,
     PermanentFailure,
     TransientFailure,
     UnusableRequest,
 )
-from fallback.handlers.common import USER_AGENT
-from fallback.templates import TextTemplate, template_context
-from txmail.events import FallbackRequest
-from txmail.readable import readable
+from txmail.fallback.handlers.common import USER_AGENT
+from txmail.fallback.templates import TextTemplate, template_context
 
 
 class SmtpConfig(HandlerConfig):

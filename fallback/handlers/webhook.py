@@ -15,15 +15,15 @@ from typing import ClassVar
 
 from pydantic import AnyHttpUrl, SecretStr, field_validator
 
-from fallback.handler import HandlerConfig, HandlerResources, TransientFailure
-from fallback.handlers.common import (
+from txmail.core.events import FallbackRequest
+from txmail.core.readable import readable
+from txmail.fallback.handler import HandlerConfig, HandlerResources, TransientFailure
+from txmail.fallback.handlers.common import (
     HTTP_TRANSPORT_ERRORS,
     USER_AGENT,
     check_http_response,
     fallback_payload,
 )
-from txmail.events import FallbackRequest
-from txmail.readable import readable
 
 SECRET_PREFIX = "whsec_"  # noqa: S105 -- the prefix Standard Webhooks secrets start with
 

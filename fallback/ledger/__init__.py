@@ -12,18 +12,18 @@ the read-and-write atomic.
 import asyncio
 from datetime import datetime, timedelta
 
-from fallback.ledger.claims import (
+from txmail.core.backoff import until_up
+from txmail.core.database import sqlite_path
+from txmail.core.stopping import unless_stopped
+from txmail.fallback.ledger.claims import (
     CallState,
     Claim,
     ClaimVerdict,
     LedgerUnavailable,
 )
-from fallback.ledger.postgres import PostgresLedger
-from fallback.ledger.protocol import CallLedger
-from fallback.ledger.sqlite import SqliteLedger
-from txmail.backoff import until_up
-from txmail.database import sqlite_path
-from txmail.stopping import unless_stopped
+from txmail.fallback.ledger.postgres import PostgresLedger
+from txmail.fallback.ledger.protocol import CallLedger
+from txmail.fallback.ledger.sqlite import SqliteLedger
 
 __all__ = [
     "CallLedger",

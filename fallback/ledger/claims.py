@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
-from txmail.errors import TxmailError
+from txmail.core.errors import TxmailError
 
 
 class LedgerUnavailable(TxmailError):

@@ -5,7 +5,7 @@ SQLite, timestamptz in PostgreSQL."""
 
 from typing import Final
 
-from txmail.database import Migration
+from txmail.core.database import Migration
 
 
 def _calls_table(time_type: str) -> str:

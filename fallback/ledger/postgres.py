@@ -12,7 +12,14 @@ from typing import TypeAlias, TypeVar
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from fallback.ledger.claims import (
+from txmail.core.database import (
+    POSTGRES_MISCONFIGURED,
+    POSTGRES_UNAVAILABLE,
+    apply_postgres_migrations,
+)
+from txmail.core.errors import ConfigError
+from txmail.core.readable import readable
+from txmail.fallback.ledger.claims import (
     CallRow,
     CallState,
     Claim,
@@ -21,14 +28,7 @@ from fallback.ledger.claims import (
     judge_claim,
     new_owner,
 )
-from fallback.ledger.migrations import POSTGRES
-from txmail.database import (
-    POSTGRES_MISCONFIGURED,
-    POSTGRES_UNAVAILABLE,
-    apply_postgres_migrations,
-)
-from txmail.errors import ConfigError
-from txmail.readable import readable
+from txmail.fallback.ledger.migrations import POSTGRES
 
 T = TypeVar("T")
 Db: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"

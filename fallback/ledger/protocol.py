@@ -3,7 +3,7 @@
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from fallback.ledger.claims import CallState, Claim
+from txmail.fallback.ledger.claims import CallState, Claim
 
 
 class CallLedger(Protocol):

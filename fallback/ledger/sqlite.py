@@ -14,7 +14,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
 
-from fallback.ledger.claims import (
+from txmail.core.database import (
+    apply_sqlite_migrations,
+    connect_sqlite,
+    from_micros,
+    sqlite_transaction,
+    to_micros,
+)
+from txmail.fallback.ledger.claims import (
     CallRow,
     CallState,
     Claim,
@@ -23,14 +30,7 @@ from fallback.ledger.claims import (
     judge_claim,
     new_owner,
 )
-from fallback.ledger.migrations import SQLITE
-from txmail.database import (
-    apply_sqlite_migrations,
-    connect_sqlite,
-    from_micros,
-    sqlite_transaction,
-    to_micros,
-)
+from txmail.fallback.ledger.migrations import SQLITE
 
 T = TypeVar("T")
 

@@ -15,14 +15,14 @@ import pytest
 from aiohttp import web
 from aiosmtpd.controller import Controller
 
-from fallback.executor import fallback_topology
-from fallback.handler import HandlerResources
-from fallback.rules_file import RulesFile, load_rules_file
 from tests.fallback.servers import MailCollector, Receiver, check_login
 from tests.ports import free_port
-from txmail.events import FALLBACK_ATTEMPT_TYPE, FallbackAttempt
-from txmail.settings import Settings
-from txmail.topology import Topology
+from txmail.core.events import FALLBACK_ATTEMPT_TYPE, FallbackAttempt
+from txmail.core.settings import Settings
+from txmail.core.topology import Topology
+from txmail.fallback.executor import fallback_topology
+from txmail.fallback.handler import HandlerResources
+from txmail.fallback.rules_file import RulesFile, load_rules_file
 
 RETRY_SCHEDULE = [timedelta(milliseconds=200), timedelta(milliseconds=500)]
 

@@ -6,11 +6,11 @@ from datetime import UTC, datetime
 
 import aio_pika
 
-from fallback.executor import fallback_topology
-from fallback.parking import ParkedRequest, list_parked
 from tests.fallback.servers import SMS_SID, SMS_TOKEN, WEBHOOK_SECRET, Receiver
-from txmail.events import FALLBACK_REQUEST_TYPE, FallbackRequest, Recipient, Trigger
-from txmail.settings import Settings
+from txmail.core.events import FALLBACK_REQUEST_TYPE, FallbackRequest, Recipient, Trigger
+from txmail.core.settings import Settings
+from txmail.fallback.executor import fallback_topology
+from txmail.fallback.parking import ParkedRequest, list_parked
 
 
 def a_request(**changes: object) -> FallbackRequest:

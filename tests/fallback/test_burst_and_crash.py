@@ -32,13 +32,13 @@ from tests.burst_load import (
 )
 from tests.processes import environment
 from tests.waiting import wait_until
-from txmail.durations import format_duration
-from txmail.events import utc_now
-from txmail.settings import Settings
-from txmail.topology import Topology
-from workers.store import open_store
-from workers.store.protocol import Store
-from workers.timeouts import DeliveryTimeouts
+from txmail.core.durations import format_duration
+from txmail.core.events import utc_now
+from txmail.core.settings import Settings
+from txmail.core.topology import Topology
+from txmail.workers.store import open_store
+from txmail.workers.store.protocol import Store
+from txmail.workers.timeouts import DeliveryTimeouts
 
 TIMEOUT = 2.0  # seconds: Braze delivers within a fifth of it, or too late by half
 MESSAGES = 1500  # about 4,700 postbacks

@@ -12,10 +12,6 @@ from pathlib import Path
 import aio_pika
 import pytest
 
-from fallback import dlq
-from fallback.executor import fallback_topology, running_executor
-from fallback.progress import PARKED_AT, PARKED_REASON, Progress
-from fallback.rules_file import RulesFile
 from tests.amqp_helpers import drain, queue_depth
 from tests.fallback.conftest import RETRY_SCHEDULE, AttemptLog
 from tests.fallback.requests import a_request, handlers_toml, parked, publish
@@ -24,9 +20,13 @@ from tests.ports import free_port
 from tests.processes import wait_for_line
 from tests.waiting import wait_until
 from txmail.cli import main
-from txmail.durations import format_duration
-from txmail.events import FallbackRequest, Trigger
-from txmail.settings import Settings
+from txmail.core.durations import format_duration
+from txmail.core.events import FallbackRequest, Trigger
+from txmail.core.settings import Settings
+from txmail.fallback import dlq
+from txmail.fallback.executor import fallback_topology, running_executor
+from txmail.fallback.progress import PARKED_AT, PARKED_REASON, Progress
+from txmail.fallback.rules_file import RulesFile
 
 RULE = '[[rules]]\non = ["*"]\nhandlers = ["ops-hook"]\n'
 

@@ -8,16 +8,6 @@ import aio_pika
 import aiohttp
 from structlog.testing import capture_logs
 
-from fallback.executor import (
-    FallbackExecutor,
-    build_handlers,
-    fallback_topology,
-    running_executor,
-)
-from fallback.handler import HandlerResources
-from fallback.ledger import open_ledger
-from fallback.parking import list_parked, replay_parked
-from fallback.rules_file import RulesFile
 from tests.broker_url import host_and_port, via_port
 from tests.fallback.conftest import AttemptLog
 from tests.fallback.requests import (
@@ -31,7 +21,17 @@ from tests.fallback.requests import (
 from tests.fallback.servers import Receiver
 from tests.tcp_proxy import TcpProxy
 from tests.waiting import wait_until
-from txmail.settings import Settings
+from txmail.core.settings import Settings
+from txmail.fallback.executor import (
+    FallbackExecutor,
+    build_handlers,
+    fallback_topology,
+    running_executor,
+)
+from txmail.fallback.handler import HandlerResources
+from txmail.fallback.ledger import open_ledger
+from txmail.fallback.parking import list_parked, replay_parked
+from txmail.fallback.rules_file import RulesFile
 
 WriteRules = Callable[[str], RulesFile]
 

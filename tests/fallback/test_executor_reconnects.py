@@ -3,14 +3,14 @@ says it is not ready meanwhile, and runs the fallback that came in the meantime 
 
 from pathlib import Path
 
-from fallback.executor import running_executor
-from fallback.rules_file import load_rules_file
 from tests.fallback.conftest import AttemptLog
 from tests.fallback.requests import a_request, handlers_toml, publish
 from tests.fallback.servers import Receiver
 from tests.readiness import is_not_consuming, is_ready, proxied
 from tests.waiting import wait_until
-from txmail.settings import Settings
+from txmail.core.settings import Settings
+from txmail.fallback.executor import running_executor
+from txmail.fallback.rules_file import load_rules_file
 
 
 async def test_the_executor_consumes_again_and_runs_the_fallback_once(

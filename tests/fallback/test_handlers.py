@@ -15,20 +15,6 @@ import aiohttp
 import pytest
 from pydantic import ValidationError
 
-from fallback.chain import ReadyHandler, ResultKind, run_handler
-from fallback.circuit import Circuits, CircuitState
-from fallback.handler import (
-    FallbackHandler,
-    HandlerResources,
-    PermanentFailure,
-    TransientFailure,
-    UnusableRequest,
-)
-from fallback.handlers.amqp import AmqpConfig, AmqpHandler
-from fallback.handlers.log import LogConfig, LogHandler
-from fallback.handlers.sms import SmsConfig, SmsHandler
-from fallback.handlers.smtp import SmtpConfig, SmtpHandler
-from fallback.handlers.webhook import WebhookConfig, WebhookHandler, sign
 from tests.broker_url import host_and_port, via_port
 from tests.fallback.servers import (
     SMS_SID,
@@ -42,8 +28,22 @@ from tests.fallback.servers import (
 from tests.ports import free_port
 from tests.tcp_proxy import TcpProxy
 from tests.waiting import wait_until
-from txmail.broker import connect_until_up
-from txmail.events import FallbackRequest, Recipient, Trigger
+from txmail.core.broker import connect_until_up
+from txmail.core.events import FallbackRequest, Recipient, Trigger
+from txmail.fallback.chain import ReadyHandler, ResultKind, run_handler
+from txmail.fallback.circuit import Circuits, CircuitState
+from txmail.fallback.handler import (
+    FallbackHandler,
+    HandlerResources,
+    PermanentFailure,
+    TransientFailure,
+    UnusableRequest,
+)
+from txmail.fallback.handlers.amqp import AmqpConfig, AmqpHandler
+from txmail.fallback.handlers.log import LogConfig, LogHandler
+from txmail.fallback.handlers.sms import SmsConfig, SmsHandler
+from txmail.fallback.handlers.smtp import SmtpConfig, SmtpHandler
+from txmail.fallback.handlers.webhook import WebhookConfig, WebhookHandler, sign
 
 
 def a_request(**changes: Any) -> FallbackRequest:

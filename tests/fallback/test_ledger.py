@@ -9,7 +9,11 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from fallback.ledger import (
+from tests.ports import free_port
+from tests.waiting import wait_until
+from txmail.core.errors import ConfigError
+from txmail.core.events import utc_now
+from txmail.fallback.ledger import (
     CallLedger,
     CallState,
     ClaimVerdict,
@@ -19,12 +23,8 @@ from fallback.ledger import (
     open_ledger_when_available,
     purge_ledger,
 )
-from tests.ports import free_port
-from tests.waiting import wait_until
-from txmail.errors import ConfigError
-from txmail.events import utc_now
-from workers.store import open_store
-from workers.timeouts import DeliveryTimeouts
+from txmail.workers.store import open_store
+from txmail.workers.timeouts import DeliveryTimeouts
 
 LEASE = timedelta(seconds=30)
 

@@ -13,8 +13,6 @@ import aio_pika
 import pytest
 from structlog.testing import capture_logs
 
-from fallback.executor import running_executor
-from fallback.rules_file import RulesFile
 from tests.broker_url import host_and_port, via_port
 from tests.factories import postback
 from tests.fallback.conftest import AttemptLog
@@ -22,16 +20,18 @@ from tests.fallback.requests import a_request, handlers_toml, publish
 from tests.fallback.servers import Receiver
 from tests.tcp_proxy import TcpProxy
 from tests.waiting import wait_until
-from txmail.broker import Broker
-from txmail.durations import format_duration
-from txmail.events import utc_now
-from txmail.settings import Settings
-from txmail.topology import Topology
-from workers.decisions import to_outgoing
-from workers.store import open_store
-from workers.sweeper import Sweeper
-from workers.timeouts import DeliveryTimeouts
-from workers.watermark import WatermarkRule, WorkerProgress
+from txmail.core.broker import Broker
+from txmail.core.durations import format_duration
+from txmail.core.events import utc_now
+from txmail.core.settings import Settings
+from txmail.core.topology import Topology
+from txmail.fallback.executor import running_executor
+from txmail.fallback.rules_file import RulesFile
+from txmail.workers.decisions import to_outgoing
+from txmail.workers.store import open_store
+from txmail.workers.sweeper import Sweeper
+from txmail.workers.timeouts import DeliveryTimeouts
+from txmail.workers.watermark import WatermarkRule, WorkerProgress
 
 WriteRules = Callable[[str], RulesFile]
 HOOK = '[[rules]]\non = ["*"]\nhandlers = ["ops-hook"]\n'

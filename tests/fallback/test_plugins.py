@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from fallback.executor import build_handlers
-from fallback.handler import FallbackHandler, HandlerResources
-from fallback.rules_file import load_rules_file
-from txmail.errors import ConfigError
-from txmail.events import FallbackRequest, Trigger
+from txmail.core.errors import ConfigError
+from txmail.core.events import FallbackRequest, Trigger
+from txmail.fallback.executor import build_handlers
+from txmail.fallback.handler import FallbackHandler, HandlerResources
+from txmail.fallback.rules_file import load_rules_file
 
 PLUGIN = """
-from fallback.handler import HandlerConfig, HandlerResources, PermanentFailure
-from txmail.events import FallbackRequest
+from txmail.fallback.handler import HandlerConfig, HandlerResources, PermanentFailure
+from txmail.core.events import FallbackRequest
 
 SENT = []
 

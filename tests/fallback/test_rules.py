@@ -4,8 +4,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from fallback.rules import Rule, select_rule
-from txmail.events import FallbackRequest, Trigger
+from txmail.core.events import FallbackRequest, Trigger
+from txmail.fallback.rules import Rule, select_rule
 
 RULES = [
     Rule.model_validate(

@@ -10,18 +10,18 @@ from pathlib import Path
 
 import pytest
 
-from fallback.handler import PermanentFailure
-from fallback.handlers.webhook import WebhookConfig
-from fallback.rules import Mode
-from fallback.rules_file import check_rules_file, load_configured_rules, load_rules_file
-from fallback.templates import TextTemplate, template_context
 from tests.fallback.servers import WEBHOOK_SECRET
 from tests.ports import free_port
 from tests.processes import wait_for_line
 from txmail.cli import main
-from txmail.errors import ConfigError
-from txmail.events import FallbackRequest, Recipient, Trigger
-from txmail.settings import Settings
+from txmail.core.errors import ConfigError
+from txmail.core.events import FallbackRequest, Recipient, Trigger
+from txmail.core.settings import Settings
+from txmail.fallback.handler import PermanentFailure
+from txmail.fallback.handlers.webhook import WebhookConfig
+from txmail.fallback.rules import Mode
+from txmail.fallback.rules_file import check_rules_file, load_configured_rules, load_rules_file
+from txmail.fallback.templates import TextTemplate, template_context
 
 EXAMPLE = f"""
 [tracking]

@@ -15,8 +15,8 @@ from tests.fallback.servers import WEBHOOK_SECRET, Receiver
 from tests.ports import free_port
 from tests.processes import wait_for_line
 from tests.waiting import wait_until
-from txmail.durations import format_duration
-from txmail.settings import Settings
+from txmail.core.durations import format_duration
+from txmail.core.settings import Settings
 
 RULES = """
 [handlers.ops-hook]

@@ -4,9 +4,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from fallback.handler import PermanentFailure
-from fallback.templates import TextTemplate, template_context
-from txmail.events import FallbackRequest, Recipient, Trigger
+from txmail.core.events import FallbackRequest, Recipient, Trigger
+from txmail.fallback.handler import PermanentFailure
+from txmail.fallback.templates import TextTemplate, template_context
 
 REQUEST = FallbackRequest(
     idempotency_key="k",

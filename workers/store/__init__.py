@@ -6,11 +6,11 @@ schema; readers (api, status) change nothing, so a read-only database user serve
 
 from datetime import timedelta
 
-from txmail.database import sqlite_path
-from workers.store.postgres import PostgresStore
-from workers.store.protocol import Store
-from workers.store.sqlite import SqliteStore
-from workers.timeouts import DeliveryTimeouts
+from txmail.core.database import sqlite_path
+from txmail.workers.store.postgres import PostgresStore
+from txmail.workers.store.protocol import Store
+from txmail.workers.store.sqlite import SqliteStore
+from txmail.workers.timeouts import DeliveryTimeouts
 
 
 def _store_for(

@@ -8,8 +8,8 @@ the epoch in SQLite (integers sort and index well there) and timestamptz in Post
 from collections.abc import Sequence
 from typing import Final
 
-from txmail.database import Migration
-from workers.store.protocol import NotMigrated
+from txmail.core.database import Migration
+from txmail.workers.store.protocol import NotMigrated
 
 HOW_TO_MIGRATE = "run `txmail migrate` or start a worker"
 

@@ -15,17 +15,17 @@ from typing import TypeAlias, TypeVar
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from txmail.database import (
+from txmail.core.database import (
     POSTGRES_MISCONFIGURED,
     POSTGRES_UNAVAILABLE,
     apply_postgres_migrations,
 )
-from txmail.errors import ConfigError
-from txmail.events import NUL, FallbackRequest
-from txmail.readable import readable
-from workers.state import Message, claim_deadline
-from workers.store.migrations import POSTGRES, require_migrated
-from workers.store.protocol import (
+from txmail.core.errors import ConfigError
+from txmail.core.events import NUL, FallbackRequest
+from txmail.core.readable import readable
+from txmail.workers.state import Message, claim_deadline
+from txmail.workers.store.migrations import POSTGRES, require_migrated
+from txmail.workers.store.protocol import (
     MessageView,
     PendingRequest,
     StoreCounts,
@@ -33,9 +33,9 @@ from workers.store.protocol import (
     TimelineEntry,
     TrackedEvent,
 )
-from workers.store.rows import MessageRow, evolve_all, message_keys, to_rows, view
-from workers.timeouts import DeliveryTimeouts
-from workers.watermark import WorkerProgress
+from txmail.workers.store.rows import MessageRow, evolve_all, message_keys, to_rows, view
+from txmail.workers.timeouts import DeliveryTimeouts
+from txmail.workers.watermark import WorkerProgress
 
 T = TypeVar("T")
 Db: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"

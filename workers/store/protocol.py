@@ -7,10 +7,10 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel
 
-from txmail.errors import TxmailError
-from txmail.events import FallbackRequest
-from workers.state import Event, Outcome, Registered, StatusSeen
-from workers.watermark import WorkerProgress
+from txmail.core.errors import TxmailError
+from txmail.core.events import FallbackRequest
+from txmail.workers.state import Event, Outcome, Registered, StatusSeen
+from txmail.workers.watermark import WorkerProgress
 
 
 class StoreUnavailable(TxmailError):

@@ -5,8 +5,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from txmail.events import FallbackRequest
-from workers.state import (
+from txmail.core.events import FallbackRequest
+from txmail.workers.state import (
     Decision,
     Event,
     Message,
@@ -17,14 +17,14 @@ from workers.state import (
     outcome,
     reason,
 )
-from workers.store.protocol import (
+from txmail.workers.store.protocol import (
     DecisionView,
     MessageView,
     PendingRequest,
     TimelineEntry,
     TrackedEvent,
 )
-from workers.timeouts import DeliveryTimeouts
+from txmail.workers.timeouts import DeliveryTimeouts
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import quote
 
-from txmail.database import (
+from txmail.core.database import (
     BUSY_TIMEOUT_MS,
     apply_sqlite_migrations,
     connect_sqlite,
@@ -27,11 +27,11 @@ from txmail.database import (
     sqlite_transaction,
     to_micros,
 )
-from txmail.errors import ConfigError
-from txmail.events import FallbackRequest
-from workers.state import Message, claim_deadline
-from workers.store.migrations import HOW_TO_MIGRATE, SQLITE, require_migrated
-from workers.store.protocol import (
+from txmail.core.errors import ConfigError
+from txmail.core.events import FallbackRequest
+from txmail.workers.state import Message, claim_deadline
+from txmail.workers.store.migrations import HOW_TO_MIGRATE, SQLITE, require_migrated
+from txmail.workers.store.protocol import (
     MessageView,
     NotMigrated,
     PendingRequest,
@@ -40,9 +40,9 @@ from workers.store.protocol import (
     TimelineEntry,
     TrackedEvent,
 )
-from workers.store.rows import MessageRow, evolve_all, message_keys, to_rows, view
-from workers.timeouts import DeliveryTimeouts
-from workers.watermark import WorkerProgress
+from txmail.workers.store.rows import MessageRow, evolve_all, message_keys, to_rows, view
+from txmail.workers.timeouts import DeliveryTimeouts
+from txmail.workers.watermark import WorkerProgress
 
 T = TypeVar("T")
 

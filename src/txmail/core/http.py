@@ -15,8 +15,8 @@ from aiohttp.streams import StreamReader
 from aiohttp.typedefs import Handler
 from aiohttp.web_protocol import RequestHandler
 
-from txmail.errors import CannotStart
-from txmail.settings import Settings
+from txmail.core.errors import CannotStart
+from txmail.core.settings import Settings
 
 log = structlog.get_logger(__name__)
 
@@ -319,7 +319,7 @@ def _why_not_listening(error: OSError, host: str, port: int) -> str:
 async def serve_until_stopped(
     app: web.Application, host: str, port: int, settings: Settings, stop: asyncio.Event
 ) -> None:
-    """Serve ``app`` until ``stop`` is set (see ``txmail.stopping.stop_on_signals``), then
+    """Serve ``app`` until ``stop`` is set (see ``txmail.core.stopping.stop_on_signals``), then
     stop accepting, let requests in flight finish (at most TXMAIL_SHUTDOWN_TIMEOUT)
     and run the app's cleanup."""
     async with serving(app, host, port, settings):

@@ -14,7 +14,7 @@ from aio_pika.abc import (
     AbstractQueue,
 )
 
-from txmail.kept_connection import BROKER_ERRORS, CLOSE_TIMEOUT, KeptConnection
+from txmail.core.kept_connection import BROKER_ERRORS, CLOSE_TIMEOUT, KeptConnection
 
 # Declares what the queue needs on the channel, and returns the queue.
 Prepare = Callable[[AbstractChannel], Awaitable[AbstractQueue]]

@@ -11,7 +11,7 @@ import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_never
 from tenacity.wait import wait_exponential, wait_random
 
-from txmail.readable import readable
+from txmail.core.readable import readable
 
 log = structlog.get_logger(__name__)
 
@@ -50,7 +50,7 @@ async def until_up(
 ) -> T:
     """``attempt()`` again after each of ``errors`` until it returns. ``context`` goes
     into each log line. Cancelling ends a wait or an attempt in progress at once (see
-    ``txmail.stopping.unless_stopped``)."""
+    ``txmail.core.stopping.unless_stopped``)."""
     retrying = AsyncRetrying(
         retry=retry_if_exception_type(errors),
         wait=BACKOFF,

@@ -24,7 +24,7 @@ from pydantic import (
     model_validator,
 )
 
-from txmail.durations import PositiveDuration
+from txmail.core.durations import PositiveDuration
 
 KNOWN_STATUSES: Final = frozenset({"sent", "processed", "aborted", "delivered", "bounced"})
 POSTBACK_TYPE: Final = "postback"

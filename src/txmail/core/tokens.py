@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from aiohttp import web
 from pydantic import SecretStr
 
-from txmail.http import json_error
+from txmail.core.http import json_error
 
 
 def _raw(text: str) -> bytes:

@@ -7,8 +7,8 @@ from datetime import timedelta
 
 from pydantic import SecretStr
 
-from txmail.durations import format_duration
-from txmail.settings import Settings
+from txmail.core.durations import format_duration
+from txmail.core.settings import Settings
 
 _BROKER = ("amqp_url", "namespace")
 _EVERY = tuple(Settings.model_fields)

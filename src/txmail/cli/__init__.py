@@ -7,10 +7,10 @@ import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import version
 
-from txmail.command_help import add_epilogs
-from txmail.errors import CannotStart, ConfigError
-from txmail.logs import configure_logging
-from txmail.settings import Settings, load_settings
+from txmail.cli.command_help import add_epilogs
+from txmail.core.errors import CannotStart, ConfigError
+from txmail.core.logs import configure_logging
+from txmail.core.settings import Settings, load_settings
 
 
 def run_ingress(settings: Settings, args: argparse.Namespace) -> int:
@@ -19,9 +19,9 @@ def run_ingress(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _serve_ingress(settings: Settings) -> None:
-    from ingress.app import create_app
-    from txmail.http import serve_until_stopped
-    from txmail.stopping import stop_on_signals
+    from txmail.core.http import serve_until_stopped
+    from txmail.core.stopping import stop_on_signals
+    from txmail.ingress.app import create_app
 
     await serve_until_stopped(
         create_app(settings),
@@ -33,7 +33,7 @@ async def _serve_ingress(settings: Settings) -> None:
 
 
 def run_everything(settings: Settings, args: argparse.Namespace) -> int:
-    from txmail.run_all import run_all
+    from txmail.cli.run_all import run_all
 
     asyncio.run(run_all(settings))
     return 0
@@ -42,10 +42,10 @@ def run_everything(settings: Settings, args: argparse.Namespace) -> int:
 def migrate_everything(settings: Settings, args: argparse.Namespace) -> int:
     """The workers' tables and the executor's call ledger, both in TXMAIL_DATABASE_URL:
     here, where both are known, so that neither service imports the other."""
-    from fallback.ledger import LedgerUnavailable, migrate_ledger
-    from workers.store import migrate_schema
-    from workers.store.protocol import StoreUnavailable
-    from workers.worker import timeouts_from
+    from txmail.fallback.ledger import LedgerUnavailable, migrate_ledger
+    from txmail.workers.store import migrate_schema
+    from txmail.workers.store.protocol import StoreUnavailable
+    from txmail.workers.worker import timeouts_from
 
     try:
         applied = asyncio.run(migrate_schema(settings.database_url, timeouts_from(settings)))
@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ingress.set_defaults(handler=run_ingress)
     # worker, api, status and run live with the workers, which own the state they serve.
-    from workers.commands import add_commands as add_worker_commands
+    from txmail.workers.commands import add_commands as add_worker_commands
 
     add_worker_commands(commands)
     migrate = commands.add_parser(
@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.set_defaults(handler=migrate_everything)
 
     # --- fallback: `fallback`, `check-config`, `dlq list|replay` ---
-    from fallback.cli import add_fallback_commands
+    from txmail.fallback.cli import add_fallback_commands
 
     add_fallback_commands(commands)
     run = commands.add_parser(
@@ -124,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings()
         if settings.rules is not None:
-            from fallback.rules_file import load_rules_file, load_tracking, read_rules_toml
+            from txmail.fallback.rules_file import load_rules_file, load_tracking, read_rules_toml
 
             if args.command in EXECUTORS:
                 load_rules_file(settings.rules)
@@ -146,7 +146,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Python from failing again when it flushes stdout at exit.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -9,19 +9,19 @@ from contextlib import AsyncExitStack
 
 import structlog
 
-from txmail.settings import Settings
+from txmail.core.settings import Settings
 
 log = structlog.get_logger(__name__)
 
 
 async def run_all(settings: Settings) -> None:
-    from fallback.executor import FallbackExecutor, running_executor
-    from fallback.rules_file import load_configured_rules
-    from ingress.app import create_app
-    from txmail.http import serving
-    from txmail.stopping import stop_on_signals
-    from workers.api import api_host, api_tokens, create_api_app
-    from workers.worker import Worker, open_store_when_available, timeouts_from
+    from txmail.core.http import serving
+    from txmail.core.stopping import stop_on_signals
+    from txmail.fallback.executor import FallbackExecutor, running_executor
+    from txmail.fallback.rules_file import load_configured_rules
+    from txmail.ingress.app import create_app
+    from txmail.workers.api import api_host, api_tokens, create_api_app
+    from txmail.workers.worker import Worker, open_store_when_available, timeouts_from
 
     rules_file = load_configured_rules(settings)
     stop = stop_on_signals()

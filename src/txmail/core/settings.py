@@ -9,8 +9,8 @@ from typing import Annotated
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from txmail.durations import Duration, parse_duration
-from txmail.errors import ConfigError
+from txmail.core.durations import Duration, parse_duration
+from txmail.core.errors import ConfigError
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -39,7 +39,7 @@ class Settings(BaseSettings):
     # the rate to sustain times the confirm latency to accept (see the README).
     max_publishes_in_flight: int = Field(default=1000, ge=1)
     # Limits of every HTTP server (ingress and API), so that slow or idle clients
-    # cannot hold connections: see txmail.http.
+    # cannot hold connections: see txmail.core.http.
     http_header_timeout: Duration = timedelta(seconds=10)
     http_body_timeout: Duration = timedelta(seconds=30)
     http_keepalive_timeout: Duration = timedelta(seconds=75)

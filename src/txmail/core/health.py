@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from aiohttp import web
 
-from txmail.http import json_error, json_errors
+from txmail.core.http import json_error, json_errors
 
 # What keeps a part from being ready, as sentences for an operator; empty: ready.
 Readiness = Callable[[], Awaitable[list[str]]]

@@ -17,8 +17,8 @@ from aio_pika.abc import AbstractChannel, AbstractConnection
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 from yarl import URL
 
-from txmail.backoff import until_up
-from txmail.readable import readable
+from txmail.core.backoff import until_up
+from txmail.core.readable import readable
 
 log = structlog.get_logger(__name__)
 

@@ -13,7 +13,7 @@ from typing import Any, Final
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange
 
-from txmail.durations import format_duration
+from txmail.core.durations import format_duration
 
 DELIVERY_LIMIT: Final = 5
 

@@ -17,7 +17,7 @@ import asyncpg
 if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
 
-from txmail.errors import ConfigError
+from txmail.core.errors import ConfigError
 
 BUSY_TIMEOUT_MS = 10_000
 

@@ -20,12 +20,12 @@ from aio_pika.abc import (
 )
 from yarl import URL
 
-from txmail.backoff import until_up
-from txmail.errors import BrokerUnavailable
-from txmail.kept_connection import BROKER_ERRORS, OPEN_TIMEOUT, KeptConnection
-from txmail.readable import readable
-from txmail.stopping import unless_stopped
-from txmail.topology import Topology
+from txmail.core.backoff import until_up
+from txmail.core.errors import BrokerUnavailable
+from txmail.core.kept_connection import BROKER_ERRORS, OPEN_TIMEOUT, KeptConnection
+from txmail.core.readable import readable
+from txmail.core.stopping import unless_stopped
+from txmail.core.topology import Topology
 
 __all__ = ["BROKER_ERRORS", "Broker", "Outgoing", "connect_unless_stopped", "connect_until_up"]
 
