@@ -38,7 +38,6 @@ class Column:
 
 @dataclass(frozen=True)
 class Dialect:
-    name: str
     types: dict[Kind, str]
     for_update: str  # appended to a SELECT that locks the rows it reads
     skip_locked: str  # ... that takes only rows nobody else holds
@@ -52,14 +51,12 @@ class Dialect:
 # SQLite keeps times as microseconds since the epoch: integers sort and index well there.
 # It has no row locks: a write transaction holds the whole file (BEGIN IMMEDIATE).
 SQLITE = Dialect(
-    "sqlite",
     {Kind.TEXT: "TEXT", Kind.INTEGER: "INTEGER", Kind.TIME: "INTEGER"},
     for_update="",
     skip_locked="",
     row_id="rowid",
 )
 POSTGRES = Dialect(
-    "postgres",
     {Kind.TEXT: "TEXT", Kind.INTEGER: "INTEGER", Kind.TIME: "TIMESTAMPTZ"},
     for_update=" FOR UPDATE",
     skip_locked=" FOR UPDATE SKIP LOCKED",
@@ -99,11 +96,6 @@ class Sql(Protocol):
 
 def optional_time(db: Sql, value: Any) -> datetime | None:
     return None if value is None else db.time(value)
-
-
-async def fetchrow(db: Sql, sql: str, *args: Any) -> Row | None:
-    rows = await db.fetch(sql, *args)
-    return rows[0] if rows else None
 
 
 async def schema_version(db: Sql, versions_table: str) -> int | None:
