@@ -5,7 +5,7 @@ mid-chain, two executors taking copies of it at once).
 
 Before a call, the executor claims it (a row in state ``calling`` with a lease that
 outlasts the handler's timeout); right after the handler returns it records the
-outcome. What a claim finds is judged by ``judge_claim`` (claims.py); each backend makes
+outcome. What a claim finds is judged by ``judge_claim`` (claims.py); ``sql_ledger.py`` makes
 the read-and-write atomic.
 """
 

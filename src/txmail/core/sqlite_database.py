@@ -131,10 +131,10 @@ class SqliteDatabase:
             await self.run(lambda: connection.execute(begin))
             try:
                 result = await work(_SqliteSql(self, connection))
+                await self.run(lambda: connection.execute("COMMIT"))
             except BaseException:
                 await self.run(lambda: _roll_back(connection))
                 raise
-            await self.run(lambda: connection.execute("COMMIT"))
             return result
 
     async def migrate(self, versions_table: str, migrations: Sequence[Migration]) -> list[int]:
