@@ -4,7 +4,7 @@ import argparse
 import asyncio
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib.metadata import version
 
 from txmail.cli.command_help import add_epilogs
@@ -105,11 +105,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler: Command = args.handler
+    return exit_code_of(lambda: _start(args))
+
+
+def _start(args: argparse.Namespace) -> int:
+    config = _configuration(args)
+    configure_logging(config.settings.log_level)
+    command: Command = args.handler
+    return command(config, args)
+
+
+def exit_code_of(run: Callable[[], int]) -> int:
+    """What ``run`` returns, or the exit code of what it raised, said on stderr: the
+    one place a configuration problem (ConfigError) becomes exit code 2 for every
+    command, and never a traceback."""
     try:
-        config = _configuration(args)
-        configure_logging(config.settings.log_level)
-        return handler(config, args)
+        return run()
     except ConfigError as error:
         print(f"txmail: {error}", file=sys.stderr)
         return 2
