@@ -17,7 +17,7 @@ from txmail.core.http import serving
 from txmail.core.settings import Settings
 from txmail.core.stopping import stop_on_signals
 from txmail.fallback.chain import LEASE_MARGIN
-from txmail.fallback.configured import FallbackRules, check, configure, warnings
+from txmail.fallback.configured import FallbackRules, check_file, configure, warnings
 from txmail.fallback.dlq import add_dlq_commands
 from txmail.fallback.executor import FallbackExecutor, running_executor
 
@@ -47,7 +47,7 @@ def check_config(config: Configuration, args: argparse.Namespace) -> int:
     path: Path | None = args.path or config.settings.rules
     if path is None:
         raise ConfigError("no rules file: set TXMAIL_RULES or name one")
-    rules, problems = check(path)
+    rules, problems = check_file(path)
     if rules is None:
         print(f"{path}: {len(problems)} problem(s)", file=sys.stderr)
         for problem in problems:

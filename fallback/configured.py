@@ -54,7 +54,7 @@ def configure(rules_file: RulesFile) -> FallbackRules:
     return configured
 
 
-def check(path: Path) -> tuple[FallbackRules | None, list[str]]:
+def check_file(path: Path) -> tuple[FallbackRules | None, list[str]]:
     """What ``txmail check-config`` checks of the file at ``path``, all of it: the
     executor's rules and no problems, or None and every problem of the file."""
     rules_file, problems = check_rules_file(path)

@@ -18,7 +18,7 @@ from txmail.core.errors import ConfigError
 from txmail.core.events import FallbackRequest, Recipient, Trigger
 from txmail.core.rules_file import Mode, read_rules_file
 from txmail.core.settings import Settings
-from txmail.fallback.configured import FallbackRules, check, configure
+from txmail.fallback.configured import FallbackRules, check_file, configure
 from txmail.fallback.handler import PermanentFailure
 from txmail.fallback.handlers.webhook import WebhookConfig
 from txmail.fallback.rules import matches
@@ -231,7 +231,7 @@ def test_each_mistake_is_named_with_its_place(tmp_path: Path, text: str, message
 
 def test_every_problem_is_listed_at_once(tmp_path: Path) -> None:
     text = '[handlers.x]\ntype = "sms"\n[[rules]]\non = ["x"]\nhandlers = ["y"]\n'
-    _, problems = check(write(tmp_path, text))
+    _, problems = check_file(write(tmp_path, text))
     assert len(problems) == 4 + 1 + 1  # x's missing fields, a trigger, a handler
     assert [p for p in problems if p.startswith("rules[0].handlers[0]: unknown handler 'y'")]
 
@@ -243,7 +243,7 @@ def test_every_problem_of_a_handler_is_listed_with_an_unset_secret(tmp_path: Pat
         '[handlers.m]\ntype = "smtp"\nhost = "h"\nfrom = "a@b"\nsubject = "s"\nbody = "b"\n'
         'username = "u"\npassword_env = "TXMAIL_TEST_UNSET"\n'
     )
-    _, problems = check(write(tmp_path, text))
+    _, problems = check_file(write(tmp_path, text))
     assert problems == [
         "handlers.x.secret_env: environment variable 'TXMAIL_TEST_UNSET' is not set "
         "(the executor needs it)",
@@ -256,7 +256,7 @@ def test_every_problem_of_a_handler_is_listed_with_an_unset_secret(tmp_path: Pat
 
 def test_no_message_keeps_pydantics_value_error_prefix(tmp_path: Path) -> None:
     for text, _ in INVALID:
-        _, problems = check(write(tmp_path, text))
+        _, problems = check_file(write(tmp_path, text))
         assert not [p for p in problems if "Value error" in p], text
 
 
