@@ -13,7 +13,7 @@ import aiohttp
 from tests.fallback.conftest import RETRY_SCHEDULE
 from tests.fallback.servers import WEBHOOK_SECRET, Receiver
 from tests.ports import free_port
-from tests.processes import wait_for_line
+from tests.processes import environment, wait_for_line
 from tests.waiting import wait_until
 from txmail.core.durations import format_duration
 from txmail.core.settings import Settings
@@ -135,16 +135,14 @@ async def test_txmail_run_gives_requests_in_flight_the_shutdown_timeout_and_no_m
     a request still in flight gets TXMAIL_SHUTDOWN_TIMEOUT, not aiohttp's 60 s (nor the
     body timeout, a minute here)."""
     port = free_port()
-    env = {
-        **os.environ,
-        "TXMAIL_AMQP_URL": settings.amqp_url,
-        "TXMAIL_NAMESPACE": settings.namespace,
+    env = environment(settings) | {
         "TXMAIL_DATABASE_URL": f"sqlite:///{tmp_path / 'txmail.db'}",
         "TXMAIL_HTTP_HOST": "127.0.0.1",
         "TXMAIL_HTTP_PORT": str(port),
         "TXMAIL_API_PORT": str(free_port()),
         "TXMAIL_SHUTDOWN_TIMEOUT": "1s",
         "TXMAIL_HTTP_BODY_TIMEOUT": "1m",
+        "TXMAIL_LOG_LEVEL": "info",  # for the line saying every part runs
     }
     env.pop("TXMAIL_RULES", None)
     process = await asyncio.create_subprocess_exec(
