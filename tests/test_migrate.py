@@ -19,7 +19,8 @@ from tests.factories import postback
 from tests.ports import free_port
 from tests.processes import wait_for_line
 from tests.waiting import wait_until
-from txmail.cli import build_parser
+from txmail.cli import build_parser, exit_code_of
+from txmail.core.command import Command, Configuration
 from txmail.core.database import Migration
 from txmail.core.settings import Settings
 from txmail.core.sql import SQLITE
@@ -51,8 +52,9 @@ async def _tables(database_url: str) -> list[str]:
 async def _command(settings: Settings, *argv: str) -> int:
     # Parsed as the shell would; the command runs its own event loop, as from a shell.
     args = build_parser().parse_args(list(argv))
-    code: int = await asyncio.to_thread(args.handler, settings, args)
-    return code
+    command: Command = args.handler
+    config = Configuration(settings, rules_file=None)
+    return await asyncio.to_thread(exit_code_of, lambda: command(config, args))
 
 
 async def test_reads_of_an_unmigrated_database_say_so_and_create_nothing(
