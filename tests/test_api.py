@@ -17,10 +17,10 @@ from aiohttp import web
 from pydantic import SecretStr
 from structlog.testing import capture_logs
 
-from tests.factories import postback, registration
-from tests.ports import free_port
-from tests.raw_http import raw_request
-from tests.waiting import wait_until
+from tests.support.factories import postback, registration
+from tests.support.ports import free_port
+from tests.support.raw_http import raw_request
+from tests.support.waiting import wait_until
 from txmail.cli import build_parser
 from txmail.core.settings import Settings
 from txmail.workers.api import api_host, api_tokens, create_api_app

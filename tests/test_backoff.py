@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.ports import free_port
+from tests.support.ports import free_port
 
 
 async def test_an_unreachable_broker_is_retried_with_growing_waits(tmp_path: Path) -> None:

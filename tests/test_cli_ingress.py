@@ -7,12 +7,12 @@ import signal
 import subprocess
 import sys
 
-from tests.amqp_helpers import drain
-from tests.broker_url import host_and_port, via_port
-from tests.ports import free_port
-from tests.processes import wait_for_line
-from tests.tcp_proxy import TcpProxy
-from tests.waiting import wait_until
+from tests.support.amqp import drain
+from tests.support.broker_url import host_and_port, via_port
+from tests.support.ports import free_port
+from tests.support.processes import wait_for_line
+from tests.support.tcp_proxy import TcpProxy
+from tests.support.waiting import wait_until
 from txmail.core.settings import Settings
 from txmail.core.topology import Topology
 

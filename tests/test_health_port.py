@@ -13,11 +13,11 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.fallback.servers import WEBHOOK_SECRET
-from tests.ports import free_port
-from tests.processes import environment
-from tests.readiness import proxied
-from tests.waiting import wait_until
+from tests.support.ports import free_port
+from tests.support.processes import environment
+from tests.support.readiness import proxied
+from tests.support.servers import WEBHOOK_SECRET
+from tests.support.waiting import wait_until
 from txmail.core.settings import Settings
 from txmail.core.topology import Topology
 

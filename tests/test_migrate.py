@@ -15,10 +15,10 @@ import aiohttp
 import asyncpg
 import pytest
 
-from tests.factories import postback
-from tests.ports import free_port
-from tests.processes import wait_for_line
-from tests.waiting import wait_until
+from tests.support.factories import postback
+from tests.support.ports import free_port
+from tests.support.processes import wait_for_line
+from tests.support.waiting import wait_until
 from txmail.cli import build_parser
 from txmail.core.database import Migration
 from txmail.core.settings import Settings

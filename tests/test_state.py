@@ -1,13 +1,12 @@
 """The functional core, in microseconds: invariant 2 (docs/architecture.md) and the
 decision rules."""
 
-import json
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.support.braze import BRAZE_EXAMPLES
 from txmail.core.events import Postback, SendRegistration, Trigger, event_id
 from txmail.workers.state import (
     Event,
@@ -27,7 +26,6 @@ from txmail.workers.timeouts import DeliveryTimeouts
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 TIMEOUTS = DeliveryTimeouts(timedelta(minutes=10), {"slow": timedelta(hours=2)})
 STATUSES = ("sent", "processed", "aborted", "delivered", "bounced", "deferred")
-BRAZE = json.loads((Path(__file__).parent / "braze-postbacks.json").read_text())["examples"]
 
 
 def postback(status: str, at: int = 0, **metadata: object) -> PostbackEvent:
@@ -155,7 +153,7 @@ def test_unknown_status_is_kept_without_changing_the_outcome() -> None:
 def test_braze_examples_in_any_order_end_bounced_with_one_decision() -> None:
     events = [
         PostbackEvent(event_id=event_id(raw), received_at=T0, postback=Postback.model_validate(raw))
-        for raw in BRAZE
+        for raw in BRAZE_EXAMPLES
     ]
     message, decision = evolve(Message(key="send:x"), list(reversed(events)), T0)
     assert outcome(message) == Outcome.BOUNCED

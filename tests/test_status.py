@@ -7,7 +7,7 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from tests.factories import postback, registration, tracked
+from tests.support.factories import postback, registration, tracked
 from txmail.core.events import FALLBACK_ATTEMPT_TYPE, AttemptOutcome, FallbackAttempt
 from txmail.workers.status import as_json, describe
 from txmail.workers.store import open_store

@@ -3,7 +3,6 @@
 import json
 from collections.abc import MutableMapping
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -11,11 +10,12 @@ import pytest
 from aio_pika.abc import AbstractIncomingMessage
 from structlog.testing import capture_logs
 
-from tests.broker_url import host_and_port, via_port
-from tests.factories import outgoing_postback, raw_postback
-from tests.harness import body, publisher, queue_readers, running_worker
-from tests.tcp_proxy import TcpProxy
-from tests.waiting import wait_until
+from tests.support.braze import BRAZE_EXAMPLES
+from tests.support.broker_url import host_and_port, via_port
+from tests.support.factories import outgoing_postback, raw_postback
+from tests.support.harness import body, publisher, queue_readers, running_worker
+from tests.support.tcp_proxy import TcpProxy
+from tests.support.waiting import wait_until
 from txmail.core.broker import Outgoing
 from txmail.core.events import (
     FALLBACK_ATTEMPT_TYPE,
@@ -31,8 +31,6 @@ from txmail.core.settings import Settings
 from txmail.core.topology import Topology
 from txmail.workers.state import Outcome
 from txmail.workers.store.protocol import Store
-
-BRAZE = json.loads((Path(__file__).parent / "braze-postbacks.json").read_text())["examples"]
 
 
 @pytest.fixture
@@ -65,10 +63,10 @@ async def _published(store: Store, **lookup: str) -> bool:
 
 async def test_braze_examples_twice_make_one_fallback_request(worker_settings: Settings) -> None:
     now = utc_now()
-    messages = [outgoing_postback(raw, now) for raw in BRAZE]
+    messages = [outgoing_postback(raw, now) for raw in BRAZE_EXAMPLES]
     async with running_worker(worker_settings) as store, publisher(worker_settings) as broker:
         await broker.publish(messages + messages[::-1])
-        dispatch_id = BRAZE[0]["dispatch_id"]
+        dispatch_id = BRAZE_EXAMPLES[0]["dispatch_id"]
         await wait_until(lambda: _published(store, dispatch_id=dispatch_id), what="decision")
         async with queue_readers(worker_settings) as (fallback, _):
             [request] = await fallback.drain()
@@ -336,14 +334,14 @@ async def test_a_store_outage_is_retried_with_growing_waits(
         async with running_worker(proxied) as store, publisher(proxied) as broker:
             await proxy.cut()
             with capture_logs() as logs:
-                await broker.publish([outgoing_postback(BRAZE[0], utc_now())])
+                await broker.publish([outgoing_postback(BRAZE_EXAMPLES[0], utc_now())])
                 await wait_until(lambda: len(retries(logs)) >= 3, 15, "three store retries")
             # One line per attempt, each wait longer than the one before (with jitter).
             waits = [float(e["retry_in"].removesuffix("s")) for e in retries(logs)]
             assert waits[0] <= 1.5
             assert waits[2] >= 2.0
             await proxy.start()
-            dispatch_id = BRAZE[0]["dispatch_id"]
+            dispatch_id = BRAZE_EXAMPLES[0]["dispatch_id"]
             await wait_until(lambda: _known(store, dispatch_id), 15, "the postback applied")
     finally:
         await proxy.close()

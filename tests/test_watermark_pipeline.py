@@ -13,11 +13,11 @@ from pathlib import Path
 
 import asyncpg
 
-from tests.factories import outgoing_postback, raw_postback
-from tests.harness import body, publisher, queue_readers, running_worker
-from tests.ingress_server import running_ingress
-from tests.processes import start_worker
-from tests.waiting import wait_until
+from tests.support.factories import outgoing_postback, raw_postback
+from tests.support.harness import body, publisher, queue_readers, running_worker
+from tests.support.ingress_server import running_ingress
+from tests.support.processes import start_worker
+from tests.support.waiting import wait_until
 from txmail.core.events import utc_now
 from txmail.core.settings import Settings
 from txmail.workers.state import Outcome

@@ -14,10 +14,10 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from tests.factories import outgoing_postback, postback, raw_postback
-from tests.harness import body, publisher, queue_readers
-from tests.processes import worker_process
-from tests.waiting import wait_until
+from tests.support.factories import outgoing_postback, postback, raw_postback
+from tests.support.harness import body, publisher, queue_readers
+from tests.support.processes import worker_process
+from tests.support.waiting import wait_until
 from txmail.core.events import utc_now
 from txmail.core.settings import Settings
 from txmail.workers.state import FAILURES, Event, Message, evolve, outcome, reason

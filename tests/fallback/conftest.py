@@ -1,7 +1,6 @@
 """Fixtures for the fallback tests: tiny retry delays, the stand-in servers, a rules
 file writer, and a view of the attempt events the executor publishes."""
 
-import json
 import shutil
 import ssl
 import subprocess
@@ -15,16 +14,14 @@ import pytest
 from aiohttp import web
 from aiosmtpd.controller import Controller
 
-from tests.fallback.servers import MailCollector, Receiver, check_login
-from tests.ports import free_port
-from txmail.core.events import FALLBACK_ATTEMPT_TYPE, FallbackAttempt
+from tests.support.fallback import RETRY_SCHEDULE, AttemptLog
+from tests.support.ports import free_port
+from tests.support.servers import MailCollector, Receiver, check_login
 from txmail.core.settings import Settings
 from txmail.core.topology import Topology
 from txmail.fallback.executor import fallback_topology
 from txmail.fallback.handler import HandlerResources
 from txmail.fallback.rules_file import RulesFile, load_rules_file
-
-RETRY_SCHEDULE = [timedelta(milliseconds=200), timedelta(milliseconds=500)]
 
 
 @pytest.fixture
@@ -134,21 +131,6 @@ def write_rules(tmp_path: Path) -> Callable[[str], RulesFile]:
         return load_rules_file(path)
 
     return write
-
-
-class AttemptLog:
-    """Every FallbackAttempt published, read from the tracker queue (the workers' input)."""
-
-    def __init__(self) -> None:
-        self.attempts: list[FallbackAttempt] = []
-
-    async def on_message(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
-        if message.type == FALLBACK_ATTEMPT_TYPE:
-            self.attempts.append(FallbackAttempt.model_validate(json.loads(message.body)))
-        await message.ack()
-
-    def outcomes(self, handler: str | None = None) -> list[str]:
-        return [a.outcome.value for a in self.attempts if handler is None or a.handler == handler]
 
 
 @pytest.fixture

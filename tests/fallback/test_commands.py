@@ -12,13 +12,19 @@ from pathlib import Path
 import aio_pika
 import pytest
 
-from tests.amqp_helpers import drain, queue_depth
-from tests.fallback.conftest import RETRY_SCHEDULE, AttemptLog
-from tests.fallback.requests import a_request, handlers_toml, parked, publish
-from tests.fallback.servers import Receiver
-from tests.ports import free_port
-from tests.processes import wait_for_line
-from tests.waiting import wait_until
+from tests.support.amqp import drain, queue_depth
+from tests.support.fallback import (
+    RETRY_SCHEDULE,
+    AttemptLog,
+    a_request,
+    handlers_toml,
+    parked,
+    publish,
+)
+from tests.support.ports import free_port
+from tests.support.processes import wait_for_line
+from tests.support.servers import Receiver
+from tests.support.waiting import wait_until
 from txmail.cli import main
 from txmail.core.durations import format_duration
 from txmail.core.events import FallbackRequest, Trigger

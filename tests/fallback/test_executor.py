@@ -8,9 +8,9 @@ import aio_pika
 import aiohttp
 from structlog.testing import capture_logs
 
-from tests.broker_url import host_and_port, via_port
-from tests.fallback.conftest import AttemptLog
-from tests.fallback.requests import (
+from tests.support.broker_url import host_and_port, via_port
+from tests.support.fallback import (
+    AttemptLog,
     a_request,
     handlers_toml,
     parked,
@@ -18,9 +18,9 @@ from tests.fallback.requests import (
     publish,
     publish_raw,
 )
-from tests.fallback.servers import Receiver
-from tests.tcp_proxy import TcpProxy
-from tests.waiting import wait_until
+from tests.support.servers import Receiver
+from tests.support.tcp_proxy import TcpProxy
+from tests.support.waiting import wait_until
 from txmail.core.settings import Settings
 from txmail.fallback.executor import (
     FallbackExecutor,

@@ -3,11 +3,10 @@ says it is not ready meanwhile, and runs the fallback that came in the meantime 
 
 from pathlib import Path
 
-from tests.fallback.conftest import AttemptLog
-from tests.fallback.requests import a_request, handlers_toml, publish
-from tests.fallback.servers import Receiver
-from tests.readiness import is_not_consuming, is_ready, proxied
-from tests.waiting import wait_until
+from tests.support.fallback import AttemptLog, a_request, handlers_toml, publish
+from tests.support.readiness import is_not_consuming, is_ready, proxied
+from tests.support.servers import Receiver
+from tests.support.waiting import wait_until
 from txmail.core.settings import Settings
 from txmail.fallback.executor import running_executor
 from txmail.fallback.rules_file import load_rules_file

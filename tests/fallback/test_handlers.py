@@ -15,8 +15,9 @@ import aiohttp
 import pytest
 from pydantic import ValidationError
 
-from tests.broker_url import host_and_port, via_port
-from tests.fallback.servers import (
+from tests.support.broker_url import host_and_port, via_port
+from tests.support.ports import free_port
+from tests.support.servers import (
     SMS_SID,
     SMS_TOKEN,
     SMTP_PASSWORD,
@@ -25,9 +26,8 @@ from tests.fallback.servers import (
     MailCollector,
     Receiver,
 )
-from tests.ports import free_port
-from tests.tcp_proxy import TcpProxy
-from tests.waiting import wait_until
+from tests.support.tcp_proxy import TcpProxy
+from tests.support.waiting import wait_until
 from txmail.core.broker import connect_until_up
 from txmail.core.events import FallbackRequest, Recipient, Trigger
 from txmail.fallback.chain import ReadyHandler, ResultKind, run_handler

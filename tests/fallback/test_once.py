@@ -13,13 +13,12 @@ import aio_pika
 import pytest
 from structlog.testing import capture_logs
 
-from tests.broker_url import host_and_port, via_port
-from tests.factories import postback
-from tests.fallback.conftest import AttemptLog
-from tests.fallback.requests import a_request, handlers_toml, publish
-from tests.fallback.servers import Receiver
-from tests.tcp_proxy import TcpProxy
-from tests.waiting import wait_until
+from tests.support.broker_url import host_and_port, via_port
+from tests.support.factories import postback
+from tests.support.fallback import AttemptLog, a_request, handlers_toml, publish
+from tests.support.servers import Receiver
+from tests.support.tcp_proxy import TcpProxy
+from tests.support.waiting import wait_until
 from txmail.core.broker import Broker
 from txmail.core.durations import format_duration
 from txmail.core.events import utc_now

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.fallback.servers import WEBHOOK_SECRET
-from tests.ports import free_port
-from tests.processes import wait_for_line
+from tests.support.ports import free_port
+from tests.support.processes import wait_for_line
+from tests.support.servers import WEBHOOK_SECRET
 from txmail.cli import main
 from txmail.core.errors import ConfigError
 from txmail.core.events import FallbackRequest, Recipient, Trigger

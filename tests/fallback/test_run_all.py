@@ -10,11 +10,11 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.fallback.conftest import RETRY_SCHEDULE
-from tests.fallback.servers import WEBHOOK_SECRET, Receiver
-from tests.ports import free_port
-from tests.processes import wait_for_line
-from tests.waiting import wait_until
+from tests.support.fallback import RETRY_SCHEDULE
+from tests.support.ports import free_port
+from tests.support.processes import wait_for_line
+from tests.support.servers import WEBHOOK_SECRET, Receiver
+from tests.support.waiting import wait_until
 from txmail.core.durations import format_duration
 from txmail.core.settings import Settings
 

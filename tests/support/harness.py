@@ -9,7 +9,7 @@ from typing import Any
 
 import aio_pika
 
-from tests.waiting import wait_until
+from tests.support.waiting import wait_until
 from txmail.core.broker import Broker
 from txmail.core.settings import Settings
 from txmail.core.topology import Topology

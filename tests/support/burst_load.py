@@ -27,9 +27,9 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from tests.fallback.servers import WEBHOOK_SECRET, verify_standard_webhook
-from tests.ports import free_port
-from tests.waiting import wait_until
+from tests.support.ports import free_port
+from tests.support.servers import WEBHOOK_SECRET, verify_standard_webhook
+from tests.support.waiting import wait_until
 
 
 class Fate(StrEnum):

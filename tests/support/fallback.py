@@ -1,16 +1,27 @@
-"""What the executor tests share: a fallback request, handler tables for the stand-in
-receiver, publishing requests as the workers do, and reading the parking queue."""
+"""What the executor tests share: tiny retry delays, a fallback request, handler tables
+for the stand-in receiver, publishing requests as the workers do, reading the parking
+queue, and a log of the attempt events the executor publishes."""
 
+import json
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import aio_pika
 
-from tests.fallback.servers import SMS_SID, SMS_TOKEN, WEBHOOK_SECRET, Receiver
-from txmail.core.events import FALLBACK_REQUEST_TYPE, FallbackRequest, Recipient, Trigger
+from tests.support.servers import SMS_SID, SMS_TOKEN, WEBHOOK_SECRET, Receiver
+from txmail.core.events import (
+    FALLBACK_ATTEMPT_TYPE,
+    FALLBACK_REQUEST_TYPE,
+    FallbackAttempt,
+    FallbackRequest,
+    Recipient,
+    Trigger,
+)
 from txmail.core.settings import Settings
 from txmail.fallback.executor import fallback_topology
 from txmail.fallback.parking import ParkedRequest, list_parked
+
+RETRY_SCHEDULE = [timedelta(milliseconds=200), timedelta(milliseconds=500)]
 
 
 def a_request(**changes: object) -> FallbackRequest:
@@ -74,3 +85,18 @@ async def parked_requests(settings: Settings) -> list[ParkedRequest]:
 
 async def parked(settings: Settings) -> list[str]:
     return [p.idempotency_key or p.message_id for p in await parked_requests(settings)]
+
+
+class AttemptLog:
+    """Every FallbackAttempt published, read from the tracker queue (the workers' input)."""
+
+    def __init__(self) -> None:
+        self.attempts: list[FallbackAttempt] = []
+
+    async def on_message(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        if message.type == FALLBACK_ATTEMPT_TYPE:
+            self.attempts.append(FallbackAttempt.model_validate(json.loads(message.body)))
+        await message.ack()
+
+    def outcomes(self, handler: str | None = None) -> list[str]:
+        return [a.outcome.value for a in self.attempts if handler is None or a.handler == handler]
