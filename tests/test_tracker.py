@@ -1,6 +1,6 @@
-"""The worker against a real RabbitMQ, on both stores."""
+"""The worker against a real RabbitMQ, on both stores: settling deliveries, publishing,
+and outages. Its logic on a batch, without a broker, is in test_tracker_batches.py."""
 
-import json
 from collections.abc import MutableMapping
 from datetime import timedelta
 from typing import Any
@@ -18,13 +18,7 @@ from tests.support.tcp_proxy import TcpProxy
 from tests.support.waiting import wait_until
 from txmail.core.broker import Outgoing
 from txmail.core.events import (
-    FALLBACK_ATTEMPT_TYPE,
     POSTBACK_TYPE,
-    SEND_REGISTERED_ROUTING_KEY,
-    SEND_REGISTRATION_TYPE,
-    AttemptOutcome,
-    FallbackAttempt,
-    event_id,
     utc_now,
 )
 from txmail.core.settings import Settings
@@ -59,23 +53,6 @@ async def _known(store: Store, dispatch_id: str) -> bool:
 async def _published(store: Store, **lookup: str) -> bool:
     message = await store.find(**lookup)
     return bool(message and message.decision and message.decision.published_at)
-
-
-async def test_braze_examples_twice_make_one_fallback_request(worker_settings: Settings) -> None:
-    now = utc_now()
-    messages = [outgoing_postback(raw, now) for raw in BRAZE_EXAMPLES]
-    async with running_worker(worker_settings) as store, publisher(worker_settings) as broker:
-        await broker.publish(messages + messages[::-1])
-        dispatch_id = BRAZE_EXAMPLES[0]["dispatch_id"]
-        await wait_until(lambda: _published(store, dispatch_id=dispatch_id), what="decision")
-        async with queue_readers(worker_settings) as (fallback, _):
-            [request] = await fallback.drain()
-        message = await store.find(dispatch_id=dispatch_id)
-    assert message is not None
-    assert message.outcome == Outcome.BOUNCED
-    assert len(message.timeline) == 5
-    assert body(request)["trigger"] == "bounced"
-    assert request.message_id == body(request)["idempotency_key"]
 
 
 async def test_what_is_not_the_contract_is_dead_lettered_without_blocking(
@@ -128,85 +105,8 @@ def _death_reason(message: AbstractIncomingMessage) -> object:
     return death.get("reason")
 
 
-async def test_deadline_fires_on_time_and_a_late_delivered_is_recorded_late(
-    worker_settings: Settings,
-) -> None:
-    sent_at = utc_now()
-    sent = raw_postback("slow", "sent", sent_at=sent_at.isoformat())
-    async with running_worker(worker_settings) as store, publisher(worker_settings) as broker:
-        await broker.publish([outgoing_postback(sent, sent_at)])
-        await wait_until(lambda: _published(store, dispatch_id="slow"), what="timeout decision")
-        message = await store.find(dispatch_id="slow")
-        assert message is not None
-        assert message.decision is not None
-        assert message.decision.trigger == "timeout"
-        fired_after = message.decision.decided_at - (sent_at + timedelta(seconds=1))
-        assert timedelta(0) <= fired_after < timedelta(seconds=2)
-        delivered = raw_postback("slow", "delivered")
-        await broker.publish([outgoing_postback(delivered, utc_now())])
-        await wait_until(
-            lambda: _outcome_is(store, "slow", Outcome.DELIVERED_LATE), what="delivered late"
-        )
-        async with queue_readers(worker_settings) as (fallback, _):
-            [request] = await fallback.drain()
-    assert body(request)["trigger"] == "timeout"
-
-
 async def _outcome_is(store: Store, dispatch_id: str, outcome: Outcome) -> bool:
     return await _outcome(store, dispatch_id) == outcome
-
-
-async def test_registered_send_never_sent_gets_a_fallback_with_its_recipient(
-    worker_settings: Settings,
-) -> None:
-    registration = {
-        "external_send_id": "order-1234",
-        "campaign_api_id": "c1",
-        "recipient": {"phone": "+15550100"},
-        "variables": {"first_name": "Ada"},
-        "delivery_timeout": "500ms",
-    }
-    registered = Outgoing(
-        SEND_REGISTERED_ROUTING_KEY,
-        json.dumps(registration).encode(),
-        event_id(registration),
-        SEND_REGISTRATION_TYPE,
-        headers={"received_at": utc_now().isoformat()},
-    )
-    async with running_worker(worker_settings) as store, publisher(worker_settings) as broker:
-        await broker.publish([registered])
-        await wait_until(lambda: _published(store, external_send_id="order-1234"), what="not_sent")
-        async with queue_readers(worker_settings) as (fallback, _):
-            [request] = await fallback.drain()
-        decided = body(request)
-        attempt = FallbackAttempt(
-            idempotency_key=decided["idempotency_key"],
-            dispatch_id=None,
-            external_send_id="order-1234",
-            handler="sms",
-            attempt=1,
-            outcome=AttemptOutcome.SUCCEEDED,
-            at=utc_now(),
-        )
-        await broker.publish(
-            [
-                Outgoing(
-                    attempt.routing_key,
-                    attempt.model_dump_json().encode(),
-                    attempt.event_id,
-                    FALLBACK_ATTEMPT_TYPE,
-                )
-            ]
-        )
-
-        async def attempt_recorded() -> bool:
-            message = await store.find(external_send_id="order-1234")
-            return message is not None and len(message.timeline) == 2
-
-        await wait_until(attempt_recorded, what="the attempt on the timeline")
-    assert decided["trigger"] == "not_sent"
-    assert decided["recipient"] == {"email": None, "phone": "+15550100"}
-    assert decided["variables"] == {"first_name": "Ada"}
 
 
 _REFUSE_POISON = """

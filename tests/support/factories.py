@@ -42,3 +42,11 @@ def outgoing_postback(raw: dict[str, Any], received_at: datetime) -> Outgoing:
         type=POSTBACK_TYPE,
         headers={"received_at": received_at.isoformat()},
     )
+
+
+def decoded(message: Outgoing, now: datetime) -> TrackedEvent | Exception:
+    """``message`` as the tracker decodes it on delivery: the event, or why it is none."""
+    try:
+        return decode(message.type, message.body, message.headers or {}, None, now)
+    except Exception as error:
+        return error

@@ -1,0 +1,210 @@
+"""The tracker's logic on a batch of deliveries, on real stores and without a broker:
+what is applied, how each delivery is settled, which fallbacks are to be published."""
+
+import asyncio
+import json
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+
+from tests.support.braze import BRAZE_EXAMPLES
+from tests.support.factories import decoded, outgoing_postback, raw_postback
+from txmail.core.broker import Outgoing
+from txmail.core.events import (
+    FALLBACK_ATTEMPT_TYPE,
+    POSTBACK_TYPE,
+    SEND_REGISTERED_ROUTING_KEY,
+    SEND_REGISTRATION_TYPE,
+    AttemptOutcome,
+    FallbackAttempt,
+    event_id,
+)
+from txmail.workers.batch import AppliedBatch, Verdict, apply_batch
+from txmail.workers.decisions import to_outgoing
+from txmail.workers.state import Outcome
+from txmail.workers.store import open_store
+from txmail.workers.store.protocol import PendingRequest, Store
+from txmail.workers.sweeper import claim
+from txmail.workers.timeouts import DeliveryTimeouts
+from txmail.workers.watermark import WatermarkRule, WorkerProgress
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+TIMEOUTS = DeliveryTimeouts(timedelta(seconds=1))
+# Braze silent, the worker caught up: deadlines up to the sweep's own time are due.
+CAUGHT_UP = WatermarkRule(timedelta(0), timedelta(0), timedelta(milliseconds=100))
+
+
+class CaughtUp:
+    """The progress of a worker with nothing left in its queue or its hands."""
+
+    def progress(self, now: datetime) -> WorkerProgress:
+        return WorkerProgress("w1", now, now, None, None, None)
+
+
+async def _apply(store: Store, *messages: Outgoing) -> AppliedBatch:
+    return await apply_batch(store, [decoded(m, T0) for m in messages], asyncio.Event())
+
+
+async def _sweep(store: Store, now: datetime) -> list[PendingRequest]:
+    return [p async for batch in claim(store, CaughtUp(), CAUGHT_UP, now) for p in batch]
+
+
+def _verdicts(applied: AppliedBatch) -> list[Verdict]:
+    return [s.verdict for s in applied.settlements]
+
+
+async def test_braze_examples_twice_make_one_fallback_request(database_url: str) -> None:
+    store = await open_store(database_url, TIMEOUTS)
+    messages = [outgoing_postback(raw, T0) for raw in BRAZE_EXAMPLES]
+    try:
+        applied = await _apply(store, *messages, *messages[::-1])
+        message = await store.find(dispatch_id=BRAZE_EXAMPLES[0]["dispatch_id"])
+    finally:
+        await store.close()
+    assert _verdicts(applied) == [Verdict.ACK] * 2 * len(messages)
+    [decided] = applied.decided
+    assert decided.request.trigger == "bounced"
+    assert to_outgoing(decided.request).message_id == decided.request.idempotency_key
+    assert message is not None
+    assert message.outcome == Outcome.BOUNCED
+    assert len(message.timeline) == 5
+
+
+async def test_what_is_not_the_contract_is_dead_lettered_and_the_rest_applied(
+    database_url: str,
+) -> None:
+    bad = [
+        Outgoing("postback.sent", b"{not json", "bad-1", POSTBACK_TYPE),
+        Outgoing("postback.sent", b'{"status": "sent"}', "bad-2", POSTBACK_TYPE),
+        Outgoing("send.other", b"{}", "bad-3", "something_else"),
+        Outgoing("postback.sent", b"[" * 5000 + b"]" * 5000, "bad-4", POSTBACK_TYPE),
+        Outgoing(
+            "postback.sent",
+            b'{"dispatch_id": "d", "status": "sent", "metadata": {"x": "\\ud800"}}',
+            "bad-5",
+            POSTBACK_TYPE,
+        ),
+    ]
+    good = outgoing_postback(raw_postback("after-poison", "delivered"), T0)
+    store = await open_store(database_url, TIMEOUTS)
+    try:
+        applied = await _apply(store, *bad, good)
+        message = await store.find(dispatch_id="after-poison")
+    finally:
+        await store.close()
+    # At once, by the worker, not after going round the queue to the delivery limit.
+    assert _verdicts(applied) == [Verdict.DEAD_LETTER] * len(bad) + [Verdict.ACK]
+    assert message is not None
+    assert message.outcome == Outcome.DELIVERED
+
+
+_REFUSE_POISON = """
+CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.dispatch_id = 'poison' THEN RAISE EXCEPTION 'refusing the poison message'; END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER refuse_poison BEFORE UPDATE ON messages
+    FOR EACH ROW EXECUTE FUNCTION refuse_poison();
+"""
+
+
+async def test_a_message_the_store_cannot_take_is_requeued_and_its_neighbours_applied(
+    postgres_schema_url: str,
+) -> None:
+    # A trigger refuses one message: valid by the contract, yet it fails in the store
+    # every time, like a bug would. Its neighbours in the batch must still be applied.
+    store = await open_store(postgres_schema_url, TIMEOUTS)
+    database = await asyncpg.connect(postgres_schema_url)
+    try:
+        await database.execute(_REFUSE_POISON)
+        applied = await _apply(
+            store,
+            outgoing_postback(raw_postback("before", "delivered"), T0),
+            outgoing_postback(raw_postback("poison", "sent"), T0),
+            outgoing_postback(raw_postback("after", "delivered"), T0),
+        )
+        outcomes = [await _outcome(store, d) for d in ("before", "poison", "after")]
+    finally:
+        await database.close()
+        await store.close()
+    assert _verdicts(applied) == [Verdict.ACK, Verdict.REQUEUE, Verdict.ACK]
+    assert "refusing the poison message" in str(applied.settlements[1].error)
+    assert outcomes == [Outcome.DELIVERED, None, Outcome.DELIVERED]
+
+
+async def _outcome(store: Store, dispatch_id: str) -> Outcome | None:
+    message = await store.find(dispatch_id=dispatch_id)
+    return message.outcome if message else None
+
+
+async def test_deadline_fires_on_time_and_a_late_delivered_is_recorded_late(
+    database_url: str,
+) -> None:
+    sent = raw_postback("slow", "sent", sent_at=T0.isoformat())
+    store = await open_store(database_url, TIMEOUTS)
+    try:
+        await _apply(store, outgoing_postback(sent, T0))
+        assert await _sweep(store, T0 + TIMEOUTS.default - timedelta(milliseconds=1)) == []
+        [decided] = await _sweep(store, T0 + TIMEOUTS.default)
+        assert await _sweep(store, T0 + 2 * TIMEOUTS.default) == []
+        late = await _apply(store, outgoing_postback(raw_postback("slow", "delivered"), T0))
+        message = await store.find(dispatch_id="slow")
+    finally:
+        await store.close()
+    assert decided.request.trigger == "timeout"
+    assert decided.request.decided_at == T0 + TIMEOUTS.default
+    assert late.decided == []
+    assert message is not None
+    assert message.outcome == Outcome.DELIVERED_LATE
+
+
+async def test_registered_send_never_sent_gets_a_fallback_with_its_recipient(
+    database_url: str,
+) -> None:
+    registration = {
+        "external_send_id": "order-1234",
+        "campaign_api_id": "c1",
+        "recipient": {"phone": "+15550100"},
+        "variables": {"first_name": "Ada"},
+        "delivery_timeout": "500ms",
+    }
+    registered = Outgoing(
+        SEND_REGISTERED_ROUTING_KEY,
+        json.dumps(registration).encode(),
+        event_id(registration),
+        SEND_REGISTRATION_TYPE,
+        headers={"received_at": T0.isoformat()},
+    )
+    store = await open_store(database_url, TIMEOUTS)
+    try:
+        await _apply(store, registered)
+        [decided] = await _sweep(store, T0 + timedelta(milliseconds=500))
+        attempt = FallbackAttempt(
+            idempotency_key=decided.request.idempotency_key,
+            dispatch_id=None,
+            external_send_id="order-1234",
+            handler="sms",
+            attempt=1,
+            outcome=AttemptOutcome.SUCCEEDED,
+            at=T0 + timedelta(seconds=1),
+        )
+        recorded = await _apply(
+            store,
+            Outgoing(
+                attempt.routing_key,
+                attempt.model_dump_json().encode(),
+                attempt.event_id,
+                FALLBACK_ATTEMPT_TYPE,
+            ),
+        )
+        message = await store.find(external_send_id="order-1234")
+    finally:
+        await store.close()
+    assert decided.request.trigger == "not_sent"
+    assert decided.request.recipient.phone == "+15550100"
+    assert decided.request.recipient.email is None
+    assert decided.request.variables == {"first_name": "Ada"}
+    assert _verdicts(recorded) == [Verdict.ACK]
+    assert message is not None
+    assert len(message.timeline) == 2
