@@ -5,20 +5,18 @@ from collections.abc import MutableMapping
 from datetime import timedelta
 from typing import Any
 
-import asyncpg
 import pytest
 from aio_pika.abc import AbstractIncomingMessage
 from structlog.testing import capture_logs
 
 from tests.support.braze import BRAZE_EXAMPLES
 from tests.support.broker_url import host_and_port, via_port
-from tests.support.factories import outgoing_postback, raw_postback
+from tests.support.factories import NOT_THE_CONTRACT, outgoing_postback, raw_postback
 from tests.support.harness import body, publisher, queue_readers, running_worker
+from tests.support.poison import refuse_poison
 from tests.support.tcp_proxy import TcpProxy
 from tests.support.waiting import wait_until
-from txmail.core.broker import Outgoing
 from txmail.core.events import (
-    POSTBACK_TYPE,
     utc_now,
 )
 from txmail.core.settings import Settings
@@ -59,18 +57,7 @@ async def test_what_is_not_the_contract_is_dead_lettered_without_blocking(
     worker_settings: Settings,
 ) -> None:
     now = utc_now()
-    bad = [
-        Outgoing("postback.sent", b"{not json", "bad-1", POSTBACK_TYPE),
-        Outgoing("postback.sent", b'{"status": "sent"}', "bad-2", POSTBACK_TYPE),
-        Outgoing("send.other", b"{}", "bad-3", "something_else"),
-        Outgoing("postback.sent", b"[" * 5000 + b"]" * 5000, "bad-4", POSTBACK_TYPE),
-        Outgoing(
-            "postback.sent",
-            b'{"dispatch_id": "d", "status": "sent", "metadata": {"x": "\\ud800"}}',
-            "bad-5",
-            POSTBACK_TYPE,
-        ),
-    ]
+    bad = NOT_THE_CONTRACT
     good = outgoing_postback(raw_postback("after-poison", "delivered"), now)
     async with running_worker(worker_settings) as store, publisher(worker_settings) as broker:
         await broker.publish([*bad, good])
@@ -82,7 +69,7 @@ async def test_what_is_not_the_contract_is_dead_lettered_without_blocking(
             parked = []
 
             async def all_parked() -> bool:
-                parked.extend(await dead.drain())
+                parked.extend(await dead.take_all())
                 return len(parked) == len(bad)
 
             await wait_until(all_parked, what="bad messages dead-lettered")
@@ -109,17 +96,6 @@ async def _outcome_is(store: Store, dispatch_id: str, outcome: Outcome) -> bool:
     return await _outcome(store, dispatch_id) == outcome
 
 
-_REFUSE_POISON = """
-CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF NEW.dispatch_id = 'poison' THEN RAISE EXCEPTION 'refusing the poison message'; END IF;
-    RETURN NEW;
-END $$;
-CREATE TRIGGER refuse_poison BEFORE UPDATE ON messages
-    FOR EACH ROW EXECUTE FUNCTION refuse_poison();
-"""
-
-
 async def test_a_message_the_store_cannot_take_is_dead_lettered_after_the_delivery_limit(
     settings: Settings, postgres_schema_url: str
 ) -> None:
@@ -131,17 +107,13 @@ async def test_a_message_the_store_cannot_take_is_dead_lettered_after_the_delive
     poison = outgoing_postback(raw_postback("poison", "sent"), now)
     after = outgoing_postback(raw_postback("after", "delivered"), now)
     async with running_worker(worker_settings) as store, publisher(worker_settings) as broker:
-        database = await asyncpg.connect(postgres_schema_url)
-        try:
-            await database.execute(_REFUSE_POISON)
-        finally:
-            await database.close()
+        await refuse_poison(postgres_schema_url)
         await broker.publish([before, poison, after])
         async with queue_readers(worker_settings) as (_, dead):
             parked = []
 
             async def poison_parked() -> bool:
-                parked.extend(await dead.drain())
+                parked.extend(await dead.take_all())
                 return bool(parked)
 
             await wait_until(poison_parked, what="the poison message dead-lettered")
@@ -177,7 +149,7 @@ async def test_a_fallback_request_the_broker_refused_is_published_later_once(
         assert not await _published(store, dispatch_id="refused")
         await queue.bind(topology.events_exchange, "fallback.request.#")
         await wait_until(lambda: _published(store, dispatch_id="refused"), what="republish")
-        requests = await fallback.drain()
+        requests = await fallback.take_all()
     assert [body(r)["dispatch_id"] for r in requests] == ["refused"]
 
 

@@ -5,14 +5,12 @@ import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 
-import asyncpg
-
 from tests.support.braze import BRAZE_EXAMPLES
-from tests.support.factories import decoded, outgoing_postback, raw_postback
+from tests.support.factories import NOT_THE_CONTRACT, decoded, outgoing_postback, raw_postback
+from tests.support.poison import refuse_poison
 from txmail.core.broker import Outgoing
 from txmail.core.events import (
     FALLBACK_ATTEMPT_TYPE,
-    POSTBACK_TYPE,
     SEND_REGISTERED_ROUTING_KEY,
     SEND_REGISTRATION_TYPE,
     AttemptOutcome,
@@ -73,18 +71,7 @@ async def test_braze_examples_twice_make_one_fallback_request(database_url: str)
 async def test_what_is_not_the_contract_is_dead_lettered_and_the_rest_applied(
     database_url: str,
 ) -> None:
-    bad = [
-        Outgoing("postback.sent", b"{not json", "bad-1", POSTBACK_TYPE),
-        Outgoing("postback.sent", b'{"status": "sent"}', "bad-2", POSTBACK_TYPE),
-        Outgoing("send.other", b"{}", "bad-3", "something_else"),
-        Outgoing("postback.sent", b"[" * 5000 + b"]" * 5000, "bad-4", POSTBACK_TYPE),
-        Outgoing(
-            "postback.sent",
-            b'{"dispatch_id": "d", "status": "sent", "metadata": {"x": "\\ud800"}}',
-            "bad-5",
-            POSTBACK_TYPE,
-        ),
-    ]
+    bad = NOT_THE_CONTRACT
     good = outgoing_postback(raw_postback("after-poison", "delivered"), T0)
     store = await open_store(database_url, TIMEOUTS)
     try:
@@ -98,26 +85,14 @@ async def test_what_is_not_the_contract_is_dead_lettered_and_the_rest_applied(
     assert message.outcome == Outcome.DELIVERED
 
 
-_REFUSE_POISON = """
-CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF NEW.dispatch_id = 'poison' THEN RAISE EXCEPTION 'refusing the poison message'; END IF;
-    RETURN NEW;
-END $$;
-CREATE TRIGGER refuse_poison BEFORE UPDATE ON messages
-    FOR EACH ROW EXECUTE FUNCTION refuse_poison();
-"""
-
-
 async def test_a_message_the_store_cannot_take_is_requeued_and_its_neighbours_applied(
     postgres_schema_url: str,
 ) -> None:
     # A trigger refuses one message: valid by the contract, yet it fails in the store
     # every time, like a bug would. Its neighbours in the batch must still be applied.
     store = await open_store(postgres_schema_url, TIMEOUTS)
-    database = await asyncpg.connect(postgres_schema_url)
     try:
-        await database.execute(_REFUSE_POISON)
+        await refuse_poison(postgres_schema_url)
         applied = await _apply(
             store,
             outgoing_postback(raw_postback("before", "delivered"), T0),
@@ -126,7 +101,6 @@ async def test_a_message_the_store_cannot_take_is_requeued_and_its_neighbours_ap
         )
         outcomes = [await _outcome(store, d) for d in ("before", "poison", "after")]
     finally:
-        await database.close()
         await store.close()
     assert _verdicts(applied) == [Verdict.ACK, Verdict.REQUEUE, Verdict.ACK]
     assert "refusing the poison message" in str(applied.settlements[1].error)

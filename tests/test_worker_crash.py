@@ -89,7 +89,7 @@ async def test_sigkill_mid_stream_then_restart(
                     what="every event applied and every decision published",
                 )
         async with queue_readers(worker_settings) as (fallback, _):
-            requests = [body(m)["dispatch_id"] for m in await fallback.drain()]
+            requests = [body(m)["dispatch_id"] for m in await fallback.take_all()]
         # A request confirmed but not yet marked when the worker died is published again
         # under the same idempotency key; the decision itself is never made twice.
         assert set(requests) == decided

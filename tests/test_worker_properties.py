@@ -92,7 +92,7 @@ async def _run_example(settings: Settings, postbacks: Postbacks, replayed: list[
         for dispatch_id in failed:
             await wait_until(partial(_published, store, dispatch_id), what="decision")
         async with queue_readers(settings) as (fallback, _):
-            requests = Counter(body(m)["dispatch_id"] for m in await fallback.drain())
+            requests = Counter(body(m)["dispatch_id"] for m in await fallback.take_all())
         assert requests == Counter(failed), "one request per failed message, none for others"
     finally:
         await store.close()

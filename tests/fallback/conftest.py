@@ -1,5 +1,6 @@
 """Fixtures for the fallback tests: tiny retry delays, the stand-in servers, a rules
-file writer, and a view of the attempt events the executor publishes."""
+file writer, a view of the attempt events the executor publishes, and all of these
+together for an executor test."""
 
 import shutil
 import ssl
@@ -14,8 +15,9 @@ import pytest
 from aiohttp import web
 from aiosmtpd.controller import Controller
 
-from tests.support.fallback import RETRY_SCHEDULE, AttemptLog
+from tests.support.fallback import RETRY_SCHEDULE, AttemptLog, ExecutorUnderTest, receiver_handlers
 from tests.support.ports import free_port
+from tests.support.rules_file import Table, write_rules_file
 from tests.support.servers import MailCollector, Receiver, check_login
 from txmail.core.settings import Settings
 from txmail.core.topology import Topology
@@ -124,11 +126,12 @@ def smtp_server_with_starttls(
 
 
 @pytest.fixture
-def write_rules(tmp_path: Path) -> Callable[[str], RulesFile]:
-    def write(text: str) -> RulesFile:
-        path = tmp_path / "rules.toml"
-        path.write_text(text)
-        return load_rules_file(path)
+def write_rules(tmp_path: Path, receiver: Receiver) -> Callable[..., RulesFile]:
+    """Writes and loads a rules file: the receiver's handlers and the given rules."""
+
+    def write(*rules: Table) -> RulesFile:
+        handlers = receiver_handlers(receiver)
+        return load_rules_file(write_rules_file(tmp_path / "rules.toml", *rules, handlers=handlers))
 
     return write
 
@@ -151,3 +154,10 @@ async def resources(amqp_url: str) -> AsyncIterator[HandlerResources]:
     connection = await aio_pika.connect_robust(amqp_url)
     async with connection, aiohttp.ClientSession() as http:
         yield HandlerResources(http, connection)
+
+
+@pytest.fixture
+def executor(
+    fallback_settings: Settings, receiver: Receiver, attempt_log: AttemptLog, tmp_path: Path
+) -> ExecutorUnderTest:
+    return ExecutorUnderTest(fallback_settings, receiver, attempt_log, tmp_path / "rules.toml")

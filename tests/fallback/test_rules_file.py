@@ -3,7 +3,6 @@
 import asyncio
 import os
 import signal
-import sys
 import textwrap
 from datetime import UTC, datetime
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.ports import free_port
-from tests.support.processes import wait_for_line
+from tests.support.processes import spawn, wait_for_line
 from tests.support.servers import WEBHOOK_SECRET
 from txmail.cli import main
 from txmail.core.errors import ConfigError
@@ -418,8 +417,8 @@ def test_the_workers_check_the_tracking_they_read_as_check_config_does(
 
 async def test_the_ingress_starts_without_the_handlers_secrets(settings: Settings) -> None:
     env = {k: v for k, v in os.environ.items() if k not in EXAMPLE_SECRETS}
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "txmail.cli", "ingress",
+    process = await spawn(
+        "ingress",
         env={
             **env,
             "TXMAIL_AMQP_URL": settings.amqp_url,
@@ -428,8 +427,8 @@ async def test_the_ingress_starts_without_the_handlers_secrets(settings: Setting
             "TXMAIL_HTTP_PORT": str(free_port()),
             "TXMAIL_RULES": str(EXAMPLE_FILE),
         },
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
+        stderr=asyncio.subprocess.STDOUT,
+    )
     try:
         # Once connected: a SIGTERM while the broker connects is a matter of its own.
         await wait_for_line(process, b"broker connected")

@@ -4,11 +4,16 @@ queue, and a log of the attempt events the executor publishes."""
 
 import json
 import uuid
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 import aio_pika
 
-from tests.support.servers import SMS_SID, SMS_TOKEN, WEBHOOK_SECRET, Receiver
+from tests.support.rules_file import Table, write_rules_file
+from tests.support.servers import SMS_SID, SMS_TOKEN, WEBHOOK_SECRET, Endpoint, Receiver
 from txmail.core.events import (
     FALLBACK_ATTEMPT_TYPE,
     FALLBACK_REQUEST_TYPE,
@@ -18,8 +23,9 @@ from txmail.core.events import (
     Trigger,
 )
 from txmail.core.settings import Settings
-from txmail.fallback.executor import fallback_topology
+from txmail.fallback.executor import FallbackExecutor, fallback_topology, running_executor
 from txmail.fallback.parking import ParkedRequest, list_parked
+from txmail.fallback.rules_file import RulesFile, load_rules_file
 
 RETRY_SCHEDULE = [timedelta(milliseconds=200), timedelta(milliseconds=500)]
 
@@ -40,22 +46,24 @@ def a_request(**changes: object) -> FallbackRequest:
     return FallbackRequest.model_validate({**fields, **changes})
 
 
-def handlers_toml(receiver: Receiver) -> str:
-    return f"""
-[handlers.ops-hook]
-type = "webhook"
-url = "{receiver.url}/hook"
-secret = "{WEBHOOK_SECRET}"
-timeout = "2s"
-
-[handlers.sms]
-type = "sms"
-base_url = "{receiver.url}"
-account_sid = "{SMS_SID}"
-auth_token = "{SMS_TOKEN}"
-from = "+15559990000"
-body = "Hi $first_name, your order $external_send_id mail bounced."
-"""
+def receiver_handlers(receiver: Receiver) -> dict[str, dict[str, Any]]:
+    """Handler tables calling the stand-in receiver: a webhook and a Twilio-shaped SMS."""
+    return {
+        "ops-hook": {
+            "type": "webhook",
+            "url": f"{receiver.url}/hook",
+            "secret": WEBHOOK_SECRET,
+            "timeout": "2s",
+        },
+        "sms": {
+            "type": "sms",
+            "base_url": receiver.url,
+            "account_sid": SMS_SID,
+            "auth_token": SMS_TOKEN,
+            "from": "+15559990000",
+            "body": "Hi $first_name, your order $external_send_id mail bounced.",
+        },
+    }
 
 
 async def publish_raw(settings: Settings, body: bytes, routing_key: str) -> None:
@@ -100,3 +108,39 @@ class AttemptLog:
 
     def outcomes(self, handler: str | None = None) -> list[str]:
         return [a.outcome.value for a in self.attempts if handler is None or a.handler == handler]
+
+
+@dataclass
+class ExecutorUnderTest:
+    """What an executor test works with: its settings, the stand-in receiver, the
+    attempts the executor publishes, and a rules file calling the receiver."""
+
+    settings: Settings
+    receiver: Receiver
+    attempt_log: AttemptLog
+    rules_path: Path
+
+    @property
+    def webhook(self) -> Endpoint:
+        return self.receiver.webhook
+
+    @property
+    def sms(self) -> Endpoint:
+        return self.receiver.sms
+
+    def rules(self, *rules: Table) -> RulesFile:
+        """The receiver's handlers and ``rules``, written and loaded (so checked)."""
+        handlers = receiver_handlers(self.receiver)
+        return load_rules_file(write_rules_file(self.rules_path, *rules, handlers=handlers))
+
+    def running(
+        self, *rules: Table, settings: Settings | None = None
+    ) -> AbstractAsyncContextManager[FallbackExecutor | None]:
+        """An executor with these rules (and these settings, if not the test's)."""
+        return running_executor(settings or self.settings, self.rules(*rules))
+
+    async def publish(self, request: FallbackRequest) -> None:
+        await publish(self.settings, request)
+
+    async def parked(self) -> list[str]:
+        return await parked(self.settings)

@@ -52,7 +52,9 @@ class QueueReader:
     channel: aio_pika.abc.AbstractChannel
     queue_name: str
 
-    async def drain(self) -> list[aio_pika.abc.AbstractIncomingMessage]:
+    async def take_all(self) -> list[aio_pika.abc.AbstractIncomingMessage]:
+        """What is on the queue now, without waiting (unlike amqp.drain, which waits for
+        a count)."""
         queue = await self.channel.get_queue(self.queue_name, ensure=False)
         taken = []
         while (message := await queue.get(no_ack=True, fail=False)) is not None:
