@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiosmtpd.controller import Controller
+from yarl import URL
 
 from tests.support.fallback import RETRY_SCHEDULE, AttemptLog, ExecutorUnderTest, receiver_handlers
 from tests.support.ports import free_port
@@ -154,6 +155,16 @@ async def resources(amqp_url: str) -> AsyncIterator[HandlerResources]:
     connection = await aio_pika.connect_robust(amqp_url)
     async with connection, aiohttp.ClientSession() as http:
         yield HandlerResources(http, connection)
+
+
+@pytest.fixture
+async def http_resources(amqp_url: str) -> AsyncIterator[HandlerResources]:
+    """The same for handlers that speak only HTTP or SMTP: their tests need no broker,
+    so the connection is never opened (a handler that used it would fail)."""
+    connection = aio_pika.RobustConnection(URL(amqp_url))
+    async with aiohttp.ClientSession() as http:
+        yield HandlerResources(http, connection)
+    await connection.close()
 
 
 @pytest.fixture
