@@ -2,11 +2,20 @@
 what is applied, how each delivery is settled, which fallbacks are to be published."""
 
 import asyncio
+import itertools
 import json
+import uuid
+from collections import Counter
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from tests.support.braze import BRAZE_EXAMPLES
 from tests.support.factories import NOT_THE_CONTRACT, decoded, outgoing_postback, raw_postback
+from tests.support.histories import Histories, Postbacks, expected_messages, histories, postbacks_of
 from tests.support.poison import refuse_poison
 from txmail.core.broker import Outgoing
 from txmail.core.events import (
@@ -16,10 +25,11 @@ from txmail.core.events import (
     AttemptOutcome,
     FallbackAttempt,
     event_id,
+    utc_now,
 )
 from txmail.workers.batch import AppliedBatch, Verdict, apply_batch
 from txmail.workers.decisions import to_outgoing
-from txmail.workers.state import Outcome
+from txmail.workers.state import Outcome, outcome, reason
 from txmail.workers.store import open_store
 from txmail.workers.store.protocol import PendingRequest, Store
 from txmail.workers.sweeper import claim
@@ -182,3 +192,49 @@ async def test_registered_send_never_sent_gets_a_fallback_with_its_recipient(
     assert _verdicts(recorded) == [Verdict.ACK]
     assert message is not None
     assert len(message.timeline) == 2
+
+
+async def _apply_in_batches(
+    path: Path, postbacks: Postbacks, replayed: list[int], cuts: list[int]
+) -> None:
+    expected = expected_messages(postbacks)
+    messages = [outgoing_postback(*postbacks[i]) for i in replayed]
+    bounds = [0, *cuts, len(messages)]
+    store = await open_store(f"sqlite:///{path}", TIMEOUTS)
+    try:
+        decided: list[PendingRequest] = []
+        for start, end in itertools.pairwise(bounds):
+            applied = await _apply(store, *messages[start:end])
+            assert _verdicts(applied) == [Verdict.ACK] * (end - start)
+            decided += applied.decided
+        for dispatch_id, (reference, count) in expected.items():
+            message = await store.find(dispatch_id=dispatch_id)
+            assert message is not None
+            assert len(message.timeline) == count
+            assert message.outcome == outcome(reference)
+            assert message.reason == reason(reference)
+            assert message.statuses == reference.statuses
+    finally:
+        await store.close()
+    failed = [d for d, (reference, _) in expected.items() if reference.decision]
+    assert Counter(p.request.dispatch_id for p in decided) == Counter(failed)
+
+
+def test_any_order_duplicates_and_batches_give_the_same_states_and_one_decision(
+    tmp_path: Path,
+) -> None:
+    """Invariants 2 and 3 on the tracker's batches (test_worker_properties.py holds them
+    end to end, through RabbitMQ and a worker process, on fewer examples)."""
+
+    @hypothesis_settings(max_examples=40, deadline=None)
+    @given(histories, st.data())
+    def example(history: Histories, data: st.DataObject) -> None:
+        postbacks = postbacks_of("h", history, utc_now())
+        indices = list(range(len(postbacks)))
+        copies = data.draw(st.lists(st.sampled_from(indices))) if indices else []
+        replayed = data.draw(st.permutations(indices + copies))
+        cuts = data.draw(st.sets(st.integers(0, len(replayed)), max_size=4))
+        path = tmp_path / f"{uuid.uuid4().hex}.db"
+        asyncio.run(_apply_in_batches(path, postbacks, replayed, sorted(cuts)))
+
+    example()
