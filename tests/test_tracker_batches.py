@@ -194,6 +194,25 @@ async def test_registered_send_never_sent_gets_a_fallback_with_its_recipient(
     assert len(message.timeline) == 2
 
 
+async def test_a_decision_not_confirmed_is_swept_again_once_overdue(database_url: str) -> None:
+    republish_after = timedelta(seconds=10)
+    store = await open_store(database_url, TIMEOUTS, republish_after)
+    try:
+        decided_at = utc_now()
+        bounced = outgoing_postback(raw_postback("refused", "bounced", reason="550"), T0)
+        [decided] = (await _apply(store, bounced)).decided
+        # Its publish was not confirmed (the broker refused it): nothing marks it.
+        assert await _sweep(store, decided_at) == []
+        overdue = decided_at + republish_after + timedelta(seconds=1)
+        [again] = await _sweep(store, overdue)
+        assert await _sweep(store, overdue) == [], "leased to the sweep that took it"
+        await store.mark_published([again.message_key], overdue)
+        assert await _sweep(store, overdue + 2 * republish_after) == []
+    finally:
+        await store.close()
+    assert again.request == decided.request
+
+
 async def _apply_in_batches(
     path: Path, postbacks: Postbacks, replayed: list[int], cuts: list[int]
 ) -> None:
