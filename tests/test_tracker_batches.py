@@ -27,12 +27,12 @@ from txmail.core.events import (
     event_id,
     utc_now,
 )
-from txmail.workers.batch import AppliedBatch, Verdict, apply_batch
+from txmail.workers.batch import AppliedBatch, Settle, apply_batch
 from txmail.workers.decisions import to_outgoing
 from txmail.workers.state import Outcome, outcome, reason
 from txmail.workers.store import open_store
 from txmail.workers.store.protocol import PendingRequest, Store
-from txmail.workers.sweeper import claim
+from txmail.workers.sweeper import sweep_claims
 from txmail.workers.timeouts import DeliveryTimeouts
 from txmail.workers.watermark import WatermarkRule, WorkerProgress
 
@@ -54,11 +54,11 @@ async def _apply(store: Store, *messages: Outgoing) -> AppliedBatch:
 
 
 async def _sweep(store: Store, now: datetime) -> list[PendingRequest]:
-    return [p async for batch in claim(store, CaughtUp(), CAUGHT_UP, now) for p in batch]
+    return [p async for batch in sweep_claims(store, CaughtUp(), CAUGHT_UP, now) for p in batch]
 
 
-def _verdicts(applied: AppliedBatch) -> list[Verdict]:
-    return [s.verdict for s in applied.settlements]
+def _settled_as(applied: AppliedBatch) -> list[Settle]:
+    return [s.kind for s in applied.settlements]
 
 
 async def test_braze_examples_twice_make_one_fallback_request(database_url: str) -> None:
@@ -69,7 +69,7 @@ async def test_braze_examples_twice_make_one_fallback_request(database_url: str)
         message = await store.find(dispatch_id=BRAZE_EXAMPLES[0]["dispatch_id"])
     finally:
         await store.close()
-    assert _verdicts(applied) == [Verdict.ACK] * 2 * len(messages)
+    assert _settled_as(applied) == [Settle.ACK] * 2 * len(messages)
     [decided] = applied.decided
     assert decided.request.trigger == "bounced"
     assert to_outgoing(decided.request).message_id == decided.request.idempotency_key
@@ -90,7 +90,7 @@ async def test_what_is_not_the_contract_is_dead_lettered_and_the_rest_applied(
     finally:
         await store.close()
     # At once, by the worker, not after going round the queue to the delivery limit.
-    assert _verdicts(applied) == [Verdict.DEAD_LETTER] * len(bad) + [Verdict.ACK]
+    assert _settled_as(applied) == [Settle.DEAD_LETTER] * len(bad) + [Settle.ACK]
     assert message is not None
     assert message.outcome == Outcome.DELIVERED
 
@@ -112,7 +112,7 @@ async def test_a_message_the_store_cannot_take_is_requeued_and_its_neighbours_ap
         outcomes = [await _outcome(store, d) for d in ("before", "poison", "after")]
     finally:
         await store.close()
-    assert _verdicts(applied) == [Verdict.ACK, Verdict.REQUEUE, Verdict.ACK]
+    assert _settled_as(applied) == [Settle.ACK, Settle.REQUEUE, Settle.ACK]
     assert "refusing the poison message" in str(applied.settlements[1].error)
     assert outcomes == [Outcome.DELIVERED, None, Outcome.DELIVERED]
 
@@ -189,7 +189,7 @@ async def test_registered_send_never_sent_gets_a_fallback_with_its_recipient(
     assert decided.request.recipient.phone == "+15550100"
     assert decided.request.recipient.email is None
     assert decided.request.variables == {"first_name": "Ada"}
-    assert _verdicts(recorded) == [Verdict.ACK]
+    assert _settled_as(recorded) == [Settle.ACK]
     assert message is not None
     assert len(message.timeline) == 2
 
@@ -224,7 +224,7 @@ async def _apply_in_batches(
         decided: list[PendingRequest] = []
         for start, end in itertools.pairwise(bounds):
             applied = await _apply(store, *messages[start:end])
-            assert _verdicts(applied) == [Verdict.ACK] * (end - start)
+            assert _settled_as(applied) == [Settle.ACK] * (end - start)
             decided += applied.decided
         for dispatch_id, (reference, count) in expected.items():
             message = await store.find(dispatch_id=dispatch_id)

@@ -19,11 +19,13 @@ from txmail.workers.store.protocol import PendingRequest, Store, StoreUnavailabl
 
 log = structlog.get_logger(__name__)
 
-# How long to wait before trying the store again while it is unavailable.
+# The store being down, retried with growing waits; any other failure is a bug or bad data.
 STORE_DOWN = (StoreUnavailable,)
 
 
-class Verdict(Enum):
+class Settle(Enum):
+    """How the tracker settles a delivery."""
+
     ACK = "ack"  # applied and committed
     DEAD_LETTER = "dead-letter"  # not the contract: no worker will ever process it
     # Failed for a reason we do not know (a bug): back to the queue, whose delivery
@@ -35,7 +37,7 @@ class Verdict(Enum):
 
 @dataclass(frozen=True)
 class Settlement:
-    verdict: Verdict
+    kind: Settle
     error: Exception | None = None  # why it is dead-lettered or requeued
 
 
@@ -45,7 +47,7 @@ class AppliedBatch:
     decided: list[PendingRequest] = field(default_factory=list)  # committed, to publish
 
     def acked(self) -> list[int]:
-        return [i for i, s in enumerate(self.settlements) if s.verdict is Verdict.ACK]
+        return [i for i, s in enumerate(self.settlements) if s.kind is Settle.ACK]
 
 
 class _Unexplained:
@@ -84,18 +86,18 @@ async def apply_batch(
 
 def _not_an_event(decoded: TrackedEvent | Exception) -> Settlement:
     if isinstance(decoded, NotTheContract):
-        return Settlement(Verdict.DEAD_LETTER, decoded)
+        return Settlement(Settle.DEAD_LETTER, decoded)
     if isinstance(decoded, Exception):
-        return Settlement(Verdict.REQUEUE, decoded)
-    return Settlement(Verdict.LEAVE)  # until applied
+        return Settlement(Settle.REQUEUE, decoded)
+    return Settlement(Settle.LEAVE)  # until applied
 
 
 def _settlement(decided: list[PendingRequest] | _Unexplained | None) -> Settlement:
     if decided is None:
-        return Settlement(Verdict.LEAVE)
+        return Settlement(Settle.LEAVE)
     if isinstance(decided, _Unexplained):
-        return Settlement(Verdict.REQUEUE, decided.error)
-    return Settlement(Verdict.ACK)
+        return Settlement(Settle.REQUEUE, decided.error)
+    return Settlement(Settle.ACK)
 
 
 async def _apply(

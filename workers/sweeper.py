@@ -68,7 +68,7 @@ class Sweeper:
 
     async def sweep(self, now: datetime) -> None:
         """Decide every due deadline, then retry publishes that were not confirmed."""
-        async for claimed in claim(self._store, self._progress, self._watermark, now):
+        async for claimed in sweep_claims(self._store, self._progress, self._watermark, now):
             await publish_decisions(self._broker, self._store, claimed)
 
     async def purge(self, now: datetime) -> None:
@@ -82,7 +82,7 @@ class Sweeper:
             log.info("purged messages past retention", count=total)
 
 
-async def claim(
+async def sweep_claims(
     store: Store, progress: Progress, watermark: WatermarkRule, now: datetime
 ) -> AsyncIterator[list[PendingRequest]]:
     """What a sweep publishes, batch by batch: the deadlines due, decided now, then the

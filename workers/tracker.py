@@ -22,7 +22,7 @@ from txmail.core.consumer import Consumer
 from txmail.core.events import utc_now
 from txmail.core.readable import readable
 from txmail.core.topology import Topology
-from txmail.workers.batch import Settlement, Verdict, apply_batch
+from txmail.workers.batch import Settle, Settlement, apply_batch
 from txmail.workers.decisions import publish_decisions
 from txmail.workers.inbox import Inbox
 from txmail.workers.incoming import Delivery, arrive
@@ -158,7 +158,7 @@ class Tracker:
         applied = await apply_batch(self._store, [d.decoded for d in batch], stop)
         self._note_applied([batch[i] for i in applied.acked()])
         # Acked one by one if any is left unsettled: a multiple ack would take it too.
-        one_ack = all(s.verdict is not Verdict.LEAVE for s in applied.settlements)
+        one_ack = all(s.kind is not Settle.LEAVE for s in applied.settlements)
         for delivery, settlement in zip(batch, applied.settlements, strict=True):
             await _settle_as(delivery, settlement, one_ack)
         if one_ack and (acked := applied.acked()):
@@ -191,7 +191,7 @@ async def _settle(settling: Awaitable[None]) -> None:
 
 async def _settle_as(delivery: Delivery, settlement: Settlement, one_ack: bool) -> None:
     message, error = delivery.message, settlement.error
-    if settlement.verdict is Verdict.DEAD_LETTER:
+    if settlement.kind is Settle.DEAD_LETTER:
         log.error(
             "dead-lettering a message that is not the contract",
             reason=str(error),
@@ -200,7 +200,7 @@ async def _settle_as(delivery: Delivery, settlement: Settlement, one_ack: bool) 
             routing_key=message.routing_key,
         )
         await _settle(message.reject(requeue=False))
-    elif settlement.verdict is Verdict.REQUEUE:
+    elif settlement.kind is Settle.REQUEUE:
         if isinstance(delivery.decoded, TrackedEvent):
             log.error(
                 "cannot apply event; returning it to the queue, whose delivery limit "
@@ -219,5 +219,5 @@ async def _settle_as(delivery: Delivery, settlement: Settlement, one_ack: bool) 
                 exc_info=error,
             )
         await _settle(message.nack(requeue=True))
-    elif settlement.verdict is Verdict.ACK and not one_ack:
+    elif settlement.kind is Settle.ACK and not one_ack:
         await _settle(message.ack())
