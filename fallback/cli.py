@@ -15,9 +15,9 @@ from txmail.core.health import create_health_app
 from txmail.core.http import serving
 from txmail.core.settings import Settings
 from txmail.core.stopping import stop_on_signals
-from txmail.fallback.chain import LEASE_MARGIN
-from txmail.fallback.dlq import add_dlq_commands
-from txmail.fallback.executor import FallbackExecutor, running_executor
+from txmail.fallback.executor.chain import LEASE_MARGIN
+from txmail.fallback.executor.service import FallbackExecutor, running_executor
+from txmail.fallback.parking.dlq import add_dlq_commands
 from txmail.fallback.rules_file import RulesFile, check_rules_file, load_rules_file, warnings
 
 log = structlog.get_logger(__name__)

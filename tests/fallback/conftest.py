@@ -20,7 +20,7 @@ from tests.ports import free_port
 from txmail.core.events import FALLBACK_ATTEMPT_TYPE, FallbackAttempt
 from txmail.core.settings import Settings
 from txmail.core.topology import Topology
-from txmail.fallback.executor import fallback_topology
+from txmail.fallback.executor.service import fallback_topology
 from txmail.fallback.handler import HandlerResources
 from txmail.fallback.rules_file import RulesFile, load_rules_file
 

@@ -9,8 +9,8 @@ import aio_pika
 from tests.fallback.servers import SMS_SID, SMS_TOKEN, WEBHOOK_SECRET, Receiver
 from txmail.core.events import FALLBACK_REQUEST_TYPE, FallbackRequest, Recipient, Trigger
 from txmail.core.settings import Settings
-from txmail.fallback.executor import fallback_topology
-from txmail.fallback.parking import ParkedRequest, list_parked
+from txmail.fallback.executor.service import fallback_topology
+from txmail.fallback.parking.entries import ParkedRequest, list_parked
 
 
 def a_request(**changes: object) -> FallbackRequest:

@@ -22,7 +22,7 @@ from tests.fallback.servers import Receiver
 from tests.tcp_proxy import TcpProxy
 from tests.waiting import wait_until
 from txmail.core.settings import Settings
-from txmail.fallback.executor import (
+from txmail.fallback.executor.service import (
     FallbackExecutor,
     build_handlers,
     fallback_topology,
@@ -30,7 +30,7 @@ from txmail.fallback.executor import (
 )
 from txmail.fallback.handler import HandlerResources
 from txmail.fallback.ledger import open_ledger
-from txmail.fallback.parking import list_parked, replay_parked
+from txmail.fallback.parking.entries import list_parked, replay_parked
 from txmail.fallback.rules_file import RulesFile
 
 WriteRules = Callable[[str], RulesFile]

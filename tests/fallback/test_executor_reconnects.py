@@ -9,7 +9,7 @@ from tests.fallback.servers import Receiver
 from tests.readiness import is_not_consuming, is_ready, proxied
 from tests.waiting import wait_until
 from txmail.core.settings import Settings
-from txmail.fallback.executor import running_executor
+from txmail.fallback.executor.service import running_executor
 from txmail.fallback.rules_file import load_rules_file
 
 

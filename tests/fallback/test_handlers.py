@@ -30,8 +30,7 @@ from tests.tcp_proxy import TcpProxy
 from tests.waiting import wait_until
 from txmail.core.broker import connect_until_up
 from txmail.core.events import FallbackRequest, Recipient, Trigger
-from txmail.fallback.chain import ReadyHandler, ResultKind, run_handler
-from txmail.fallback.circuit import Circuits, CircuitState
+from txmail.fallback.executor.chain import ReadyHandler, run_handler
 from txmail.fallback.handler import (
     FallbackHandler,
     HandlerResources,
@@ -44,6 +43,8 @@ from txmail.fallback.handlers.log import LogConfig, LogHandler
 from txmail.fallback.handlers.sms import SmsConfig, SmsHandler
 from txmail.fallback.handlers.smtp import SmtpConfig, SmtpHandler
 from txmail.fallback.handlers.webhook import WebhookConfig, WebhookHandler, sign
+from txmail.fallback.policy.circuit import Circuits, CircuitState
+from txmail.fallback.policy.verdict import ResultKind
 
 
 def a_request(**changes: Any) -> FallbackRequest:

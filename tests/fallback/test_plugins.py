@@ -10,7 +10,7 @@ import pytest
 
 from txmail.core.errors import ConfigError
 from txmail.core.events import FallbackRequest, Trigger
-from txmail.fallback.executor import build_handlers
+from txmail.fallback.executor.service import build_handlers
 from txmail.fallback.handler import FallbackHandler, HandlerResources
 from txmail.fallback.rules_file import load_rules_file
 

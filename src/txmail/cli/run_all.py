@@ -17,7 +17,7 @@ log = structlog.get_logger(__name__)
 async def run_all(settings: Settings) -> None:
     from txmail.core.http import serving
     from txmail.core.stopping import stop_on_signals
-    from txmail.fallback.executor import FallbackExecutor, running_executor
+    from txmail.fallback.executor.service import FallbackExecutor, running_executor
     from txmail.fallback.rules_file import load_configured_rules
     from txmail.ingress.app import create_app
     from txmail.workers.api import api_host, api_tokens, create_api_app

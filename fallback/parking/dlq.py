@@ -17,9 +17,9 @@ from txmail.core.errors import BrokerUnavailable
 from txmail.core.events import Trigger
 from txmail.core.settings import Settings
 from txmail.core.terminal import printable
-from txmail.fallback.executor import fallback_topology
-from txmail.fallback.held import Counts, Held, Outcome, Selection, Visited, visit
-from txmail.fallback.parking import DeadLetter, ParkedRequest
+from txmail.fallback.executor.service import fallback_topology
+from txmail.fallback.parking.entries import DeadLetter, ParkedRequest
+from txmail.fallback.parking.held import Counts, Held, Outcome, Selection, Visited, visit
 
 # How long the dlq commands wait for RabbitMQ before giving up.
 CONNECT_TIMEOUT = 30

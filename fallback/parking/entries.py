@@ -11,8 +11,8 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
 from txmail.core.terminal import printable
 from txmail.core.topology import Topology
-from txmail.fallback.held import Selection, Target, visit
-from txmail.fallback.progress import PARKED_AT, PARKED_REASON, Progress
+from txmail.fallback.parking.held import Selection, Target, visit
+from txmail.fallback.policy.progress import PARKED_AT, PARKED_REASON, RequestProgress
 from txmail.fallback.publisher import with_new_headers
 
 # A handler's failure inside a parking reason: "ops-hook: transient: answered 503".
@@ -66,7 +66,7 @@ class ParkedRequest:
     def from_message(cls, message: AbstractIncomingMessage) -> "ParkedRequest":
         headers = message.headers or {}
         fields = _json_object(message.body)
-        progress = Progress.from_headers(headers)
+        progress = RequestProgress.from_headers(headers)
         reason = _text(headers.get(PARKED_REASON)) or "(no reason recorded)"
         return cls(
             message_id=message.message_id or "",
@@ -87,7 +87,7 @@ class ParkedRequest:
     @staticmethod
     def replay_target(message: AbstractIncomingMessage, topology: Topology) -> Target | str:
         """The fallback queue, with its retries started over."""
-        progress = Progress.from_headers(message.headers).for_replay()
+        progress = RequestProgress.from_headers(message.headers).for_replay()
         return Target("", topology.fallback_queue, with_new_headers(message, progress.to_headers()))
 
 

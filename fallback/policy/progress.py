@@ -19,14 +19,14 @@ PARKED_AT: Final = "x-txmail-parked-at"
 
 
 @dataclass(frozen=True)
-class Progress:
+class RequestProgress:
     attempt: int = 0  # attempts made before this one
     succeeded: frozenset[str] = field(default_factory=frozenset)
     failed: frozenset[str] = field(default_factory=frozenset)  # permanently
     replays: int = 0  # times ops replayed it from the parking queue
 
     @classmethod
-    def from_headers(cls, headers: Mapping[str, Any] | None) -> "Progress":
+    def from_headers(cls, headers: Mapping[str, Any] | None) -> "RequestProgress":
         """Read them leniently: headers someone else mangled count as a fresh start."""
         headers = headers or {}
         return cls(
@@ -44,20 +44,20 @@ class Progress:
             REPLAYS: self.replays,
         }
 
-    def next_attempt(self, succeeded: Iterable[str], failed: Iterable[str]) -> "Progress":
-        return Progress(
+    def next_attempt(self, succeeded: Iterable[str], failed: Iterable[str]) -> "RequestProgress":
+        return RequestProgress(
             attempt=self.attempt + 1,
             succeeded=self.succeeded | frozenset(succeeded),
             failed=self.failed | frozenset(failed),
             replays=self.replays,
         )
 
-    def for_replay(self) -> "Progress":
+    def for_replay(self) -> "RequestProgress":
         """A replay starts the retry schedule over and gives every handler that failed
         another chance (presumably the cause was fixed), but keeps what succeeded. The
         replay count lets the call ledger tell this new chance from a copy of the
         request that failed."""
-        return Progress(succeeded=self.succeeded, replays=self.replays + 1)
+        return RequestProgress(succeeded=self.succeeded, replays=self.replays + 1)
 
 
 def _count(value: object) -> int:

@@ -33,16 +33,7 @@ from txmail.core.readable import readable
 from txmail.core.settings import Settings
 from txmail.core.stopping import pause
 from txmail.core.topology import Topology
-from txmail.fallback.chain import (
-    Decision,
-    HandlerResult,
-    ReadyHandler,
-    ResultKind,
-    Verdict,
-    decide,
-    run_chain,
-)
-from txmail.fallback.circuit import Circuits
+from txmail.fallback.executor.chain import ReadyHandler, run_chain
 from txmail.fallback.handler import FallbackHandler, HandlerResources
 from txmail.fallback.ledger import (
     CallLedger,
@@ -50,9 +41,11 @@ from txmail.fallback.ledger import (
     open_ledger_when_available,
     purge_ledger,
 )
-from txmail.fallback.progress import PARKED_AT, PARKED_REASON, Progress
+from txmail.fallback.policy.circuit import Circuits
+from txmail.fallback.policy.progress import PARKED_AT, PARKED_REASON, RequestProgress
+from txmail.fallback.policy.retries import RetrySchedule
+from txmail.fallback.policy.verdict import HandlerResult, NextStep, ResultKind, Verdict, decide
 from txmail.fallback.publisher import ConfirmedPublisher, QueuedMessage, with_new_headers
-from txmail.fallback.retries import RetrySchedule
 from txmail.fallback.rules import select_rule
 from txmail.fallback.rules_file import RulesFile
 
@@ -67,9 +60,9 @@ LEDGER_RETRY_INTERVAL = 1.0
 PURGE_INTERVAL = 3600.0
 
 _RESULT_OUTCOME = {
-    Decision.DONE: AttemptOutcome.FAILED,
-    Decision.RETRY: AttemptOutcome.RETRYING,
-    Decision.PARK: AttemptOutcome.PARKED,
+    NextStep.DONE: AttemptOutcome.FAILED,
+    NextStep.RETRY: AttemptOutcome.RETRYING,
+    NextStep.PARK: AttemptOutcome.PARKED,
 }
 
 
@@ -218,11 +211,11 @@ class FallbackExecutor:
             )
             reason = f"not a valid fallback request: {problems}"
             log.warning("parking an unreadable fallback request", reason=reason)
-            await self._publisher.publish([], [self._parked(message, Progress(), reason)])
+            await self._publisher.publish([], [self._parked(message, RequestProgress(), reason)])
             await message.ack()
             return
 
-        progress = Progress.from_headers(message.headers)
+        progress = RequestProgress.from_headers(message.headers)
         bound = log.bind(idempotency_key=request.idempotency_key, attempt=progress.attempt + 1)
         match = select_rule(self._rules, request)
         if match is None:
@@ -245,14 +238,14 @@ class FallbackExecutor:
             for r in results
         ]
         queued = []
-        if verdict.decision is Decision.RETRY:
+        if verdict.next_step is NextStep.RETRY:
             queued.append(self._retry(message, verdict.progress))
-        elif verdict.decision is Decision.PARK:
+        elif verdict.next_step is NextStep.PARK:
             queued.append(self._parked(message, verdict.progress, verdict.reason))
         await self._publisher.publish(attempts, queued)
         await message.ack()
         results_by_handler = {r.handler: r.kind.value for r in results}
-        if verdict.decision is Decision.PARK:  # needs a person: worth an alert
+        if verdict.next_step is NextStep.PARK:  # needs a person: worth an alert
             bound.warning(
                 "fallback request parked",
                 rule=index,
@@ -263,7 +256,7 @@ class FallbackExecutor:
         bound.info(
             "fallback attempt recorded",
             rule=index,
-            decision=verdict.decision.value,
+            decision=verdict.next_step.value,
             results=results_by_handler,
         )
 
@@ -271,7 +264,7 @@ class FallbackExecutor:
         self,
         request: FallbackRequest,
         handler: str | None,
-        progress: Progress,
+        progress: RequestProgress,
         outcome: AttemptOutcome,
         detail: str,
     ) -> FallbackAttempt:
@@ -286,7 +279,7 @@ class FallbackExecutor:
             at=utc_now(),
         )
 
-    def _retry(self, message: AbstractIncomingMessage, progress: Progress) -> QueuedMessage:
+    def _retry(self, message: AbstractIncomingMessage, progress: RequestProgress) -> QueuedMessage:
         delay = self._schedule.delay_before(progress.attempt)
         assert delay is not None  # noqa: S101 -- decide() only retries within the schedule
         return QueuedMessage(
@@ -295,7 +288,7 @@ class FallbackExecutor:
         )
 
     def _parked(
-        self, message: AbstractIncomingMessage, progress: Progress, reason: str
+        self, message: AbstractIncomingMessage, progress: RequestProgress, reason: str
     ) -> QueuedMessage:
         headers = {
             **progress.to_headers(),
@@ -310,14 +303,14 @@ class FallbackExecutor:
 def _outcome(result: HandlerResult, verdict: Verdict) -> AttemptOutcome:
     if result.kind is ResultKind.SUCCEEDED:
         return AttemptOutcome.SUCCEEDED
-    return _RESULT_OUTCOME[verdict.decision]
+    return _RESULT_OUTCOME[verdict.next_step]
 
 
 def _detail(result: HandlerResult, verdict: Verdict, rule_index: int) -> str:
     text = f"rules[{rule_index}]"
     if result.detail:
         text += f": {result.kind.value}: {result.detail}"
-    if verdict.decision is Decision.PARK and result.kind is not ResultKind.SUCCEEDED:
+    if verdict.next_step is NextStep.PARK and result.kind is not ResultKind.SUCCEEDED:
         text += f" (parked: {verdict.reason})"
     return text
 
