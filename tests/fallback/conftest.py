@@ -16,6 +16,7 @@ from aiohttp import web
 from aiosmtpd.controller import Controller
 
 from tests.fallback.servers import MailCollector, Receiver, check_login
+from tests.harness import publisher
 from tests.ports import free_port
 from txmail.core.events import FALLBACK_ATTEMPT_TYPE, FallbackAttempt
 from txmail.core.settings import Settings
@@ -164,8 +165,7 @@ async def attempt_log(fallback_settings: Settings) -> AsyncIterator[AttemptLog]:
 
 
 @pytest.fixture
-async def resources(amqp_url: str) -> AsyncIterator[HandlerResources]:
-    """What the executor gives handlers: an HTTP client and a broker connection."""
-    connection = await aio_pika.connect_robust(amqp_url)
-    async with connection, aiohttp.ClientSession() as http:
-        yield HandlerResources(http, connection)
+async def resources(settings: Settings) -> AsyncIterator[HandlerResources]:
+    """What the executor gives handlers: an HTTP client and its broker."""
+    async with publisher(settings) as broker, aiohttp.ClientSession() as http:
+        yield HandlerResources(http, broker)

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 import aio_pika
 
 from tests.fallback.servers import SMS_SID, SMS_TOKEN, WEBHOOK_SECRET, Receiver
+from tests.harness import publisher
 from txmail.core.events import FALLBACK_REQUEST_TYPE, FallbackRequest, Recipient, Trigger
 from txmail.core.settings import Settings
 from txmail.fallback.executor.service import fallback_topology
@@ -67,9 +68,8 @@ async def publish(settings: Settings, request: FallbackRequest) -> None:
 
 
 async def parked_requests(settings: Settings) -> list[ParkedRequest]:
-    connection = await aio_pika.connect_robust(settings.amqp_url)
-    async with connection:
-        return await list_parked(connection, fallback_topology(settings))
+    async with publisher(settings) as broker:
+        return await list_parked(broker, fallback_topology(settings))
 
 
 async def parked(settings: Settings) -> list[str]:

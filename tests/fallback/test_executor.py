@@ -4,7 +4,6 @@ import asyncio
 from collections.abc import Callable
 from datetime import timedelta
 
-import aio_pika
 import aiohttp
 from structlog.testing import capture_logs
 
@@ -19,6 +18,7 @@ from tests.fallback.requests import (
     publish_raw,
 )
 from tests.fallback.servers import Receiver
+from tests.harness import publisher
 from tests.tcp_proxy import TcpProxy
 from tests.waiting import wait_until
 from txmail.core.settings import Settings
@@ -77,15 +77,14 @@ async def test_a_refusing_receiver_parks_the_request_and_a_replay_delivers_it_on
         await wait_until(lambda: attempt_log.outcomes() == ["parked"], what="parked")
         # Listing twice shows the same thing: listing takes nothing away.
         assert await parked(fallback_settings) == [request.idempotency_key]
-        connection = await aio_pika.connect_robust(fallback_settings.amqp_url)
-        async with connection:
-            [listed] = await list_parked(connection, fallback_topology(fallback_settings))
+        async with publisher(fallback_settings) as broker:
+            [listed] = await list_parked(broker, fallback_topology(fallback_settings))
             assert "400" in listed.reason
             assert listed.trigger == "bounced"
 
             receiver.webhook.default = 200
             replayed = await replay_parked(
-                connection, fallback_topology(fallback_settings), {request.idempotency_key}
+                broker, fallback_topology(fallback_settings), {request.idempotency_key}
             )
         assert [r.idempotency_key for r in replayed] == [request.idempotency_key]
         await wait_until(lambda: len(receiver.webhook.accepted) == 1, what="delivery")
@@ -271,16 +270,20 @@ async def test_the_executor_stops_while_the_broker_is_away(
     await proxy.start()
     settings = fallback_settings.model_copy(update={"publish_timeout": timedelta(seconds=1)})
     try:
-        connection = await aio_pika.connect_robust(via_port(settings.amqp_url, proxy.port))
         ledger = await open_ledger(settings.database_url)
-        async with aiohttp.ClientSession() as http:
-            handlers = build_handlers(rules, HandlerResources(http, connection))
-            executor = FallbackExecutor(settings, rules, handlers, connection, ledger)
-            await executor.start()
+        async with (
+            publisher(
+                settings.model_copy(update={"amqp_url": via_port(settings.amqp_url, proxy.port)})
+            ) as broker,
+            aiohttp.ClientSession() as http,
+        ):
+            handlers = build_handlers(rules, HandlerResources(http, broker))
+            executor = FallbackExecutor(settings, rules, handlers, broker, ledger)
+            executor.start()
             await proxy.cut()
-            await wait_until(lambda: not connection.connected.is_set(), what="the outage seen")
+            await wait_until(lambda: not broker.is_ready, what="the outage seen")
             await asyncio.wait_for(executor.stop(), timeout=5)
-            await asyncio.wait_for(connection.close(), timeout=5)
+            await asyncio.wait_for(broker.close(), timeout=5)
         await ledger.close()
     finally:
         await proxy.close()
