@@ -1,5 +1,5 @@
 """The fallback subcommands of ``txmail``: the executor and the rules file check (``dlq``
-is in fallback/dlq.py)."""
+is in fallback/parking/dlq.py)."""
 
 import argparse
 import asyncio

@@ -18,12 +18,8 @@ log = structlog.get_logger(__name__)
 
 
 def request_message(request: FallbackRequest) -> Outgoing:
-    return Outgoing(
-        routing_key=request.routing_key,
-        body=request.model_dump_json().encode(),
-        message_id=request.idempotency_key,
-        type=FALLBACK_REQUEST_TYPE,
-    )
+    # The idempotency key as message id: see the module's docstring.
+    return Outgoing.event(request, request.idempotency_key, FALLBACK_REQUEST_TYPE)
 
 
 async def publish_decisions(

@@ -103,7 +103,7 @@ class FallbackExecutor:
         self._circuits = Circuits(
             settings.fallback_circuit_failures, settings.fallback_circuit_open_for
         )
-        # On a connection of its own, which it keeps up: see txmail.consumer.
+        # On a connection of its own, which it keeps up: see txmail.core.consumer.
         self._consumer = Consumer(
             settings.amqp_url,
             self._topology.fallback_queue,
@@ -262,18 +262,17 @@ class FallbackExecutor:
         outcome: AttemptOutcome,
         detail: str,
     ) -> Outgoing:
-        return attempt_message(
-            FallbackAttempt(
-                idempotency_key=request.idempotency_key,
-                dispatch_id=request.dispatch_id,
-                external_send_id=request.external_send_id,
-                handler=handler,
-                attempt=progress.attempt + 1,
-                outcome=outcome,
-                detail=detail,
-                at=utc_now(),
-            )
+        attempt = FallbackAttempt(
+            idempotency_key=request.idempotency_key,
+            dispatch_id=request.dispatch_id,
+            external_send_id=request.external_send_id,
+            handler=handler,
+            attempt=progress.attempt + 1,
+            outcome=outcome,
+            detail=detail,
+            at=utc_now(),
         )
+        return Outgoing.event(attempt, attempt.event_id, FALLBACK_ATTEMPT_TYPE)
 
     def _retry(self, message: AbstractIncomingMessage, after: RequestProgress) -> Outgoing:
         delay = self._schedule.delay_before(after.attempt)
@@ -286,15 +285,6 @@ class FallbackExecutor:
     ) -> Outgoing:
         queue = self._topology.fallback_parking_queue
         return parked_copy(message, after, queue, reason, utc_now())
-
-
-def attempt_message(attempt: FallbackAttempt) -> Outgoing:
-    return Outgoing(
-        routing_key=attempt.routing_key,
-        body=attempt.model_dump_json().encode(),
-        message_id=attempt.event_id,
-        type=FALLBACK_ATTEMPT_TYPE,
-    )
 
 
 def _outcome(result: HandlerResult, verdict: Verdict) -> AttemptOutcome:

@@ -13,7 +13,7 @@ import itertools
 from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import aio_pika
 from aio_pika.abc import (
@@ -40,6 +40,15 @@ PUBLISH_CHANNELS = 4
 TO_QUEUE = ""
 
 
+class Event(Protocol):
+    """An event of ours on the wire (txmail.core.events): JSON, with its routing key."""
+
+    @property
+    def routing_key(self) -> str: ...
+
+    def model_dump_json(self) -> str: ...
+
+
 @dataclass(frozen=True)
 class Outgoing:
     """One message to publish persistently, mandatory and confirmed."""
@@ -54,6 +63,11 @@ class Outgoing:
     # any other name: an exchange that must already exist (txmail declares only its own).
     exchange: str | None = None
     expiration: timedelta | None = None
+
+    @classmethod
+    def event(cls, event: Event, message_id: str, type: str) -> "Outgoing":
+        """An event to publish on the events exchange as JSON."""
+        return cls(event.routing_key, event.model_dump_json().encode(), message_id, type)
 
     @classmethod
     def again(
