@@ -7,6 +7,7 @@ from datetime import timedelta
 import aiohttp
 from structlog.testing import capture_logs
 
+from tests.amqp_helpers import queue_depth
 from tests.broker_url import host_and_port, via_port
 from tests.fallback.conftest import AttemptLog
 from tests.fallback.requests import (
@@ -77,12 +78,21 @@ async def test_a_refusing_receiver_parks_the_request_and_a_replay_delivers_it_on
         await wait_until(lambda: attempt_log.outcomes() == ["parked"], what="parked")
         # Listing twice shows the same thing: listing takes nothing away.
         assert await parked(fallback_settings) == [request.idempotency_key]
+        parking = fallback_topology(fallback_settings).fallback_parking_queue
+
+        async def given_back() -> bool:
+            # A listing gives back what it read when its channel closes, and a quorum
+            # queue counts it again a moment later.
+            return await queue_depth(fallback_settings.amqp_url, parking) == 1
+
+        await wait_until(given_back, what="the listed request back in its queue")
         async with publisher(fallback_settings) as broker:
             [listed] = await list_parked(broker, fallback_topology(fallback_settings))
             assert "400" in listed.reason
             assert listed.trigger == "bounced"
 
             receiver.webhook.default = 200
+            await wait_until(given_back, what="the listed request back in its queue")
             replayed = await replay_parked(
                 broker, fallback_topology(fallback_settings), {request.idempotency_key}
             )
