@@ -1,5 +1,5 @@
 """The fallback subcommands of ``txmail``: the executor and the rules file check (``dlq``
-is in fallback/dlq.py)."""
+is in fallback/parking/dlq.py)."""
 
 import argparse
 import asyncio
@@ -16,10 +16,10 @@ from txmail.core.health import create_health_app
 from txmail.core.http import serving
 from txmail.core.settings import Settings
 from txmail.core.stopping import stop_on_signals
-from txmail.fallback.chain import LEASE_MARGIN
 from txmail.fallback.configured import FallbackRules, check_file, configure, warnings
-from txmail.fallback.dlq import add_dlq_commands
-from txmail.fallback.executor import FallbackExecutor, running_executor
+from txmail.fallback.executor.chain import LEASE_MARGIN
+from txmail.fallback.executor.service import FallbackExecutor, running_executor
+from txmail.fallback.parking.dlq import add_dlq_commands
 
 log = structlog.get_logger(__name__)
 

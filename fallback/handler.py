@@ -12,9 +12,9 @@ from datetime import timedelta
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import aiohttp
-from aio_pika.abc import AbstractRobustConnection
 from pydantic import BaseModel, ConfigDict
 
+from txmail.core.broker import Broker
 from txmail.core.durations import PositiveWrittenDuration
 from txmail.core.errors import TxmailError
 from txmail.core.events import FallbackRequest
@@ -46,7 +46,9 @@ class HandlerResources:
     """What the executor shares with every handler; handlers own nothing long-lived."""
 
     http: aiohttp.ClientSession
-    amqp: AbstractRobustConnection
+    # The executor's own publisher, kept connected: publish with
+    # ``Outgoing(..., exchange=NAME)``, confirmed and mandatory.
+    amqp: Broker
 
 
 class HandlerConfig(BaseModel):

@@ -28,7 +28,7 @@ from txmail.core.events import (
     utc_now,
 )
 from txmail.workers.batch import AppliedBatch, Settle, apply_batch
-from txmail.workers.decisions import to_outgoing
+from txmail.workers.decisions import request_message
 from txmail.workers.state import Outcome, outcome, reason
 from txmail.workers.store import open_store
 from txmail.workers.store.protocol import PendingRequest, Store
@@ -72,7 +72,7 @@ async def test_braze_examples_twice_make_one_fallback_request(database_url: str)
     assert _settled_as(applied) == [Settle.ACK] * 2 * len(messages)
     [decided] = applied.decided
     assert decided.request.trigger == "bounced"
-    assert to_outgoing(decided.request).message_id == decided.request.idempotency_key
+    assert request_message(decided.request).message_id == decided.request.idempotency_key
     assert message is not None
     assert message.outcome == Outcome.BOUNCED
     assert len(message.timeline) == 5

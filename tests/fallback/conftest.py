@@ -14,17 +14,18 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiosmtpd.controller import Controller
-from yarl import URL
 
 from tests.support.fallback import RETRY_SCHEDULE, AttemptLog, ExecutorUnderTest, receiver_handlers
+from tests.support.harness import publisher
 from tests.support.ports import free_port
 from tests.support.rules_file import Table, write_rules_file
 from tests.support.servers import MailCollector, Receiver, check_login
+from txmail.core.broker import Broker
 from txmail.core.rules_file import read_rules_file
 from txmail.core.settings import Settings
 from txmail.core.topology import Topology
 from txmail.fallback.configured import FallbackRules, configure
-from txmail.fallback.executor import fallback_topology
+from txmail.fallback.executor.service import fallback_topology
 from txmail.fallback.handler import HandlerResources
 
 
@@ -153,21 +154,20 @@ async def attempt_log(fallback_settings: Settings) -> AsyncIterator[AttemptLog]:
 
 
 @pytest.fixture
-async def resources(amqp_url: str) -> AsyncIterator[HandlerResources]:
-    """What the executor gives handlers: an HTTP client and a broker connection."""
-    connection = await aio_pika.connect_robust(amqp_url)
-    async with connection, aiohttp.ClientSession() as http:
-        yield HandlerResources(http, connection)
+async def resources(settings: Settings) -> AsyncIterator[HandlerResources]:
+    """What the executor gives handlers: an HTTP client and its broker."""
+    async with publisher(settings) as broker, aiohttp.ClientSession() as http:
+        yield HandlerResources(http, broker)
 
 
 @pytest.fixture
-async def http_resources(amqp_url: str) -> AsyncIterator[HandlerResources]:
+async def http_resources(settings: Settings) -> AsyncIterator[HandlerResources]:
     """The same for handlers that speak only HTTP or SMTP: their tests need no broker,
-    so the connection is never opened (a handler that used it would fail)."""
-    connection = aio_pika.RobustConnection(URL(amqp_url))
+    so the broker is never started (a handler that used it would fail)."""
+    broker = Broker(settings.amqp_url, Topology(settings.namespace), settings.publish_timeout)
     async with aiohttp.ClientSession() as http:
-        yield HandlerResources(http, connection)
-    await connection.close()
+        yield HandlerResources(http, broker)
+    await broker.close()
 
 
 @pytest.fixture

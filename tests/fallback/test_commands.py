@@ -27,10 +27,10 @@ from tests.support.waiting import wait_until
 from txmail.cli import main
 from txmail.core.events import FallbackRequest, Trigger
 from txmail.core.settings import Settings
-from txmail.fallback import dlq
 from txmail.fallback.configured import FallbackRules
-from txmail.fallback.executor import fallback_topology, running_executor
-from txmail.fallback.progress import PARKED_AT, PARKED_REASON, Progress
+from txmail.fallback.executor.service import fallback_topology, running_executor
+from txmail.fallback.parking import dlq
+from txmail.fallback.policy.progress import PARKED_AT, PARKED_REASON, RequestProgress
 
 RULE = rule("ops-hook")
 
@@ -145,7 +145,7 @@ async def park(
         channel = await connection.channel(publisher_confirms=True)
         await fallback_topology(settings).declare(channel)
         headers = {
-            **Progress(attempt=3).to_headers(),
+            **RequestProgress(attempt=3).to_headers(),
             PARKED_REASON: reason,
             PARKED_AT: (parked_at or datetime.now(UTC)).isoformat(),
         }

@@ -3,10 +3,10 @@
 import asyncio
 from datetime import timedelta
 
-import aio_pika
 import aiohttp
 from structlog.testing import capture_logs
 
+from tests.support.amqp import queue_depth
 from tests.support.broker_url import host_and_port, via_port
 from tests.support.fallback import (
     ExecutorUnderTest,
@@ -15,18 +15,19 @@ from tests.support.fallback import (
     publish,
     publish_raw,
 )
+from tests.support.harness import publisher
 from tests.support.rules_file import rule
 from tests.support.tcp_proxy import TcpProxy
 from tests.support.waiting import wait_until
 from txmail.core.settings import Settings
-from txmail.fallback.executor import (
+from txmail.fallback.executor.service import (
     FallbackExecutor,
     build_handlers,
     fallback_topology,
 )
 from txmail.fallback.handler import HandlerResources
 from txmail.fallback.ledger import open_ledger
-from txmail.fallback.parking import list_parked, replay_parked
+from txmail.fallback.parking.entries import list_parked, replay_parked
 
 
 async def test_a_receiver_that_fails_at_first_gets_the_fallback_once_it_recovers(
@@ -58,15 +59,23 @@ async def test_a_refusing_receiver_parks_the_request_and_a_replay_delivers_it_on
         await wait_until(lambda: executor.attempt_log.outcomes() == ["parked"], what="parked")
         # Listing twice shows the same thing: listing takes nothing away.
         assert await executor.parked() == [request.idempotency_key]
-        connection = await aio_pika.connect_robust(executor.settings.amqp_url)
-        async with connection:
-            [listed] = await list_parked(connection, fallback_topology(executor.settings))
+        parking = fallback_topology(executor.settings).fallback_parking_queue
+
+        async def given_back() -> bool:
+            # A listing gives back what it read when its channel closes, and a quorum
+            # queue counts it again a moment later.
+            return await queue_depth(executor.settings.amqp_url, parking) == 1
+
+        await wait_until(given_back, what="the listed request back in its queue")
+        async with publisher(executor.settings) as broker:
+            [listed] = await list_parked(broker, fallback_topology(executor.settings))
             assert "400" in listed.reason
             assert listed.trigger == "bounced"
 
             executor.webhook.default = 200
+            await wait_until(given_back, what="the listed request back in its queue")
             replayed = await replay_parked(
-                connection, fallback_topology(executor.settings), {request.idempotency_key}
+                broker, fallback_topology(executor.settings), {request.idempotency_key}
             )
         assert [r.idempotency_key for r in replayed] == [request.idempotency_key]
         await wait_until(lambda: len(executor.webhook.accepted) == 1, what="delivery")
@@ -214,16 +223,20 @@ async def test_the_executor_stops_while_the_broker_is_away(
     await proxy.start()
     settings = executor.settings.model_copy(update={"publish_timeout": timedelta(seconds=1)})
     try:
-        connection = await aio_pika.connect_robust(via_port(settings.amqp_url, proxy.port))
         ledger = await open_ledger(settings.database_url)
-        async with aiohttp.ClientSession() as http:
-            handlers = build_handlers(rules, HandlerResources(http, connection))
-            stopping = FallbackExecutor(settings, rules, handlers, connection, ledger)
-            await stopping.start()
+        async with (
+            publisher(
+                settings.model_copy(update={"amqp_url": via_port(settings.amqp_url, proxy.port)})
+            ) as broker,
+            aiohttp.ClientSession() as http,
+        ):
+            handlers = build_handlers(rules, HandlerResources(http, broker))
+            stopping = FallbackExecutor(settings, rules, handlers, broker, ledger)
+            stopping.start()
             await proxy.cut()
-            await wait_until(lambda: not connection.connected.is_set(), what="the outage seen")
+            await wait_until(lambda: not broker.is_ready, what="the outage seen")
             await asyncio.wait_for(stopping.stop(), timeout=5)
-            await asyncio.wait_for(connection.close(), timeout=5)
+            await asyncio.wait_for(broker.close(), timeout=5)
         await ledger.close()
     finally:
         await proxy.close()

@@ -11,7 +11,7 @@ from tests.support.waiting import wait_until
 from txmail.core.rules_file import read_rules_file
 from txmail.core.settings import Settings
 from txmail.fallback.configured import configure
-from txmail.fallback.executor import running_executor
+from txmail.fallback.executor.service import running_executor
 
 
 async def test_the_executor_consumes_again_and_runs_the_fallback_once(

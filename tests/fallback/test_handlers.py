@@ -16,6 +16,7 @@ import pytest
 from pydantic import ValidationError
 
 from tests.support.broker_url import host_and_port, via_port
+from tests.support.harness import publisher
 from tests.support.ports import free_port
 from tests.support.servers import (
     SMS_SID,
@@ -28,10 +29,10 @@ from tests.support.servers import (
 )
 from tests.support.tcp_proxy import TcpProxy
 from tests.support.waiting import wait_until
-from txmail.core.broker import connect_until_up
+from txmail.core.broker import Broker
 from txmail.core.events import FallbackRequest, Recipient, Trigger
-from txmail.fallback.chain import ReadyHandler, ResultKind, run_handler
-from txmail.fallback.circuit import Circuits, CircuitState
+from txmail.core.settings import Settings
+from txmail.fallback.executor.chain import ReadyHandler, run_handler
 from txmail.fallback.handler import (
     FallbackHandler,
     HandlerResources,
@@ -44,6 +45,8 @@ from txmail.fallback.handlers.log import LogConfig, LogHandler
 from txmail.fallback.handlers.sms import SmsConfig, SmsHandler
 from txmail.fallback.handlers.smtp import SmtpConfig, SmtpHandler
 from txmail.fallback.handlers.webhook import WebhookConfig, WebhookHandler, sign
+from txmail.fallback.policy.circuit import Circuits, CircuitState
+from txmail.fallback.policy.verdict import ResultKind
 
 
 def a_request(**changes: Any) -> FallbackRequest:
@@ -455,18 +458,16 @@ async def test_amqp_publishes_a_persistent_message_keyed_by_idempotency_key(
 
 
 async def test_amqp_publishes_again_after_the_shared_connection_drops(
-    bound_exchange: tuple[str, aio_pika.abc.AbstractQueue], amqp_url: str
+    bound_exchange: tuple[str, aio_pika.abc.AbstractQueue], settings: Settings
 ) -> None:
-    """The executor's handlers share one robust connection: a drop must not end them."""
+    """The executor's handlers share its broker connection: a drop must not end them."""
     name, queue = bound_exchange
-    proxy = TcpProxy(*host_and_port(amqp_url))
+    proxy = TcpProxy(*host_and_port(settings.amqp_url))
     await proxy.start()
-    connection = await connect_until_up(via_port(amqp_url, proxy.port))
+    proxied = settings.model_copy(update={"amqp_url": via_port(settings.amqp_url, proxy.port)})
     try:
-        async with aiohttp.ClientSession() as http:
-            handler = AmqpHandler(
-                "bus", AmqpConfig(exchange=name), HandlerResources(http, connection)
-            )
+        async with publisher(proxied) as broker, aiohttp.ClientSession() as http:
+            handler = AmqpHandler("bus", AmqpConfig(exchange=name), HandlerResources(http, broker))
             await handler.send(a_request(), "before")
             proxy.drop_connections()  # a broker restart: it listens again at once
 
@@ -481,7 +482,6 @@ async def test_amqp_publishes_again_after_the_shared_connection_drops(
         ids = {(await queue.get(timeout=5)).message_id for _ in range(2)}
         assert ids == {"before", "after"}
     finally:
-        await connection.close()
         await proxy.close()
 
 
@@ -504,7 +504,14 @@ async def test_amqp_to_a_missing_exchange_is_permanent_and_the_handler_recovers(
     name, queue = bound_exchange
     await AmqpHandler("bus", AmqpConfig(exchange=name), resources).send(a_request(), "k")
     assert (await queue.get(timeout=5)).message_id == "k"
-    assert not resources.amqp.is_closed
+    assert resources.amqp.is_ready
+
+
+def channels_of(broker: Broker) -> dict[int, Any]:
+    """The channels open on the broker's connection, live."""
+    assert broker.connection is not None
+    assert broker.connection.transport is not None
+    return broker.connection.transport.connection.channels
 
 
 async def test_amqp_to_a_missing_exchange_leaves_no_channel_open(
@@ -512,8 +519,7 @@ async def test_amqp_to_a_missing_exchange_leaves_no_channel_open(
 ) -> None:
     # The connection is the executor's own: a misconfigured exchange failing request
     # after request must not pile up channels on it until the broker's limit.
-    assert resources.amqp.transport is not None
-    open_channels = resources.amqp.transport.connection.channels
+    open_channels = channels_of(resources.amqp)
     before = len(open_channels)
     missing = AmqpHandler("bus", AmqpConfig(exchange=f"missing-{uuid.uuid4().hex}"), resources)
     for _ in range(5):
@@ -535,8 +541,7 @@ async def test_amqp_to_an_exchange_it_may_not_publish_on_is_permanent_and_leaves
         )
         queue = await channel.declare_queue(exclusive=True)
         await queue.bind(internal, "#")
-        assert resources.amqp.transport is not None
-        open_channels = resources.amqp.transport.connection.channels
+        open_channels = channels_of(resources.amqp)
         before = len(open_channels)
         handler = AmqpHandler("bus", AmqpConfig(exchange=internal.name), resources)
         for _ in range(3):

@@ -24,8 +24,8 @@ from txmail.core.events import utc_now
 from txmail.core.settings import Settings
 from txmail.core.topology import Topology
 from txmail.fallback.configured import FallbackRules
-from txmail.fallback.executor import running_executor
-from txmail.workers.decisions import to_outgoing
+from txmail.fallback.executor.service import running_executor
+from txmail.workers.decisions import request_message
 from txmail.workers.store import open_store
 from txmail.workers.sweeper import Sweeper
 from txmail.workers.timeouts import DeliveryTimeouts
@@ -156,7 +156,7 @@ async def test_a_decision_the_sweeper_publishes_again_calls_the_handler_once(
         now = utc_now()
         decided = await store.apply([postback("d1", "bounced", now, reason="550 no user")], now)
         # The worker publishes, RabbitMQ confirms, and the worker dies before marking it.
-        await broker.publish([to_outgoing(p.request) for p in decided])
+        await broker.publish([request_message(p.request) for p in decided])
         sweeper = Sweeper(
             store, broker, timedelta(seconds=1), timedelta(days=30), _CaughtUp(), _WATERMARK
         )

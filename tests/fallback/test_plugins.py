@@ -12,7 +12,7 @@ from txmail.core.errors import ConfigError
 from txmail.core.events import FallbackRequest, Trigger
 from txmail.core.rules_file import read_rules_file
 from txmail.fallback.configured import configure
-from txmail.fallback.executor import build_handlers
+from txmail.fallback.executor.service import build_handlers
 from txmail.fallback.handler import FallbackHandler, HandlerResources
 
 PLUGIN = """

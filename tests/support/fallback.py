@@ -12,6 +12,7 @@ from typing import Any
 
 import aio_pika
 
+from tests.support.harness import publisher
 from tests.support.rules_file import Table, write_rules_file
 from tests.support.servers import SMS_SID, SMS_TOKEN, WEBHOOK_SECRET, Endpoint, Receiver
 from txmail.core.events import (
@@ -25,8 +26,8 @@ from txmail.core.events import (
 from txmail.core.rules_file import read_rules_file
 from txmail.core.settings import Settings
 from txmail.fallback.configured import FallbackRules, configure
-from txmail.fallback.executor import FallbackExecutor, fallback_topology, running_executor
-from txmail.fallback.parking import ParkedRequest, list_parked
+from txmail.fallback.executor.service import FallbackExecutor, fallback_topology, running_executor
+from txmail.fallback.parking.entries import ParkedRequest, list_parked
 
 RETRY_SCHEDULE = [timedelta(milliseconds=200), timedelta(milliseconds=500)]
 
@@ -87,9 +88,8 @@ async def publish(settings: Settings, request: FallbackRequest) -> None:
 
 
 async def parked_requests(settings: Settings) -> list[ParkedRequest]:
-    connection = await aio_pika.connect_robust(settings.amqp_url)
-    async with connection:
-        return await list_parked(connection, fallback_topology(settings))
+    async with publisher(settings) as broker:
+        return await list_parked(broker, fallback_topology(settings))
 
 
 async def parked(settings: Settings) -> list[str]:

@@ -13,7 +13,7 @@ from txmail.core.command import Configuration
 from txmail.core.http import serving
 from txmail.core.stopping import stop_on_signals
 from txmail.fallback.configured import FallbackRules
-from txmail.fallback.executor import FallbackExecutor, running_executor
+from txmail.fallback.executor.service import FallbackExecutor, running_executor
 from txmail.ingress.app import create_app
 from txmail.workers.api import api_host, api_tokens, create_api_app
 from txmail.workers.timeouts import delivery_timeouts
