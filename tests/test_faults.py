@@ -25,6 +25,7 @@ from typing import Any
 
 import aio_pika
 import aiohttp
+import asyncpg
 import pytest
 
 from tests.broker_url import host_and_port, via_port
@@ -101,7 +102,8 @@ class Deployment:
     database: TcpProxy  # between PostgreSQL and every process that uses it
     hook: TcpProxy  # between the executor and the webhook receiver
     receiver: PausableReceiver
-    store: Store  # straight to PostgreSQL, for the test's own questions
+    database_url: str  # straight to PostgreSQL, for the test's own questions
+    store: Store
 
     async def post(self, load: Load) -> None:
         offered = await offer([self.ingress], load.postbacks, 16, time.monotonic(), TOKEN)
@@ -243,6 +245,7 @@ async def deployment(
             database,
             hook,
             receiver,
+            postgres_url,
             store,
         )
 
@@ -250,8 +253,10 @@ async def deployment(
 async def assert_nothing_lost_nothing_doubled(
     deployed: Deployment, settings: Settings, *loads: Load
 ) -> None:
-    """After the processes stopped: no message left in the tracker or fallback queue,
-    every accepted postback on its message's timeline, one call per bounce, none else."""
+    """After the processes stopped: no message left in the tracker or fallback queue, no
+    claim left open in the executor's call ledger, every accepted postback on its
+    message's timeline and the message's outcome as Braze said, one call per bounce,
+    none else."""
     await stop_all(deployed.running)  # gracefully: what they held unacked goes back
     topology = Topology(settings.namespace)
     connection = await aio_pika.connect(settings.amqp_url)
@@ -260,11 +265,18 @@ async def assert_nothing_lost_nothing_doubled(
         for name in (topology.tracker_queue, topology.fallback_queue):
             queue = await channel.declare_queue(name, passive=True)
             assert queue.declaration_result.message_count == 0, name
+    ledger = await asyncpg.connect(deployed.database_url)
+    try:
+        open_claims = await ledger.fetch("SELECT * FROM fallback_calls WHERE state = 'calling'")
+    finally:
+        await ledger.close()
+    assert open_claims == []
     for load in loads:
         for key, expected in load.events.items():
             message = await deployed.store.find(external_send_id=key)
             assert message is not None, key
             assert expected <= {entry.event_id for entry in message.timeline}, key
+            assert message.outcome == ("bounced" if key in load.bounced else "delivered")
     expected_calls = {(key, "bounced"): 1 for load in loads for key in load.bounced}
     assert dict(deployed.receiver.taken) == expected_calls
 
@@ -282,6 +294,7 @@ async def test_the_worker_and_the_executor_resume_after_their_broker_connections
         posting = asyncio.ensure_future(deployed.post(during))
         await wait_until(lambda: len(deployed.receiver.taken) > 0, what="some calls made")
         await deployed.broker.cut()
+        assert len(deployed.receiver.taken) < len(before.bounced | during.bounced), "mid-way"
         await wait_until(
             not_ready_saying(deployed.worker_health, f"not consuming {topology.tracker_queue}"),
             what="the worker to say it does not consume",
@@ -293,8 +306,9 @@ async def test_the_worker_and_the_executor_resume_after_their_broker_connections
         await posting  # the ingress has its own connection: it accepts all the while
         # The api reads the store, which is there: ready, and answering.
         assert (await readiness(deployed.api))[0] == 200
-        status, message = await get(deployed.api, "/v1/messages?external_send_id=before-0000")
-        assert status == 200, message
+        called = next(iter(deployed.receiver.taken))[0]  # so its message is in the store
+        status, message = await get(deployed.api, f"/v1/messages?external_send_id={called}")
+        assert (status, message["outcome"]) == (200, "bounced")
 
         await deployed.broker.start()
         for port in (deployed.worker_health, deployed.executor_health):
@@ -314,6 +328,7 @@ async def test_postgres_unreachable_stops_the_work_until_it_returns(
         posting = asyncio.ensure_future(deployed.post(before))
         await wait_until(lambda: len(deployed.receiver.taken) > 0, what="some calls made")
         await deployed.database.cut()
+        assert len(deployed.receiver.taken) < len(before.bounced | during.bounced), "mid-way"
         await posting
         await deployed.post(during)  # accepted: they wait on the queue
         await wait_until(
