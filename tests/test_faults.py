@@ -148,12 +148,18 @@ def ready(port: int) -> Any:
     return check
 
 
-def not_ready_saying(port: int, problem: str) -> Any:
+def says(port: int, problem: str) -> Any:
     async def check() -> bool:
         status, body = await readiness(port)
         return status == 503 and any(problem in p for p in body["problems"])
 
     return check
+
+
+async def not_ready_saying(problems: dict[int, str]) -> None:
+    """Wait until the /readyz of each port answers 503 listing its problem."""
+    for port, problem in problems.items():
+        await wait_until(says(port, problem), what=f"/readyz on port {port} to say {problem!r}")
 
 
 async def attempts(store: Store, key: str) -> list[dict[str, Any]]:
@@ -281,6 +287,15 @@ async def assert_nothing_lost_nothing_doubled(
     assert dict(deployed.receiver.taken) == expected_calls
 
 
+async def recovered(deployed: Deployment, settings: Settings, *loads: Load) -> None:
+    """Once the fault is over: every process ready again by itself, all the work done,
+    and nothing lost or doubled on the way."""
+    for port in (deployed.worker_health, deployed.executor_health, deployed.api):
+        await wait_until(ready(port), timeout=20, what="ready again")
+    await wait_until(lambda: deployed.settled(*loads), timeout=40, what="everything applied")
+    await assert_nothing_lost_nothing_doubled(deployed, settings, *loads)
+
+
 @pytest.mark.timeout(120)
 async def test_the_worker_and_the_executor_resume_after_their_broker_connections_are_cut(
     settings: Settings, postgres_schema_url: str, tmp_path: Path
@@ -295,13 +310,11 @@ async def test_the_worker_and_the_executor_resume_after_their_broker_connections
         await wait_until(lambda: len(deployed.receiver.taken) > 0, what="some calls made")
         await deployed.broker.cut()
         assert len(deployed.receiver.taken) < len(before.bounced | during.bounced), "mid-way"
-        await wait_until(
-            not_ready_saying(deployed.worker_health, f"not consuming {topology.tracker_queue}"),
-            what="the worker to say it does not consume",
-        )
-        await wait_until(
-            not_ready_saying(deployed.executor_health, f"not consuming {topology.fallback_queue}"),
-            what="the executor to say it does not consume",
+        await not_ready_saying(
+            {
+                deployed.worker_health: f"not consuming {topology.tracker_queue}",
+                deployed.executor_health: f"not consuming {topology.fallback_queue}",
+            }
         )
         await posting  # the ingress has its own connection: it accepts all the while
         # The api reads the store, which is there: ready, and answering.
@@ -311,12 +324,7 @@ async def test_the_worker_and_the_executor_resume_after_their_broker_connections
         assert (status, message["outcome"]) == (200, "bounced")
 
         await deployed.broker.start()
-        for port in (deployed.worker_health, deployed.executor_health):
-            await wait_until(ready(port), timeout=20, what="ready again")
-        await wait_until(
-            lambda: deployed.settled(before, during), timeout=40, what="everything applied"
-        )
-        await assert_nothing_lost_nothing_doubled(deployed, settings, before, during)
+        await recovered(deployed, settings, before, during)
 
 
 @pytest.mark.timeout(120)
@@ -331,27 +339,18 @@ async def test_postgres_unreachable_stops_the_work_until_it_returns(
         assert len(deployed.receiver.taken) < len(before.bounced | during.bounced), "mid-way"
         await posting
         await deployed.post(during)  # accepted: they wait on the queue
-        await wait_until(
-            not_ready_saying(deployed.worker_health, "store unavailable"),
-            what="the worker to say its store is unavailable",
-        )
-        await wait_until(
-            not_ready_saying(deployed.executor_health, "call ledger unavailable"),
-            what="the executor to say its ledger is unavailable",
-        )
-        await wait_until(
-            not_ready_saying(deployed.api, "store unavailable"), what="the api not ready"
+        await not_ready_saying(
+            {
+                deployed.worker_health: "store unavailable",
+                deployed.executor_health: "call ledger unavailable",
+                deployed.api: "store unavailable",
+            }
         )
         status, answer = await get(deployed.api, "/v1/messages?external_send_id=before-0000")
         assert (status, answer["error"]) == (503, "store_unavailable")
 
         await deployed.database.start()
-        for port in (deployed.worker_health, deployed.executor_health, deployed.api):
-            await wait_until(ready(port), timeout=20, what="ready again")
-        await wait_until(
-            lambda: deployed.settled(before, during), timeout=40, what="everything applied"
-        )
-        await assert_nothing_lost_nothing_doubled(deployed, settings, before, during)
+        await recovered(deployed, settings, before, during)
 
 
 @pytest.mark.timeout(120)
