@@ -8,8 +8,10 @@ Each test then proves: every postback the ingress accepted is on its message's t
 every bounce got exactly one handler call and no delivered message got one; and while
 the fault lasts, each /readyz and the api say what is true.
 
-The executor SIGKILLed mid-way, while its calls wait at the receiver, and restarted:
-tests/fallback/test_burst_and_crash.py.
+The executor SIGKILLed and restarted is proven elsewhere: mid-way through a burst, while
+its calls wait at the receiver, in tests/fallback/test_burst_and_crash.py; between the
+handlers of an `all` chain in tests/fallback/test_once.py
+(test_an_executor_killed_mid_chain_does_not_call_a_done_handler_again).
 """
 
 import asyncio
