@@ -9,6 +9,7 @@ from importlib.metadata import version
 
 from txmail.cli.command_help import add_epilogs
 from txmail.cli.run_all import run_all
+from txmail.core import event_loop
 from txmail.core.command import Command, Configuration
 from txmail.core.errors import CannotStart, ConfigError
 from txmail.core.http import serve_until_stopped
@@ -27,7 +28,7 @@ from txmail.workers.timeouts import delivery_timeouts
 
 
 def run_ingress(config: Configuration, args: argparse.Namespace) -> int:
-    asyncio.run(_serve_ingress(config))
+    event_loop.run(_serve_ingress(config))
     return 0
 
 
