@@ -54,7 +54,7 @@ SKEW, LATENESS = "2s", "5s"
 PER_SECOND = 5_000  # messages "emitted" per second: far more than one machine takes
 
 
-async def _queued(namespace: str) -> int:
+async def queued(namespace: str) -> int:
     topology = Topology(namespace)
     connection = await aio_pika.connect(AMQP_URL)
     async with connection:
@@ -66,12 +66,12 @@ async def _queued(namespace: str) -> int:
         return total
 
 
-async def _caught_up(namespace: str, burst: Burst, receiver: PausableReceiver) -> bool:
+async def caught_up(namespace: str, burst: Burst, receiver: PausableReceiver) -> bool:
     called = {key for key, _ in receiver.taken}
-    return burst.with_fallback() <= called and await _queued(namespace) == 0
+    return burst.with_fallback() <= called and await queued(namespace) == 0
 
 
-def _ms(values: list[float], q: int) -> float:
+def ms(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100)[q - 1] * 1000 if len(values) > 1 else 0.0
 
 
@@ -106,7 +106,7 @@ async def run(messages: int, concurrency: int) -> None:
                     offered = await offer(urls, burst.postbacks, concurrency, started)
                     offering = time.monotonic() - started
                     await wait_until(
-                        lambda: _caught_up(namespace, burst, receiver),
+                        lambda: caught_up(namespace, burst, receiver),
                         timeout=3600,
                         what="catch-up",
                     )
@@ -145,8 +145,8 @@ def _report(
     print(f"doubled handler calls   {len(doubled)} (goal 0)")
     print(f"fallbacks missing       {len(missing)} (goal 0)")
     print(
-        f"failure accepted -> handler called: p50 {_ms(latencies, 50):,.0f} ms, "
-        f"p99 {_ms(latencies, 99):,.0f} ms"
+        f"failure accepted -> handler called: p50 {ms(latencies, 50):,.0f} ms, "
+        f"p99 {ms(latencies, 99):,.0f} ms"
     )
 
 
