@@ -37,6 +37,7 @@ import aio_pika
 import asyncpg
 
 from bench.burst import AMQP_URL, LATENESS, POSTGRES_URL, SKEW, TIMEOUT, caught_up, ms
+from bench.ingress import cpu_seconds
 from tests.support.burst_load import (
     Burst,
     Offered,
@@ -57,13 +58,6 @@ from txmail.core.topology import Topology
 # Postbacks per message in the burst's mix (three for most, one for an abort, a tenth
 # posted twice): the messages a second that make the offered rate.
 POSTBACKS_PER_MESSAGE = 3.08
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User plus system time the process has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime (fields 14, 15)
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -71,6 +65,14 @@ def peak_rss_mb(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+async def _all_idle(pids: dict[str, int]) -> bool:
+    """Every process spent under 5 % of a core over half a second: started, so that
+    what is measured after is the postbacks' cost, not the imports'."""
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    await asyncio.sleep(0.5)
+    return all(cpu_seconds(pid) - before[name] < 0.025 for name, pid in pids.items())
 
 
 @dataclass
@@ -106,6 +108,7 @@ async def _measure(
     urls = await start_deployment(running)
     running.start("api", "api", TXMAIL_API_PORT=str(free_port()), TXMAIL_API_HOST="127.0.0.1")
     pids = {name: process.pid for name, process in running.processes.items()}
+    await wait_until(lambda: _all_idle(pids), timeout=60, what="every process started")
     messages = int(rate * seconds / POSTBACKS_PER_MESSAGE)
     burst = plan_burst(messages, rate / POSTBACKS_PER_MESSAGE, TIMEOUT, utc_now())
     # Braze's schedule: ``rate`` a second for ``seconds``, then the stragglers (a
