@@ -22,6 +22,8 @@ import tempfile
 import time
 import uuid
 from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aio_pika
@@ -32,6 +34,7 @@ from tests.support.burst_load import (
     Fate,
     Offered,
     PausableReceiver,
+    Pipeline,
     every_fallback_to,
     offer,
     pipeline,
@@ -75,7 +78,10 @@ def ms(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100)[q - 1] * 1000 if len(values) > 1 else 0.0
 
 
-async def run(messages: int, concurrency: int) -> None:
+@asynccontextmanager
+async def deployment() -> AsyncIterator[tuple[Pipeline, dict[str, str], PausableReceiver]]:
+    """A namespace, a PostgreSQL schema, a webhook receiver every fallback goes to, and
+    txmail's processes started in them (``start_deployment``); all removed after."""
     namespace = f"txmail-bench-{uuid.uuid4().hex[:8]}"
     schema = f"txmail_bench_{uuid.uuid4().hex[:8]}"
     admin = await asyncpg.connect(POSTGRES_URL)
@@ -100,23 +106,27 @@ async def run(messages: int, concurrency: int) -> None:
                     "TXMAIL_LOG_LEVEL": "warning",
                 }
                 with pipeline(env, Path(folder)) as running:
-                    urls = await start_deployment(running)
-                    burst = plan_burst(messages, PER_SECOND, TIMEOUT, utc_now())
-                    started = time.monotonic()
-                    offered = await offer(urls, burst.postbacks, concurrency, started)
-                    offering = time.monotonic() - started
-                    await wait_until(
-                        lambda: caught_up(namespace, burst, receiver),
-                        timeout=3600,
-                        what="catch-up",
-                    )
-                    catch_up = time.monotonic() - started - offering
+                    yield running, env, receiver
     finally:
         await admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
         await admin.close()
         connection = await aio_pika.connect(AMQP_URL)
         async with connection:
             await Topology(namespace).delete(await connection.channel())
+
+
+async def run(messages: int, concurrency: int) -> None:
+    async with deployment() as (running, env, receiver):
+        namespace = env["TXMAIL_NAMESPACE"]
+        urls = await start_deployment(running)
+        burst = plan_burst(messages, PER_SECOND, TIMEOUT, utc_now())
+        started = time.monotonic()
+        offered = await offer(urls, burst.postbacks, concurrency, started)
+        offering = time.monotonic() - started
+        await wait_until(
+            lambda: caught_up(namespace, burst, receiver), timeout=3600, what="catch-up"
+        )
+        catch_up = time.monotonic() - started - offering
     _report(burst, offered, offering, catch_up, receiver)
 
 

@@ -26,34 +26,27 @@ localhost) and Linux (/proc). Not a test: it never fails on speed.
 import argparse
 import asyncio
 import os
-import tempfile
 import time
-import uuid
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-import aio_pika
 import asyncpg
 
-from bench.burst import AMQP_URL, LATENESS, POSTGRES_URL, SKEW, TIMEOUT, caught_up, ms
+from bench.burst import TIMEOUT, caught_up, deployment, ms
 from bench.ingress import cpu_seconds
 from tests.support.burst_load import (
     Burst,
     Offered,
     PausableReceiver,
     Pipeline,
-    every_fallback_to,
     offer,
-    pipeline,
     plan_burst,
-    serving,
     start_deployment,
 )
 from tests.support.ports import free_port
 from tests.support.waiting import wait_until
 from txmail.core.events import utc_now
-from txmail.core.topology import Topology
 
 # Postbacks per message in the burst's mix (three for most, one for an abort, a tenth
 # posted twice): the messages a second that make the offered rate.
@@ -128,37 +121,8 @@ async def _measure(
 
 
 async def run(rate: float, seconds: float) -> None:
-    namespace = f"txmail-bench-{uuid.uuid4().hex[:8]}"
-    schema = f"txmail_bench_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(POSTGRES_URL)
-    await admin.execute(f'CREATE SCHEMA "{schema}"')
-    receiver = PausableReceiver()
-    try:
-        with tempfile.TemporaryDirectory() as folder:
-            async with serving(receiver) as receiver_url:
-                rules = Path(folder) / "rules.toml"
-                rules.write_text(every_fallback_to(receiver_url))
-                env = {
-                    **os.environ,
-                    "TXMAIL_AMQP_URL": AMQP_URL,
-                    "TXMAIL_NAMESPACE": namespace,
-                    "TXMAIL_DATABASE_URL": f"{POSTGRES_URL}?search_path={schema}",
-                    "TXMAIL_DELIVERY_TIMEOUT": f"{TIMEOUT:.0f}s",
-                    "TXMAIL_WATERMARK_SKEW": SKEW,
-                    "TXMAIL_MAX_LATENESS": LATENESS,
-                    "TXMAIL_RULES": str(rules),
-                    "TXMAIL_HTTP_HOST": "127.0.0.1",
-                    "TXMAIL_METRICS_PORT": "0",
-                    "TXMAIL_LOG_LEVEL": "warning",
-                }
-                with pipeline(env, Path(folder)) as running:
-                    measured = await _measure(running, env, receiver, rate, seconds)
-    finally:
-        await admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
-        await admin.close()
-        connection = await aio_pika.connect(AMQP_URL)
-        async with connection:
-            await Topology(namespace).delete(await connection.channel())
+    async with deployment() as (running, env, receiver):
+        measured = await _measure(running, env, receiver, rate, seconds)
     _report(measured)
 
 
