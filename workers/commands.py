@@ -4,6 +4,7 @@ import argparse
 import asyncio
 import sys
 
+from txmail.core import event_loop
 from txmail.core.command import Configuration, Subcommands
 from txmail.core.http import serve_until_stopped
 from txmail.core.stopping import stop_on_signals
@@ -16,7 +17,7 @@ from txmail.workers.worker import open_store_when_available, serve_worker
 
 
 def worker_command(config: Configuration, args: argparse.Namespace) -> int:
-    asyncio.run(serve_worker(config))
+    event_loop.run(serve_worker(config))
     return 0
 
 
