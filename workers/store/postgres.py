@@ -24,16 +24,29 @@ from txmail.core.errors import ConfigError
 from txmail.core.events import NUL, FallbackRequest
 from txmail.core.readable import readable
 from txmail.workers.state import Message, claim_deadline
-from txmail.workers.store.migrations import POSTGRES, require_migrated
+from txmail.workers.store.migrations import POSTGRES, RECENT_FAILURES, require_migrated
 from txmail.workers.store.protocol import (
+    AttemptCount,
+    Delivery,
+    FailureSummary,
+    LatestAttempt,
+    MessageCount,
     MessageView,
+    PendingDeadlines,
     PendingRequest,
     StoreCounts,
     StoreUnavailable,
     TimelineEntry,
     TrackedEvent,
 )
-from txmail.workers.store.rows import MessageRow, evolve_all, message_keys, to_rows, view
+from txmail.workers.store.rows import (
+    MessageRow,
+    evolve_all,
+    failure_summary,
+    message_keys,
+    to_rows,
+    view,
+)
 from txmail.workers.timeouts import DeliveryTimeouts
 from txmail.workers.watermark import WorkerProgress
 
@@ -386,6 +399,76 @@ class PostgresStore:
         if row is None:
             raise StoreUnavailable("PostgreSQL returned no counts")
         return StoreCounts(*row)
+
+    async def _read(self, query: str, *arguments: object) -> list[asyncpg.Record]:
+        async def work(db: Db) -> list[asyncpg.Record]:
+            await self._require_migrated(db)
+            return await db.fetch(query, *arguments)
+
+        return await self._transaction(work)
+
+    async def message_counts(self, since: datetime) -> list[MessageCount]:
+        rows = await self._read(
+            "SELECT outcome, decision_trigger, count(*) FROM messages WHERE created_at >= $1 "
+            "GROUP BY outcome, decision_trigger",
+            since,
+        )
+        return [MessageCount(*row) for row in rows]
+
+    async def attempt_counts(self, since: datetime) -> list[AttemptCount]:
+        rows = await self._read(
+            "SELECT body::jsonb ->> 'handler', body::jsonb ->> 'outcome', count(*) FROM events "
+            "WHERE kind = 'fallback_attempt' AND received_at >= $1 GROUP BY 1, 2",
+            since,
+        )
+        return [AttemptCount(*row) for row in rows]
+
+    async def latest_attempts(self, since: datetime) -> list[LatestAttempt]:
+        rows = await self._read(
+            """SELECT DISTINCT ON (handler) handler, outcome, detail, received_at FROM (
+                SELECT body::jsonb ->> 'handler' AS handler, body::jsonb ->> 'outcome' AS outcome,
+                    body::jsonb ->> 'detail' AS detail, received_at, event_id
+                FROM events WHERE kind = 'fallback_attempt' AND received_at >= $1) AS a
+            WHERE handler IS NOT NULL ORDER BY handler, received_at DESC, event_id DESC""",
+            since,
+        )
+        return [
+            LatestAttempt(r["handler"], r["outcome"], r["detail"] or "", r["received_at"])
+            for r in rows
+        ]
+
+    async def pending_deadlines(self) -> PendingDeadlines:
+        [row] = await self._read(
+            "SELECT count(*), min(deadline) FROM messages WHERE deadline IS NOT NULL"
+        )
+        return PendingDeadlines(*row)
+
+    async def recent_failures(
+        self, limit: int, campaign_api_id: str | None = None, trigger: str | None = None
+    ) -> list[FailureSummary]:
+        if NUL in (campaign_api_id or "") + (trigger or ""):
+            return []  # no stored id has one, and PostgreSQL would refuse the query
+        rows = await self._read(
+            RECENT_FAILURES
+            + " AND ($1::text IS NULL OR campaign_api_id = $1)"
+            + " AND ($2::text IS NULL OR decision_trigger = $2)"
+            + " ORDER BY updated_at DESC LIMIT $3",
+            campaign_api_id,
+            trigger,
+            limit,
+        )
+        return [failure_summary(*row) for row in rows]
+
+    async def deliveries(self, since: datetime, limit: int) -> list[Delivery]:
+        rows = await self._read(
+            """SELECT summary::jsonb #>> '{statuses,sent,timestamps,sent_at}',
+                summary::jsonb #>> '{statuses,delivered,timestamps,delivered_at}'
+            FROM messages WHERE created_at >= $1 AND outcome = 'delivered'
+            ORDER BY created_at DESC LIMIT $2""",
+            since,
+            limit,
+        )
+        return [Delivery(*row) for row in rows]
 
     async def ping(self) -> None:
         await self._transaction(self._require_migrated)

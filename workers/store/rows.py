@@ -19,6 +19,7 @@ from txmail.workers.state import (
 )
 from txmail.workers.store.protocol import (
     DecisionView,
+    FailureSummary,
     MessageView,
     PendingRequest,
     TimelineEntry,
@@ -128,5 +129,28 @@ def view(
         ),
         timeline=timeline,
         created_at=created_at,
+        updated_at=updated_at,
+    )
+
+
+def failure_summary(
+    key: str,
+    dispatch_id: str | None,
+    external_send_id: str | None,
+    campaign_api_id: str | None,
+    outcome: str,
+    reason: str | None,
+    trigger: str | None,
+    updated_at: datetime,
+) -> FailureSummary:
+    """A row of RECENT_FAILURES, in its columns' order."""
+    return FailureSummary(
+        key=key,
+        dispatch_id=dispatch_id,
+        external_send_id=external_send_id,
+        campaign_api_id=campaign_api_id,
+        outcome=Outcome(outcome),
+        reason=reason,
+        trigger=trigger,
         updated_at=updated_at,
     )

@@ -30,17 +30,35 @@ from txmail.core.database import (
 from txmail.core.errors import ConfigError
 from txmail.core.events import FallbackRequest
 from txmail.workers.state import Message, claim_deadline
-from txmail.workers.store.migrations import HOW_TO_MIGRATE, SQLITE, require_migrated
+from txmail.workers.store.migrations import (
+    HOW_TO_MIGRATE,
+    RECENT_FAILURES,
+    SQLITE,
+    require_migrated,
+)
 from txmail.workers.store.protocol import (
+    AttemptCount,
+    Delivery,
+    FailureSummary,
+    LatestAttempt,
+    MessageCount,
     MessageView,
     NotMigrated,
+    PendingDeadlines,
     PendingRequest,
     StoreCounts,
     StoreUnavailable,
     TimelineEntry,
     TrackedEvent,
 )
-from txmail.workers.store.rows import MessageRow, evolve_all, message_keys, to_rows, view
+from txmail.workers.store.rows import (
+    MessageRow,
+    evolve_all,
+    failure_summary,
+    message_keys,
+    to_rows,
+    view,
+)
 from txmail.workers.timeouts import DeliveryTimeouts
 from txmail.workers.watermark import WorkerProgress
 
@@ -50,6 +68,11 @@ _FIND = """SELECT outcome, reason, deadline, summary, decision_request,
     decision_published_at, created_at, updated_at FROM messages """
 _FIND_BY_DISPATCH_ID = _FIND + "WHERE dispatch_id = ? ORDER BY created_at LIMIT 1"
 _FIND_BY_EXTERNAL_SEND_ID = _FIND + "WHERE external_send_id = ? ORDER BY created_at LIMIT 1"
+_RECENT_FAILURES = (
+    RECENT_FAILURES
+    + " AND (? IS NULL OR campaign_api_id = ?) AND (? IS NULL OR decision_trigger = ?)"
+    + " ORDER BY updated_at DESC LIMIT ?"
+)
 
 
 def _optional_micros(value: datetime | None) -> int | None:
@@ -388,6 +411,87 @@ class SqliteStore:
                 (SELECT count(*) FROM messages WHERE outcome = 'premature_fallback')"""
         ).fetchone()
         return StoreCounts(*row)
+
+    async def message_counts(self, since: datetime) -> list[MessageCount]:
+        return await self._run(lambda: self._message_counts(since))
+
+    def _message_counts(self, since: datetime) -> list[MessageCount]:
+        rows = self._reading().execute(
+            "SELECT outcome, decision_trigger, count(*) FROM messages WHERE created_at >= ? "
+            "GROUP BY outcome, decision_trigger",
+            (to_micros(since),),
+        )
+        return [MessageCount(*row) for row in rows]
+
+    async def attempt_counts(self, since: datetime) -> list[AttemptCount]:
+        return await self._run(lambda: self._attempt_counts(since))
+
+    def _attempt_counts(self, since: datetime) -> list[AttemptCount]:
+        rows = self._reading().execute(
+            "SELECT json_extract(body, '$.handler') AS handler, "
+            "json_extract(body, '$.outcome') AS outcome, count(*) FROM events "
+            "WHERE kind = 'fallback_attempt' AND received_at >= ? GROUP BY handler, outcome",
+            (to_micros(since),),
+        )
+        return [AttemptCount(*row) for row in rows]
+
+    async def latest_attempts(self, since: datetime) -> list[LatestAttempt]:
+        return await self._run(lambda: self._latest_attempts(since))
+
+    def _latest_attempts(self, since: datetime) -> list[LatestAttempt]:
+        rows = self._reading().execute(
+            """SELECT handler, outcome, detail, received_at FROM (
+                SELECT json_extract(body, '$.handler') AS handler,
+                    json_extract(body, '$.outcome') AS outcome,
+                    json_extract(body, '$.detail') AS detail, received_at,
+                    row_number() OVER (PARTITION BY json_extract(body, '$.handler')
+                                       ORDER BY received_at DESC, event_id DESC) AS latest
+                FROM events WHERE kind = 'fallback_attempt' AND received_at >= ?)
+            WHERE latest = 1 AND handler IS NOT NULL ORDER BY handler""",
+            (to_micros(since),),
+        )
+        return [
+            LatestAttempt(handler, outcome, detail or "", from_micros(at))
+            for handler, outcome, detail, at in rows
+        ]
+
+    async def pending_deadlines(self) -> PendingDeadlines:
+        return await self._run(self._pending_deadlines)
+
+    def _pending_deadlines(self) -> PendingDeadlines:
+        count, earliest = (
+            self._reading()
+            .execute("SELECT count(*), min(deadline) FROM messages WHERE deadline IS NOT NULL")
+            .fetchone()
+        )
+        return PendingDeadlines(count, _optional_time(earliest))
+
+    async def recent_failures(
+        self, limit: int, campaign_api_id: str | None = None, trigger: str | None = None
+    ) -> list[FailureSummary]:
+        return await self._run(lambda: self._recent_failures(limit, campaign_api_id, trigger))
+
+    def _recent_failures(
+        self, limit: int, campaign_api_id: str | None, trigger: str | None
+    ) -> list[FailureSummary]:
+        rows = self._reading().execute(
+            _RECENT_FAILURES,
+            (campaign_api_id, campaign_api_id, trigger, trigger, limit),
+        )
+        return [failure_summary(*columns, from_micros(micros)) for *columns, micros in rows]
+
+    async def deliveries(self, since: datetime, limit: int) -> list[Delivery]:
+        return await self._run(lambda: self._deliveries(since, limit))
+
+    def _deliveries(self, since: datetime, limit: int) -> list[Delivery]:
+        rows = self._reading().execute(
+            """SELECT json_extract(summary, '$.statuses.sent.timestamps.sent_at'),
+                json_extract(summary, '$.statuses.delivered.timestamps.delivered_at')
+            FROM messages WHERE created_at >= ? AND outcome = 'delivered'
+            ORDER BY created_at DESC LIMIT ?""",
+            (to_micros(since), limit),
+        )
+        return [Delivery(*row) for row in rows]
 
     async def ping(self) -> None:
         await self._run(self._reading)

@@ -1,0 +1,46 @@
+"""What the API's console may do with parked fallback requests, without knowing how.
+
+Parking is the fallback executor's business (``txmail.fallback``), the console the
+workers' (``txmail.workers``), and the services never import each other: the command
+(``txmail.cli``) builds the fallback side's implementation and hands it to the API.
+"""
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class ParkedFallback:
+    """One parked fallback request, as a person needs to see it before replaying it."""
+
+    message_id: str
+    idempotency_key: str | None
+    trigger: str | None
+    external_send_id: str | None
+    reason: str
+    parked_at: datetime | None
+    attempts: int
+    failed_handlers: tuple[str, ...]
+
+    @property
+    def replay_id(self) -> str:
+        """The id a replay names it by: its idempotency key, stable across parkings."""
+        return self.idempotency_key or self.message_id
+
+
+@dataclass(frozen=True)
+class ParkedListing:
+    total: int  # how many the parking queue holds
+    requests: list[ParkedFallback]  # the first of them, in queue order
+
+
+class ParkedFallbacks(Protocol):
+    """Both raise BrokerUnavailable when RabbitMQ cannot be reached."""
+
+    async def list(self, limit: int) -> ParkedListing: ...
+
+    async def replay(self, ids: set[str] | None) -> list[str]:
+        """Put the parked requests with these ids (every one for None) back on the
+        fallback queue, as ``txmail dlq replay`` does; returns the ids replayed."""
+        ...
