@@ -457,7 +457,7 @@ class PostgresStore:
             trigger,
             limit,
         )
-        return [failure_summary(*row) for row in rows]
+        return [failure_summary(tuple(row), row["updated_at"]) for row in rows]
 
     async def deliveries(self, since: datetime, limit: int) -> list[Delivery]:
         rows = await self._read(

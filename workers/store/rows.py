@@ -4,6 +4,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from txmail.core.events import FallbackRequest
 from txmail.workers.state import (
@@ -133,17 +134,10 @@ def view(
     )
 
 
-def failure_summary(
-    key: str,
-    dispatch_id: str | None,
-    external_send_id: str | None,
-    campaign_api_id: str | None,
-    outcome: str,
-    reason: str | None,
-    trigger: str | None,
-    updated_at: datetime,
-) -> FailureSummary:
-    """A row of RECENT_FAILURES, in its columns' order."""
+def failure_summary(row: Sequence[Any], updated_at: datetime) -> FailureSummary:
+    """A row of RECENT_FAILURES, with its last column (updated_at) as each database
+    gives times back."""
+    key, dispatch_id, external_send_id, campaign_api_id, outcome, reason, trigger, _ = row
     return FailureSummary(
         key=key,
         dispatch_id=dispatch_id,

@@ -478,7 +478,7 @@ class SqliteStore:
             _RECENT_FAILURES,
             (campaign_api_id, campaign_api_id, trigger, trigger, limit),
         )
-        return [failure_summary(*columns, from_micros(micros)) for *columns, micros in rows]
+        return [failure_summary(row, from_micros(row[-1])) for row in rows]
 
     async def deliveries(self, since: datetime, limit: int) -> list[Delivery]:
         return await self._run(lambda: self._deliveries(since, limit))
