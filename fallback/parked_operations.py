@@ -40,7 +40,7 @@ class BrokerParkedFallbacks:
         # time would find them missing and wait for them. One at a time per process.
         self._one_at_a_time = asyncio.Lock()
 
-    async def list(self, limit: int) -> ParkedListing:
+    async def listing(self, limit: int) -> ParkedListing:
         async with self._one_at_a_time:
             connection = await self._connect()
             counts = Counts()
@@ -59,14 +59,14 @@ class BrokerParkedFallbacks:
                 await connection.close()
         return ParkedListing(total=counts.total, requests=listed)
 
-    async def replay(self, ids: set[str] | None) -> list[str]:
+    async def replay(self, ids: set[str] | None) -> list[ParkedFallback]:
         async with self._one_at_a_time:
             connection = await self._connect()
             try:
                 replayed = await replay_parked(connection, fallback_topology(self._settings), ids)
             finally:
                 await connection.close()
-        return [_shown(r).replay_id for r in replayed]
+        return [_shown(r) for r in replayed]
 
     async def _connect(self) -> AbstractRobustConnection:
         try:

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from txmail.core.errors import ConfigError
 from txmail.core.http import serve_until_stopped
+from txmail.core.parked import ParkedFallbacks
 from txmail.core.settings import Settings
 from txmail.core.stopping import stop_on_signals
 from txmail.workers.api import api_host, api_tokens, create_api_app
@@ -37,7 +38,7 @@ def worker_command(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _serve_api(settings: Settings) -> None:
+async def _serve_api(settings: Settings, parked: ParkedFallbacks) -> None:
     host = api_host(settings)  # says at once when no token guards the API
     stop = stop_on_signals()
     # Reads only: a read-only database user is enough, and the tables are the workers'.
@@ -46,7 +47,7 @@ async def _serve_api(settings: Settings) -> None:
         return
     try:
         await serve_until_stopped(
-            create_api_app(store, api_tokens(settings)),
+            create_api_app(store, api_tokens(settings), parked=parked),
             host,
             settings.api_port,
             settings,
@@ -58,7 +59,7 @@ async def _serve_api(settings: Settings) -> None:
 
 @_fails_cleanly
 def api_command(settings: Settings, args: argparse.Namespace) -> int:
-    asyncio.run(_serve_api(settings))
+    asyncio.run(_serve_api(settings, args.parked_fallbacks(settings)))
     return 0
 
 
@@ -88,13 +89,18 @@ def status_command(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def add_commands(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def add_commands(
+    commands: "argparse._SubParsersAction[argparse.ArgumentParser]",
+    parked_fallbacks: Callable[[Settings], ParkedFallbacks],
+) -> None:
+    """``parked_fallbacks``: how `txmail api` reaches the parked fallback requests (the
+    executor's business, so the command hands it in)."""
     worker = commands.add_parser(
         "worker", help="track every message: consume events, keep state, decide fallbacks"
     )
     worker.set_defaults(handler=worker_command)
     api = commands.add_parser("api", help="serve the message state over HTTP (TXMAIL_API_PORT)")
-    api.set_defaults(handler=api_command)
+    api.set_defaults(handler=api_command, parked_fallbacks=parked_fallbacks)
     status = commands.add_parser("status", help="show what happened to one message")
     status.add_argument("id", help="a Braze dispatch id or your external send id")
     status.add_argument("--json", action="store_true", help="print JSON for scripts")

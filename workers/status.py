@@ -22,7 +22,7 @@ def _time(value: datetime | None) -> str:
     return value.isoformat(timespec="seconds") if value else "-"
 
 
-def _braze_time_text(entry: TimelineEntry) -> str | None:
+def braze_time_text(entry: TimelineEntry) -> str | None:
     """Braze's own time of a postback (``sent_at`` of a `sent`, ...), as Braze wrote it,
     when it gave one: postbacks often arrive together or out of order, and this is
     when it happened."""
@@ -33,8 +33,8 @@ def _braze_time_text(entry: TimelineEntry) -> str | None:
     return at if isinstance(at, str) else None
 
 
-def _braze_time(entry: TimelineEntry) -> datetime | None:
-    text = _braze_time_text(entry)
+def braze_time(entry: TimelineEntry) -> datetime | None:
+    text = braze_time_text(entry)
     try:
         at = datetime.fromisoformat(text) if text else None
     except ValueError:
@@ -48,7 +48,7 @@ def in_braze_order(message: MessageView) -> MessageView:
     Braze gave no time (registrations, fallback attempts) and as the tie-break."""
 
     def when(entry: TimelineEntry) -> tuple[datetime, datetime]:
-        return (_braze_time(entry) or entry.received_at, entry.received_at)
+        return (braze_time(entry) or entry.received_at, entry.received_at)
 
     return message.model_copy(update={"timeline": sorted(message.timeline, key=when)})
 
@@ -115,7 +115,7 @@ def describe(message: MessageView) -> str:
     lines.append("timeline:")
     width = max((len(e.kind) for e in message.timeline), default=0)
     for e in message.timeline:
-        braze = _braze_time_text(e)
+        braze = braze_time_text(e)
         lines.append(
             f"  {_time(e.received_at)}  {e.kind:<{width}}  {e.label}"
             + (f"  (Braze: {braze})" if braze else "")

@@ -93,10 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=INGRESS_ROUTES,
     )
     ingress.set_defaults(handler=run_ingress)
-    # worker, api, status and run live with the workers, which own the state they serve.
+    # worker, api, status and run live with the workers, which own the state they serve;
+    # the API's console replays parked fallbacks through the executor's own code.
+    from txmail.fallback.parked_operations import BrokerParkedFallbacks
     from txmail.workers.commands import add_commands as add_worker_commands
 
-    add_worker_commands(commands)
+    add_worker_commands(commands, BrokerParkedFallbacks)
     migrate = commands.add_parser(
         "migrate",
         help="create or update the store's tables and the executor's call ledger, then exit "

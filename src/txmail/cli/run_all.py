@@ -18,6 +18,7 @@ async def run_all(settings: Settings) -> None:
     from txmail.core.http import serving
     from txmail.core.stopping import stop_on_signals
     from txmail.fallback.executor import FallbackExecutor, running_executor
+    from txmail.fallback.parked_operations import BrokerParkedFallbacks
     from txmail.fallback.rules_file import load_configured_rules
     from txmail.ingress.app import create_app
     from txmail.workers.api import api_host, api_tokens, create_api_app
@@ -43,7 +44,13 @@ async def run_all(settings: Settings) -> None:
             return
         running.push_async_callback(store.close)
         worker = Worker(settings, store)
-        api = create_api_app(store, api_tokens(settings), worker.not_ready, executor_not_ready)
+        api = create_api_app(
+            store,
+            api_tokens(settings),
+            worker.not_ready,
+            executor_not_ready,
+            parked=BrokerParkedFallbacks(settings),
+        )
         await running.enter_async_context(
             serving(api, api_host(settings), settings.api_port, settings)
         )

@@ -24,9 +24,9 @@ class ParkedFallback:
     failed_handlers: tuple[str, ...]
 
     @property
-    def replay_id(self) -> str:
-        """The id a replay names it by: its idempotency key, stable across parkings."""
-        return self.idempotency_key or self.message_id
+    def ids(self) -> set[str]:
+        """What a replay accepts for it: the message id or the idempotency key."""
+        return {self.message_id, *([self.idempotency_key] if self.idempotency_key else [])}
 
 
 @dataclass(frozen=True)
@@ -38,9 +38,11 @@ class ParkedListing:
 class ParkedFallbacks(Protocol):
     """Both raise BrokerUnavailable when RabbitMQ cannot be reached."""
 
-    async def list(self, limit: int) -> ParkedListing: ...
+    async def listing(self, limit: int) -> ParkedListing:
+        """How many are parked, and the first ``limit`` of them."""
+        ...
 
-    async def replay(self, ids: set[str] | None) -> list[str]:
+    async def replay(self, ids: set[str] | None) -> list[ParkedFallback]:
         """Put the parked requests with these ids (every one for None) back on the
-        fallback queue, as ``txmail dlq replay`` does; returns the ids replayed."""
+        fallback queue, as ``txmail dlq replay`` does; returns those replayed."""
         ...
