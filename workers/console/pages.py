@@ -1,5 +1,6 @@
 """The console's pages: server-rendered HTML from the same reads as its JSON endpoints."""
 
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -56,7 +57,7 @@ HEADERS = {
 
 def render(request: web.Request, template: str, status: int = 200, **context: Any) -> web.Response:
     text = TEMPLATES.get_template(template).render(
-        access=request.get(ACCESS), refresh=None, nav=None, **context
+        {"access": request.get(ACCESS), "refresh": None, "nav": None, **context}
     )
     return web.Response(text=text, status=status, content_type="text/html", headers=HEADERS)
 
@@ -252,4 +253,19 @@ def add_pages(app: web.Application) -> None:
     app.router.add_get(SIGN_IN, sign_in_page)
     app.router.add_post(SIGN_IN, sign_in)
     app.router.add_post("/sign-out", sign_out)
-    app.router.add_static("/static/", Path(__file__).parent / "static")
+    for name, content_type in STATIC_FILES.items():
+        app.router.add_get(f"/static/{name}", _static(name, content_type))
+
+
+# The only files the pages load, served from the package (not a directory: nothing
+# else in it, nor what a link in it points to, can be asked for).
+STATIC_FILES = {"console.css": "text/css", "console.js": "text/javascript"}
+
+
+def _static(name: str, content_type: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+    body = (Path(__file__).parent / "static" / name).read_bytes()
+
+    async def serve(request: web.Request) -> web.Response:
+        return web.Response(body=body, content_type=content_type, charset="utf-8")
+
+    return serve
