@@ -1,0 +1,227 @@
+"""The console's JSON endpoints and its guards, over HTTP against a real store and (for
+parked requests) real RabbitMQ; the pages themselves are driven in test_pages.py."""
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import aiohttp
+import pytest
+from pydantic import SecretStr
+
+from tests.factories import postback, registration
+from tests.fallback.requests import a_request
+from txmail.core.http import serving
+from txmail.core.settings import Settings
+from txmail.core.topology import Topology
+from txmail.fallback.parked_operations import BrokerParkedFallbacks
+from txmail.fallback.progress import PARKED_AT, PARKED_REASON
+from txmail.workers.api import create_api_app
+from txmail.workers.console import access
+from txmail.workers.console.access import ApiTokens, Role, new_session
+from txmail.workers.store import open_store
+from txmail.workers.store.protocol import Store
+from txmail.workers.timeouts import DeliveryTimeouts
+
+TOKENS = ApiTokens(replay=SecretStr("replay-s3cret"), read=SecretStr("read-s3cret"))
+REPLAY = {"Authorization": "Bearer replay-s3cret"}
+READ = {"Authorization": "Bearer read-s3cret"}
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    opened = await open_store(
+        f"sqlite:///{tmp_path / 'txmail.db'}", DeliveryTimeouts(timedelta(minutes=10))
+    )
+    now = datetime.now(UTC)
+    await opened.apply(
+        [
+            registration(now, external_send_id="order-1", campaign_api_id="receipts"),
+            postback("d1", "sent", now, external_send_id="order-1", campaign_api_id="receipts"),
+            postback(
+                "d1",
+                "bounced",
+                now,
+                external_send_id="order-1",
+                campaign_api_id="receipts",
+                reason="550 5.1.1 no such user",
+            ),
+            postback("d2", "delivered", now),
+        ],
+        now,
+    )
+    yield opened
+    await opened.close()
+
+
+@asynccontextmanager
+async def api(
+    store: Store, settings: Settings, tokens: ApiTokens = TOKENS, parked: bool = True
+) -> AsyncIterator[str]:
+    app = create_api_app(store, tokens, parked=BrokerParkedFallbacks(settings) if parked else None)
+    async with serving(app, "127.0.0.1", 0, settings) as port:
+        yield f"http://127.0.0.1:{port}"
+
+
+async def call(
+    method: str, url: str, headers: dict[str, str] | None = None, **options: Any
+) -> tuple[int, Any]:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.request(method, url, headers=headers, allow_redirects=False, **options) as response,
+    ):
+        text = await response.text()
+        is_json = response.content_type == "application/json"
+        return response.status, json.loads(text) if is_json else text
+
+
+async def park(settings: Settings) -> str:
+    """A fallback request in the parking queue, as the executor leaves one there."""
+    request = a_request()
+    topology = Topology(settings.namespace)
+    connection = await aio_pika.connect(settings.amqp_url)
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        await topology.declare(channel)
+        await channel.default_exchange.publish(
+            aio_pika.Message(
+                request.model_dump_json().encode(),
+                message_id="parked-1",
+                headers={PARKED_REASON: "ops-hook: permanent: answered 400", PARKED_AT: "x"},
+            ),
+            topology.fallback_parking_queue,
+        )
+    return request.idempotency_key
+
+
+async def test_the_json_endpoints_give_what_the_pages_show(
+    store: Store, settings: Settings
+) -> None:
+    async with api(store, settings) as url:
+        status, overview = await call("GET", f"{url}/v1/overview", READ)
+        assert status == 200
+        assert set(overview) == {
+            "outcomes", "decisions", "attempts", "circuits", "deadlines", "latency"
+        }  # fmt: skip
+        assert overview["outcomes"]["hour"] == {"bounced": 1, "delivered": 1}
+        assert overview["decisions"]["day"] == {"bounced": 1}
+        assert len(overview["latency"]) == 24
+        for part in overview:
+            status, body = await call("GET", f"{url}/v1/stats/{part}", READ)
+            assert (status, body) == (200, overview[part]), part
+        status, body = await call("GET", f"{url}/v1/stats/everything", READ)
+        assert (status, body["error"]) == (404, "not_found")
+
+        status, body = await call("GET", f"{url}/v1/failures?trigger=bounced", READ)
+        assert status == 200
+        [failure] = body["failures"]
+        assert (failure["external_send_id"], failure["reason"]) == (
+            "order-1",
+            "550 5.1.1 no such user",
+        )
+        status, body = await call("GET", f"{url}/v1/failures?campaign_api_id=other", READ)
+        assert (status, body) == (200, {"failures": []})
+        for query in ("trigger=late", "limit=0", "limit=501", "limit=x"):
+            status, body = await call("GET", f"{url}/v1/failures?{query}", READ)
+            assert (status, body["error"]) == (400, "bad_request"), query
+
+
+async def test_parked_requests_are_listed_to_readers_and_replayed_only_with_the_full_token(
+    store: Store, settings: Settings
+) -> None:
+    key = await park(settings)
+    async with api(store, settings) as url:
+        status, body = await call("GET", f"{url}/v1/parked", READ)
+        assert (status, body["total"]) == (200, 1)
+        assert body["requests"][0]["idempotency_key"] == key
+        assert "400" in body["requests"][0]["reason"]
+
+        replay = f"{url}/v1/parked/replay"
+        status, body = await call("POST", replay, READ, json={"ids": [key]})
+        assert (status, body["error"]) == (403, "forbidden")
+        other_site = {**REPLAY, "Origin": "https://evil.example"}
+        status, body = await call("POST", replay, other_site, json={"ids": [key]})
+        assert (status, body["error"]) == (403, "forbidden")
+        for wrong in ({}, {"ids": []}, {"ids": [1]}, {"all": True, "ids": [key]}, []):
+            status, body = await call("POST", replay, REPLAY, json=wrong)
+            assert (status, body["error"]) == (400, "bad_request"), wrong
+
+        status, body = await call("POST", replay, REPLAY, json={"ids": [key, "nope"]})
+        assert status == 200
+        assert [r["idempotency_key"] for r in body["replayed"]] == [key]
+        assert body["not_found"] == ["nope"]
+        status, body = await call("GET", f"{url}/v1/parked", READ)
+        assert (status, body["total"]) == (200, 0)
+
+    connection = await aio_pika.connect(settings.amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.get_queue(Topology(settings.namespace).fallback_queue)
+        message = await queue.get(no_ack=True)
+        assert json.loads(message.body)["idempotency_key"] == key
+
+
+async def test_without_a_way_to_the_parking_queue_the_parked_list_is_503(
+    store: Store, settings: Settings
+) -> None:
+    async with api(store, settings, parked=False) as url:
+        status, body = await call("GET", f"{url}/v1/parked", READ)
+        assert (status, body["error"]) == (503, "unavailable")
+        status, page = await call("GET", f"{url}/parked", READ)
+        assert status == 200
+        assert "cannot see the parked fallbacks" in page
+
+
+def cookie(value: str) -> dict[str, str]:
+    return {"Cookie": f"{access.SESSION_COOKIE}={value}", "Accept": "text/html"}
+
+
+async def test_a_forged_expired_or_outdated_session_opens_nothing(
+    store: Store, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    session = new_session(TOKENS, Role.READ)
+    forged = session.replace("read.", "replay.", 1)
+    changed = ApiTokens(replay=TOKENS.replay, read=SecretStr("a-new-read-token"))
+    monkeypatch.setattr(access, "SESSION_LIFETIME", -1)
+    expired = new_session(TOKENS, Role.READ)
+    async with api(store, settings) as url:
+        status, page = await call("GET", f"{url}/failures", cookie(session))
+        assert (status, "order-1" in page) == (200, True)
+        for value in (forged, expired, "read.9999999999.00.00", "", "replay"):
+            status, _ = await call("GET", f"{url}/failures", cookie(value))
+            assert status == 303, value
+            status, body = await call("GET", f"{url}/v1/failures", cookie(value))
+            assert (status, body["error"]) == (401, "unauthorized"), value
+    async with api(store, settings, tokens=changed) as url:
+        status, _ = await call("GET", f"{url}/failures", cookie(session))
+        assert status == 303
+
+
+async def test_forms_that_change_something_need_the_csrf_token_and_this_site(
+    store: Store, settings: Settings
+) -> None:
+    session = cookie(new_session(TOKENS, Role.REPLAY))
+    async with api(store, settings) as url:
+        status, page = await call("POST", f"{url}/parked/replay", session, data={"all": "1"})
+        assert (status, "out of date" in page) == (403, True)
+        status, page = await call("POST", f"{url}/sign-out", session, data={"csrf": "guessed"})
+        assert status == 403
+        status, page = await call(
+            "POST",
+            f"{url}/sign-in",
+            {"Origin": "https://evil.example"},
+            data={"token": "replay-s3cret"},
+        )
+        assert (status, "another site" in page) == (403, True)
+        status, page = await call("POST", f"{url}/sign-in", data={"token": "replay-s3cret"})
+        assert status == 303
+    async with api(store, settings, tokens=ApiTokens()) as url:
+        # No token set: open to anyone who reaches it, yet not to other sites' forms.
+        status, page = await call("POST", f"{url}/parked/replay", data={"all": "1"})
+        assert status == 403
+        status, page = await call("GET", f"{url}/parked")
+        assert (status, "No token is set" in page) == (200, True)
