@@ -146,7 +146,8 @@ async def test_parked_requests_are_listed_to_readers_and_replayed_only_with_the_
         other_site = {**REPLAY, "Origin": "https://evil.example"}
         status, body = await call("POST", replay, other_site, json={"ids": [key]})
         assert (status, body["error"]) == (403, "forbidden")
-        for wrong in ({}, {"ids": []}, {"ids": [1]}, {"all": True, "ids": [key]}, []):
+        wrongs: list[Any] = [{}, {"ids": []}, {"ids": [1]}, {"all": True, "ids": [key]}, []]
+        for wrong in wrongs:
             status, body = await call("POST", replay, REPLAY, json=wrong)
             assert (status, body["error"]) == (400, "bad_request"), wrong
 
