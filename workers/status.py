@@ -34,7 +34,11 @@ def braze_time_text(entry: TimelineEntry) -> str | None:
 
 
 def braze_time(entry: TimelineEntry) -> datetime | None:
-    text = braze_time_text(entry)
+    return placeable_time(braze_time_text(entry))
+
+
+def placeable_time(text: str | None) -> datetime | None:
+    """A time Braze wrote, if it can be placed against others: ISO 8601 with an offset."""
     try:
         at = datetime.fromisoformat(text) if text else None
     except ValueError:

@@ -13,7 +13,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from tests.fallback.servers import WEBHOOK_SECRET, Receiver
+from tests.fallback.requests import handlers_toml
+from tests.fallback.servers import Receiver
 from tests.harness import running_worker
 from tests.waiting import wait_until
 from txmail.core.http import serving
@@ -26,12 +27,6 @@ from txmail.workers.api import api_tokens, create_api_app
 from txmail.workers.store.protocol import MessageView, Store
 
 RULES = """
-[handlers.ops-hook]
-type = "webhook"
-url = "{url}/hook"
-secret = "{secret}"
-timeout = "2s"
-
 [[rules]]
 on = ["bounced", "aborted"]
 handlers = ["ops-hook"]
@@ -109,7 +104,7 @@ async def deployed(settings: Settings, tmp_path: Path) -> AsyncIterator[Deployme
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
         receiver.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-        rules_path.write_text(RULES.format(url=receiver.url, secret=WEBHOOK_SECRET))
+        rules_path.write_text(handlers_toml(receiver) + RULES)
 
         ingress_port = await running.enter_async_context(
             serving(create_app(settings), "127.0.0.1", 0, settings)

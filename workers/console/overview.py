@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from txmail.workers.status import placeable_time
 from txmail.workers.store.protocol import Delivery, LatestAttempt, Store
 
 WINDOWS = {"hour": timedelta(hours=1), "day": timedelta(days=1)}
@@ -126,18 +127,10 @@ def percentile(values: Sequence[float], p: int) -> float | None:
 
 def _seconds(delivery: Delivery) -> tuple[datetime, float] | None:
     """When it was delivered and how long after it was sent, or None if Braze did not say."""
-    sent, delivered = _time(delivery.sent_at), _time(delivery.delivered_at)
+    sent, delivered = placeable_time(delivery.sent_at), placeable_time(delivery.delivered_at)
     if sent is None or delivered is None or delivered < sent:
         return None
     return delivered, (delivered - sent).total_seconds()
-
-
-def _time(text: str | None) -> datetime | None:
-    try:
-        at = datetime.fromisoformat(text) if text else None
-    except ValueError:
-        return None
-    return at if at is not None and at.tzinfo is not None else None
 
 
 def _floor(at: datetime) -> datetime:
