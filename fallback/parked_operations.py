@@ -5,9 +5,10 @@ import asyncio
 
 from aio_pika.abc import AbstractRobustConnection
 
-from txmail.core.broker import connect_until_up
+from txmail.core.broker import BROKER_ERRORS, connect_until_up
 from txmail.core.errors import BrokerUnavailable
 from txmail.core.parked import ParkedFallback, ParkedListing
+from txmail.core.readable import readable
 from txmail.core.settings import Settings
 from txmail.fallback.executor import fallback_topology
 from txmail.fallback.held import Counts, Selection, visit
@@ -39,6 +40,21 @@ class BrokerParkedFallbacks:
         # Reading holds the queue's messages until it ends: a second reader at the same
         # time would find them missing and wait for them. One at a time per process.
         self._one_at_a_time = asyncio.Lock()
+
+    async def count(self) -> int:
+        # Only the queue's depth: a page that refreshes itself must not deliver the
+        # parked messages each time (a broker's default delivery limit counts those).
+        connection = await self._connect()
+        try:
+            channel = await connection.channel()
+            topology = fallback_topology(self._settings)
+            await topology.declare(channel)
+            queue = await channel.declare_queue(topology.fallback_parking_queue, passive=True)
+            return queue.declaration_result.message_count or 0
+        except BROKER_ERRORS as error:
+            raise BrokerUnavailable(f"RabbitMQ: {readable(error)}") from error
+        finally:
+            await connection.close()
 
     async def listing(self, limit: int) -> ParkedListing:
         async with self._one_at_a_time:

@@ -135,6 +135,7 @@ async def test_parked_requests_are_listed_to_readers_and_replayed_only_with_the_
 ) -> None:
     key = await park(settings)
     async with api(store, settings) as url:
+        assert await call("GET", f"{url}/v1/parked/count", READ) == (200, {"total": 1})
         status, body = await call("GET", f"{url}/v1/parked", READ)
         assert (status, body["total"]) == (200, 1)
         assert body["requests"][0]["idempotency_key"] == key
@@ -170,8 +171,9 @@ async def test_without_a_way_to_the_parking_queue_the_parked_list_is_503(
     store: Store, settings: Settings
 ) -> None:
     async with api(store, settings, parked=False) as url:
-        status, body = await call("GET", f"{url}/v1/parked", READ)
-        assert (status, body["error"]) == (503, "unavailable")
+        for path in ("/v1/parked", "/v1/parked/count"):
+            status, body = await call("GET", f"{url}{path}", READ)
+            assert (status, body["error"]) == (503, "unavailable")
         status, page = await call("GET", f"{url}/parked", READ)
         assert status == 200
         assert "cannot see the parked fallbacks" in page

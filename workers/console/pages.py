@@ -34,6 +34,7 @@ from txmail.workers.console.routes import (
     BadQuery,
     failure_filters,
     not_found,
+    parked_count,
     parked_operations,
     recent_failures,
 )
@@ -64,13 +65,7 @@ def render(request: web.Request, template: str, status: int = 200, **context: An
 
 async def now_page(request: web.Request) -> web.Response:
     data = await overview(request.app[STORE], utc_now())
-    parked_total: int | None = None
-    parked_problem: str | None = NO_PARKING
-    if (parked := parked_operations(request)) is not None:
-        try:
-            parked_total, parked_problem = (await parked.listing(0)).total, None
-        except BrokerUnavailable as error:
-            parked_problem = str(error)
+    parked = await parked_count(request)
     return render(
         request,
         "now.html",
@@ -80,8 +75,8 @@ async def now_page(request: web.Request) -> web.Response:
         now=utc_now(),
         data=data,
         chart=latency_chart(data["latency"]),
-        parked_total=parked_total,
-        parked_problem=parked_problem,
+        parked_total=parked if isinstance(parked, int) else None,
+        parked_problem=parked if isinstance(parked, str) else None,
     )
 
 

@@ -80,6 +80,24 @@ def parked_operations(request: web.Request) -> ParkedFallbacks | None:
     return request.app.get(PARKED)
 
 
+async def parked_count(request: web.Request) -> int | str:
+    """How many fallback requests are parked, or why that cannot be known now."""
+    parked = parked_operations(request)
+    if parked is None:
+        return NO_PARKING
+    try:
+        return await parked.count()
+    except BrokerUnavailable as error:
+        return str(error)
+
+
+async def parked_count_json(request: web.Request) -> web.Response:
+    count = await parked_count(request)
+    if isinstance(count, str):
+        return json_error(503, "unavailable", count)
+    return _json({"total": count})
+
+
 async def parked_json(request: web.Request) -> web.Response:
     parked = parked_operations(request)
     if parked is None:
@@ -140,4 +158,5 @@ def add_json_routes(app: web.Application) -> None:
     app.router.add_get("/v1/stats/{part}", stats_json)
     app.router.add_get("/v1/failures", failures_json)
     app.router.add_get("/v1/parked", parked_json)
+    app.router.add_get("/v1/parked/count", parked_count_json)
     app.router.add_post("/v1/parked/replay", replay_json)

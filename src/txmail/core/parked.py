@@ -38,6 +38,10 @@ class ParkedListing:
 class ParkedFallbacks(Protocol):
     """Both raise BrokerUnavailable when RabbitMQ cannot be reached."""
 
+    async def count(self) -> int:
+        """How many are parked, without reading any."""
+        ...
+
     async def listing(self, limit: int) -> ParkedListing:
         """How many are parked, and the first ``limit`` of them."""
         ...
