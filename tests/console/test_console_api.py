@@ -1,7 +1,10 @@
 """The console's JSON endpoints and its guards, over HTTP against a real store and (for
 parked requests) real RabbitMQ; the pages themselves are driven in test_pages.py."""
 
+import asyncio
 import json
+import signal
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -15,6 +18,9 @@ from pydantic import SecretStr
 
 from tests.factories import postback, registration
 from tests.fallback.requests import a_request
+from tests.ports import free_port
+from tests.processes import environment
+from tests.waiting import wait_until
 from txmail.core.http import serving
 from txmail.core.settings import Settings
 from txmail.core.topology import Topology
@@ -32,11 +38,13 @@ REPLAY = {"Authorization": "Bearer replay-s3cret"}
 READ = {"Authorization": "Bearer read-s3cret"}
 
 
+def store_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'txmail.db'}"
+
+
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    opened = await open_store(
-        f"sqlite:///{tmp_path / 'txmail.db'}", DeliveryTimeouts(timedelta(minutes=10))
-    )
+    opened = await open_store(store_url(tmp_path), DeliveryTimeouts(timedelta(minutes=10)))
     now = datetime.now(UTC)
     await opened.apply(
         [
@@ -228,3 +236,38 @@ async def test_forms_that_change_something_need_the_csrf_token_and_this_site(
         assert status == 403
         status, page = await call("GET", f"{url}/parked")
         assert (status, "No token is set" in page) == (200, True)
+
+
+async def test_txmail_api_serves_the_console_with_the_parked_fallbacks_wired_in(
+    store: Store, settings: Settings, tmp_path: Path
+) -> None:
+    port = free_port()
+    env = {
+        **environment(settings.model_copy(update={"database_url": store_url(tmp_path)})),
+        "TXMAIL_API_HOST": "127.0.0.1",
+        "TXMAIL_API_PORT": str(port),
+        "TXMAIL_API_TOKEN": "replay-s3cret",
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "txmail.cli", "api", env=env,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+
+        async def ready() -> bool:
+            try:
+                return (await call("GET", f"{url}/readyz"))[0] == 200
+            except aiohttp.ClientConnectionError:
+                return False
+
+        await wait_until(ready, 20, "txmail api")
+        status, page = await call("GET", f"{url}/sign-in")
+        assert (status, "API token" in page) == (200, True)
+        assert (await call("GET", url, {"Accept": "text/html"}))[0] == 303
+        assert await call("GET", f"{url}/v1/parked/count", REPLAY) == (200, {"total": 0})
+        status, page = await call("GET", f"{url}/failures", REPLAY)
+        assert (status, "order-1" in page) == (200, True)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 15) == 0
