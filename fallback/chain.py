@@ -16,7 +16,7 @@ from enum import StrEnum
 import structlog
 
 from txmail.core.durations import format_duration
-from txmail.core.events import FallbackRequest
+from txmail.core.events import CIRCUIT_OPEN_DETAIL, FallbackRequest
 from txmail.fallback.circuit import Circuits
 from txmail.fallback.handler import (
     FallbackHandler,
@@ -82,7 +82,7 @@ async def run_handler(
 ) -> HandlerResult:
     circuit = circuits[ready.name]
     if not circuit.try_call():
-        return HandlerResult(ready.name, ResultKind.TRANSIENT, "circuit open: not called")
+        return HandlerResult(ready.name, ResultKind.TRANSIENT, CIRCUIT_OPEN_DETAIL)
     try:
         async with asyncio.timeout(ready.timeout.total_seconds()):
             await ready.handler.send(request, idempotency_key(request, ready.name))

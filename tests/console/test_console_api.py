@@ -16,11 +16,17 @@ import aiohttp
 import pytest
 from pydantic import SecretStr
 
-from tests.factories import postback, registration
+from tests.factories import postback, registration, tracked
 from tests.fallback.requests import a_request
 from tests.ports import free_port
 from tests.processes import environment
 from tests.waiting import wait_until
+from txmail.core.events import (
+    CIRCUIT_OPEN_DETAIL,
+    FALLBACK_ATTEMPT_TYPE,
+    AttemptOutcome,
+    FallbackAttempt,
+)
 from txmail.core.http import serving
 from txmail.core.settings import Settings
 from txmail.core.topology import Topology
@@ -30,7 +36,7 @@ from txmail.workers.api import create_api_app
 from txmail.workers.console import access
 from txmail.workers.console.access import ApiTokens, Role, new_session
 from txmail.workers.store import open_store
-from txmail.workers.store.protocol import Store
+from txmail.workers.store.protocol import Store, TrackedEvent
 from txmail.workers.timeouts import DeliveryTimeouts
 
 TOKENS = ApiTokens(replay=SecretStr("replay-s3cret"), read=SecretStr("read-s3cret"))
@@ -228,8 +234,22 @@ async def test_forms_that_change_something_need_the_csrf_token_and_this_site(
             data={"token": "replay-s3cret"},
         )
         assert (status, "another site" in page) == (403, True)
-        status, page = await call("POST", f"{url}/sign-in", data={"token": "replay-s3cret"})
-        assert status == 303
+        for wanted, landing in [
+            ("/failures?trigger=bounced", "/failures?trigger=bounced"),
+            ("//evil.example/x", "/"),
+            ("/\\evil.example", "/"),
+            ("https://evil.example", "/"),
+        ]:
+            async with (
+                aiohttp.ClientSession() as http,
+                http.post(
+                    f"{url}/sign-in",
+                    data={"token": "replay-s3cret", "next": wanted},
+                    allow_redirects=False,
+                ) as response,
+            ):
+                assert response.status == 303
+                assert response.headers["Location"] == landing, wanted
     async with api(store, settings, tokens=ApiTokens()) as url:
         # No token set: open to anyone who reaches it, yet not to other sites' forms.
         status, page = await call("POST", f"{url}/parked/replay", data={"all": "1"})
@@ -271,3 +291,37 @@ async def test_txmail_api_serves_the_console_with_the_parked_fallbacks_wired_in(
     finally:
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), 15) == 0
+
+
+async def test_a_handler_whose_latest_attempt_met_its_open_circuit_is_shown_open(
+    store: Store, settings: Settings
+) -> None:
+    now = datetime.now(UTC)
+
+    def attempt(handler: str, at: datetime, detail: str) -> TrackedEvent:
+        event = FallbackAttempt(
+            idempotency_key=f"txm_{handler}_{at.timestamp()}",
+            dispatch_id="d1",
+            external_send_id="order-1",
+            handler=handler,
+            attempt=1,
+            outcome=AttemptOutcome.RETRYING,
+            detail=detail,
+            at=at,
+        )
+        return tracked(FALLBACK_ATTEMPT_TYPE, event.model_dump(mode="json"), at)
+
+    await store.apply(
+        [
+            attempt("sms", now, f"rules[0]: transient: {CIRCUIT_OPEN_DETAIL}"),
+            attempt(
+                "hook", now - timedelta(seconds=1), f"rules[0]: transient: {CIRCUIT_OPEN_DETAIL}"
+            ),
+            attempt("hook", now, "rules[0]: transient: answered 503"),  # the probe
+        ],
+        now,
+    )
+    async with api(store, settings) as url:
+        status, circuits = await call("GET", f"{url}/v1/stats/circuits", READ)
+    assert status == 200
+    assert [c["handler"] for c in circuits] == ["sms"]

@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from txmail.core.events import CIRCUIT_OPEN_DETAIL
 from txmail.workers.status import placeable_time
 from txmail.workers.store.protocol import Delivery, LatestAttempt, Store
 
@@ -21,8 +22,6 @@ WINDOWS = {"hour": timedelta(hours=1), "day": timedelta(days=1)}
 # many deliveries (the newest): enough for a p95, cheap for a page that refreshes.
 LATENCY_BUCKET = timedelta(hours=1)
 LATENCY_SAMPLE = 20_000
-# What the executor writes in an attempt its circuit breaker kept from calling.
-CIRCUIT_OPEN = "circuit open"
 
 
 class Circuit(BaseModel):
@@ -86,7 +85,7 @@ async def circuits(store: Store, now: datetime) -> list[Circuit]:
 
 
 def _circuit_open(attempt: LatestAttempt) -> bool:
-    return CIRCUIT_OPEN in attempt.detail
+    return CIRCUIT_OPEN_DETAIL in attempt.detail
 
 
 async def deadlines(store: Store, now: datetime) -> PendingDeadlinesView:

@@ -3,7 +3,7 @@
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import jinja2
 from aiohttp import web
@@ -185,12 +185,15 @@ async def replay_form(request: web.Request) -> web.StreamResponse:
 
 def _next_page(wanted: object) -> str:
     """Where to go after signing in: a path of this site only, never another site."""
-    if isinstance(wanted, str) and wanted.startswith("/") and not wanted.startswith("//"):
-        return wanted
-    return "/"
+    # "//host" and "/\\host" are other sites to a browser.
+    if not isinstance(wanted, str) or "\\" in wanted or urlsplit(wanted).netloc:
+        return "/"
+    return wanted if wanted.startswith("/") else "/"
 
 
 async def sign_in_page(request: web.Request) -> web.Response:
+    if not request.app[TOKENS_KEY].guarded:
+        raise web.HTTPSeeOther("/")  # nothing to sign in to
     return render(
         request,
         "sign_in.html",
