@@ -11,7 +11,7 @@ from txmail.core.parked import ParkedFallbacks
 from txmail.core.settings import Settings
 from txmail.core.stopping import stop_on_signals
 from txmail.workers.api import api_host, api_tokens, create_api_app
-from txmail.workers.status import as_json, describe
+from txmail.workers.status import as_json, describe, find_either
 from txmail.workers.store import open_store
 from txmail.workers.store.protocol import MessageView, StoreUnavailable
 from txmail.workers.worker import open_store_when_available, serve_worker, timeouts_from
@@ -66,7 +66,7 @@ def api_command(settings: Settings, args: argparse.Namespace) -> int:
 async def _lookup(settings: Settings, wanted: str) -> MessageView | None:
     store = await open_store(settings.database_url, timeouts_from(settings), read_only=True)
     try:
-        return await store.find(dispatch_id=wanted) or await store.find(external_send_id=wanted)
+        return await find_either(store, wanted)
     finally:
         await store.close()
 

@@ -11,7 +11,7 @@ from datetime import datetime
 
 from txmail.core.events import FALLBACK_ATTEMPT_TYPE, POSTBACK_TYPE, FallbackAttempt
 from txmail.core.terminal import printable
-from txmail.workers.store.protocol import MessageView, TimelineEntry
+from txmail.workers.store.protocol import MessageView, Store, TimelineEntry
 
 # What JSON leaves unescaped but a terminal may still act on: DEL, C1 controls, and
 # the Unicode line and paragraph separators.
@@ -45,6 +45,11 @@ def placeable_time(text: str | None) -> datetime | None:
         return None
     # Without an offset it cannot be placed against the other events: use the arrival.
     return at if at is not None and at.tzinfo is not None else None
+
+
+async def find_either(store: Store, wanted: str) -> MessageView | None:
+    """The message ``wanted`` names, as a dispatch id or an external send id."""
+    return await store.find(dispatch_id=wanted) or await store.find(external_send_id=wanted)
 
 
 def in_braze_order(message: MessageView) -> MessageView:

@@ -31,7 +31,6 @@ from txmail.core.tokens import presented_tokens, unauthorized
 
 SESSION_COOKIE = "txmail_session"
 SESSION_LIFETIME = 12 * 3600  # seconds: one shift on call
-CSRF_FIELD = "csrf"
 CSRF_HEADER = "X-Txmail-Csrf"
 SIGN_IN = "/sign-in"
 OPEN_PATHS = frozenset({"/healthz", "/readyz", SIGN_IN})

@@ -1,6 +1,6 @@
 """The console's pages: server-rendered HTML from the same reads as its JSON endpoints."""
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -39,6 +39,7 @@ from txmail.workers.console.routes import (
     recent_failures,
 )
 from txmail.workers.console.timeline import OUTCOME_WORDS, gap_words, steps
+from txmail.workers.status import find_either
 
 REFRESH_SECONDS = 10
 TEMPLATES = jinja2.Environment(
@@ -64,7 +65,8 @@ def render(request: web.Request, template: str, status: int = 200, **context: An
 
 
 async def now_page(request: web.Request) -> web.Response:
-    data = await overview(request.app[STORE], utc_now())
+    now = utc_now()
+    data = await overview(request.app[STORE], now)
     parked = await parked_count(request)
     return render(
         request,
@@ -72,7 +74,7 @@ async def now_page(request: web.Request) -> web.Response:
         title="Now",
         nav="now",
         refresh=REFRESH_SECONDS,
-        now=utc_now(),
+        now=now,
         data=data,
         chart=latency_chart(data["latency"]),
         parked_total=parked if isinstance(parked, int) else None,
@@ -82,10 +84,7 @@ async def now_page(request: web.Request) -> web.Response:
 
 async def message_page(request: web.Request) -> web.Response:
     wanted = request.query.get("id", "").strip()
-    message = None
-    if wanted:
-        store = request.app[STORE]
-        message = await store.find(dispatch_id=wanted) or await store.find(external_send_id=wanted)
+    message = await find_either(request.app[STORE], wanted) if wanted else None
     recipient: list[str] = []
     variables: dict[str, Any] = {}
     if message is not None and message.registration is not None:
@@ -159,12 +158,11 @@ def refused(request: web.Request, status: int, problem: str, back: str) -> web.R
 
 async def replay_form(request: web.Request) -> web.StreamResponse:
     form = await request.post()
-    csrf = form.get("csrf")
     if access_of(request).role is not Role.REPLAY:
         return refused(
             request, 403, "Replaying needs TXMAIL_API_TOKEN, not the read token.", "/parked"
         )
-    if problem := cross_site_problem(request, csrf if isinstance(csrf, str) else None):
+    if problem := cross_site_problem(request, _csrf(form)):
         return refused(request, 403, problem, "/parked")
     parked = parked_operations(request)
     if parked is None:
@@ -181,6 +179,12 @@ async def replay_form(request: web.Request) -> web.StreamResponse:
     if missing := not_found(wanted, replayed):
         outcome["missing"] = ", ".join(missing)
     raise web.HTTPSeeOther(f"/parked?{urlencode(outcome)}")
+
+
+def _csrf(form: Mapping[str, object]) -> str | None:
+    """The CSRF token a form carried back (every form's hidden "csrf" field)."""
+    value = form.get("csrf")
+    return value if isinstance(value, str) else None
 
 
 def _next_page(wanted: object) -> str:
@@ -233,9 +237,7 @@ async def sign_in(request: web.Request) -> web.StreamResponse:
 
 
 async def sign_out(request: web.Request) -> web.StreamResponse:
-    form = await request.post()
-    csrf = form.get("csrf")
-    if problem := cross_site_problem(request, csrf if isinstance(csrf, str) else None):
+    if problem := cross_site_problem(request, _csrf(await request.post())):
         return refused(request, 403, problem, "/")
     response = web.HTTPSeeOther(SIGN_IN)
     clear_session(response)
