@@ -17,6 +17,7 @@ import structlog
 
 from txmail.core.durations import format_duration
 from txmail.core.events import CIRCUIT_OPEN_DETAIL, FallbackRequest
+from txmail.core.rules_file import Mode, Rule
 from txmail.fallback.circuit import Circuits
 from txmail.fallback.handler import (
     FallbackHandler,
@@ -26,7 +27,6 @@ from txmail.fallback.handler import (
 )
 from txmail.fallback.ledger import CallLedger, CallState, ClaimVerdict, LedgerUnavailable
 from txmail.fallback.progress import Progress
-from txmail.fallback.rules import Mode, Rule
 
 log = structlog.get_logger(__name__)
 

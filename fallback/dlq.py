@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from aio_pika.abc import AbstractRobustConnection
 
 from txmail.core.broker import connect_until_up
+from txmail.core.command import Configuration, Subcommands
 from txmail.core.durations import parse_duration
 from txmail.core.errors import BrokerUnavailable
 from txmail.core.events import Trigger
@@ -41,7 +42,7 @@ queues:
                a replay publishes each where it was published before (x-death header)"""
 
 
-def add_dlq_commands(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def add_dlq_commands(commands: Subcommands) -> None:
     dlq = commands.add_parser(
         "dlq",
         help="parked fallback requests and dead-lettered messages: list, replay",
@@ -134,7 +135,7 @@ def _selection(args: argparse.Namespace, ids: set[str] | None = None) -> Selecti
     )
 
 
-def dlq_list(settings: Settings, args: argparse.Namespace) -> int:
+def dlq_list(config: Configuration, args: argparse.Namespace) -> int:
     selection = _selection(args)
     if isinstance(selection, str):
         print(f"txmail: {selection}", file=sys.stderr)
@@ -148,7 +149,7 @@ def dlq_list(settings: Settings, args: argparse.Namespace) -> int:
             print(visited.held.describe(), flush=True)
 
     try:
-        asyncio.run(_visit(settings, args.queue, selection, counts, show))
+        asyncio.run(_visit(config.settings, args.queue, selection, counts, show))
     except BrokerUnavailable as error:
         print(f"txmail: {error}", file=sys.stderr)
         return 1
@@ -157,7 +158,7 @@ def dlq_list(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def dlq_replay(settings: Settings, args: argparse.Namespace) -> int:
+def dlq_replay(config: Configuration, args: argparse.Namespace) -> int:
     ids = None if args.all else set(args.ids)
     selection = _selection(args, ids)
     if isinstance(selection, str):
@@ -180,7 +181,13 @@ def dlq_replay(settings: Settings, args: argparse.Namespace) -> int:
     try:
         asyncio.run(
             _visit(
-                settings, args.queue, selection, counts, report, replay=True, dry_run=args.dry_run
+                config.settings,
+                args.queue,
+                selection,
+                counts,
+                report,
+                replay=True,
+                dry_run=args.dry_run,
             )
         )
     except BrokerUnavailable as error:

@@ -43,6 +43,7 @@ from txmail.fallback.chain import (
     run_chain,
 )
 from txmail.fallback.circuit import Circuits
+from txmail.fallback.configured import FallbackRules
 from txmail.fallback.handler import FallbackHandler, HandlerResources
 from txmail.fallback.ledger import (
     CallLedger,
@@ -54,7 +55,6 @@ from txmail.fallback.progress import PARKED_AT, PARKED_REASON, Progress
 from txmail.fallback.publisher import ConfirmedPublisher, QueuedMessage, with_new_headers
 from txmail.fallback.retries import RetrySchedule
 from txmail.fallback.rules import select_rule
-from txmail.fallback.rules_file import RulesFile
 
 log = structlog.get_logger(__name__)
 
@@ -77,7 +77,9 @@ def fallback_topology(settings: Settings) -> Topology:
     return Topology(settings.namespace, tuple(settings.fallback_retry_schedule))
 
 
-def build_handlers(rules_file: RulesFile, resources: HandlerResources) -> dict[str, ReadyHandler]:
+def build_handlers(
+    rules_file: FallbackRules, resources: HandlerResources
+) -> dict[str, ReadyHandler]:
     """One handler per ``[handlers.NAME]`` table; ConfigError for a plug-in that builds
     something without an async ``send``."""
     handlers = {}
@@ -96,7 +98,7 @@ class FallbackExecutor:
     def __init__(
         self,
         settings: Settings,
-        rules_file: RulesFile,
+        rules_file: FallbackRules,
         handlers: Mapping[str, ReadyHandler],
         connection: AbstractRobustConnection,
         ledger: CallLedger,
@@ -324,7 +326,7 @@ def _detail(result: HandlerResult, verdict: Verdict, rule_index: int) -> str:
 
 @asynccontextmanager
 async def running_executor(
-    settings: Settings, rules_file: RulesFile, stop: asyncio.Event | None = None
+    settings: Settings, rules_file: FallbackRules, stop: asyncio.Event | None = None
 ) -> AsyncIterator[FallbackExecutor | None]:
     """A started executor with its ledger, connection and HTTP client; stopped on exit.
     None when ``stop`` was set while it was still waiting for the database or broker."""

@@ -7,32 +7,17 @@ TransientFailure (worth retrying) or PermanentFailure (retrying cannot help).
 Anything else it raises counts as transient, so retries stay bounded by the schedule.
 """
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Annotated, Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import aiohttp
 from aio_pika.abc import AbstractRobustConnection
-from pydantic import BaseModel, BeforeValidator, ConfigDict
+from pydantic import BaseModel, ConfigDict
 
-from txmail.core.durations import PositiveDuration
+from txmail.core.durations import PositiveWrittenDuration
 from txmail.core.errors import TxmailError
 from txmail.core.events import FallbackRequest
-
-
-def _unit_required(value: object) -> object:
-    """In the rules file a duration is written with its unit, as in the environment: a
-    bare number would be taken as seconds, so ``delivery_timeout = 10`` meant as ten
-    minutes would silently become ten seconds."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        raise ValueError(f'write a duration with its unit, e.g. "{value}s" or "{value}m"')
-    return value
-
-
-# A timeout in the rules file: "90s", "10m", "2h", "1d", "1h30m"; never a bare number,
-# and never zero ("must be longer than 0s").
-PositiveWrittenDuration = Annotated[PositiveDuration, BeforeValidator(_unit_required)]
 
 
 class HandlerFailure(TxmailError):
@@ -68,8 +53,8 @@ class HandlerConfig(BaseModel):
     """Base of every handler's table in the rules file.
 
     A field listed in ``secret_fields`` may instead be given as ``<field>_env``: the
-    name of an environment variable holding it (see ``resolve_secrets``), so the rules
-    file itself can be committed without secrets.
+    name of an environment variable holding it (``txmail.fallback.configured`` reads
+    it), so the rules file itself can be committed without secrets.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
@@ -77,47 +62,6 @@ class HandlerConfig(BaseModel):
 
     # How long one call of the handler may take before it counts as a transient failure.
     timeout: PositiveWrittenDuration = timedelta(seconds=10)
-
-
-# Put in place of a secret whose variable is not set, so the rest of the table is still
-# checked; whatever is said about the field itself is not reported.
-_STAND_IN = "secret-not-set"
-
-
-@dataclass(frozen=True)
-class ResolvedSecrets:
-    table: dict[str, Any]
-    # (key, message) for each ``<field>_env`` that cannot be used.
-    problems: list[tuple[str, str]]
-    # Fields holding a stand-in: problems found in them are not real.
-    unresolved: frozenset[str]
-
-
-def resolve_secrets(
-    config_model: type[HandlerConfig], table: Mapping[str, Any], environ: Mapping[str, str]
-) -> ResolvedSecrets:
-    """``table`` with each ``<field>_env`` replaced by the variable's value. Only the
-    fallback executor (and ``txmail check-config``) does this: the other processes never
-    read handler tables, so they need none of the secrets."""
-    resolved = dict(table)
-    problems: list[tuple[str, str]] = []
-    unresolved = set()
-    for name in config_model.secret_fields:
-        env_key = f"{name}_env"
-        if env_key not in resolved:
-            continue
-        variable = resolved.pop(env_key)
-        if name in resolved:
-            problems.append((env_key, f"set either {name!r} or {env_key!r}, not both"))
-        elif not isinstance(variable, str) or variable not in environ:
-            problems.append(
-                (env_key, f"environment variable {variable!r} is not set (the executor needs it)")
-            )
-            resolved[name] = _STAND_IN
-            unresolved.add(name)
-        else:
-            resolved[name] = environ[variable]
-    return ResolvedSecrets(resolved, problems, frozenset(unresolved))
 
 
 @runtime_checkable

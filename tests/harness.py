@@ -15,7 +15,8 @@ from txmail.core.settings import Settings
 from txmail.core.topology import Topology
 from txmail.workers.store import open_store
 from txmail.workers.store.protocol import Store
-from txmail.workers.worker import run_worker, timeouts_from
+from txmail.workers.timeouts import DeliveryTimeouts
+from txmail.workers.worker import run_worker
 
 
 @asynccontextmanager
@@ -33,7 +34,7 @@ async def publisher(settings: Settings) -> AsyncIterator[Broker]:
 async def running_worker(settings: Settings) -> AsyncIterator[Store]:
     """A worker (tracker and sweeper) until the block ends; yields its store."""
     store = await open_store(
-        settings.database_url, timeouts_from(settings), settings.republish_after
+        settings.database_url, DeliveryTimeouts(settings.delivery_timeout), settings.republish_after
     )
     stop = asyncio.Event()
     task = asyncio.create_task(run_worker(settings, store, stop))

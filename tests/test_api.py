@@ -21,7 +21,8 @@ from tests.factories import postback, registration
 from tests.ports import free_port
 from tests.raw_http import raw_request
 from tests.waiting import wait_until
-from txmail.cli import build_parser
+from txmail.cli import build_parser, exit_code_of
+from txmail.core.command import Command, Configuration
 from txmail.core.settings import Settings
 from txmail.workers.api import api_host, api_tokens, create_api_app
 from txmail.workers.store import open_store
@@ -252,8 +253,9 @@ async def _status(settings: Settings, *argv: str) -> int:
     # Parsed as the shell would; not through main(), which sets up process-wide logging.
     args = build_parser().parse_args(["status", *argv])
     # The command runs its own event loop, as it does from a shell.
-    code: int = await asyncio.to_thread(args.handler, settings, args)
-    return code
+    command: Command = args.handler
+    config = Configuration(settings, rules_file=None)
+    return await asyncio.to_thread(exit_code_of, lambda: command(config, args))
 
 
 async def test_status_with_a_database_url_that_cannot_work_says_why_and_exits_2(

@@ -18,9 +18,10 @@ from txmail.workers.state import Outcome
 from txmail.workers.store import open_store
 from txmail.workers.store.protocol import Store
 from txmail.workers.sweeper import Sweeper
+from txmail.workers.timeouts import DeliveryTimeouts
 from txmail.workers.tracker import Tracker
 from txmail.workers.watermark import WatermarkRule
-from txmail.workers.worker import Worker, timeouts_from
+from txmail.workers.worker import Worker
 
 SEND = {
     "external_send_id": "order-77",
@@ -31,7 +32,7 @@ SEND = {
 
 @asynccontextmanager
 async def running_worker(settings: Settings) -> AsyncIterator[tuple[Worker, Store]]:
-    store = await open_store(settings.database_url, timeouts_from(settings))
+    store = await open_store(settings.database_url, DeliveryTimeouts(settings.delivery_timeout))
     worker = Worker(settings, store)
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
@@ -48,7 +49,7 @@ async def tracker_cut_off_alone(
     settings: Settings, tracker_url: str
 ) -> AsyncIterator[tuple[Tracker, Store]]:
     """A tracker consuming through ``tracker_url`` and a sweeper publishing directly."""
-    store = await open_store(settings.database_url, timeouts_from(settings))
+    store = await open_store(settings.database_url, DeliveryTimeouts(settings.delivery_timeout))
     broker = Broker(settings.amqp_url, Topology(settings.namespace), settings.publish_timeout)
     broker.start()
     tracker = Tracker(

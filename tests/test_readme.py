@@ -7,6 +7,8 @@ from pathlib import Path
 from tests.ingress_server import running_ingress
 from txmail.cli import build_parser
 from txmail.core.settings import Settings
+from txmail.fallback.configured import resolve_secrets
+from txmail.fallback.handler import HandlerConfig
 
 ROOT = Path(__file__).parent.parent
 README = (ROOT / "README.md").read_text()
@@ -87,3 +89,21 @@ async def test_the_samples_are_accepted_as_they_are(settings: Settings) -> None:
         )
         assert posted.status == 202, await posted.text()
         assert (await posted.json())["accepted"] == 5
+
+
+def test_the_plugin_example_runs_as_written() -> None:
+    """The handler type under "Writing a handler type", executed as a module: its
+    imports are the public plug-in API, and its config is one the executor takes."""
+    section = README.split("### Writing a handler type", 1)[1]
+    code = re.search(r"```python\n(.+?)```", section, re.DOTALL)
+    assert code is not None
+    module: dict[str, object] = {}
+    exec(compile(code.group(1), "README.md (mypackage/pager.py)", "exec"), module)  # noqa: S102
+    config_model = module["PagerConfig"]
+    assert isinstance(config_model, type)
+    assert issubclass(config_model, HandlerConfig)
+    assert vars(module["PagerHandler"])["config_model"] is config_model
+    table = {"url": "https://pager.example.com/", "api_key_env": "PAGER_KEY"}
+    secrets = resolve_secrets(config_model, table, {"PAGER_KEY": "k"})
+    assert secrets.problems == []
+    assert config_model.model_validate(secrets.table).timeout.total_seconds() == 10

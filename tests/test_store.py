@@ -292,3 +292,23 @@ async def test_worker_progress_is_one_row_per_worker_and_old_rows_are_forgotten(
     )
     rows = await store.report_progress(again, NOW - timedelta(hours=1))
     assert rows == [again]
+
+
+async def test_two_workers_making_one_new_message_at_once_both_count(
+    postgres_schema_url: str,
+) -> None:
+    # Neither finds a row: each must wait for the other's, not write over it.
+    workers = [await open_store(postgres_schema_url, TIMEOUTS) for _ in range(2)]
+    try:
+        for i in range(20):
+            await asyncio.gather(
+                workers[0].apply([postback(f"d{i}", "sent", NOW)], NOW),
+                workers[1].apply([postback(f"d{i}", "bounced", NOW)], NOW),
+            )
+        for i in range(20):
+            message = await workers[0].find(dispatch_id=f"d{i}")
+            assert message is not None
+            assert set(message.statuses) == {"sent", "bounced"}
+    finally:
+        for worker in workers:
+            await worker.close()

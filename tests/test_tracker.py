@@ -217,7 +217,7 @@ BEGIN
     IF NEW.dispatch_id = 'poison' THEN RAISE EXCEPTION 'refusing the poison message'; END IF;
     RETURN NEW;
 END $$;
-CREATE TRIGGER refuse_poison BEFORE UPDATE ON messages
+CREATE TRIGGER refuse_poison BEFORE INSERT OR UPDATE ON messages
     FOR EACH ROW EXECUTE FUNCTION refuse_poison();
 """
 

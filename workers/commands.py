@@ -5,7 +5,7 @@ import asyncio
 import sys
 from collections.abc import Callable
 
-from txmail.core.errors import ConfigError
+from txmail.core.command import Configuration, Subcommands
 from txmail.core.http import serve_until_stopped
 from txmail.core.parked import ParkedFallbacks
 from txmail.core.settings import Settings
@@ -14,35 +14,23 @@ from txmail.workers.api import api_host, api_tokens, create_api_app
 from txmail.workers.status import as_json, describe, find_either
 from txmail.workers.store import open_store
 from txmail.workers.store.protocol import MessageView, StoreUnavailable
-from txmail.workers.worker import open_store_when_available, serve_worker, timeouts_from
-
-Command = Callable[[Settings, argparse.Namespace], int]
-
-
-def _fails_cleanly(command: Command) -> Command:
-    """Configuration problems end a command with the message and exit code 2."""
-
-    def run(settings: Settings, args: argparse.Namespace) -> int:
-        try:
-            return command(settings, args)
-        except ConfigError as error:
-            print(f"txmail: {error}", file=sys.stderr)
-            return 2
-
-    return run
+from txmail.workers.timeouts import delivery_timeouts
+from txmail.workers.worker import open_store_when_available, serve_worker
 
 
-@_fails_cleanly
-def worker_command(settings: Settings, args: argparse.Namespace) -> int:
-    asyncio.run(serve_worker(settings))
+def worker_command(config: Configuration, args: argparse.Namespace) -> int:
+    asyncio.run(serve_worker(config))
     return 0
 
 
-async def _serve_api(settings: Settings, parked: ParkedFallbacks) -> None:
+async def _serve_api(config: Configuration, parked: ParkedFallbacks) -> None:
+    settings = config.settings
     host = api_host(settings)  # says at once when no token guards the API
     stop = stop_on_signals()
     # Reads only: a read-only database user is enough, and the tables are the workers'.
-    store = await open_store_when_available(settings, timeouts_from(settings), stop, read_only=True)
+    store = await open_store_when_available(
+        settings, delivery_timeouts(config), stop, read_only=True
+    )
     if store is None:
         return
     try:
@@ -57,24 +45,23 @@ async def _serve_api(settings: Settings, parked: ParkedFallbacks) -> None:
         await store.close()
 
 
-@_fails_cleanly
-def api_command(settings: Settings, args: argparse.Namespace) -> int:
-    asyncio.run(_serve_api(settings, args.parked_fallbacks(settings)))
+def api_command(config: Configuration, args: argparse.Namespace) -> int:
+    asyncio.run(_serve_api(config, args.parked_fallbacks(config.settings)))
     return 0
 
 
-async def _lookup(settings: Settings, wanted: str) -> MessageView | None:
-    store = await open_store(settings.database_url, timeouts_from(settings), read_only=True)
+async def _lookup(config: Configuration, wanted: str) -> MessageView | None:
+    url = config.settings.database_url
+    store = await open_store(url, delivery_timeouts(config), read_only=True)
     try:
         return await find_either(store, wanted)
     finally:
         await store.close()
 
 
-@_fails_cleanly
-def status_command(settings: Settings, args: argparse.Namespace) -> int:
+def status_command(config: Configuration, args: argparse.Namespace) -> int:
     try:
-        message = asyncio.run(_lookup(settings, args.id))
+        message = asyncio.run(_lookup(config, args.id))
     except StoreUnavailable as error:
         print(f"txmail: cannot read the store: {error}", file=sys.stderr)
         return 2
@@ -90,8 +77,7 @@ def status_command(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def add_commands(
-    commands: "argparse._SubParsersAction[argparse.ArgumentParser]",
-    parked_fallbacks: Callable[[Settings], ParkedFallbacks],
+    commands: Subcommands, parked_fallbacks: Callable[[Settings], ParkedFallbacks]
 ) -> None:
     """``parked_fallbacks``: how `txmail api` reaches the parked fallback requests (the
     executor's business, so the command hands it in)."""

@@ -1,38 +1,11 @@
-"""Delivery timeouts: the default, and per-campaign overrides from the rules file.
+"""Delivery timeouts: the environment's default, and the rules file's ``[tracking]``
+(``txmail.core.rules_file``) over it, per campaign."""
 
-Only the rules file's ``[tracking]`` section is read here; every other section
-belongs to the fallback executor, which validates it.
-"""
-
-import tomllib
 from dataclasses import dataclass, field
 from datetime import timedelta
-from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
-from txmail.core.durations import PositiveDuration
-from txmail.core.errors import ConfigError
-
-
-class _CampaignTracking(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    delivery_timeout: PositiveDuration
-
-
-class _Tracking(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    delivery_timeout: PositiveDuration | None = None
-    campaigns: dict[str, _CampaignTracking] = Field(default_factory=dict)
-
-
-class _RulesFile(BaseModel):
-    # Other sections are the fallback executor's to validate.
-    model_config = ConfigDict(extra="allow")
-
-    tracking: _Tracking = Field(default_factory=_Tracking)
+from txmail.core.command import Configuration
+from txmail.core.rules_file import Tracking
 
 
 @dataclass(frozen=True)
@@ -48,28 +21,9 @@ class DeliveryTimeouts:
         return self.campaigns.get(campaign_api_id, self.default)
 
 
-def load_timeouts(default: timedelta, rules: Path | None) -> DeliveryTimeouts:
-    """The timeouts from the environment's default and, when given, the rules file.
-
-    Raises ConfigError naming the file and the field when the file is unusable.
-    """
-    if rules is None:
-        return DeliveryTimeouts(default)
-    try:
-        parsed = _RulesFile.model_validate(tomllib.loads(rules.read_text()))
-    except OSError as error:
-        raise ConfigError(f"{rules}: cannot read the rules file: {error.strerror}") from None
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"{rules}: not valid TOML: {error}") from None
-    except ValidationError as error:
-        problems = [
-            f"{rules}: {'.'.join(str(p) for p in e['loc'])}: "
-            + e["msg"].removeprefix("Value error, ")
-            for e in error.errors(include_url=False)
-        ]
-        raise ConfigError("\n".join(problems)) from None
-    tracking = parsed.tracking
+def delivery_timeouts(config: Configuration) -> DeliveryTimeouts:
+    tracking = Tracking() if config.rules_file is None else config.rules_file.tracking
     return DeliveryTimeouts(
-        default=tracking.delivery_timeout or default,
+        default=tracking.delivery_timeout or config.settings.delivery_timeout,
         campaigns={name: c.delivery_timeout for name, c in tracking.campaigns.items()},
     )

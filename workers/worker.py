@@ -6,6 +6,7 @@ import structlog
 
 from txmail.core.backoff import until_up
 from txmail.core.broker import Broker
+from txmail.core.command import Configuration
 from txmail.core.health import create_health_app
 from txmail.core.http import serving
 from txmail.core.settings import Settings
@@ -14,18 +15,13 @@ from txmail.core.topology import Topology
 from txmail.workers.store import open_store
 from txmail.workers.store.protocol import Store, StoreUnavailable
 from txmail.workers.sweeper import Sweeper
-from txmail.workers.timeouts import DeliveryTimeouts, load_timeouts
+from txmail.workers.timeouts import DeliveryTimeouts, delivery_timeouts
 from txmail.workers.tracker import Tracker
 from txmail.workers.watermark import WatermarkRule
 
 log = structlog.get_logger(__name__)
 
 BROKER_WAIT_INTERVAL = 0.05
-
-
-def timeouts_from(settings: Settings) -> DeliveryTimeouts:
-    """Raises ConfigError when the rules file is unusable."""
-    return load_timeouts(settings.delivery_timeout, settings.rules)
 
 
 async def open_store_when_available(
@@ -97,11 +93,12 @@ async def run_worker(settings: Settings, store: Store, stop: asyncio.Event) -> N
     await Worker(settings, store).run(stop)
 
 
-async def serve_worker(settings: Settings) -> None:
+async def serve_worker(config: Configuration) -> None:
     """``txmail worker``: run until SIGTERM, with /healthz and /readyz on the metrics port
     from the start (a port in use ends the process before it waits for anything)."""
+    settings = config.settings
     stop = stop_on_signals()
-    timeouts = timeouts_from(settings)
+    timeouts = delivery_timeouts(config)
     worker: Worker | None = None
 
     async def not_ready() -> list[str]:

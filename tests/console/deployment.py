@@ -18,10 +18,11 @@ from tests.fallback.servers import Receiver
 from tests.harness import running_worker
 from tests.waiting import wait_until
 from txmail.core.http import serving
+from txmail.core.rules_file import read_rules_file
 from txmail.core.settings import Settings
+from txmail.fallback.configured import configure
 from txmail.fallback.executor import running_executor
 from txmail.fallback.parked_operations import BrokerParkedFallbacks
-from txmail.fallback.rules_file import load_rules_file
 from txmail.ingress.app import create_app
 from txmail.workers.api import api_tokens, create_api_app
 from txmail.workers.store.protocol import MessageView, Store
@@ -113,7 +114,7 @@ async def deployed(settings: Settings, tmp_path: Path) -> AsyncIterator[Deployme
         stop = asyncio.Event()
         running.callback(stop.set)
         await running.enter_async_context(
-            running_executor(settings, load_rules_file(rules_path), stop)
+            running_executor(settings, configure(read_rules_file(rules_path)), stop)
         )
         ingress = f"http://127.0.0.1:{ingress_port}"
         await wait_until(lambda: _ready(ingress), what="the ingress connected to RabbitMQ")

@@ -18,11 +18,12 @@ from aiosmtpd.controller import Controller
 from tests.fallback.servers import MailCollector, Receiver, check_login
 from tests.ports import free_port
 from txmail.core.events import FALLBACK_ATTEMPT_TYPE, FallbackAttempt
+from txmail.core.rules_file import read_rules_file
 from txmail.core.settings import Settings
 from txmail.core.topology import Topology
+from txmail.fallback.configured import FallbackRules, configure
 from txmail.fallback.executor import fallback_topology
 from txmail.fallback.handler import HandlerResources
-from txmail.fallback.rules_file import RulesFile, load_rules_file
 
 RETRY_SCHEDULE = [timedelta(milliseconds=200), timedelta(milliseconds=500)]
 
@@ -127,11 +128,11 @@ def smtp_server_with_starttls(
 
 
 @pytest.fixture
-def write_rules(tmp_path: Path) -> Callable[[str], RulesFile]:
-    def write(text: str) -> RulesFile:
+def write_rules(tmp_path: Path) -> Callable[[str], FallbackRules]:
+    def write(text: str) -> FallbackRules:
         path = tmp_path / "rules.toml"
         path.write_text(text)
-        return load_rules_file(path)
+        return configure(read_rules_file(path))
 
     return write
 

@@ -24,9 +24,9 @@ from txmail.core.durations import format_duration
 from txmail.core.events import FallbackRequest, Trigger
 from txmail.core.settings import Settings
 from txmail.fallback import dlq
+from txmail.fallback.configured import FallbackRules
 from txmail.fallback.executor import fallback_topology, running_executor
 from txmail.fallback.progress import PARKED_AT, PARKED_REASON, Progress
-from txmail.fallback.rules_file import RulesFile
 
 RULE = '[[rules]]\non = ["*"]\nhandlers = ["ops-hook"]\n'
 
@@ -63,7 +63,7 @@ async def txmail(settings: Settings, *args: str) -> tuple[int, str, str]:
 async def test_dlq_list_shows_what_is_parked_and_replay_puts_it_back(
     fallback_settings: Settings,
     receiver: Receiver,
-    write_rules: Callable[[str], RulesFile],
+    write_rules: Callable[[str], FallbackRules],
     attempt_log: AttemptLog,
 ) -> None:
     rules = write_rules(handlers_toml(receiver) + RULE)

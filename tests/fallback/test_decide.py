@@ -2,9 +2,9 @@
 
 import pytest
 
+from txmail.core.rules_file import Rule
 from txmail.fallback.chain import Decision, HandlerResult, ResultKind, decide
 from txmail.fallback.progress import Progress
-from txmail.fallback.rules import Rule
 
 OK, TRANSIENT, PERMANENT = ResultKind.SUCCEEDED, ResultKind.TRANSIENT, ResultKind.PERMANENT
 

@@ -22,6 +22,7 @@ from tests.fallback.servers import Receiver
 from tests.tcp_proxy import TcpProxy
 from tests.waiting import wait_until
 from txmail.core.settings import Settings
+from txmail.fallback.configured import FallbackRules
 from txmail.fallback.executor import (
     FallbackExecutor,
     build_handlers,
@@ -31,9 +32,8 @@ from txmail.fallback.executor import (
 from txmail.fallback.handler import HandlerResources
 from txmail.fallback.ledger import open_ledger
 from txmail.fallback.parking import list_parked, replay_parked
-from txmail.fallback.rules_file import RulesFile
 
-WriteRules = Callable[[str], RulesFile]
+WriteRules = Callable[[str], FallbackRules]
 
 
 async def test_a_receiver_that_fails_at_first_gets_the_fallback_once_it_recovers(

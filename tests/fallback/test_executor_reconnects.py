@@ -8,9 +8,10 @@ from tests.fallback.requests import a_request, handlers_toml, publish
 from tests.fallback.servers import Receiver
 from tests.readiness import is_not_consuming, is_ready, proxied
 from tests.waiting import wait_until
+from txmail.core.rules_file import read_rules_file
 from txmail.core.settings import Settings
+from txmail.fallback.configured import configure
 from txmail.fallback.executor import running_executor
-from txmail.fallback.rules_file import load_rules_file
 
 
 async def test_the_executor_consumes_again_and_runs_the_fallback_once(
@@ -20,7 +21,7 @@ async def test_the_executor_consumes_again_and_runs_the_fallback_once(
     rules_path.write_text(
         handlers_toml(receiver) + '[[rules]]\non = ["bounced"]\nhandlers = ["ops-hook"]\n'
     )
-    rules = load_rules_file(rules_path)
+    rules = configure(read_rules_file(rules_path))
     async with proxied(fallback_settings) as (proxy, cut_off):
         async with running_executor(cut_off, rules) as executor:
             assert executor is not None

@@ -25,15 +25,15 @@ from txmail.core.durations import format_duration
 from txmail.core.events import utc_now
 from txmail.core.settings import Settings
 from txmail.core.topology import Topology
+from txmail.fallback.configured import FallbackRules
 from txmail.fallback.executor import running_executor
-from txmail.fallback.rules_file import RulesFile
 from txmail.workers.decisions import to_outgoing
 from txmail.workers.store import open_store
 from txmail.workers.sweeper import Sweeper
 from txmail.workers.timeouts import DeliveryTimeouts
 from txmail.workers.watermark import WatermarkRule, WorkerProgress
 
-WriteRules = Callable[[str], RulesFile]
+WriteRules = Callable[[str], FallbackRules]
 HOOK = '[[rules]]\non = ["*"]\nhandlers = ["ops-hook"]\n'
 # Long enough, even shortened by the jitter, for a copy that finds the call busy to
 # outlive the holder's lease (the webhook's 2s timeout + 5s).

@@ -13,7 +13,7 @@ import aiohttp
 from tests.fallback.conftest import RETRY_SCHEDULE
 from tests.fallback.servers import WEBHOOK_SECRET, Receiver
 from tests.ports import free_port
-from tests.processes import wait_for_line
+from tests.processes import environment, wait_for_line
 from tests.waiting import wait_until
 from txmail.core.durations import format_duration
 from txmail.core.settings import Settings
@@ -122,6 +122,47 @@ async def test_sigterm_stops_txmail_run_while_the_broker_is_unreachable(tmp_path
         await wait_for_line(process, b"broker not reachable")
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), timeout=5) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def test_txmail_run_gives_requests_in_flight_the_shutdown_timeout_and_no_more(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """`txmail run` serves through txmail.core.http as `txmail ingress` does: on SIGTERM
+    a request still in flight gets TXMAIL_SHUTDOWN_TIMEOUT, not aiohttp's 60 s (nor the
+    body timeout, a minute here)."""
+    port = free_port()
+    env = environment(settings) | {
+        "TXMAIL_DATABASE_URL": f"sqlite:///{tmp_path / 'txmail.db'}",
+        "TXMAIL_HTTP_HOST": "127.0.0.1",
+        "TXMAIL_HTTP_PORT": str(port),
+        "TXMAIL_API_PORT": str(free_port()),
+        "TXMAIL_SHUTDOWN_TIMEOUT": "1s",
+        "TXMAIL_HTTP_BODY_TIMEOUT": "1m",
+        "TXMAIL_LOG_LEVEL": "info",  # for the line saying every part runs
+    }
+    env.pop("TXMAIL_RULES", None)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "txmail.cli", "run", env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        await wait_for_line(process, b'"running"', timeout=30)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            b"POST /postbacks HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100\r\n\r\n{"
+        )
+        await writer.drain()
+        process.send_signal(signal.SIGTERM)
+        started = asyncio.get_running_loop().time()
+        assert await asyncio.wait_for(process.wait(), timeout=30) == 0
+        assert asyncio.get_running_loop().time() - started < 15
+        assert await asyncio.wait_for(reader.read(), timeout=5) == b""  # cut, not answered
+        writer.close()
     finally:
         if process.returncode is None:
             process.kill()
