@@ -5,7 +5,6 @@ import base64
 import json
 import os
 import signal
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -17,10 +16,11 @@ from aiohttp import web
 from pydantic import SecretStr
 from structlog.testing import capture_logs
 
-from tests.factories import postback, registration
-from tests.ports import free_port
-from tests.raw_http import raw_request
-from tests.waiting import wait_until
+from tests.support.factories import postback, registration
+from tests.support.ports import free_port
+from tests.support.processes import spawn
+from tests.support.raw_http import raw_request
+from tests.support.waiting import wait_until
 from txmail.cli import build_parser, exit_code_of
 from txmail.core.command import Command, Configuration
 from txmail.core.settings import Settings
@@ -208,10 +208,9 @@ async def test_txmail_run_guards_its_api_with_the_tokens(
         "TXMAIL_API_READ_TOKEN": READ_TOKEN,
         "TXMAIL_LOG_LEVEL": "warning",
     }
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "txmail.cli", "run", env=env,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
+    process = await spawn(
+        "run", env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+    )
     base = f"http://127.0.0.1:{api_port}"
     try:
 

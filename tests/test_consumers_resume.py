@@ -7,9 +7,9 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
 
-from tests.ingress_server import running_ingress
-from tests.readiness import is_not_consuming, is_ready, proxied
-from tests.waiting import wait_until
+from tests.support.ingress_server import running_ingress
+from tests.support.readiness import is_not_consuming, is_ready, proxied
+from tests.support.waiting import wait_until
 from txmail.core.broker import Broker
 from txmail.core.events import utc_now
 from txmail.core.settings import Settings

@@ -9,9 +9,9 @@ from datetime import timedelta
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
-from tests.factories import outgoing_postback, postback, raw_postback
-from tests.harness import publisher
-from tests.waiting import wait_until
+from tests.support.factories import outgoing_postback, postback, raw_postback
+from tests.support.harness import publisher
+from tests.support.waiting import wait_until
 from txmail.core.events import utc_now
 from txmail.core.settings import Settings
 from txmail.core.topology import Topology

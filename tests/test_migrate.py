@@ -4,7 +4,6 @@ the readers (api, status) work with a database user that may only SELECT."""
 import asyncio
 import os
 import sqlite3
-import sys
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -15,10 +14,10 @@ import aiohttp
 import asyncpg
 import pytest
 
-from tests.factories import postback
-from tests.ports import free_port
-from tests.processes import wait_for_line
-from tests.waiting import wait_until
+from tests.support.factories import postback
+from tests.support.ports import free_port
+from tests.support.processes import spawn, wait_for_line
+from tests.support.waiting import wait_until
 from txmail.cli import build_parser, exit_code_of
 from txmail.core.command import Command, Configuration
 from txmail.core.database import Migration
@@ -169,10 +168,7 @@ async def test_a_read_only_role_serves_status_and_the_api(
     assert await _command(reader, "status", "d1") == 0
     assert capsys.readouterr().out.startswith("bounced: 550 no such user")
     port = free_port()
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "txmail.cli",
+    process = await spawn(
         "api",
         env={
             **os.environ,
@@ -182,7 +178,6 @@ async def test_a_read_only_role_serves_status_and_the_api(
             "TXMAIL_API_READ_TOKEN": "",
             "TXMAIL_API_HOST": "",
         },
-        stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
     try:
@@ -217,13 +212,8 @@ async def test_a_sqlite_path_the_worker_cannot_write_fails_at_start_naming_it(
     tmp_path: Path,
 ) -> None:
     for path in _unwritable(tmp_path):
-        worker = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "txmail.cli",
-            "worker",
-            env={**os.environ, "TXMAIL_DATABASE_URL": f"sqlite:///{path}"},
-            stderr=asyncio.subprocess.PIPE,
+        worker = await spawn(
+            "worker", env={**os.environ, "TXMAIL_DATABASE_URL": f"sqlite:///{path}"}
         )
         try:
             _, err = await asyncio.wait_for(worker.communicate(), 20)

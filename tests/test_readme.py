@@ -4,7 +4,8 @@ import json
 import re
 from pathlib import Path
 
-from tests.ingress_server import running_ingress
+from tests.support.braze import BRAZE_EXAMPLES
+from tests.support.ingress_server import running_ingress
 from txmail.cli import build_parser
 from txmail.core.settings import Settings
 from txmail.fallback.configured import resolve_secrets
@@ -56,8 +57,7 @@ def test_the_first_lines_run_it_try_it_and_test_it() -> None:
 
 
 def test_the_sample_is_brazes_five_examples_as_they_are() -> None:
-    examples = json.loads((ROOT / "tests" / "braze-postbacks.json").read_text())["examples"]
-    assert examples == SAMPLE
+    assert BRAZE_EXAMPLES == SAMPLE
 
 
 def test_the_sample_send_and_the_registration_example_are_for_the_samples_send() -> None:

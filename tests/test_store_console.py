@@ -5,7 +5,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tests.factories import postback, registration, tracked
+from tests.support.factories import postback, registration, tracked
 from txmail.core.events import FALLBACK_ATTEMPT_TYPE, AttemptOutcome, FallbackAttempt
 from txmail.workers.store import open_store
 from txmail.workers.store.protocol import (

@@ -13,10 +13,10 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from tests.fallback.requests import handlers_toml
-from tests.fallback.servers import Receiver
-from tests.harness import running_worker
-from tests.waiting import wait_until
+from tests.support.harness import running_worker
+from tests.support.rules_file import webhook_to
+from tests.support.servers import Receiver
+from tests.support.waiting import wait_until
 from txmail.core.http import serving
 from txmail.core.rules_file import read_rules_file
 from txmail.core.settings import Settings
@@ -26,12 +26,6 @@ from txmail.fallback.parked_operations import BrokerParkedFallbacks
 from txmail.ingress.app import create_app
 from txmail.workers.api import api_tokens, create_api_app
 from txmail.workers.store.protocol import MessageView, Store
-
-RULES = """
-[[rules]]
-on = ["bounced", "aborted"]
-handlers = ["ops-hook"]
-"""
 
 
 @dataclass
@@ -105,7 +99,7 @@ async def deployed(settings: Settings, tmp_path: Path) -> AsyncIterator[Deployme
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
         receiver.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-        rules_path.write_text(handlers_toml(receiver) + RULES)
+        rules_path.write_text(webhook_to(receiver.url, on=("bounced", "aborted"), timeout="2s"))
 
         ingress_port = await running.enter_async_context(
             serving(create_app(settings), "127.0.0.1", 0, settings)

@@ -16,11 +16,11 @@ import aiohttp
 import pytest
 from pydantic import SecretStr
 
-from tests.factories import postback, registration, tracked
-from tests.fallback.requests import a_request
-from tests.ports import free_port
-from tests.processes import environment
-from tests.waiting import wait_until
+from tests.support.factories import postback, registration, tracked
+from tests.support.fallback import a_request
+from tests.support.ports import free_port
+from tests.support.processes import environment
+from tests.support.waiting import wait_until
 from txmail.core.events import (
     CIRCUIT_OPEN_DETAIL,
     FALLBACK_ATTEMPT_TYPE,

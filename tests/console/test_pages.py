@@ -9,7 +9,7 @@ from playwright.async_api import Browser, Page, expect
 from pydantic import SecretStr
 
 from tests.console.deployment import deployed
-from tests.waiting import wait_until
+from tests.support.waiting import wait_until
 from txmail.core.settings import Settings
 
 DOCS = Path(__file__).parents[2] / "docs"

@@ -3,16 +3,15 @@
 import asyncio
 import os
 import signal
-import sys
 import textwrap
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from tests.fallback.servers import WEBHOOK_SECRET
-from tests.ports import free_port
-from tests.processes import wait_for_line
+from tests.support.ports import free_port
+from tests.support.processes import spawn, wait_for_line
+from tests.support.servers import WEBHOOK_SECRET
 from txmail.cli import main
 from txmail.core.errors import ConfigError
 from txmail.core.events import FallbackRequest, Recipient, Trigger
@@ -433,8 +432,8 @@ def test_the_workers_check_the_tracking_they_read_as_check_config_does(
 
 async def test_the_ingress_starts_without_the_handlers_secrets(settings: Settings) -> None:
     env = {k: v for k, v in os.environ.items() if k not in EXAMPLE_SECRETS}
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "txmail.cli", "ingress",
+    process = await spawn(
+        "ingress",
         env={
             **env,
             "TXMAIL_AMQP_URL": settings.amqp_url,
@@ -443,8 +442,8 @@ async def test_the_ingress_starts_without_the_handlers_secrets(settings: Setting
             "TXMAIL_HTTP_PORT": str(free_port()),
             "TXMAIL_RULES": str(EXAMPLE_FILE),
         },
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
+        stderr=asyncio.subprocess.STDOUT,
+    )
     try:
         # Once connected: a SIGTERM while the broker connects is a matter of its own.
         await wait_for_line(process, b"broker connected")

@@ -9,7 +9,7 @@ from typing import Any
 
 import aio_pika
 
-from tests.waiting import wait_until
+from tests.support.waiting import wait_until
 from txmail.core.broker import Broker
 from txmail.core.settings import Settings
 from txmail.core.topology import Topology
@@ -53,7 +53,9 @@ class QueueReader:
     channel: aio_pika.abc.AbstractChannel
     queue_name: str
 
-    async def drain(self) -> list[aio_pika.abc.AbstractIncomingMessage]:
+    async def take_all(self) -> list[aio_pika.abc.AbstractIncomingMessage]:
+        """What is on the queue now, without waiting (unlike amqp.drain, which waits for
+        a count)."""
         queue = await self.channel.get_queue(self.queue_name, ensure=False)
         taken = []
         while (message := await queue.get(no_ack=True, fail=False)) is not None:
