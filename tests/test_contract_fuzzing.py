@@ -27,6 +27,7 @@ from txmail.core.http import serving
 from txmail.core.settings import Settings
 from txmail.core.topology import Topology
 from txmail.workers.api import create_api_app
+from txmail.workers.console.access import ApiTokens
 from txmail.workers.incoming import decode
 from txmail.workers.store import open_store
 from txmail.workers.store.protocol import Store
@@ -119,7 +120,9 @@ async def test_schemathesis_finds_no_defect_in_the_ingress_and_the_api(
     await store.apply(events, now)
     before = await store.counts()
 
-    async with serving(create_api_app(store, [SecretStr(TOKEN)]), "127.0.0.1", 0, guarded) as port:
+    async with serving(
+        create_api_app(store, ApiTokens(replay=SecretStr(TOKEN))), "127.0.0.1", 0, guarded
+    ) as port:
         await schemathesis(f"http://127.0.0.1:{port}", tmp_path / "api.har")
     answered = Counter(e["response"]["status"] for e in exchanges(tmp_path / "api.har"))
     assert answered[200] > 0, "the documented examples should find the sample message"

@@ -18,6 +18,7 @@ from tests.support.ingress_server import running_ingress
 from txmail.core.settings import Settings
 from txmail.ingress.app import create_app
 from txmail.workers.api import create_api_app
+from txmail.workers.console.access import ApiTokens
 from txmail.workers.store import open_store
 from txmail.workers.store.protocol import MessageView, Store
 from txmail.workers.timeouts import DeliveryTimeouts
@@ -94,7 +95,7 @@ async def test_the_ingress_serves_its_document(settings: Settings) -> None:
 
 
 async def test_the_api_serves_its_document_without_a_token(store: Store) -> None:
-    app = create_api_app(store, [SecretStr("s3cret")])
+    app = create_api_app(store, ApiTokens(replay=SecretStr("s3cret")))
     async with TestClient(TestServer(app)) as client:
         response = await client.get("/openapi.json")
         assert response.status == 200
