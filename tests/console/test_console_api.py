@@ -17,7 +17,7 @@ import pytest
 from pydantic import SecretStr
 
 from tests.support.factories import postback, registration, tracked
-from tests.support.fallback import a_request
+from tests.support.fallback import a_request, park
 from tests.support.ports import free_port
 from tests.support.processes import environment
 from tests.support.waiting import wait_until
@@ -31,7 +31,6 @@ from txmail.core.http import serving
 from txmail.core.settings import Settings
 from txmail.core.topology import Topology
 from txmail.fallback.parking.operations import BrokerParkedFallbacks
-from txmail.fallback.policy.progress import PARKED_AT, PARKED_REASON
 from txmail.workers.api import create_api_app
 from txmail.workers.console import access
 from txmail.workers.console.access import ApiTokens, Role, new_session
@@ -93,25 +92,6 @@ async def call(
         return response.status, json.loads(text) if is_json else text
 
 
-async def park(settings: Settings) -> str:
-    """A fallback request in the parking queue, as the executor leaves one there."""
-    request = a_request()
-    topology = Topology(settings.namespace)
-    connection = await aio_pika.connect(settings.amqp_url)
-    async with connection:
-        channel = await connection.channel(publisher_confirms=True)
-        await topology.declare(channel)
-        await channel.default_exchange.publish(
-            aio_pika.Message(
-                request.model_dump_json().encode(),
-                message_id="parked-1",
-                headers={PARKED_REASON: "ops-hook: permanent: answered 400", PARKED_AT: "x"},
-            ),
-            topology.fallback_parking_queue,
-        )
-    return request.idempotency_key
-
-
 async def test_the_json_endpoints_give_what_the_pages_show(
     store: Store, settings: Settings
 ) -> None:
@@ -147,7 +127,9 @@ async def test_the_json_endpoints_give_what_the_pages_show(
 async def test_parked_requests_are_listed_to_readers_and_replayed_only_with_the_full_token(
     store: Store, settings: Settings
 ) -> None:
-    key = await park(settings)
+    request = a_request()
+    await park(settings, request)
+    key = request.idempotency_key
     async with api(store, settings) as url:
         assert await call("GET", f"{url}/v1/parked/count", READ) == (200, {"total": 1})
         status, body = await call("GET", f"{url}/v1/parked", READ)
@@ -161,10 +143,16 @@ async def test_parked_requests_are_listed_to_readers_and_replayed_only_with_the_
         other_site = {**REPLAY, "Origin": "https://evil.example"}
         status, body = await call("POST", replay, other_site, json={"ids": [key]})
         assert (status, body["error"]) == (403, "forbidden")
-        wrongs: list[Any] = [{}, {"ids": []}, {"ids": [1]}, {"all": True, "ids": [key]}, []]
+        wrongs: list[Any] = [
+            {}, {"ids": []}, {"ids": [1]}, {"all": True, "ids": [key]}, [], {"all": 1},
+            {"ids": [key], "then": "all"},
+        ]  # fmt: skip
         for wrong in wrongs:
             status, body = await call("POST", replay, REPLAY, json=wrong)
             assert (status, body["error"]) == (400, "bad_request"), wrong
+        for raw in (b"[" * 100_000, b"\xff", b'{"ids": ["\\ud800"]}'):  # deep, not text, half
+            status, body = await call("POST", replay, REPLAY, data=raw)
+            assert (status, body["error"]) == (400, "bad_request"), raw
 
         status, body = await call("POST", replay, REPLAY, json={"ids": [key, "nope"]})
         assert status == 200
@@ -191,6 +179,21 @@ async def test_without_a_way_to_the_parking_queue_the_parked_list_is_503(
         status, page = await call("GET", f"{url}/parked", READ)
         assert status == 200
         assert "cannot see the parked fallbacks" in page
+
+
+async def test_numbers_no_one_writes_are_refused_or_ignored_never_an_error(
+    store: Store, settings: Settings
+) -> None:
+    """isdigit() takes "²", which int() refuses, and int() refuses over 4300 digits."""
+    async with api(store, settings, parked=False) as url:
+        for limit in ("²", "9" * 5000, "+1", " 1"):
+            status, body = await call("GET", f"{url}/v1/failures", READ, params={"limit": limit})
+            assert (status, body["error"]) == (400, "bad_request"), limit
+        status, _ = await call("GET", f"{url}/parked", READ, params={"replayed": "²"})
+        assert status == 200
+        for expires in ("²", "9" * 5000):
+            status, _ = await call("GET", f"{url}/failures", cookie(f"read.{expires}.00.00"))
+            assert status == 303, expires
 
 
 def cookie(value: str) -> dict[str, str]:

@@ -28,6 +28,7 @@ from aiohttp.typedefs import Handler
 from pydantic import SecretStr
 
 from txmail.core.tokens import presented_tokens, unauthorized
+from txmail.workers.console.numbers import whole_number
 
 SESSION_COOKIE = "txmail_session"
 SESSION_LIFETIME = 12 * 3600  # seconds: one shift on call
@@ -112,7 +113,8 @@ def session_access(tokens: ApiTokens, cookie: str) -> Access | None:
     nonce, _, mac = rest.partition(".")
     role = next((r for r in Role if r.value == role_text), None)
     token = None if role is None else tokens.by_role().get(role)
-    if role is None or token is None or not expires.isdigit() or int(expires) < time.time():
+    expiry = whole_number(expires)
+    if role is None or token is None or expiry is None or expiry < time.time():
         return None
     key = _session_key(token)
     if not hmac.compare_digest(_mac(key, f"{role_text}.{expires}.{nonce}"), mac):

@@ -26,6 +26,7 @@ from txmail.workers.console.access import TOKENS as TOKENS_KEY
 from txmail.workers.console.chart import latency_chart
 from txmail.workers.console.keys import STORE
 from txmail.workers.console.masking import masked_email, masked_phone
+from txmail.workers.console.numbers import whole_number
 from txmail.workers.console.overview import overview
 from txmail.workers.console.routes import (
     FAILURES_SHOWN,
@@ -136,7 +137,6 @@ async def parked_page(request: web.Request) -> web.Response:
             listing, problem = await parked.listing(PARKED_SHOWN), None
         except BrokerUnavailable as error:
             problem = f"the parking queue cannot be read now: {error}"
-    replayed = request.query.get("replayed")
     return render(
         request,
         "parked.html",
@@ -145,7 +145,7 @@ async def parked_page(request: web.Request) -> web.Response:
         listing=listing,
         problem=problem,
         can_replay=access_of(request).role is Role.REPLAY,
-        replayed=int(replayed) if replayed and replayed.isdigit() else None,
+        replayed=whole_number(request.query.get("replayed")),
         missing=request.query.get("missing"),
     )
 

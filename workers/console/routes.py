@@ -1,9 +1,9 @@
 """The console's JSON endpoints: what each part of its pages shows, for scripts and
 dashboards, read by the same functions the pages use."""
 
-import json
-from typing import Any
+from typing import Any, Literal
 
+import pydantic
 import pydantic_core
 from aiohttp import web
 
@@ -13,6 +13,7 @@ from txmail.core.http import json_error
 from txmail.core.parked import ParkedFallback, ParkedFallbacks
 from txmail.workers.console.access import CSRF_HEADER, Role, access_of, cross_site_problem
 from txmail.workers.console.keys import PARKED, STORE
+from txmail.workers.console.numbers import whole_number
 from txmail.workers.console.overview import PARTS, overview
 from txmail.workers.store.protocol import FailureSummary, Store
 
@@ -35,9 +36,10 @@ def bounded(request: web.Request, name: str, default: int, most: int) -> int:
     text = request.query.get(name)
     if text is None:
         return default
-    if not text.isdigit() or not 1 <= int(text) <= most:
+    number = whole_number(text)
+    if number is None or not 1 <= number <= most:
         raise BadQuery(f"{name} must be a whole number from 1 to {most}")
-    return int(text)
+    return number
 
 
 def failure_filters(request: web.Request) -> tuple[str | None, str | None]:
@@ -113,6 +115,35 @@ async def parked_json(request: web.Request) -> web.Response:
     return _json({"total": listing.total, "requests": listing.requests})
 
 
+class ReplaySome(pydantic.BaseModel):
+    """The parked requests with these ids: message ids or idempotency keys."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", strict=True)
+    ids: list[str] = pydantic.Field(min_length=1)
+
+
+class ReplayAll(pydantic.BaseModel):
+    """Every parked request."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", strict=True)
+    all: Literal[True]
+
+    @pydantic.field_validator("all", mode="before")
+    @classmethod
+    def _true_not_one(cls, value: object) -> object:
+        # A Literal[True] matches 1 and 1.0 as well: they equal True in Python.
+        if value is not True:
+            raise ValueError("all must be true")
+        return value
+
+
+# What POST /v1/parked/replay takes: one or the other, nothing more (the document's
+# ReplaySome and ReplayAll are these models' schemas).
+REPLAY_ASKED: pydantic.TypeAdapter[ReplaySome | ReplayAll] = pydantic.TypeAdapter(
+    ReplaySome | ReplayAll
+)
+
+
 def replay_refusal(request: web.Request, csrf: str | None) -> web.Response | None:
     """403 for a reader, or for what may be another site's forgery; else None."""
     if access_of(request).role is not Role.REPLAY:
@@ -130,17 +161,12 @@ async def replay_json(request: web.Request) -> web.Response:
     if parked is None:
         return json_error(503, "unavailable", NO_PARKING)
     try:
-        asked = json.loads(await request.read())
-    except ValueError:
-        asked = None
-    ids = asked.get("ids") if isinstance(asked, dict) else None
-    every = isinstance(asked, dict) and asked.get("all") is True
-    valid_ids = isinstance(ids, list) and ids and all(isinstance(i, str) for i in ids)
-    if every == bool(valid_ids):
+        asked = REPLAY_ASKED.validate_json(await request.read())
+    except pydantic.ValidationError:
         return json_error(
             400, "bad_request", 'send {"ids": ["<id or idempotency key>", ...]} or {"all": true}'
         )
-    wanted = None if every else set(ids or [])
+    wanted = set(asked.ids) if isinstance(asked, ReplaySome) else None
     try:
         replayed = await parked.replay(wanted)
     except BrokerUnavailable as error:
