@@ -242,6 +242,7 @@ async def test_forms_that_change_something_need_the_csrf_token_and_this_site(
             ("//evil.example/x", "/"),
             ("/\\evil.example", "/"),
             ("https://evil.example", "/"),
+            ("//[", "/"),
         ]:
             async with (
                 aiohttp.ClientSession() as http,
@@ -259,6 +260,27 @@ async def test_forms_that_change_something_need_the_csrf_token_and_this_site(
         assert status == 403
         status, page = await call("GET", f"{url}/parked")
         assert (status, "No token is set" in page) == (200, True)
+
+
+async def test_a_body_that_is_not_the_pages_form_is_a_400_page_not_an_error(
+    store: Store, settings: Settings
+) -> None:
+    """Multipart without its boundary, or bytes that are not UTF-8, made aiohttp's form
+    reader fail: a 500. The pages post urlencoded UTF-8, and only that is read."""
+    form = "application/x-www-form-urlencoded"
+    not_forms = [
+        ("multipart/form-data", b"all=1"),
+        (f"{form}; charset=utf-8", b"all=1&csrf=\xff"),
+        ("application/json", b'{"all": "1"}'),
+    ]
+    async with api(store, settings, parked=False) as url:
+        for path in ("/parked/replay", "/sign-in", "/sign-out"):
+            for content_type, body in not_forms:
+                headers = {**REPLAY, "Content-Type": content_type}
+                status, page = await call("POST", f"{url}{path}", headers, data=body)
+                assert (status, "not a form" in page) == (400, True), (path, content_type)
+        status, page = await call("GET", f"{url}/sign-in", params={"next": "//["})
+        assert (status, 'name="next" value="/"' in page) == (200, True)
 
 
 async def test_txmail_api_serves_the_console_with_the_parked_fallbacks_wired_in(

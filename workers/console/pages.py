@@ -1,9 +1,9 @@
 """The console's pages: server-rendered HTML from the same reads as its JSON endpoints."""
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import jinja2
 from aiohttp import web
@@ -43,6 +43,8 @@ from txmail.workers.console.timeline import OUTCOME_WORDS, gap_words, steps
 from txmail.workers.status import find_either
 
 REFRESH_SECONDS = 10
+FORM_TYPE = "application/x-www-form-urlencoded"  # what the pages' forms send
+NOT_A_FORM = f"This is not a form the console sends ({FORM_TYPE}, UTF-8)."
 TEMPLATES = jinja2.Environment(
     loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
     autoescape=True,
@@ -157,18 +159,20 @@ def refused(request: web.Request, status: int, problem: str, back: str) -> web.R
 
 
 async def replay_form(request: web.Request) -> web.StreamResponse:
-    form = await request.post()
+    form = await posted_form(request)
+    if form is None:
+        return refused(request, 400, NOT_A_FORM, "/parked")
     if access_of(request).role is not Role.REPLAY:
         return refused(
             request, 403, "Replaying needs TXMAIL_API_TOKEN, not the read token.", "/parked"
         )
-    if problem := cross_site_problem(request, _csrf(form)):
+    if problem := cross_site_problem(request, form.get("csrf")):
         return refused(request, 403, problem, "/parked")
     parked = parked_operations(request)
     if parked is None:
         return refused(request, 503, NO_PARKING, "/parked")
     one = form.get("id")
-    wanted = {one} if isinstance(one, str) and one else None
+    wanted = {one} if one else None
     if wanted is None and form.get("all") != "1":
         return refused(request, 400, "Say which request to replay, or all of them.", "/parked")
     try:
@@ -181,18 +185,31 @@ async def replay_form(request: web.Request) -> web.StreamResponse:
     raise web.HTTPSeeOther(f"/parked?{urlencode(outcome)}")
 
 
-def _csrf(form: Mapping[str, object]) -> str | None:
-    """The CSRF token a form carried back (every form's hidden "csrf" field)."""
-    value = form.get("csrf")
-    return value if isinstance(value, str) else None
+async def posted_form(request: web.Request) -> dict[str, str] | None:
+    """The fields of a form as the pages post them (urlencoded UTF-8; the first of a
+    name repeated), or None for a body that is not one. Not aiohttp's ``post()``, which
+    fails on a multipart body without its boundary or on bytes not in their charset."""
+    if request.content_type != FORM_TYPE:
+        return None
+    try:
+        text = (await request.read()).decode()
+    except UnicodeDecodeError:
+        return None
+    fields: dict[str, str] = {}
+    for name, value in parse_qsl(text, keep_blank_values=True):
+        fields.setdefault(name, value)
+    return fields
 
 
-def _next_page(wanted: object) -> str:
+def _next_page(wanted: str | None) -> str:
     """Where to go after signing in: a path of this site only, never another site."""
-    # "//host" and "/\\host" are other sites to a browser.
-    if not isinstance(wanted, str) or "\\" in wanted or urlsplit(wanted).netloc:
+    # "//host" and "/\\host" are other sites to a browser; "//[" is no URL at all.
+    if wanted is None or "\\" in wanted or not wanted.startswith("/"):
         return "/"
-    return wanted if wanted.startswith("/") else "/"
+    try:
+        return "/" if urlsplit(wanted).netloc else wanted
+    except ValueError:
+        return "/"
 
 
 async def sign_in_page(request: web.Request) -> web.Response:
@@ -208,7 +225,11 @@ async def sign_in_page(request: web.Request) -> web.Response:
 
 
 async def sign_in(request: web.Request) -> web.StreamResponse:
-    form = await request.post()
+    form = await posted_form(request)
+    if form is None:
+        return render(
+            request, "sign_in.html", status=400, title="Sign in", next="/", problem=NOT_A_FORM
+        )
     next_page = _next_page(form.get("next"))
     if not same_origin(request):
         return render(
@@ -221,7 +242,7 @@ async def sign_in(request: web.Request) -> web.StreamResponse:
         )
     token = form.get("token")
     tokens = request.app[TOKENS_KEY]
-    role = tokens.role_of([token.encode()]) if isinstance(token, str) and token else None
+    role = tokens.role_of([token.encode()]) if token else None
     if role is None:
         return render(
             request,
@@ -237,7 +258,10 @@ async def sign_in(request: web.Request) -> web.StreamResponse:
 
 
 async def sign_out(request: web.Request) -> web.StreamResponse:
-    if problem := cross_site_problem(request, _csrf(await request.post())):
+    form = await posted_form(request)
+    if form is None:
+        return refused(request, 400, NOT_A_FORM, "/")
+    if problem := cross_site_problem(request, form.get("csrf")):
         return refused(request, 403, problem, "/")
     response = web.HTTPSeeOther(SIGN_IN)
     clear_session(response)
