@@ -1,7 +1,8 @@
 """The console in headless Chromium, over real postbacks through the real ingress, a
 real worker and store, the real executor and RabbitMQ. These tests also take the
-screenshots the README shows (docs/console-*.png)."""
+screenshots the README shows: into docs/console-*.png with TXMAIL_UPDATE_SCREENSHOTS=1."""
 
+import os
 import re
 from pathlib import Path
 
@@ -16,8 +17,11 @@ DOCS = Path(__file__).parents[2] / "docs"
 TOKEN, READ_TOKEN = "console-s3cret", "console-read"
 
 
-async def screenshot(page: Page, name: str) -> None:
-    await page.screenshot(path=DOCS / f"console-{name}.png", full_page=True)
+async def screenshot(page: Page, name: str, tmp_path: Path) -> None:
+    """Into the test's tmp dir, so a run leaves the working tree as it was; into docs/
+    (the README's pictures) only when TXMAIL_UPDATE_SCREENSHOTS=1."""
+    folder = DOCS if os.environ.get("TXMAIL_UPDATE_SCREENSHOTS") == "1" else tmp_path
+    await page.screenshot(path=folder / f"console-{name}.png", full_page=True)
 
 
 async def fits_a_phone(page: Page) -> None:
@@ -70,7 +74,7 @@ async def test_a_message_found_by_its_external_send_id_shows_its_timeline(
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT[\d:.]+\+00:00", processed[2])
         assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", processed[3])
         await fits_a_phone(page)
-        await screenshot(page, "message")
+        await screenshot(page, "message", tmp_path)
 
 
 async def test_a_bounce_appears_under_recent_failures_and_links_to_its_timeline(
@@ -94,7 +98,7 @@ async def test_a_bounce_appears_under_recent_failures_and_links_to_its_timeline(
         await expect(rows.first).to_contain_text("order-2003")
         await expect(rows.first).to_contain_text("User not emailable")
         await expect(rows.nth(1)).to_contain_text("550 5.1.1 no such user")
-        await screenshot(page, "failures")
+        await screenshot(page, "failures", tmp_path)
 
         await page.get_by_label("Campaign").fill("receipts")
         await page.get_by_label("Trigger").select_option("bounced")
@@ -127,7 +131,7 @@ async def test_a_parked_fallback_is_replayed_from_the_page_and_succeeds(
         await expect(row).to_have_count(1)
         await expect(row).to_contain_text("order-3001")
         await expect(row).to_contain_text("answered 400")
-        await screenshot(page, "parked")
+        await screenshot(page, "parked", tmp_path)
 
         txmail.receiver.webhook.default = 200  # the cause is fixed
         await page.get_by_role("button", name="Replay order-3001").focus()
@@ -152,7 +156,7 @@ async def test_a_parked_fallback_is_replayed_from_the_page_and_succeeds(
         await expect(page.get_by_role("region", name="Parked fallbacks")).to_contain_text("0")
         await expect(page.locator("svg.chart path.line-p50")).to_have_count(1)
         await fits_a_phone(page)
-        await screenshot(page, "now")
+        await screenshot(page, "now", tmp_path)
 
 
 async def test_signing_in_and_out_and_nothing_but_the_sign_in_page_without_it(
