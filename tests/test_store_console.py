@@ -1,13 +1,9 @@
 """The store's reads for the console and its JSON endpoints, on SQLite and PostgreSQL."""
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-
-import pytest
 
 from tests.support.factories import postback, registration, tracked
 from txmail.core.events import FALLBACK_ATTEMPT_TYPE, AttemptOutcome, FallbackAttempt
-from txmail.workers.store import open_store
 from txmail.workers.store.protocol import (
     AttemptCount,
     Delivery,
@@ -16,17 +12,8 @@ from txmail.workers.store.protocol import (
     Store,
     TrackedEvent,
 )
-from txmail.workers.timeouts import DeliveryTimeouts
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
-TIMEOUTS = DeliveryTimeouts(timedelta(minutes=10))
-
-
-@pytest.fixture
-async def store(database_url: str) -> AsyncIterator[Store]:
-    opened = await open_store(database_url, TIMEOUTS)
-    yield opened
-    await opened.close()
 
 
 def attempt(
