@@ -21,6 +21,7 @@ from txmail.core.stopping import stop_on_signals
 from txmail.fallback.cli import add_fallback_commands
 from txmail.fallback.configured import configure
 from txmail.fallback.ledger import LedgerUnavailable, migrate_ledger
+from txmail.fallback.parking.operations import BrokerParkedFallbacks
 from txmail.ingress.app import create_app
 from txmail.workers.commands import add_commands as add_worker_commands
 from txmail.workers.store import migrate_schema
@@ -108,8 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ingress.add_argument(CHILD_OPTION, action="store_true", help=argparse.SUPPRESS)
     ingress.set_defaults(handler=run_ingress)
-    # worker, api and status live with the workers, which own the state they serve.
-    add_worker_commands(commands)
+    # worker, api and status live with the workers, which own the state they serve; the
+    # API's console replays parked fallbacks through the executor's own code.
+    add_worker_commands(commands, BrokerParkedFallbacks)
     migrate = commands.add_parser(
         "migrate",
         help="create or update the store's tables and the executor's call ledger, then exit "

@@ -14,6 +14,7 @@ from txmail.core.http import serving
 from txmail.core.stopping import stop_on_signals
 from txmail.fallback.configured import FallbackRules
 from txmail.fallback.executor.service import FallbackExecutor, running_executor
+from txmail.fallback.parking.operations import BrokerParkedFallbacks
 from txmail.ingress.app import create_app
 from txmail.workers.api import api_host, api_tokens, create_api_app
 from txmail.workers.timeouts import delivery_timeouts
@@ -44,7 +45,13 @@ async def run_all(config: Configuration, rules: FallbackRules | None) -> None:
             return
         running.push_async_callback(store.close)
         worker = Worker(settings, store)
-        api = create_api_app(store, api_tokens(settings), worker.not_ready, executor_not_ready)
+        api = create_api_app(
+            store,
+            api_tokens(settings),
+            worker.not_ready,
+            executor_not_ready,
+            parked=BrokerParkedFallbacks(settings),
+        )
         await running.enter_async_context(
             serving(api, api_host(settings), settings.api_port, settings)
         )
