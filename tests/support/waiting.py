@@ -12,12 +12,17 @@ async def wait_until(
 ) -> None:
     """Poll ``condition`` every 20 ms until it is true; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
+    failure = f"timed out after {timeout}s waiting for {what or condition}"
     while True:
         result = condition()
         if not isinstance(result, bool):
-            result = await result
+            # A check that hangs (a request nobody answers) fails at the deadline too.
+            try:
+                result = await asyncio.wait_for(result, max(deadline - time.monotonic(), 0.1))
+            except TimeoutError:
+                raise AssertionError(failure) from None
         if result:
             return
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
+            raise AssertionError(failure)
         await asyncio.sleep(0.02)

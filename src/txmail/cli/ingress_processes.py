@@ -8,6 +8,7 @@ own stops the others, and the parent exits non-zero, so that whatever supervises
 parent (systemd, Kubernetes) sees the failure and restarts the whole group.
 """
 
+import ctypes
 import os
 import signal
 import socket
@@ -25,6 +26,7 @@ log = structlog.get_logger(__name__)
 
 # The hidden option a child is started with: listen with SO_REUSEPORT.
 CHILD_OPTION = "--reuse-port"
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def supervise_ingress(settings: Settings, processes: int) -> int:
@@ -33,7 +35,10 @@ def supervise_ingress(settings: Settings, processes: int) -> int:
         raise ConfigError("--processes needs a fixed TXMAIL_HTTP_PORT, not 0 (any free port)")
     _check_port_free(settings.http_host, settings.http_port)
     command = [sys.executable, "-m", "txmail.cli", "ingress", CHILD_OPTION]
-    started = (subprocess.Popen(command) for _ in range(processes))  # noqa: S603 -- our own
+    started = (
+        subprocess.Popen(command, preexec_fn=_end_with_parent)  # noqa: S603 -- our own
+        for _ in range(processes)
+    )
     children = {child.pid: child for child in started}
     stopping = False
 
@@ -60,6 +65,13 @@ def supervise_ingress(settings: Settings, processes: int) -> int:
         failed = True
         stop(signal.SIGTERM, None)
     return 1 if failed else 0
+
+
+def _end_with_parent() -> None:
+    """In each child before it runs: SIGTERM when the parent dies, even by SIGKILL, so
+    that no ingress is left holding the port without a supervisor (Linux prctl)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _check_port_free(host: str, port: int) -> None:
