@@ -115,7 +115,7 @@ async def worker_rate(database_url: str) -> float:
         store = await open_store(database_url, TIMEOUTS)
         stop = asyncio.Event()
         started = time.perf_counter()
-        worker = asyncio.create_task(run_worker(settings, store, stop))
+        worker = asyncio.create_task(run_worker(settings, store, TIMEOUTS, stop))
         while (await store.counts()).events < EVENTS:  # noqa: ASYNC110 -- polls the store
             await asyncio.sleep(0.05)
         elapsed = time.perf_counter() - started

@@ -10,29 +10,15 @@ Anything else it raises counts as transient, so retries stay bounded by the sche
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Annotated, Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import aiohttp
 from aio_pika.abc import AbstractRobustConnection
-from pydantic import BaseModel, BeforeValidator, ConfigDict
+from pydantic import BaseModel, ConfigDict
 
-from txmail.core.durations import PositiveDuration
+from txmail.core.durations import PositiveWrittenDuration
 from txmail.core.errors import TxmailError
 from txmail.core.events import FallbackRequest
-
-
-def _unit_required(value: object) -> object:
-    """In the rules file a duration is written with its unit, as in the environment: a
-    bare number would be taken as seconds, so ``delivery_timeout = 10`` meant as ten
-    minutes would silently become ten seconds."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        raise ValueError(f'write a duration with its unit, e.g. "{value}s" or "{value}m"')
-    return value
-
-
-# A timeout in the rules file: "90s", "10m", "2h", "1d", "1h30m"; never a bare number,
-# and never zero ("must be longer than 0s").
-PositiveWrittenDuration = Annotated[PositiveDuration, BeforeValidator(_unit_required)]
 
 
 class HandlerFailure(TxmailError):

@@ -1,6 +1,8 @@
 """Which handlers run for a fallback request: the first rule that matches it.
 
-A rule matches when the trigger is one of ``on``, the campaign one of ``campaigns``
+A rule matches when the trigger is one of ``on`` (``"*"``: any trigger about a message,
+not a change of Braze's health, which a rule names: ``on = ["braze_degraded"]``), the
+campaign one of ``campaigns``
 (``"*"`` matches any, also none), and, when the rule has a ``reason`` regex, the
 request has a reason that the regex finds (``re.search``).
 """
@@ -20,7 +22,7 @@ from pydantic import (
     field_validator,
 )
 
-from txmail.core.events import FallbackRequest, Trigger
+from txmail.core.events import MESSAGE_TRIGGERS, FallbackRequest, Trigger
 
 ANY: Literal["*"] = "*"
 
@@ -79,7 +81,8 @@ class Rule(BaseModel):
         return value
 
     def matches(self, request: FallbackRequest) -> bool:
-        if ANY not in self.on and request.trigger.value not in self.on:
+        named = request.trigger.value in self.on
+        if not named and not (ANY in self.on and request.trigger in MESSAGE_TRIGGERS):
             return False
         if ANY not in self.campaigns and request.campaign_api_id not in self.campaigns:
             return False

@@ -17,13 +17,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from txmail.core.errors import ConfigError
+from txmail.core.health_settings import HealthRules, TimeoutSetting
 from txmail.core.settings import Settings
-from txmail.fallback.handler import (
-    HandlerConfig,
-    HandlerType,
-    PositiveWrittenDuration,
-    resolve_secrets,
-)
+from txmail.fallback.handler import HandlerConfig, HandlerType, resolve_secrets
 from txmail.fallback.registry import resolve_handler_type
 from txmail.fallback.rules import Rule
 
@@ -34,19 +30,10 @@ _PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]+")
 Location = tuple[str | int, ...]
 
 
-class CampaignTracking(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    delivery_timeout: PositiveWrittenDuration
-
-
-class Tracking(BaseModel):
+class Tracking(TimeoutSetting):
     """``[tracking]``: how long a sent email may take to be delivered (read by the workers)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    delivery_timeout: PositiveWrittenDuration | None = None
-    campaigns: dict[str, CampaignTracking] = Field(default_factory=dict)
+    campaigns: dict[str, TimeoutSetting] = Field(default_factory=dict)
 
 
 class _FileShape(BaseModel):
@@ -55,6 +42,7 @@ class _FileShape(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     tracking: dict[str, Any] = Field(default_factory=dict)
+    health: dict[str, Any] = Field(default_factory=dict)
     handlers: dict[str, dict[str, Any]] = Field(default_factory=dict)
     rules: list[dict[str, Any]] = Field(default_factory=list)
 
@@ -73,6 +61,7 @@ class ConfiguredHandler:
 class RulesFile:
     path: Path
     tracking: Tracking
+    health: HealthRules
     handlers: dict[str, ConfiguredHandler]
     rules: list[Rule]
 
@@ -100,13 +89,18 @@ def read_rules_toml(path: Path) -> dict[str, Any]:
 
 
 def load_tracking(path: Path) -> Tracking:
-    """The workers' start-up check: the file's shape and its ``[tracking]``, checked as
+    """The workers' start-up check: the file's shape, its ``[tracking]`` and ``[health]``,
+    checked as
     ``txmail check-config`` checks them; handlers and rules (and their secrets) are the
     executor's."""
     try:
         shape = _FileShape.model_validate(read_rules_toml(path))
     except ValidationError as error:
         raise _invalid(path, _describe(error)) from None
+    try:
+        HealthRules.model_validate(shape.health)
+    except ValidationError as error:
+        raise _invalid(path, _describe(error, ("health",))) from None
     try:
         return Tracking.model_validate(shape.tracking)
     except ValidationError as error:
@@ -143,6 +137,11 @@ def check_rules_file(path: Path) -> tuple[RulesFile | None, list[str]]:
         tracking = Tracking.model_validate(shape.tracking)
     except ValidationError as error:
         problems += _describe(error, ("tracking",))
+    health = HealthRules()
+    try:
+        health = HealthRules.model_validate(shape.health)
+    except ValidationError as error:
+        problems += _describe(error, ("health",))
 
     handlers: dict[str, ConfiguredHandler] = {}
     for name, table in shape.handlers.items():
@@ -162,7 +161,9 @@ def check_rules_file(path: Path) -> tuple[RulesFile | None, list[str]]:
 
     if problems:
         return None, problems
-    return RulesFile(path=path, tracking=tracking, handlers=handlers, rules=rules), []
+    return RulesFile(
+        path=path, tracking=tracking, health=health, handlers=handlers, rules=rules
+    ), []
 
 
 def warnings(rules_file: RulesFile) -> list[str]:

@@ -32,11 +32,10 @@ async def publisher(settings: Settings) -> AsyncIterator[Broker]:
 @asynccontextmanager
 async def running_worker(settings: Settings) -> AsyncIterator[Store]:
     """A worker (tracker and sweeper) until the block ends; yields its store."""
-    store = await open_store(
-        settings.database_url, timeouts_from(settings), settings.republish_after
-    )
+    timeouts = timeouts_from(settings)
+    store = await open_store(settings.database_url, timeouts, settings.republish_after)
     stop = asyncio.Event()
-    task = asyncio.create_task(run_worker(settings, store, stop))
+    task = asyncio.create_task(run_worker(settings, store, timeouts, stop))
     try:
         yield store
     finally:

@@ -31,8 +31,9 @@ SEND = {
 
 @asynccontextmanager
 async def running_worker(settings: Settings) -> AsyncIterator[tuple[Worker, Store]]:
-    store = await open_store(settings.database_url, timeouts_from(settings))
-    worker = Worker(settings, store)
+    timeouts = timeouts_from(settings)
+    store = await open_store(settings.database_url, timeouts)
+    worker = Worker(settings, store, timeouts)
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
     try:

@@ -17,11 +17,13 @@ from txmail.core.health import Readiness, add_health_routes, all_ready
 from txmail.core.http import json_error, json_errors
 from txmail.core.settings import Settings
 from txmail.core.tokens import token_accepted, unauthorized
+from txmail.workers.health.store import HealthStore
 from txmail.workers.store.protocol import MessageView, NotMigrated, Store, StoreUnavailable
 
 log = structlog.get_logger(__name__)
 
 STORE = web.AppKey("store", Store)
+HEALTH = web.AppKey("health", HealthStore)
 TOKENS = web.AppKey("tokens", Sequence[SecretStr])
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 
@@ -46,6 +48,11 @@ async def message_by_external_send_id(request: web.Request) -> web.Response:
         )
     message = await request.app[STORE].find(external_send_id=external_send_id)
     return _found(message, f"external_send_id {external_send_id!r}")
+
+
+async def braze_health(request: web.Request) -> web.Response:
+    report = await request.app[HEALTH].report()
+    return web.json_response(text=report.model_dump_json())
 
 
 def _store_answers(store: Store) -> Readiness:
@@ -103,15 +110,22 @@ def api_host(settings: Settings) -> str:
 
 
 def create_api_app(
-    store: Store, tokens: Sequence[SecretStr] = (), *parts: Readiness
+    store: Store,
+    tokens: Sequence[SecretStr] = (),
+    *parts: Readiness,
+    health: HealthStore | None = None,
 ) -> web.Application:
     """The API over an open store; whoever opened the store closes it. With ``tokens``,
     every path but the health checks needs one of them. ``/readyz`` asks the store, and
-    ``parts`` running in the same process (``txmail run``)."""
+    ``parts`` running in the same process (``txmail run``). With ``health``, also
+    ``GET /v1/health/braze``."""
     app = web.Application(middlewares=[json_errors, token_required, store_unavailable_is_503])
     app[STORE] = store
     app[TOKENS] = tokens
     app.router.add_get("/v1/messages/{dispatch_id}", message_by_dispatch_id)
     app.router.add_get("/v1/messages", message_by_external_send_id)
+    if health is not None:
+        app[HEALTH] = health
+        app.router.add_get("/v1/health/braze", braze_health)
     add_health_routes(app, partial(all_ready, [_store_answers(store), *parts]))
     return app

@@ -10,6 +10,8 @@ from txmail.core.http import serve_until_stopped
 from txmail.core.settings import Settings
 from txmail.core.stopping import stop_on_signals
 from txmail.workers.api import api_host, api_tokens, create_api_app
+from txmail.workers.health.show import describe_health
+from txmail.workers.health.store import HealthReport, open_health_store
 from txmail.workers.status import as_json, describe
 from txmail.workers.store import open_store
 from txmail.workers.store.protocol import MessageView, StoreUnavailable
@@ -44,15 +46,17 @@ async def _serve_api(settings: Settings) -> None:
     store = await open_store_when_available(settings, timeouts_from(settings), stop, read_only=True)
     if store is None:
         return
+    health = open_health_store(settings.database_url, read_only=True)
     try:
         await serve_until_stopped(
-            create_api_app(store, api_tokens(settings)),
+            create_api_app(store, api_tokens(settings), health=health),
             host,
             settings.api_port,
             settings,
             stop,
         )
     finally:
+        await health.close()
         await store.close()
 
 
@@ -70,8 +74,31 @@ async def _lookup(settings: Settings, wanted: str) -> MessageView | None:
         await store.close()
 
 
+async def _health_report(settings: Settings) -> HealthReport:
+    health = open_health_store(settings.database_url, read_only=True)
+    try:
+        return await health.report()
+    finally:
+        await health.close()
+
+
+def _health_status(settings: Settings, as_json: bool) -> int:
+    try:
+        report = asyncio.run(_health_report(settings))
+    except StoreUnavailable as error:
+        print(f"txmail: cannot read the store: {error}", file=sys.stderr)
+        return 2
+    print(report.model_dump_json(indent=2) if as_json else describe_health(report))
+    return 0
+
+
 @_fails_cleanly
 def status_command(settings: Settings, args: argparse.Namespace) -> int:
+    if args.health == (args.id is not None):
+        print("txmail: status takes a message id, or --health", file=sys.stderr)
+        return 2
+    if args.health:
+        return _health_status(settings, args.json)
     try:
         message = asyncio.run(_lookup(settings, args.id))
     except StoreUnavailable as error:
@@ -95,7 +122,12 @@ def add_commands(commands: "argparse._SubParsersAction[argparse.ArgumentParser]"
     worker.set_defaults(handler=worker_command)
     api = commands.add_parser("api", help="serve the message state over HTTP (TXMAIL_API_PORT)")
     api.set_defaults(handler=api_command)
-    status = commands.add_parser("status", help="show what happened to one message")
-    status.add_argument("id", help="a Braze dispatch id or your external send id")
+    status = commands.add_parser(
+        "status", help="show what happened to one message, or Braze's health (--health)"
+    )
+    status.add_argument("id", nargs="?", help="a Braze dispatch id or your external send id")
+    status.add_argument(
+        "--health", action="store_true", help="show Braze's health and the learned timeouts"
+    )
     status.add_argument("--json", action="store_true", help="print JSON for scripts")
     status.set_defaults(handler=status_command)

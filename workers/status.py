@@ -9,6 +9,7 @@ import json
 import re
 from datetime import datetime
 
+from txmail.core.durations import format_duration
 from txmail.core.events import FALLBACK_ATTEMPT_TYPE, POSTBACK_TYPE, FallbackAttempt
 from txmail.core.terminal import printable
 from txmail.workers.store.protocol import MessageView, TimelineEntry
@@ -88,6 +89,9 @@ def describe(message: MessageView) -> str:
     ]
     if message.deadline:
         lines.append(f"  deadline          {_time(message.deadline)}")
+    if message.learned_timeout:
+        learned = format_duration(message.learned_timeout)
+        lines.append(f'  learned timeout   {learned} (delivery_timeout = "auto")')
     if message.registration:
         recipient = message.registration.registration.recipient
         who = ", ".join(x for x in (recipient.email, recipient.phone) if x) or "-"

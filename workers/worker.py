@@ -11,10 +11,13 @@ from txmail.core.http import serving
 from txmail.core.settings import Settings
 from txmail.core.stopping import pause, stop_on_signals, unless_stopped
 from txmail.core.topology import Topology
+from txmail.workers.health.monitor import HealthMonitor
+from txmail.workers.health.recording import HealthRecordingStore
+from txmail.workers.health.store import open_health_store
 from txmail.workers.store import open_store
 from txmail.workers.store.protocol import Store, StoreUnavailable
 from txmail.workers.sweeper import Sweeper
-from txmail.workers.timeouts import DeliveryTimeouts, load_timeouts
+from txmail.workers.timeouts import DeliveryTimeouts, load_health_rules, load_timeouts
 from txmail.workers.tracker import Tracker
 from txmail.workers.watermark import WatermarkRule
 
@@ -43,10 +46,21 @@ async def open_store_when_available(
 
 
 class Worker:
-    def __init__(self, settings: Settings, store: Store) -> None:
+    def __init__(self, settings: Settings, store: Store, timeouts: DeliveryTimeouts) -> None:
+        """``timeouts`` are the store's: the health monitor keeps their learned values."""
         topology = Topology(settings.namespace)
         self._store = store
         self._broker = Broker(settings.amqp_url, topology, settings.publish_timeout)
+        self._health = open_health_store(settings.database_url)
+        self._monitor = HealthMonitor(
+            self._health,
+            self._broker,
+            load_health_rules(settings.rules),
+            timeouts,
+            settings.republish_after,
+        )
+        # Every change the tracker and the sweeper make also counts for Braze's health.
+        store = HealthRecordingStore(store, self._health)
         self._tracker = Tracker(
             settings.amqp_url,
             topology,
@@ -88,13 +102,21 @@ class Worker:
             # Deciding while unable to publish would only postpone each publish by a retry.
             while not self._broker.is_ready and not stop.is_set():
                 await pause(stop, BROKER_WAIT_INTERVAL)
-            await asyncio.gather(self._tracker.run(stop), self._sweeper.run(stop))
+            # The learned timeouts before the first deadline is armed: a restart keeps them.
+            learned = until_up(self._monitor.refresh_learned, "store", (StoreUnavailable,))
+            await unless_stopped(learned, stop)
+            await asyncio.gather(
+                self._tracker.run(stop), self._sweeper.run(stop), self._monitor.run(stop)
+            )
         finally:
             await self._broker.close()
+            await self._health.close()
 
 
-async def run_worker(settings: Settings, store: Store, stop: asyncio.Event) -> None:
-    await Worker(settings, store).run(stop)
+async def run_worker(
+    settings: Settings, store: Store, timeouts: DeliveryTimeouts, stop: asyncio.Event
+) -> None:
+    await Worker(settings, store, timeouts).run(stop)
 
 
 async def serve_worker(settings: Settings) -> None:
@@ -114,7 +136,7 @@ async def serve_worker(settings: Settings) -> None:
         if store is None:
             return
         try:
-            worker = Worker(settings, store)
+            worker = Worker(settings, store, timeouts)
             await worker.run(stop)
         finally:
             await store.close()

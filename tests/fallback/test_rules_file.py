@@ -5,7 +5,7 @@ import os
 import signal
 import sys
 import textwrap
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -83,10 +83,9 @@ def write(tmp_path: Path, text: str) -> Path:
 @pytest.mark.usefixtures("sms_token_env")
 def test_the_issue_example_loads(tmp_path: Path) -> None:
     rules_file = load_rules_file(write(tmp_path, EXAMPLE))
-    assert rules_file.tracking.delivery_timeout is not None
-    assert rules_file.tracking.delivery_timeout.total_seconds() == 600
+    assert rules_file.tracking.fixed() == timedelta(minutes=10)
     campaign = rules_file.tracking.campaigns["417220e4-5a2a-b634-7f7d-9ec891532368"]
-    assert campaign.delivery_timeout.total_seconds() == 120
+    assert campaign.fixed() == timedelta(minutes=2)
     assert sorted(rules_file.handlers) == ["bus", "dry-run", "mailer", "ops-hook", "sms"]
     assert rules_file.handlers["sms"].config.model_dump()["auth_token"].get_secret_value() == (
         "from-the-environment"

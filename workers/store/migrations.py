@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Final
 
 from txmail.core.database import Migration
+from txmail.workers.health.tables import HEALTH_TABLES_POSTGRES, HEALTH_TABLES_SQLITE
 from txmail.workers.store.protocol import NotMigrated
 
 HOW_TO_MIGRATE = "run `txmail migrate` or start a worker"
@@ -83,6 +84,7 @@ SQLITE: Final[tuple[Migration, ...]] = (
         # The earliest Braze time of a postback the worker holds but has not applied.
         ("ALTER TABLE worker_progress ADD COLUMN holding INTEGER",),
     ),
+    (4, HEALTH_TABLES_SQLITE),
 )
 
 POSTGRES: Final[tuple[Migration, ...]] = (
@@ -141,4 +143,5 @@ POSTGRES: Final[tuple[Migration, ...]] = (
         # The earliest Braze time of a postback the worker holds but has not applied.
         ("ALTER TABLE worker_progress ADD COLUMN holding TIMESTAMPTZ",),
     ),
+    (4, HEALTH_TABLES_POSTGRES),
 )

@@ -2,7 +2,7 @@
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from pydantic import BaseModel
@@ -71,6 +71,8 @@ class MessageView(BaseModel):
     outcome: Outcome
     reason: str | None
     deadline: datetime | None
+    # The learned ("auto") delivery timeout its deadline was armed with, if any.
+    learned_timeout: timedelta | None = None
     statuses: dict[str, StatusSeen]
     registration: Registered | None
     decision: DecisionView | None

@@ -14,6 +14,7 @@ from txmail.workers.state import (
     deadline,
     evolve,
     fallback_request,
+    keep_learned_timeout,
     outcome,
     reason,
 )
@@ -45,6 +46,7 @@ class MessageRow:
 def to_row(
     message: Message, timeouts: DeliveryTimeouts, request: FallbackRequest | None
 ) -> MessageRow:
+    message = keep_learned_timeout(message, timeouts)
     return MessageRow(
         key=message.key,
         dispatch_id=message.dispatch_id,
@@ -115,6 +117,7 @@ def view(
         outcome=Outcome(outcome),
         reason=reason,
         deadline=deadline,
+        learned_timeout=message.learned_timeout,
         statuses=message.statuses,
         registration=message.registration,
         decision=None

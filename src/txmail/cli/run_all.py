@@ -21,6 +21,7 @@ async def run_all(settings: Settings) -> None:
     from txmail.fallback.rules_file import load_configured_rules
     from txmail.ingress.app import create_app
     from txmail.workers.api import api_host, api_tokens, create_api_app
+    from txmail.workers.health.store import open_health_store
     from txmail.workers.worker import Worker, open_store_when_available, timeouts_from
 
     rules_file = load_configured_rules(settings)
@@ -42,8 +43,12 @@ async def run_all(settings: Settings) -> None:
         if store is None:
             return
         running.push_async_callback(store.close)
-        worker = Worker(settings, store)
-        api = create_api_app(store, api_tokens(settings), worker.not_ready, executor_not_ready)
+        worker = Worker(settings, store, timeouts)
+        health = open_health_store(settings.database_url)
+        running.push_async_callback(health.close)
+        api = create_api_app(
+            store, api_tokens(settings), worker.not_ready, executor_not_ready, health=health
+        )
         await running.enter_async_context(
             serving(api, api_host(settings), settings.api_port, settings)
         )

@@ -70,3 +70,17 @@ def _longer_than_zero(value: timedelta) -> timedelta:
 
 PositiveDuration = Annotated[Duration, AfterValidator(_longer_than_zero)]
 """A Duration for a timeout: zero would make everything late at once."""
+
+
+def _unit_required(value: object) -> object:
+    """In the rules file a duration is written with its unit, as in the environment: a
+    bare number would be taken as seconds, so ``delivery_timeout = 10`` meant as ten
+    minutes would silently become ten seconds."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        raise ValueError(f'write a duration with its unit, e.g. "{value}s" or "{value}m"')
+    return value
+
+
+# A timeout in the rules file: "90s", "10m", "2h", "1d", "1h30m"; never a bare number,
+# and never zero ("must be longer than 0s").
+PositiveWrittenDuration = Annotated[PositiveDuration, BeforeValidator(_unit_required)]
