@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from txmail.core.errors import ConfigError
-from txmail.core.health_settings import HealthRules, TimeoutSetting
+from txmail.core.health_settings import CampaignTimeoutSetting, HealthRules, TimeoutSetting
 from txmail.core.settings import Settings
 from txmail.fallback.handler import HandlerConfig, HandlerType, resolve_secrets
 from txmail.fallback.registry import resolve_handler_type
@@ -33,7 +33,7 @@ Location = tuple[str | int, ...]
 class Tracking(TimeoutSetting):
     """``[tracking]``: how long a sent email may take to be delivered (read by the workers)."""
 
-    campaigns: dict[str, TimeoutSetting] = Field(default_factory=dict)
+    campaigns: dict[str, CampaignTimeoutSetting] = Field(default_factory=dict)
 
 
 class _FileShape(BaseModel):

@@ -13,12 +13,17 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from txmail.core.errors import ConfigError
-from txmail.core.health_settings import AutoBounds, HealthRules, TimeoutSetting
+from txmail.core.health_settings import (
+    AutoBounds,
+    CampaignTimeoutSetting,
+    HealthRules,
+    TimeoutSetting,
+)
 from txmail.workers.health.learned import LearnedTimeouts
 
 
 class _Tracking(TimeoutSetting):
-    campaigns: dict[str, TimeoutSetting] = Field(default_factory=dict)
+    campaigns: dict[str, CampaignTimeoutSetting] = Field(default_factory=dict)
 
 
 class _RulesFile(BaseModel):

@@ -183,7 +183,7 @@ INVALID = [
     (
         HOOK + '[[rules]]\non = ["bouncd"]\nhandlers = ["hook"]\n',
         "rules[0].on[0]: unknown trigger 'bouncd' "
-        "(use aborted, bounced, timeout, not_sent, or '*')",
+        "(use aborted, bounced, timeout, not_sent, braze_degraded, braze_recovered, or '*')",
     ),
     (
         HOOK + '[[rules]]\non = ["bounced"]\ncampaigns = [""]\nhandlers = ["hook"]\n',

@@ -4,9 +4,18 @@ of ``[tracking]`` and its campaigns: one model each, read by the workers and che
 """
 
 from datetime import timedelta
-from typing import Literal, Self
+from typing import Any, ClassVar, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    PrivateAttr,
+    ValidationError,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails
 
 from txmail.core.durations import PositiveWrittenDuration
 
@@ -62,27 +71,45 @@ class TimeoutSetting(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    delivery_timeout: Literal["auto"] | PositiveWrittenDuration | None = None
+    delivery_timeout: PositiveWrittenDuration | None = None
     min_delivery_timeout: PositiveWrittenDuration | None = None
     max_delivery_timeout: PositiveWrittenDuration | None = None
+    # delivery_timeout = "auto", read apart so that a wrong duration is told as one.
+    _auto: bool = PrivateAttr(default=False)
+    # A campaign's table is there to say its timeout; [tracking] may leave it out.
+    timeout_required: ClassVar[bool] = False
 
-    @model_validator(mode="after")
-    def _bounds_only_when_learned(self) -> Self:
-        bounded = self.min_delivery_timeout or self.max_delivery_timeout
-        if bounded and not self.is_auto:
+    @model_validator(mode="wrap")
+    @classmethod
+    def _auto_or_a_duration(cls, data: Any, handler: ModelWrapValidatorHandler[Self]) -> Self:
+        auto = isinstance(data, dict) and data.get("delivery_timeout") == "auto"
+        if cls.timeout_required and isinstance(data, dict) and "delivery_timeout" not in data:
+            missing = InitErrorDetails(type="missing", loc=("delivery_timeout",), input=data)
+            raise ValidationError.from_exception_data(cls.__name__, [missing])
+        if auto:
+            data = {key: value for key, value in data.items() if key != "delivery_timeout"}
+        setting = handler(data)
+        setting._auto = auto
+        bounded = setting.min_delivery_timeout or setting.max_delivery_timeout
+        if bounded and not auto:
             raise ValueError('min/max_delivery_timeout go with delivery_timeout = "auto"')
-        if self.is_auto:
-            self.bounds()  # says when min > max
-        return self
+        if auto:
+            setting.bounds()  # says when min > max
+        return setting
 
     @property
     def is_auto(self) -> bool:
-        return self.delivery_timeout == "auto"
+        return self._auto
 
     def fixed(self) -> timedelta | None:
-        timeout = self.delivery_timeout
-        return timeout if isinstance(timeout, timedelta) else None
+        return self.delivery_timeout
 
     def bounds(self) -> AutoBounds:
         given = {"min": self.min_delivery_timeout, "max": self.max_delivery_timeout}
         return AutoBounds.model_validate({k: v for k, v in given.items() if v is not None})
+
+
+class CampaignTimeoutSetting(TimeoutSetting):
+    """``[tracking.campaigns."<id>"]``: ``delivery_timeout`` is required."""
+
+    timeout_required: ClassVar[bool] = True
