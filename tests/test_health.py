@@ -7,6 +7,14 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.factories import tracked
+from txmail.core.events import (
+    FALLBACK_ATTEMPT_TYPE,
+    HEALTH_CHANGE_TYPE,
+    AttemptOutcome,
+    FallbackAttempt,
+    HealthChange,
+)
 from txmail.core.health_settings import AutoBounds, HealthRules
 from txmail.workers.health.evaluate import Health, ScopeState, evaluate
 from txmail.workers.health.figures import OVERALL, SendSample, Settled, by_scope, campaign_scope
@@ -165,3 +173,25 @@ def test_an_auto_deadline_stays_within_its_bounds(latencies: list[float], min_se
     assert BOUNDS.min <= learned <= BOUNDS.max
     if len(seen) < min_sends:
         assert learned == BOUNDS.max  # the default (one day), within the bounds
+
+
+def test_a_health_change_and_its_handlers_attempts_are_kept_together() -> None:
+    """They come back on the tracker queue like any event: recorded, never dead-lettered."""
+    change = HealthChange(
+        change_id="txh_1", health="degraded", campaign_api_id=None, at=T0, reason="r", figures={}
+    )
+    attempt = FallbackAttempt(
+        idempotency_key="txh_1",
+        dispatch_id=None,
+        external_send_id=None,
+        handler="ops-hook",
+        attempt=1,
+        outcome=AttemptOutcome.SUCCEEDED,
+        at=T0,
+    )
+    kept = tracked(HEALTH_CHANGE_TYPE, change.model_dump(mode="json"), T0)
+    ran = tracked(FALLBACK_ATTEMPT_TYPE, attempt.model_dump(mode="json"), T0)
+    assert kept.message_key == ran.message_key == "health:txh_1"
+    assert (kept.label, ran.label) == ("degraded", "ops-hook: succeeded")
+    assert kept.core is None
+    assert ran.core is None
