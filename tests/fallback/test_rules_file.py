@@ -15,7 +15,7 @@ from tests.ports import free_port
 from tests.processes import wait_for_line
 from txmail.cli import main
 from txmail.core.errors import ConfigError
-from txmail.core.events import FallbackRequest, Recipient, Trigger
+from txmail.core.events import MESSAGE_TRIGGERS, FallbackRequest, Recipient, Trigger
 from txmail.core.settings import Settings
 from txmail.fallback.handler import PermanentFailure
 from txmail.fallback.handlers.webhook import WebhookConfig
@@ -305,7 +305,7 @@ def test_the_documented_example_is_valid(monkeypatch: pytest.MonkeyPatch) -> Non
         monkeypatch.setenv(variable, WEBHOOK_SECRET)
     example = Path(__file__).parents[2] / "fallback" / "rules.example.toml"
     rules_file = load_rules_file(example)
-    assert len(rules_file.rules) == 3
+    assert len(rules_file.rules) == 4
 
 
 def test_the_documented_example_can_serve_every_trigger_its_rules_take(
@@ -319,7 +319,7 @@ def test_the_documented_example_can_serve_every_trigger_its_rules_take(
         monkeypatch.setenv(variable, WEBHOOK_SECRET)
     example = load_rules_file(Path(__file__).parents[2] / "fallback" / "rules.example.toml")
     for index, rule in enumerate(example.rules):
-        triggers = list(Trigger) if "*" in rule.on else [Trigger(t) for t in rule.on]
+        triggers = MESSAGE_TRIGGERS if "*" in rule.on else {Trigger(t) for t in rule.on}
         for trigger in triggers:
             failed = trigger in (Trigger.ABORTED, Trigger.BOUNCED)
             request = FallbackRequest(
