@@ -18,7 +18,7 @@ from txmail.workers.api import create_api_app
 from txmail.workers.health.store import open_health_store
 from txmail.workers.status import describe
 from txmail.workers.store import migrate_schema, open_store
-from txmail.workers.timeouts import DeliveryTimeouts
+from txmail.workers.timeouts import DeliveryTimeouts, load_health_rules, load_timeouts
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 BOUNDS = AutoBounds(min=timedelta(minutes=1), max=timedelta(minutes=30))
@@ -111,3 +111,22 @@ async def test_a_deadline_keeps_the_learned_timeout_it_was_armed_with(database_u
     assert first.deadline == sent_at + timedelta(minutes=4)
     assert second.learned_timeout == timedelta(minutes=20)
     assert '  learned timeout   4m (delivery_timeout = "auto")' in describe(first)
+
+
+def test_auto_timeouts_are_read_with_their_bounds(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.toml"
+    rules.write_text(
+        '[tracking]\ndelivery_timeout = "auto"\nmax_delivery_timeout = "20m"\n'
+        '[tracking.campaigns.f]\ndelivery_timeout = "2m"\n'
+        '[tracking.campaigns.a]\ndelivery_timeout = "auto"\n'
+        'min_delivery_timeout = "30s"\nmax_delivery_timeout = "5m"\n'
+        "[health]\nmin_sends = 50\n"
+    )
+    timeouts = load_timeouts(timedelta(minutes=10), rules)
+    assert timeouts.for_campaign("f") == timedelta(minutes=2)
+    assert timeouts.auto_bounds("f") is None
+    assert timeouts.for_campaign("a") == timedelta(minutes=5)  # the default, within 30s..5m
+    assert timeouts.for_campaign("other") == timedelta(minutes=10)  # within 1m..20m
+    timeouts.learned.replace({"a": timedelta(minutes=3)})
+    assert timeouts.for_campaign("a") == timedelta(minutes=3)
+    assert load_health_rules(rules).min_sends == 50

@@ -105,6 +105,17 @@ RULE = '[[rules]]\non = ["bounced"]\nhandlers = ["hook"]\n'
 
 INVALID = [
     ("[tracking\n", "not valid TOML"),
+    (
+        '[tracking]\ndelivery_timeout = "auto"\nmin_delivery_timeout = "2h"\n',
+        "tracking: min_delivery_timeout must not be longer than max_delivery_timeout",
+    ),
+    (
+        '[tracking]\ndelivery_timeout = "10m"\nmax_delivery_timeout = "2h"\n',
+        'tracking: min/max_delivery_timeout go with delivery_timeout = "auto"',
+    ),
+    ('[health]\nrecovered_p95 = "2m"\n', "health: recovered_p95 must be lower than degraded_p95"),
+    ("[health]\nwindow = 300\n", 'health.window: write a duration with its unit, e.g. "300s"'),
+    ("[health]\nmin_sends = 0\n", "health.min_sends: Input should be greater than or equal to 1"),
     ('[tracking]\ndelivery_timeout = "10 minutes"\n', "tracking.delivery_timeout: '10 minutes'"),
     ('[tracking]\ndelivery_timeout = "0s"\n', "tracking.delivery_timeout: must be longer than 0s"),
     ('[handlers.x]\ntype = "log"\ntimeout = "0s"\n', "handlers.x.timeout: must be longer than 0s"),
