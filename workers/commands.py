@@ -12,7 +12,7 @@ from txmail.core.stopping import stop_on_signals
 from txmail.workers.api import api_host, api_tokens, create_api_app
 from txmail.workers.health.show import describe_health
 from txmail.workers.health.store import HealthReport, open_health_store
-from txmail.workers.status import as_json, describe
+from txmail.workers.status import as_json, describe, terminal_safe_json
 from txmail.workers.store import open_store
 from txmail.workers.store.protocol import MessageView, StoreUnavailable
 from txmail.workers.worker import open_store_when_available, serve_worker, timeouts_from
@@ -88,7 +88,9 @@ def _health_status(settings: Settings, as_json: bool) -> int:
     except StoreUnavailable as error:
         print(f"txmail: cannot read the store: {error}", file=sys.stderr)
         return 2
-    print(report.model_dump_json(indent=2) if as_json else describe_health(report))
+    print(
+        terminal_safe_json(report.model_dump_json(indent=2)) if as_json else describe_health(report)
+    )
     return 0
 
 

@@ -73,7 +73,11 @@ def as_json(message: MessageView) -> str:
         **ordered.model_dump(mode="json"),
         "last_fallback_attempt": attempt.model_dump(mode="json") if attempt else None,
     }
-    text = json.dumps(document, indent=2, ensure_ascii=False)
+    return terminal_safe_json(json.dumps(document, indent=2, ensure_ascii=False))
+
+
+def terminal_safe_json(text: str) -> str:
+    """JSON with what JSON leaves raw but a terminal may act on escaped too."""
     return _RAW_IN_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
