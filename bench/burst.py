@@ -27,7 +27,7 @@ from pathlib import Path
 import aio_pika
 import asyncpg
 
-from tests.burst_load import (
+from tests.support.burst_load import (
     Burst,
     Fate,
     Offered,
@@ -39,7 +39,7 @@ from tests.burst_load import (
     serving,
     start_deployment,
 )
-from tests.waiting import wait_until
+from tests.support.waiting import wait_until
 from txmail.core.events import utc_now
 from txmail.core.topology import Topology
 

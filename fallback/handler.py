@@ -7,15 +7,14 @@ TransientFailure (worth retrying) or PermanentFailure (retrying cannot help).
 Anything else it raises counts as transient, so retries stay bounded by the schedule.
 """
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import aiohttp
-from aio_pika.abc import AbstractRobustConnection
 from pydantic import BaseModel, ConfigDict
 
+from txmail.core.broker import Broker
 from txmail.core.durations import PositiveWrittenDuration
 from txmail.core.errors import TxmailError
 from txmail.core.events import FallbackRequest
@@ -47,15 +46,17 @@ class HandlerResources:
     """What the executor shares with every handler; handlers own nothing long-lived."""
 
     http: aiohttp.ClientSession
-    amqp: AbstractRobustConnection
+    # The executor's own publisher, kept connected: publish with
+    # ``Outgoing(..., exchange=NAME)``, confirmed and mandatory.
+    amqp: Broker
 
 
 class HandlerConfig(BaseModel):
     """Base of every handler's table in the rules file.
 
     A field listed in ``secret_fields`` may instead be given as ``<field>_env``: the
-    name of an environment variable holding it (see ``resolve_secrets``), so the rules
-    file itself can be committed without secrets.
+    name of an environment variable holding it (``txmail.fallback.configured`` reads
+    it), so the rules file itself can be committed without secrets.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
@@ -63,47 +64,6 @@ class HandlerConfig(BaseModel):
 
     # How long one call of the handler may take before it counts as a transient failure.
     timeout: PositiveWrittenDuration = timedelta(seconds=10)
-
-
-# Put in place of a secret whose variable is not set, so the rest of the table is still
-# checked; whatever is said about the field itself is not reported.
-_STAND_IN = "secret-not-set"
-
-
-@dataclass(frozen=True)
-class ResolvedSecrets:
-    table: dict[str, Any]
-    # (key, message) for each ``<field>_env`` that cannot be used.
-    problems: list[tuple[str, str]]
-    # Fields holding a stand-in: problems found in them are not real.
-    unresolved: frozenset[str]
-
-
-def resolve_secrets(
-    config_model: type[HandlerConfig], table: Mapping[str, Any], environ: Mapping[str, str]
-) -> ResolvedSecrets:
-    """``table`` with each ``<field>_env`` replaced by the variable's value. Only the
-    fallback executor (and ``txmail check-config``) does this: the other processes never
-    read handler tables, so they need none of the secrets."""
-    resolved = dict(table)
-    problems: list[tuple[str, str]] = []
-    unresolved = set()
-    for name in config_model.secret_fields:
-        env_key = f"{name}_env"
-        if env_key not in resolved:
-            continue
-        variable = resolved.pop(env_key)
-        if name in resolved:
-            problems.append((env_key, f"set either {name!r} or {env_key!r}, not both"))
-        elif not isinstance(variable, str) or variable not in environ:
-            problems.append(
-                (env_key, f"environment variable {variable!r} is not set (the executor needs it)")
-            )
-            resolved[name] = _STAND_IN
-            unresolved.add(name)
-        else:
-            resolved[name] = environ[variable]
-    return ResolvedSecrets(resolved, problems, frozenset(unresolved))
 
 
 @runtime_checkable

@@ -57,7 +57,7 @@ def parse_postbacks(body: bytes, max_events: int) -> list[tuple[Postback, dict[s
     return parsed
 
 
-def to_outgoing(postback: Postback, raw: dict[str, Any], received_at: str) -> Outgoing:
+def postback_message(postback: Postback, raw: dict[str, Any], received_at: str) -> Outgoing:
     return Outgoing(
         routing_key=postback_routing_key(postback.status),
         body=json.dumps(raw, separators=(",", ":"), ensure_ascii=False).encode(),
@@ -82,7 +82,7 @@ async def receive_postbacks(request: web.Request) -> web.Response:
         log.info("postback rejected", error=bad.error, reason=bad.message)
         return bad.response()
     received_at = utc_now().isoformat()
-    outgoing = [to_outgoing(postback, raw, received_at) for postback, raw in postbacks]
+    outgoing = [postback_message(postback, raw, received_at) for postback, raw in postbacks]
     try:
         with gate.holding(len(outgoing)):
             await request.app[BROKER].publish(outgoing)

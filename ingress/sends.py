@@ -46,7 +46,7 @@ def parse_registration(body: bytes) -> tuple[SendRegistration, dict[str, Any]]:
         ) from None
 
 
-def to_outgoing(wire: dict[str, Any]) -> Outgoing:
+def registration_message(wire: dict[str, Any]) -> Outgoing:
     return Outgoing(
         routing_key=SEND_REGISTERED_ROUTING_KEY,
         body=canonical_json(wire),
@@ -69,7 +69,7 @@ async def register_send(request: web.Request) -> web.Response:
     except BadRequest as bad:
         log.info("send registration rejected", error=bad.error, reason=bad.message)
         return bad.response()
-    message = to_outgoing(wire)
+    message = registration_message(wire)
     bound = log.bind(external_send_id=registration.external_send_id, event_id=message.message_id)
     try:
         with gate.holding(1):

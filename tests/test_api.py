@@ -5,7 +5,6 @@ import base64
 import json
 import os
 import signal
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -17,11 +16,14 @@ from aiohttp import web
 from pydantic import SecretStr
 from structlog.testing import capture_logs
 
-from tests.factories import postback, registration
-from tests.ports import free_port
-from tests.raw_http import raw_request
-from tests.waiting import wait_until
-from txmail.cli import build_parser
+from tests.support.factories import postback, registration
+from tests.support.health import degraded, learning
+from tests.support.ports import free_port
+from tests.support.processes import spawn
+from tests.support.raw_http import raw_request
+from tests.support.waiting import wait_until
+from txmail.cli import build_parser, exit_code_of
+from txmail.core.command import Command, Configuration
 from txmail.core.settings import Settings
 from txmail.workers.api import api_host, api_tokens, create_api_app
 from txmail.workers.store import open_store
@@ -207,10 +209,9 @@ async def test_txmail_run_guards_its_api_with_the_tokens(
         "TXMAIL_API_READ_TOKEN": READ_TOKEN,
         "TXMAIL_LOG_LEVEL": "warning",
     }
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "txmail.cli", "run", env=env,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
+    process = await spawn(
+        "run", env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+    )
     base = f"http://127.0.0.1:{api_port}"
     try:
 
@@ -250,8 +251,9 @@ async def _status(settings: Settings, *argv: str) -> int:
     # Parsed as the shell would; not through main(), which sets up process-wide logging.
     args = build_parser().parse_args(["status", *argv])
     # The command runs its own event loop, as it does from a shell.
-    code: int = await asyncio.to_thread(args.handler, settings, args)
-    return code
+    command: Command = args.handler
+    config = Configuration(settings, rules_file=None)
+    return await asyncio.to_thread(exit_code_of, lambda: command(config, args))
 
 
 async def test_status_with_a_database_url_that_cannot_work_says_why_and_exits_2(
@@ -299,3 +301,22 @@ async def test_a_premature_fallback_is_shown_with_the_deadline_it_was_decided_on
     text = capsys.readouterr().out
     assert text.startswith("premature fallback")
     assert "on the deadline   2026-03-01T11:59:00+00:00" in text
+
+
+async def test_the_api_answers_brazes_health(database_url: str) -> None:
+    await degraded(database_url)
+    store = await open_store(database_url, learning(), read_only=True)
+    try:
+        async with (
+            serving(create_api_app(store)) as api,
+            aiohttp.ClientSession() as session,
+            session.get(f"{api}/v1/health/braze") as response,
+        ):
+            assert response.status == 200
+            report = await response.json()
+    finally:
+        await store.close()
+    assert report["overall"]["health"] == "degraded"
+    assert report["overall"]["figures"]["p95_latency_seconds"] == 120
+    assert [c["campaign_api_id"] for c in report["campaigns"]] == ["c"]
+    assert {c["health"] for c in report["recent_changes"]} == {"degraded"}

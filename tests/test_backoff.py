@@ -5,12 +5,12 @@ import asyncio
 import json
 import os
 import signal
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from tests.ports import free_port
+from tests.support.ports import free_port
+from tests.support.processes import spawn
 
 
 async def test_an_unreachable_broker_is_retried_with_growing_waits(tmp_path: Path) -> None:
@@ -22,10 +22,7 @@ async def test_an_unreachable_broker_is_retried_with_growing_waits(tmp_path: Pat
         "TXMAIL_METRICS_PORT": "0",
         "TXMAIL_LOG_LEVEL": "info",
     }
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "txmail.cli", "worker", env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
+    process = await spawn("worker", env=env, stderr=asyncio.subprocess.STDOUT)
     assert process.stdout is not None
     lines: list[dict[str, Any]] = []
     try:

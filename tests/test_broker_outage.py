@@ -2,11 +2,11 @@
 
 import asyncio
 
-from tests.amqp_helpers import drain
-from tests.broker_url import host_and_port, via_port
-from tests.ingress_server import running_ingress
-from tests.tcp_proxy import TcpProxy
-from tests.waiting import wait_until
+from tests.support.amqp import drain
+from tests.support.broker_url import host_and_port, via_port
+from tests.support.ingress_server import running_ingress
+from tests.support.tcp_proxy import TcpProxy
+from tests.support.waiting import wait_until
 from txmail.core.broker import Broker
 from txmail.core.settings import Settings
 from txmail.core.topology import Topology

@@ -5,21 +5,20 @@ import json
 import os
 import signal
 import subprocess
-import sys
 
-from tests.amqp_helpers import drain
-from tests.broker_url import host_and_port, via_port
-from tests.ports import free_port
-from tests.processes import wait_for_line
-from tests.tcp_proxy import TcpProxy
-from tests.waiting import wait_until
+from tests.support.amqp import drain
+from tests.support.broker_url import host_and_port, via_port
+from tests.support.ports import free_port
+from tests.support.processes import TXMAIL, spawn, wait_for_line
+from tests.support.tcp_proxy import TcpProxy
+from tests.support.waiting import wait_until
 from txmail.core.settings import Settings
 from txmail.core.topology import Topology
 
 
 def txmail(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "txmail.cli", *args],
+        [*TXMAIL, *args],
         capture_output=True,
         text=True,
         env={**os.environ, **(env or {})},
@@ -61,15 +60,7 @@ async def test_sigterm_finishes_the_request_in_flight_then_exits(
         "TXMAIL_HTTP_PORT": str(port),
         "TXMAIL_PUBLISH_TIMEOUT": "20s",
     }
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "txmail.cli",
-        "ingress",
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
+    process = await spawn("ingress", env=env, stderr=asyncio.subprocess.STDOUT)
     try:
 
         async def ready() -> bool:

@@ -11,8 +11,9 @@ import yaml
 
 from txmail.cli import build_parser
 from txmail.core.durations import parse_duration
+from txmail.core.rules_file import read_rules_file
 from txmail.core.settings import Settings
-from txmail.fallback.rules_file import load_rules_file
+from txmail.fallback.configured import configure
 
 ROOT = Path(__file__).parent.parent
 COMPOSE_TEXT = (ROOT / "docker-compose.yml").read_text()
@@ -190,4 +191,4 @@ def test_the_mounted_rules_file_exists_and_is_valid() -> None:
     for service in txmail_services().values():
         host, container = service["volumes"][0].split(":")[:2]
         assert container == service["environment"]["TXMAIL_RULES"]
-        load_rules_file(ROOT / host)
+        configure(read_rules_file(ROOT / host))

@@ -5,7 +5,7 @@ import asyncio
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
-from tests.waiting import wait_until
+from tests.support.waiting import wait_until
 from txmail.core.consumer import Consumer
 from txmail.core.settings import Settings
 

@@ -7,10 +7,11 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
 
-from tests.ingress_server import running_ingress
-from tests.readiness import is_not_consuming, is_ready, proxied
-from tests.waiting import wait_until
+from tests.support.ingress_server import running_ingress
+from tests.support.readiness import is_not_consuming, is_ready, proxied
+from tests.support.waiting import wait_until
 from txmail.core.broker import Broker
+from txmail.core.command import Configuration
 from txmail.core.events import utc_now
 from txmail.core.settings import Settings
 from txmail.core.topology import Topology
@@ -18,9 +19,10 @@ from txmail.workers.state import Outcome
 from txmail.workers.store import open_store
 from txmail.workers.store.protocol import Store
 from txmail.workers.sweeper import Sweeper
+from txmail.workers.timeouts import DeliveryTimeouts, delivery_timeouts
 from txmail.workers.tracker import Tracker
 from txmail.workers.watermark import WatermarkRule
-from txmail.workers.worker import Worker, timeouts_from
+from txmail.workers.worker import Worker
 
 SEND = {
     "external_send_id": "order-77",
@@ -31,9 +33,9 @@ SEND = {
 
 @asynccontextmanager
 async def running_worker(settings: Settings) -> AsyncIterator[tuple[Worker, Store]]:
-    timeouts = timeouts_from(settings)
-    store = await open_store(settings.database_url, timeouts)
-    worker = Worker(settings, store, timeouts)
+    config = Configuration(settings, rules_file=None)
+    store = await open_store(settings.database_url, delivery_timeouts(config))
+    worker = Worker(config, store)
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
     try:
@@ -49,7 +51,7 @@ async def tracker_cut_off_alone(
     settings: Settings, tracker_url: str
 ) -> AsyncIterator[tuple[Tracker, Store]]:
     """A tracker consuming through ``tracker_url`` and a sweeper publishing directly."""
-    store = await open_store(settings.database_url, timeouts_from(settings))
+    store = await open_store(settings.database_url, DeliveryTimeouts(settings.delivery_timeout))
     broker = Broker(settings.amqp_url, Topology(settings.namespace), settings.publish_timeout)
     broker.start()
     tracker = Tracker(

@@ -5,7 +5,7 @@ import asyncio
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
-from tests.factories import postback
+from tests.support.factories import postback
 from txmail.workers.state import Outcome
 from txmail.workers.store import open_store
 from txmail.workers.store.protocol import PendingRequest, Store

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.factories import tracked
+from tests.support.factories import tracked
 from txmail.core.events import (
     FALLBACK_ATTEMPT_TYPE,
     HEALTH_CHANGE_TYPE,

@@ -4,7 +4,6 @@ whether they consume, through a broker outage and back; a port in use ends them 
 import asyncio
 import signal
 import socket
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -13,33 +12,24 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.fallback.servers import WEBHOOK_SECRET
-from tests.ports import free_port
-from tests.processes import environment
-from tests.readiness import proxied
-from tests.waiting import wait_until
+from tests.support.ports import free_port
+from tests.support.processes import environment, spawn
+from tests.support.readiness import proxied
+from tests.support.rules_file import webhook_to
+from tests.support.waiting import wait_until
 from txmail.core.settings import Settings
 from txmail.core.topology import Topology
 
-RULES = f"""
-[handlers.ops-hook]
-type = "webhook"
-url = "http://127.0.0.1:9/hook"
-secret = "{WEBHOOK_SECRET}"
-
-[[rules]]
-on = ["bounced"]
-handlers = ["ops-hook"]
-"""
+# Bounces to a webhook nothing listens on: the processes start, nothing is called.
+RULES = webhook_to("http://127.0.0.1:9", on=("bounced",))
 
 
 @asynccontextmanager
 async def txmail_process(command: str, env: dict[str, str]) -> AsyncIterator[None]:
     """``txmail COMMAND`` for the block; it must stop by itself on SIGTERM."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "txmail.cli", command, env=env,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
+    process = await spawn(
+        command, env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+    )
     try:
         yield
     finally:
@@ -87,9 +77,8 @@ def _env(settings: Settings, tmp_path: Path, **more: str) -> dict[str, str]:
     rules = tmp_path / "rules.toml"
     rules.write_text(RULES)
     return {
-        **environment(settings),
+        **environment(settings, rules),
         "TXMAIL_DATABASE_URL": f"sqlite:///{tmp_path / 'txmail.db'}",
-        "TXMAIL_RULES": str(rules),
         "TXMAIL_HTTP_HOST": "127.0.0.1",
         **more,
     }
@@ -147,10 +136,7 @@ async def test_a_port_in_use_ends_the_process_at_once_saying_so(
             "TXMAIL_METRICS_PORT": str(free_port()),
             variable: str(port),
         }
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "txmail.cli", command, env=_env(settings, tmp_path, **ports),
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
+        process = await spawn(command, env=_env(settings, tmp_path, **ports))
         try:
             _, stderr = await asyncio.wait_for(process.communicate(), timeout=10)
         finally:

@@ -9,17 +9,17 @@ from datetime import timedelta
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
-from tests.factories import outgoing_postback, postback, raw_postback
-from tests.harness import publisher
-from tests.waiting import wait_until
+from tests.support.factories import outgoing_postback, postback, raw_postback
+from tests.support.harness import publisher
+from tests.support.waiting import wait_until
 from txmail.core.events import utc_now
 from txmail.core.settings import Settings
 from txmail.core.topology import Topology
 from txmail.workers.store import open_store
 from txmail.workers.sweeper import Sweeper
+from txmail.workers.timeouts import DeliveryTimeouts
 from txmail.workers.tracker import Tracker
 from txmail.workers.watermark import WatermarkRule, WorkerProgress
-from txmail.workers.worker import timeouts_from
 
 TIMEOUT = timedelta(seconds=1)
 SKEW = timedelta(seconds=1)
@@ -32,7 +32,9 @@ async def test_a_delivered_in_one_workers_inbox_is_not_timed_out_by_anothers_pro
         update={"database_url": database_url, "delivery_timeout": TIMEOUT}
     )
     topology = Topology(settings.namespace)
-    store = await open_store(database_url, timeouts_from(settings), settings.republish_after)
+    store = await open_store(
+        database_url, DeliveryTimeouts(settings.delivery_timeout), settings.republish_after
+    )
     braze_behind = utc_now() - timedelta(minutes=10)
     try:
         async with publisher(settings) as broker:

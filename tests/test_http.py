@@ -11,11 +11,11 @@ from typing import Any
 
 import structlog
 
-from tests.broker_url import host_and_port, via_port
-from tests.ingress_server import ProductionServer, running_ingress
-from tests.ports import free_port
-from tests.tcp_proxy import TcpProxy
-from tests.waiting import wait_until
+from tests.support.broker_url import host_and_port, via_port
+from tests.support.ingress_server import ProductionServer, running_ingress
+from tests.support.ports import free_port
+from tests.support.tcp_proxy import TcpProxy
+from tests.support.waiting import wait_until
 from txmail.core.health import create_health_app
 from txmail.core.http import serve_until_stopped
 from txmail.core.http import serving as serving_app

@@ -4,7 +4,6 @@ the readers (api, status) work with a database user that may only SELECT."""
 import asyncio
 import os
 import sqlite3
-import sys
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -15,16 +14,18 @@ import aiohttp
 import asyncpg
 import pytest
 
-from tests.factories import postback
-from tests.ports import free_port
-from tests.processes import wait_for_line
-from tests.waiting import wait_until
-from txmail.cli import build_parser
+from tests.support.factories import postback
+from tests.support.ports import free_port
+from tests.support.processes import spawn, wait_for_line
+from tests.support.waiting import wait_until
+from txmail.cli import build_parser, exit_code_of
+from txmail.core.command import Command, Configuration
 from txmail.core.database import Migration
 from txmail.core.settings import Settings
+from txmail.core.sql import SQLITE
 from txmail.workers.api import create_api_app
 from txmail.workers.store import migrate_schema, open_store
-from txmail.workers.store.migrations import SQLITE, require_migrated
+from txmail.workers.store.migrations import MESSAGES, migrations, require_migrated
 from txmail.workers.store.protocol import NotMigrated
 from txmail.workers.timeouts import DeliveryTimeouts
 
@@ -50,8 +51,9 @@ async def _tables(database_url: str) -> list[str]:
 async def _command(settings: Settings, *argv: str) -> int:
     # Parsed as the shell would; the command runs its own event loop, as from a shell.
     args = build_parser().parse_args(list(argv))
-    code: int = await asyncio.to_thread(args.handler, settings, args)
-    return code
+    command: Command = args.handler
+    config = Configuration(settings, rules_file=None)
+    return await asyncio.to_thread(exit_code_of, lambda: command(config, args))
 
 
 async def test_reads_of_an_unmigrated_database_say_so_and_create_nothing(
@@ -116,7 +118,9 @@ async def test_the_api_answers_503_until_the_tables_exist(database_url: str) -> 
                 assert body["error"] == "not_migrated"
                 assert NOT_MIGRATED in body["message"]
             assert await _tables(database_url) == []
-            assert await migrate_schema(database_url, TIMEOUTS) == [v for v, _ in SQLITE]
+            assert await migrate_schema(database_url, TIMEOUTS) == [
+                v for v, _ in migrations(SQLITE)
+            ]
             async with session.get(f"{base}/readyz") as response:
                 assert response.status == 200
     finally:
@@ -164,10 +168,7 @@ async def test_a_read_only_role_serves_status_and_the_api(
     assert await _command(reader, "status", "d1") == 0
     assert capsys.readouterr().out.startswith("bounced: 550 no such user")
     port = free_port()
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "txmail.cli",
+    process = await spawn(
         "api",
         env={
             **os.environ,
@@ -177,7 +178,6 @@ async def test_a_read_only_role_serves_status_and_the_api(
             "TXMAIL_API_READ_TOKEN": "",
             "TXMAIL_API_HOST": "",
         },
-        stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
     try:
@@ -212,13 +212,8 @@ async def test_a_sqlite_path_the_worker_cannot_write_fails_at_start_naming_it(
     tmp_path: Path,
 ) -> None:
     for path in _unwritable(tmp_path):
-        worker = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "txmail.cli",
-            "worker",
-            env={**os.environ, "TXMAIL_DATABASE_URL": f"sqlite:///{path}"},
-            stderr=asyncio.subprocess.PIPE,
+        worker = await spawn(
+            "worker", env={**os.environ, "TXMAIL_DATABASE_URL": f"sqlite:///{path}"}
         )
         try:
             _, err = await asyncio.wait_for(worker.communicate(), 20)
@@ -246,3 +241,38 @@ async def test_migrate_creates_the_executors_call_ledger_too(
     assert await _command(Settings(database_url=database_url), "migrate") == 0
     assert "fallback_calls" in await _table_names(database_url)
     assert "call ledger" in capsys.readouterr().out
+
+
+async def test_version_4_brings_an_older_postgres_messages_table_to_the_shared_shape(
+    postgres_schema_url: str,
+) -> None:
+    writer = await open_store(postgres_schema_url, TIMEOUTS)
+    await writer.apply([postback("d1", "bounced", NOW, reason="550 no such user")], NOW)
+    await writer.close()
+    admin = await asyncpg.connect(postgres_schema_url)
+    try:
+        # Back to the shape version 1 used to make on PostgreSQL, with the row in it.
+        await admin.execute(
+            """ALTER TABLE messages ALTER COLUMN outcome SET DEFAULT 'in_flight',
+                ALTER COLUMN summary DROP NOT NULL,
+                ALTER COLUMN created_at SET DEFAULT now(),
+                ALTER COLUMN updated_at SET DEFAULT now();
+            DELETE FROM schema_migrations WHERE version = 4"""
+        )
+        assert await migrate_schema(postgres_schema_url, TIMEOUTS) == [4]
+        columns = await admin.fetch(
+            "SELECT column_name, is_nullable, column_default FROM information_schema.columns "
+            "WHERE table_schema = current_schema() AND table_name = 'messages'"
+        )
+    finally:
+        await admin.close()
+    not_null = {c.name for c in MESSAGES if c.constraint in ("NOT NULL", "PRIMARY KEY")}
+    assert {c["column_name"] for c in columns if c["is_nullable"] == "NO"} == not_null
+    assert [c["column_name"] for c in columns if c["column_default"] is not None] == []
+    reader = await open_store(postgres_schema_url, TIMEOUTS, read_only=True)
+    try:
+        found = await reader.find(dispatch_id="d1")
+    finally:
+        await reader.close()
+    assert found is not None
+    assert found.outcome == "bounced"

@@ -6,9 +6,9 @@ import ipaddress
 import pytest
 from pydantic import SecretStr
 
-from tests.amqp_helpers import queue_depth
-from tests.ingress_server import running_ingress
-from tests.raw_http import raw_request
+from tests.support.amqp import queue_depth
+from tests.support.ingress_server import running_ingress
+from tests.support.raw_http import raw_request
 from txmail.core.settings import Settings
 from txmail.core.topology import Topology
 

@@ -3,13 +3,13 @@
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.amqp_helpers import drain, queue_depth
-from tests.factories import tracked
-from tests.ingress_server import running_ingress
+from tests.support.amqp import drain, queue_depth
+from tests.support.braze import BRAZE_EXAMPLES
+from tests.support.factories import tracked
+from tests.support.ingress_server import running_ingress
 from txmail.core.events import MAX_NESTING, POSTBACK_TYPE, event_id
 from txmail.core.settings import Settings
 from txmail.core.topology import Topology
@@ -17,21 +17,19 @@ from txmail.workers.status import as_json, describe
 from txmail.workers.store import open_store
 from txmail.workers.timeouts import DeliveryTimeouts
 
-EXAMPLES: list[dict[str, Any]] = json.loads(
-    (Path(__file__).parent / "braze-postbacks.json").read_text()
-)["examples"]
-
 
 async def test_each_braze_example_is_published_intact(settings: Settings, amqp_url: str) -> None:
     async with running_ingress(settings) as client:
-        for example in EXAMPLES:
+        for example in BRAZE_EXAMPLES:
             response = await client.post("/postbacks", json=example)
             assert response.status == 202
             assert await response.json() == {"accepted": 1, "event_ids": [event_id(example)]}
 
-    messages = await drain(amqp_url, Topology(settings.namespace).tracker_queue, len(EXAMPLES))
+    messages = await drain(
+        amqp_url, Topology(settings.namespace).tracker_queue, len(BRAZE_EXAMPLES)
+    )
     by_status = {json.loads(m.body)["status"]: m for m in messages}
-    for example in EXAMPLES:
+    for example in BRAZE_EXAMPLES:
         message = by_status[example["status"]]
         assert json.loads(message.body) == example
         assert message.routing_key == f"postback.{example['status']}"
@@ -46,21 +44,21 @@ async def test_an_array_publishes_one_message_per_postback(
     settings: Settings, amqp_url: str
 ) -> None:
     async with running_ingress(settings) as client:
-        response = await client.post("/postbacks", json=EXAMPLES)
+        response = await client.post("/postbacks", json=BRAZE_EXAMPLES)
         assert response.status == 202
         assert (await response.json())["accepted"] == 5
 
     messages = await drain(amqp_url, Topology(settings.namespace).tracker_queue, 5)
     assert sorted(json.loads(m.body)["status"] for m in messages) == sorted(
-        e["status"] for e in EXAMPLES
+        e["status"] for e in BRAZE_EXAMPLES
     )
 
 
 async def test_a_duplicate_gets_the_same_event_id(settings: Settings, amqp_url: str) -> None:
-    reordered = json.loads(json.dumps(EXAMPLES[4]))
+    reordered = json.loads(json.dumps(BRAZE_EXAMPLES[4]))
     reordered["metadata"] = dict(reversed(list(reordered["metadata"].items())))
     async with running_ingress(settings) as client:
-        first = await (await client.post("/postbacks", json=EXAMPLES[4])).json()
+        first = await (await client.post("/postbacks", json=BRAZE_EXAMPLES[4])).json()
         second = await (await client.post("/postbacks", json=reordered)).json()
     assert first["event_ids"] == second["event_ids"]
     messages = await drain(amqp_url, Topology(settings.namespace).tracker_queue, 2)
@@ -298,7 +296,7 @@ async def test_an_oversize_body_is_refused_with_413(settings: Settings, amqp_url
 async def test_too_long_an_array_is_refused_with_413(settings: Settings, amqp_url: str) -> None:
     settings = settings.model_copy(update={"max_events_per_request": 3})
     async with running_ingress(settings) as client:
-        response = await client.post("/postbacks", json=EXAMPLES[:4])
+        response = await client.post("/postbacks", json=BRAZE_EXAMPLES[:4])
         assert response.status == 413
         assert (await response.json())["error"] == "too_many_postbacks"
     assert await queue_depth(amqp_url, Topology(settings.namespace).tracker_queue) == 0

@@ -4,9 +4,12 @@ import json
 import re
 from pathlib import Path
 
-from tests.ingress_server import running_ingress
+from tests.support.braze import BRAZE_EXAMPLES
+from tests.support.ingress_server import running_ingress
 from txmail.cli import build_parser
 from txmail.core.settings import Settings
+from txmail.fallback.configured import resolve_secrets
+from txmail.fallback.handler import HandlerConfig
 
 ROOT = Path(__file__).parent.parent
 README = (ROOT / "README.md").read_text()
@@ -54,8 +57,7 @@ def test_the_first_lines_run_it_try_it_and_test_it() -> None:
 
 
 def test_the_sample_is_brazes_five_examples_as_they_are() -> None:
-    examples = json.loads((ROOT / "tests" / "braze-postbacks.json").read_text())["examples"]
-    assert examples == SAMPLE
+    assert BRAZE_EXAMPLES == SAMPLE
 
 
 def test_the_sample_send_and_the_registration_example_are_for_the_samples_send() -> None:
@@ -87,3 +89,21 @@ async def test_the_samples_are_accepted_as_they_are(settings: Settings) -> None:
         )
         assert posted.status == 202, await posted.text()
         assert (await posted.json())["accepted"] == 5
+
+
+def test_the_plugin_example_runs_as_written() -> None:
+    """The handler type under "Writing a handler type", executed as a module: its
+    imports are the public plug-in API, and its config is one the executor takes."""
+    section = README.split("### Writing a handler type", 1)[1]
+    code = re.search(r"```python\n(.+?)```", section, re.DOTALL)
+    assert code is not None
+    module: dict[str, object] = {}
+    exec(compile(code.group(1), "README.md (mypackage/pager.py)", "exec"), module)  # noqa: S102
+    config_model = module["PagerConfig"]
+    assert isinstance(config_model, type)
+    assert issubclass(config_model, HandlerConfig)
+    assert vars(module["PagerHandler"])["config_model"] is config_model
+    table = {"url": "https://pager.example.com/", "api_key_env": "PAGER_KEY"}
+    secrets = resolve_secrets(config_model, table, {"PAGER_KEY": "k"})
+    assert secrets.problems == []
+    assert config_model.model_validate(secrets.table).timeout.total_seconds() == 10

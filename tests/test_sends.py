@@ -6,8 +6,8 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from tests.amqp_helpers import drain, queue_depth
-from tests.ingress_server import running_ingress
+from tests.support.amqp import drain, queue_depth
+from tests.support.ingress_server import running_ingress
 from txmail.core.events import SendRegistration
 from txmail.core.settings import Settings
 from txmail.core.topology import Topology

@@ -1,13 +1,12 @@
 """The functional core, in microseconds: invariant 2 (docs/architecture.md) and the
 decision rules."""
 
-import json
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.support.braze import BRAZE_EXAMPLES
 from txmail.core.events import Postback, SendRegistration, Trigger, event_id
 from txmail.workers.state import (
     Event,
@@ -27,10 +26,11 @@ from txmail.workers.timeouts import DeliveryTimeouts
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 TIMEOUTS = DeliveryTimeouts(timedelta(minutes=10), {"slow": timedelta(hours=2)})
 STATUSES = ("sent", "processed", "aborted", "delivered", "bounced", "deferred")
-BRAZE = json.loads((Path(__file__).parent / "braze-postbacks.json").read_text())["examples"]
 
 
-def postback(status: str, at: int = 0, **metadata: object) -> PostbackEvent:
+def postback_event(status: str, at: int = 0, **metadata: object) -> PostbackEvent:
+    """The pure core's event for send o1, ``at`` seconds after T0 (tests of the store and
+    the tracker take tests.support.factories.postback, decoded as a worker decodes it)."""
     raw = {
         "dispatch_id": "d1",
         "status": status,
@@ -43,7 +43,7 @@ def postback(status: str, at: int = 0, **metadata: object) -> PostbackEvent:
     )
 
 
-def registration(at: int = 0, **fields: object) -> RegistrationEvent:
+def registration_event(at: int = 0, **fields: object) -> RegistrationEvent:
     body = {"external_send_id": "o1", **fields}
     return RegistrationEvent(
         event_id=event_id(body),
@@ -62,19 +62,23 @@ def fold(events: list[Event]) -> Message:
 events = st.lists(
     st.one_of(
         st.builds(
-            postback,
+            postback_event,
             st.sampled_from(STATUSES),
             st.integers(0, 5),
             reason=st.sampled_from(["550 no such user", "User not emailable"]),
         ),
-        st.builds(registration, st.integers(0, 5), campaign_api_id=st.sampled_from(["c1", "c2"])),
+        st.builds(
+            registration_event, st.integers(0, 5), campaign_api_id=st.sampled_from(["c1", "c2"])
+        ),
     ),
     max_size=12,
 )
 # In time, late, missing or unreadable, against a 10-minute deadline from T0.
 DELIVERED_AT = ("2026-01-01T00:09:00+00:00", "2026-01-01T00:11:00+00:00", None, "soon")
 delivered_events = st.builds(
-    lambda at, when: postback("delivered", at, **({} if when is None else {"delivered_at": when})),
+    lambda at, when: postback_event(
+        "delivered", at, **({} if when is None else {"delivered_at": when})
+    ),
     st.integers(0, 5),
     st.sampled_from(DELIVERED_AT),
 )
@@ -103,12 +107,15 @@ def test_evolve_in_batches_decides_once_and_agrees_with_one_batch(
 
 
 @given(
-    st.lists(st.one_of(delivered_events, st.builds(postback, st.sampled_from(STATUSES)))), st.data()
+    st.lists(st.one_of(delivered_events, st.builds(postback_event, st.sampled_from(STATUSES)))),
+    st.data(),
 )
 def test_after_a_timeout_any_order_of_the_rest_gives_the_same_outcome(
     rest: list[Event], data: st.DataObject
 ) -> None:
-    claimed, decision = claim_deadline(fold([postback("sent")]), TIMEOUTS, T0 + timedelta(hours=1))
+    claimed, decision = claim_deadline(
+        fold([postback_event("sent")]), TIMEOUTS, T0 + timedelta(hours=1)
+    )
     assert decision is not None
     copies = data.draw(st.lists(st.sampled_from(rest))) if rest else []
     replayed = data.draw(st.permutations(rest + copies))
@@ -119,12 +126,14 @@ def test_after_a_timeout_any_order_of_the_rest_gives_the_same_outcome(
 
 
 def test_a_delivered_stamped_in_time_after_a_timeout_is_a_premature_fallback() -> None:
-    claimed, _ = claim_deadline(fold([postback("sent")]), TIMEOUTS, T0 + timedelta(minutes=10))
+    claimed, _ = claim_deadline(
+        fold([postback_event("sent")]), TIMEOUTS, T0 + timedelta(minutes=10)
+    )
     assert claimed.decision is not None
     assert claimed.decision.deadline == T0 + timedelta(minutes=10)
 
     def after(**metadata: object) -> Outcome:
-        return outcome(evolve(claimed, [postback("delivered", 900, **metadata)], T0)[0])
+        return outcome(evolve(claimed, [postback_event("delivered", 900, **metadata)], T0)[0])
 
     assert after(delivered_at="2026-01-01T00:09:59+00:00") == Outcome.PREMATURE_FALLBACK
     assert after(delivered_at="2026-01-01T00:10:00+00:00") == Outcome.PREMATURE_FALLBACK
@@ -135,19 +144,22 @@ def test_a_delivered_stamped_in_time_after_a_timeout_is_a_premature_fallback() -
     old = claimed.model_copy(
         update={"decision": claimed.decision.model_copy(update={"deadline": None})}
     )
-    in_time = postback("delivered", 900, delivered_at="2026-01-01T00:09:00+00:00")
+    in_time = postback_event("delivered", 900, delivered_at="2026-01-01T00:09:00+00:00")
     assert outcome(evolve(old, [in_time], T0)[0]) == Outcome.DELIVERED_LATE
 
 
 def test_failure_outranks_delivered_outranks_in_flight() -> None:
-    assert outcome(fold([postback("sent")])) == Outcome.IN_FLIGHT
-    assert outcome(fold([postback("sent"), postback("delivered")])) == Outcome.DELIVERED
-    assert outcome(fold([postback("delivered"), postback("bounced", 9)])) == Outcome.BOUNCED
-    assert outcome(fold([postback("aborted"), postback("bounced")])) == Outcome.BOUNCED
+    assert outcome(fold([postback_event("sent")])) == Outcome.IN_FLIGHT
+    assert outcome(fold([postback_event("sent"), postback_event("delivered")])) == Outcome.DELIVERED
+    assert (
+        outcome(fold([postback_event("delivered"), postback_event("bounced", 9)]))
+        == Outcome.BOUNCED
+    )
+    assert outcome(fold([postback_event("aborted"), postback_event("bounced")])) == Outcome.BOUNCED
 
 
 def test_unknown_status_is_kept_without_changing_the_outcome() -> None:
-    message = fold([postback("deferred")])
+    message = fold([postback_event("deferred")])
     assert "deferred" in message.statuses
     assert outcome(message) == Outcome.IN_FLIGHT
 
@@ -155,7 +167,7 @@ def test_unknown_status_is_kept_without_changing_the_outcome() -> None:
 def test_braze_examples_in_any_order_end_bounced_with_one_decision() -> None:
     events = [
         PostbackEvent(event_id=event_id(raw), received_at=T0, postback=Postback.model_validate(raw))
-        for raw in BRAZE
+        for raw in BRAZE_EXAMPLES
     ]
     message, decision = evolve(Message(key="send:x"), list(reversed(events)), T0)
     assert outcome(message) == Outcome.BOUNCED
@@ -167,15 +179,15 @@ def test_braze_examples_in_any_order_end_bounced_with_one_decision() -> None:
 
 
 def test_deadline_is_armed_from_sent_at_and_uses_the_campaign_timeout() -> None:
-    message = fold([postback("sent", 30, sent_at="2026-01-01T00:00:10+00:00")])
+    message = fold([postback_event("sent", 30, sent_at="2026-01-01T00:00:10+00:00")])
     assert deadline(message, TIMEOUTS) == T0 + timedelta(minutes=10, seconds=10)
-    slow = fold([postback("processed", 30, campaign_api_id="slow")])
+    slow = fold([postback_event("processed", 30, campaign_api_id="slow")])
     assert deadline(slow, TIMEOUTS) == T0 + timedelta(hours=2, seconds=30)
-    assert deadline(fold([postback("sent"), postback("delivered")]), TIMEOUTS) is None
+    assert deadline(fold([postback_event("sent"), postback_event("delivered")]), TIMEOUTS) is None
 
 
 def test_deadline_claim_then_delivered_is_delivered_late() -> None:
-    message = fold([postback("sent")])
+    message = fold([postback_event("sent")])
     unchanged, none = claim_deadline(message, TIMEOUTS, T0 + timedelta(minutes=9))
     assert none is None
     assert unchanged == message
@@ -184,34 +196,36 @@ def test_deadline_claim_then_delivered_is_delivered_late() -> None:
     assert decision.trigger == Trigger.TIMEOUT
     assert outcome(claimed) == Outcome.TIMED_OUT
     assert claim_deadline(claimed, TIMEOUTS, T0 + timedelta(hours=1))[1] is None
-    late, again = evolve(claimed, [postback("delivered", 700)], T0 + timedelta(minutes=12))
+    late, again = evolve(claimed, [postback_event("delivered", 700)], T0 + timedelta(minutes=12))
     assert again is None
     assert outcome(late) == Outcome.DELIVERED_LATE
 
 
 def test_a_delivered_stamped_after_the_deadline_leaves_it_armed_whatever_the_order() -> None:
-    late = postback("delivered", 700, delivered_at="2026-01-01T00:11:00+00:00")
+    late = postback_event("delivered", 700, delivered_at="2026-01-01T00:11:00+00:00")
     # Heard of before the sweeper got to the deadline, or after: one timeout either way.
-    first = fold([postback("sent"), late])
+    first = fold([postback_event("sent"), late])
     assert deadline(first, TIMEOUTS) == T0 + timedelta(minutes=10)
     claimed_after, decision = claim_deadline(first, TIMEOUTS, T0 + timedelta(minutes=12))
     assert decision is not None
     assert decision.trigger == Trigger.TIMEOUT
-    claimed_before, _ = claim_deadline(fold([postback("sent")]), TIMEOUTS, T0 + timedelta(hours=1))
+    claimed_before, _ = claim_deadline(
+        fold([postback_event("sent")]), TIMEOUTS, T0 + timedelta(hours=1)
+    )
     delivered_after, _ = evolve(claimed_before, [late], T0 + timedelta(hours=1))
     assert outcome(claimed_after) == outcome(delivered_after) == Outcome.DELIVERED_LATE
 
 
 def test_a_delivered_stamped_by_the_deadline_or_ahead_of_its_arrival_disarms_it() -> None:
-    in_time = postback("delivered", 700, delivered_at="2026-01-01T00:09:00+00:00")
-    assert deadline(fold([postback("sent"), in_time]), TIMEOUTS) is None
+    in_time = postback_event("delivered", 700, delivered_at="2026-01-01T00:09:00+00:00")
+    assert deadline(fold([postback_event("sent"), in_time]), TIMEOUTS) is None
     # A clock ahead: stamped after the deadline, but heard of long before it.
-    ahead = postback("delivered", 60, delivered_at="2026-01-01T00:11:00+00:00")
-    assert deadline(fold([postback("sent"), ahead]), TIMEOUTS) is None
+    ahead = postback_event("delivered", 60, delivered_at="2026-01-01T00:11:00+00:00")
+    assert deadline(fold([postback_event("sent"), ahead]), TIMEOUTS) is None
 
 
 def test_registration_without_sent_is_not_sent_with_its_own_timeout() -> None:
-    message = fold([registration(recipient={"phone": "+15550100"}, delivery_timeout="90s")])
+    message = fold([registration_event(recipient={"phone": "+15550100"}, delivery_timeout="90s")])
     assert deadline(message, TIMEOUTS) == T0 + timedelta(seconds=90)
     claimed, decision = claim_deadline(message, TIMEOUTS, T0 + timedelta(seconds=90))
     assert decision is not None
@@ -223,11 +237,11 @@ def test_registration_without_sent_is_not_sent_with_its_own_timeout() -> None:
 
 
 def test_unreadable_sent_at_falls_back_to_arrival() -> None:
-    message = fold([postback("sent", 5, sent_at="yesterday-ish")])
+    message = fold([postback_event("sent", 5, sent_at="yesterday-ish")])
     assert deadline(message, TIMEOUTS) == T0 + timedelta(minutes=10, seconds=5)
 
 
 def test_a_sent_at_after_the_arrival_does_not_postpone_the_deadline() -> None:
     # A clock ahead, or a wrong offset: Braze cannot have sent it after we heard of it.
-    ahead = fold([postback("sent", 5, sent_at="2026-01-01T00:00:05-12:00")])
+    ahead = fold([postback_event("sent", 5, sent_at="2026-01-01T00:00:05-12:00")])
     assert deadline(ahead, TIMEOUTS) == T0 + timedelta(minutes=10, seconds=5)

@@ -3,11 +3,11 @@
 import asyncio
 import json
 import os
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from tests.factories import postback, registration, tracked
+from tests.support.factories import postback, registration, tracked
+from tests.support.processes import spawn
 from txmail.core.events import FALLBACK_ATTEMPT_TYPE, AttemptOutcome, FallbackAttempt
 from txmail.workers.status import as_json, describe
 from txmail.workers.store import open_store
@@ -115,15 +115,16 @@ async def test_status_json_stays_parseable_with_debug_logs(tmp_path: Path) -> No
     # Logs go to stderr: at level debug they must not mix into the data on stdout.
     database = tmp_path / "t.db"
     await stored(database, [postback("d1", "bounced", NOW, reason="550")])
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "txmail.cli", "status", "--json", "d1",
+    process = await spawn(
+        "status",
+        "--json",
+        "d1",
         env={
             **os.environ,
             "TXMAIL_DATABASE_URL": f"sqlite:///{database}",
             "TXMAIL_LOG_LEVEL": "debug",
         },
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+    )
     out, err = await asyncio.wait_for(process.communicate(), 30)
     assert process.returncode == 0, err.decode()
     assert json.loads(out)["outcome"] == "bounced"

@@ -4,14 +4,14 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
 
-from tests.factories import postback, registration, tracked
-from tests.waiting import wait_until
+from tests.support.braze import BRAZE_EXAMPLES
+from tests.support.factories import postback, registration, tracked
+from tests.support.waiting import wait_until
 from txmail.core.events import (
     FALLBACK_ATTEMPT_TYPE,
     POSTBACK_TYPE,
@@ -28,7 +28,6 @@ from txmail.workers.watermark import WorkerProgress
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 TIMEOUTS = DeliveryTimeouts(timedelta(minutes=10))
-BRAZE = json.loads((Path(__file__).parent / "braze-postbacks.json").read_text())["examples"]
 
 
 @pytest.fixture
@@ -39,7 +38,7 @@ async def store(database_url: str) -> AsyncIterator[Store]:
 
 
 async def test_events_are_kept_once_and_decide_once(store: Store) -> None:
-    events = [_braze(raw) for raw in BRAZE]
+    events = [_braze(raw) for raw in BRAZE_EXAMPLES]
     first = await store.apply(events, NOW)
     again = await store.apply(list(reversed(events)), NOW + timedelta(seconds=1))
     assert [p.request.trigger for p in first] == [Trigger.BOUNCED]
@@ -292,3 +291,23 @@ async def test_worker_progress_is_one_row_per_worker_and_old_rows_are_forgotten(
     )
     rows = await store.report_progress(again, NOW - timedelta(hours=1))
     assert rows == [again]
+
+
+async def test_two_workers_making_one_new_message_at_once_both_count(
+    postgres_schema_url: str,
+) -> None:
+    # Neither finds a row: each must wait for the other's, not write over it.
+    workers = [await open_store(postgres_schema_url, TIMEOUTS) for _ in range(2)]
+    try:
+        for i in range(20):
+            await asyncio.gather(
+                workers[0].apply([postback(f"d{i}", "sent", NOW)], NOW),
+                workers[1].apply([postback(f"d{i}", "bounced", NOW)], NOW),
+            )
+        for i in range(20):
+            message = await workers[0].find(dispatch_id=f"d{i}")
+            assert message is not None
+            assert set(message.statuses) == {"sent", "bounced"}
+    finally:
+        for worker in workers:
+            await worker.close()

@@ -1,38 +1,28 @@
-"""The worker against a real RabbitMQ, on both stores."""
+"""The worker against a real RabbitMQ, on both stores: settling deliveries, publishing,
+and outages. Its logic on a batch, without a broker, is in test_tracker_batches.py."""
 
-import json
 from collections.abc import MutableMapping
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 from aio_pika.abc import AbstractIncomingMessage
 from structlog.testing import capture_logs
 
-from tests.broker_url import host_and_port, via_port
-from tests.factories import outgoing_postback, raw_postback
-from tests.harness import body, publisher, queue_readers, running_worker
-from tests.tcp_proxy import TcpProxy
-from tests.waiting import wait_until
-from txmail.core.broker import Outgoing
+from tests.support.braze import BRAZE_EXAMPLES
+from tests.support.broker_url import host_and_port, via_port
+from tests.support.factories import NOT_THE_CONTRACT, outgoing_postback, raw_postback
+from tests.support.harness import body, publisher, queue_readers, running_worker
+from tests.support.poison import refuse_poison
+from tests.support.tcp_proxy import TcpProxy
+from tests.support.waiting import wait_until
 from txmail.core.events import (
-    FALLBACK_ATTEMPT_TYPE,
-    POSTBACK_TYPE,
-    SEND_REGISTERED_ROUTING_KEY,
-    SEND_REGISTRATION_TYPE,
-    AttemptOutcome,
-    FallbackAttempt,
-    event_id,
     utc_now,
 )
 from txmail.core.settings import Settings
 from txmail.core.topology import Topology
 from txmail.workers.state import Outcome
 from txmail.workers.store.protocol import Store
-
-BRAZE = json.loads((Path(__file__).parent / "braze-postbacks.json").read_text())["examples"]
 
 
 @pytest.fixture
@@ -63,39 +53,11 @@ async def _published(store: Store, **lookup: str) -> bool:
     return bool(message and message.decision and message.decision.published_at)
 
 
-async def test_braze_examples_twice_make_one_fallback_request(worker_settings: Settings) -> None:
-    now = utc_now()
-    messages = [outgoing_postback(raw, now) for raw in BRAZE]
-    async with running_worker(worker_settings) as store, publisher(worker_settings) as broker:
-        await broker.publish(messages + messages[::-1])
-        dispatch_id = BRAZE[0]["dispatch_id"]
-        await wait_until(lambda: _published(store, dispatch_id=dispatch_id), what="decision")
-        async with queue_readers(worker_settings) as (fallback, _):
-            [request] = await fallback.drain()
-        message = await store.find(dispatch_id=dispatch_id)
-    assert message is not None
-    assert message.outcome == Outcome.BOUNCED
-    assert len(message.timeline) == 5
-    assert body(request)["trigger"] == "bounced"
-    assert request.message_id == body(request)["idempotency_key"]
-
-
 async def test_what_is_not_the_contract_is_dead_lettered_without_blocking(
     worker_settings: Settings,
 ) -> None:
     now = utc_now()
-    bad = [
-        Outgoing("postback.sent", b"{not json", "bad-1", POSTBACK_TYPE),
-        Outgoing("postback.sent", b'{"status": "sent"}', "bad-2", POSTBACK_TYPE),
-        Outgoing("send.other", b"{}", "bad-3", "something_else"),
-        Outgoing("postback.sent", b"[" * 5000 + b"]" * 5000, "bad-4", POSTBACK_TYPE),
-        Outgoing(
-            "postback.sent",
-            b'{"dispatch_id": "d", "status": "sent", "metadata": {"x": "\\ud800"}}',
-            "bad-5",
-            POSTBACK_TYPE,
-        ),
-    ]
+    bad = NOT_THE_CONTRACT
     good = outgoing_postback(raw_postback("after-poison", "delivered"), now)
     async with running_worker(worker_settings) as store, publisher(worker_settings) as broker:
         await broker.publish([*bad, good])
@@ -107,7 +69,7 @@ async def test_what_is_not_the_contract_is_dead_lettered_without_blocking(
             parked = []
 
             async def all_parked() -> bool:
-                parked.extend(await dead.drain())
+                parked.extend(await dead.take_all())
                 return len(parked) == len(bad)
 
             await wait_until(all_parked, what="bad messages dead-lettered")
@@ -130,96 +92,8 @@ def _death_reason(message: AbstractIncomingMessage) -> object:
     return death.get("reason")
 
 
-async def test_deadline_fires_on_time_and_a_late_delivered_is_recorded_late(
-    worker_settings: Settings,
-) -> None:
-    sent_at = utc_now()
-    sent = raw_postback("slow", "sent", sent_at=sent_at.isoformat())
-    async with running_worker(worker_settings) as store, publisher(worker_settings) as broker:
-        await broker.publish([outgoing_postback(sent, sent_at)])
-        await wait_until(lambda: _published(store, dispatch_id="slow"), what="timeout decision")
-        message = await store.find(dispatch_id="slow")
-        assert message is not None
-        assert message.decision is not None
-        assert message.decision.trigger == "timeout"
-        fired_after = message.decision.decided_at - (sent_at + timedelta(seconds=1))
-        assert timedelta(0) <= fired_after < timedelta(seconds=2)
-        delivered = raw_postback("slow", "delivered")
-        await broker.publish([outgoing_postback(delivered, utc_now())])
-        await wait_until(
-            lambda: _outcome_is(store, "slow", Outcome.DELIVERED_LATE), what="delivered late"
-        )
-        async with queue_readers(worker_settings) as (fallback, _):
-            [request] = await fallback.drain()
-    assert body(request)["trigger"] == "timeout"
-
-
 async def _outcome_is(store: Store, dispatch_id: str, outcome: Outcome) -> bool:
     return await _outcome(store, dispatch_id) == outcome
-
-
-async def test_registered_send_never_sent_gets_a_fallback_with_its_recipient(
-    worker_settings: Settings,
-) -> None:
-    registration = {
-        "external_send_id": "order-1234",
-        "campaign_api_id": "c1",
-        "recipient": {"phone": "+15550100"},
-        "variables": {"first_name": "Ada"},
-        "delivery_timeout": "500ms",
-    }
-    registered = Outgoing(
-        SEND_REGISTERED_ROUTING_KEY,
-        json.dumps(registration).encode(),
-        event_id(registration),
-        SEND_REGISTRATION_TYPE,
-        headers={"received_at": utc_now().isoformat()},
-    )
-    async with running_worker(worker_settings) as store, publisher(worker_settings) as broker:
-        await broker.publish([registered])
-        await wait_until(lambda: _published(store, external_send_id="order-1234"), what="not_sent")
-        async with queue_readers(worker_settings) as (fallback, _):
-            [request] = await fallback.drain()
-        decided = body(request)
-        attempt = FallbackAttempt(
-            idempotency_key=decided["idempotency_key"],
-            dispatch_id=None,
-            external_send_id="order-1234",
-            handler="sms",
-            attempt=1,
-            outcome=AttemptOutcome.SUCCEEDED,
-            at=utc_now(),
-        )
-        await broker.publish(
-            [
-                Outgoing(
-                    attempt.routing_key,
-                    attempt.model_dump_json().encode(),
-                    attempt.event_id,
-                    FALLBACK_ATTEMPT_TYPE,
-                )
-            ]
-        )
-
-        async def attempt_recorded() -> bool:
-            message = await store.find(external_send_id="order-1234")
-            return message is not None and len(message.timeline) == 2
-
-        await wait_until(attempt_recorded, what="the attempt on the timeline")
-    assert decided["trigger"] == "not_sent"
-    assert decided["recipient"] == {"email": None, "phone": "+15550100"}
-    assert decided["variables"] == {"first_name": "Ada"}
-
-
-_REFUSE_POISON = """
-CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF NEW.dispatch_id = 'poison' THEN RAISE EXCEPTION 'refusing the poison message'; END IF;
-    RETURN NEW;
-END $$;
-CREATE TRIGGER refuse_poison BEFORE UPDATE ON messages
-    FOR EACH ROW EXECUTE FUNCTION refuse_poison();
-"""
 
 
 async def test_a_message_the_store_cannot_take_is_dead_lettered_after_the_delivery_limit(
@@ -233,17 +107,13 @@ async def test_a_message_the_store_cannot_take_is_dead_lettered_after_the_delive
     poison = outgoing_postback(raw_postback("poison", "sent"), now)
     after = outgoing_postback(raw_postback("after", "delivered"), now)
     async with running_worker(worker_settings) as store, publisher(worker_settings) as broker:
-        database = await asyncpg.connect(postgres_schema_url)
-        try:
-            await database.execute(_REFUSE_POISON)
-        finally:
-            await database.close()
+        await refuse_poison(postgres_schema_url)
         await broker.publish([before, poison, after])
         async with queue_readers(worker_settings) as (_, dead):
             parked = []
 
             async def poison_parked() -> bool:
-                parked.extend(await dead.drain())
+                parked.extend(await dead.take_all())
                 return bool(parked)
 
             await wait_until(poison_parked, what="the poison message dead-lettered")
@@ -279,7 +149,7 @@ async def test_a_fallback_request_the_broker_refused_is_published_later_once(
         assert not await _published(store, dispatch_id="refused")
         await queue.bind(topology.events_exchange, "fallback.request.#")
         await wait_until(lambda: _published(store, dispatch_id="refused"), what="republish")
-        requests = await fallback.drain()
+        requests = await fallback.take_all()
     assert [body(r)["dispatch_id"] for r in requests] == ["refused"]
 
 
@@ -336,14 +206,14 @@ async def test_a_store_outage_is_retried_with_growing_waits(
         async with running_worker(proxied) as store, publisher(proxied) as broker:
             await proxy.cut()
             with capture_logs() as logs:
-                await broker.publish([outgoing_postback(BRAZE[0], utc_now())])
+                await broker.publish([outgoing_postback(BRAZE_EXAMPLES[0], utc_now())])
                 await wait_until(lambda: len(retries(logs)) >= 3, 15, "three store retries")
             # One line per attempt, each wait longer than the one before (with jitter).
             waits = [float(e["retry_in"].removesuffix("s")) for e in retries(logs)]
             assert waits[0] <= 1.5
             assert waits[2] >= 2.0
             await proxy.start()
-            dispatch_id = BRAZE[0]["dispatch_id"]
+            dispatch_id = BRAZE_EXAMPLES[0]["dispatch_id"]
             await wait_until(lambda: _known(store, dispatch_id), 15, "the postback applied")
     finally:
         await proxy.close()

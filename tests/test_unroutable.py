@@ -2,7 +2,7 @@
 
 import aio_pika
 
-from tests.ingress_server import running_ingress
+from tests.support.ingress_server import running_ingress
 from txmail.core.settings import Settings
 from txmail.core.topology import Topology
 

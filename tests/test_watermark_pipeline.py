@@ -13,11 +13,11 @@ from pathlib import Path
 
 import asyncpg
 
-from tests.factories import outgoing_postback, raw_postback
-from tests.harness import body, publisher, queue_readers, running_worker
-from tests.ingress_server import running_ingress
-from tests.processes import start_worker
-from tests.waiting import wait_until
+from tests.support.factories import outgoing_postback, raw_postback
+from tests.support.harness import body, publisher, queue_readers, running_worker
+from tests.support.ingress_server import running_ingress
+from tests.support.processes import start_worker
+from tests.support.waiting import wait_until
 from txmail.core.events import utc_now
 from txmail.core.settings import Settings
 from txmail.workers.state import Outcome
@@ -93,7 +93,7 @@ async def _lagging_stream_times_out_only_the_undelivered(settings: Settings, wor
         assert outcomes == [Outcome.DELIVERED] * sent
         assert (await store.counts()).decisions == 1
         async with queue_readers(settings) as (fallback, _):
-            [request] = await fallback.drain()
+            [request] = await fallback.take_all()
     assert sent > 20
     assert (body(request)["dispatch_id"], body(request)["trigger"]) == ("never", "timeout")
 

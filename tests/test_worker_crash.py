@@ -4,10 +4,10 @@ import signal
 from datetime import timedelta
 from pathlib import Path
 
-from tests.factories import outgoing_postback, raw_postback
-from tests.harness import body, publisher, queue_readers
-from tests.processes import start_worker, worker_process
-from tests.waiting import wait_until
+from tests.support.factories import outgoing_postback, raw_postback
+from tests.support.harness import body, publisher, queue_readers
+from tests.support.processes import start_worker, worker_process
+from tests.support.waiting import wait_until
 from txmail.core.broker import Outgoing
 from txmail.core.events import utc_now
 from txmail.core.settings import Settings
@@ -89,7 +89,7 @@ async def test_sigkill_mid_stream_then_restart(
                     what="every event applied and every decision published",
                 )
         async with queue_readers(worker_settings) as (fallback, _):
-            requests = [body(m)["dispatch_id"] for m in await fallback.drain()]
+            requests = [body(m)["dispatch_id"] for m in await fallback.take_all()]
         # A request confirmed but not yet marked when the worker died is published again
         # under the same idempotency key; the decision itself is never made twice.
         assert set(requests) == decided

@@ -4,62 +4,28 @@ RabbitMQ and a worker process."""
 import asyncio
 import uuid
 from collections import Counter
-from datetime import datetime, timedelta
+from datetime import timedelta
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from tests.factories import outgoing_postback, postback, raw_postback
-from tests.harness import body, publisher, queue_readers
-from tests.processes import worker_process
-from tests.waiting import wait_until
+from tests.support.factories import outgoing_postback
+from tests.support.harness import body, publisher, queue_readers
+from tests.support.histories import Histories, Postbacks, expected_messages, histories, postbacks_of
+from tests.support.processes import worker_process
+from tests.support.waiting import wait_until
 from txmail.core.events import utc_now
 from txmail.core.settings import Settings
-from txmail.workers.state import FAILURES, Event, Message, evolve, outcome, reason
+from txmail.workers.state import outcome, reason
 from txmail.workers.store import open_store
 from txmail.workers.store.protocol import Store
 from txmail.workers.timeouts import DeliveryTimeouts
 
-STATUSES = ("sent", "processed", "aborted", "delivered", "bounced", "deferred")
 TIMEOUTS = DeliveryTimeouts(timedelta(hours=1))  # nothing times out in these histories
-
-Histories = list[list[str]]
-Postbacks = list[tuple[dict[str, Any], datetime]]
-histories = st.lists(st.lists(st.sampled_from(STATUSES), min_size=1, max_size=5), max_size=8)
-
-
-def _postbacks(prefix: str, history: Histories, t0: datetime) -> Postbacks:
-    """Every status a distinct postback: the same status twice is two different postbacks."""
-    made = []
-    for m, statuses in enumerate(history):
-        for n, status in enumerate(statuses):
-            metadata: dict[str, Any] = {f"{status}_at": (t0 + timedelta(seconds=n)).isoformat()}
-            if status in FAILURES:
-                metadata["reason"] = f"reason {n}"
-            arrived = t0 + timedelta(milliseconds=10 * m + n)
-            made.append((raw_postback(f"{prefix}-{m}", status, n=n, **metadata), arrived))
-    return made
-
-
-def _reference(postbacks: Postbacks) -> dict[str, tuple[Message, int]]:
-    """Each message's events applied once, in order, by the core alone."""
-    by_dispatch: dict[str, list[Event]] = {}
-    for raw, arrived in postbacks:
-        tracked = postback(raw["dispatch_id"], raw["status"], arrived, **raw["metadata"])
-        assert tracked.core is not None
-        by_dispatch.setdefault(raw["dispatch_id"], []).append(tracked.core)
-    return {
-        dispatch_id: (
-            evolve(Message(key=f"dispatch:{dispatch_id}"), events, utc_now())[0],
-            len(events),
-        )
-        for dispatch_id, events in by_dispatch.items()
-    }
 
 
 async def _has_events(store: Store, dispatch_id: str, count: int) -> bool:
@@ -73,7 +39,7 @@ async def _published(store: Store, dispatch_id: str) -> bool:
 
 
 async def _run_example(settings: Settings, postbacks: Postbacks, replayed: list[int]) -> None:
-    expected = _reference(postbacks)
+    expected = expected_messages(postbacks)
     store = await open_store(settings.database_url, TIMEOUTS)
     try:
         async with publisher(settings) as broker:
@@ -92,7 +58,7 @@ async def _run_example(settings: Settings, postbacks: Postbacks, replayed: list[
         for dispatch_id in failed:
             await wait_until(partial(_published, store, dispatch_id), what="decision")
         async with queue_readers(settings) as (fallback, _):
-            requests = Counter(body(m)["dispatch_id"] for m in await fallback.drain())
+            requests = Counter(body(m)["dispatch_id"] for m in await fallback.take_all())
         assert requests == Counter(failed), "one request per failed message, none for others"
     finally:
         await store.close()
@@ -115,7 +81,7 @@ def test_any_order_any_duplicates_same_states_and_one_request_per_failure(
     @given(histories, st.data())
     def example(history: Histories, data: st.DataObject) -> None:
         # Braze's timestamps are recent, so that nothing is due within the test.
-        postbacks = _postbacks(uuid.uuid4().hex[:10], history, utc_now())
+        postbacks = postbacks_of(uuid.uuid4().hex[:10], history, utc_now())
         indices = list(range(len(postbacks)))
         copies = data.draw(st.lists(st.sampled_from(indices))) if indices else []
         replayed = data.draw(st.permutations(indices + copies))

@@ -17,13 +17,11 @@ from txmail.core.health import Readiness, add_health_routes, all_ready
 from txmail.core.http import json_error, json_errors
 from txmail.core.settings import Settings
 from txmail.core.tokens import token_accepted, unauthorized
-from txmail.workers.health.store import HealthStore
 from txmail.workers.store.protocol import MessageView, NotMigrated, Store, StoreUnavailable
 
 log = structlog.get_logger(__name__)
 
 STORE = web.AppKey("store", Store)
-HEALTH = web.AppKey("health", HealthStore)
 TOKENS = web.AppKey("tokens", Sequence[SecretStr])
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 
@@ -51,7 +49,7 @@ async def message_by_external_send_id(request: web.Request) -> web.Response:
 
 
 async def braze_health(request: web.Request) -> web.Response:
-    report = await request.app[HEALTH].report()
+    report = await request.app[STORE].health.report()
     return web.json_response(text=report.model_dump_json())
 
 
@@ -110,22 +108,17 @@ def api_host(settings: Settings) -> str:
 
 
 def create_api_app(
-    store: Store,
-    tokens: Sequence[SecretStr] = (),
-    *parts: Readiness,
-    health: HealthStore | None = None,
+    store: Store, tokens: Sequence[SecretStr] = (), *parts: Readiness
 ) -> web.Application:
     """The API over an open store; whoever opened the store closes it. With ``tokens``,
     every path but the health checks needs one of them. ``/readyz`` asks the store, and
-    ``parts`` running in the same process (``txmail run``). With ``health``, also
-    ``GET /v1/health/braze``."""
+    ``parts`` running in the same process (``txmail run``). ``GET /v1/health/braze``
+    is Braze's health as the workers judged it."""
     app = web.Application(middlewares=[json_errors, token_required, store_unavailable_is_503])
     app[STORE] = store
     app[TOKENS] = tokens
     app.router.add_get("/v1/messages/{dispatch_id}", message_by_dispatch_id)
     app.router.add_get("/v1/messages", message_by_external_send_id)
-    if health is not None:
-        app[HEALTH] = health
-        app.router.add_get("/v1/health/braze", braze_health)
+    app.router.add_get("/v1/health/braze", braze_health)
     add_health_routes(app, partial(all_ready, [_store_answers(store), *parts]))
     return app

@@ -3,88 +3,72 @@
 import argparse
 import asyncio
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
-from txmail.core.errors import ConfigError
+from txmail.core.command import Configuration, Subcommands
 from txmail.core.http import serve_until_stopped
-from txmail.core.settings import Settings
 from txmail.core.stopping import stop_on_signals
 from txmail.workers.api import api_host, api_tokens, create_api_app
 from txmail.workers.health.show import describe_health
-from txmail.workers.health.store import HealthReport, open_health_store
 from txmail.workers.status import as_json, describe, terminal_safe_json
 from txmail.workers.store import open_store
-from txmail.workers.store.protocol import MessageView, StoreUnavailable
-from txmail.workers.worker import open_store_when_available, serve_worker, timeouts_from
+from txmail.workers.store.protocol import MessageView, Store, StoreUnavailable
+from txmail.workers.timeouts import delivery_timeouts
+from txmail.workers.worker import open_store_when_available, serve_worker
 
-Command = Callable[[Settings, argparse.Namespace], int]
-
-
-def _fails_cleanly(command: Command) -> Command:
-    """Configuration problems end a command with the message and exit code 2."""
-
-    def run(settings: Settings, args: argparse.Namespace) -> int:
-        try:
-            return command(settings, args)
-        except ConfigError as error:
-            print(f"txmail: {error}", file=sys.stderr)
-            return 2
-
-    return run
+T = TypeVar("T")
 
 
-@_fails_cleanly
-def worker_command(settings: Settings, args: argparse.Namespace) -> int:
-    asyncio.run(serve_worker(settings))
+def worker_command(config: Configuration, args: argparse.Namespace) -> int:
+    asyncio.run(serve_worker(config))
     return 0
 
 
-async def _serve_api(settings: Settings) -> None:
+async def _serve_api(config: Configuration) -> None:
+    settings = config.settings
     host = api_host(settings)  # says at once when no token guards the API
     stop = stop_on_signals()
     # Reads only: a read-only database user is enough, and the tables are the workers'.
-    store = await open_store_when_available(settings, timeouts_from(settings), stop, read_only=True)
+    store = await open_store_when_available(
+        settings, delivery_timeouts(config), stop, read_only=True
+    )
     if store is None:
         return
-    health = open_health_store(settings.database_url, read_only=True)
     try:
         await serve_until_stopped(
-            create_api_app(store, api_tokens(settings), health=health),
+            create_api_app(store, api_tokens(settings)),
             host,
             settings.api_port,
             settings,
             stop,
         )
     finally:
-        await health.close()
         await store.close()
 
 
-@_fails_cleanly
-def api_command(settings: Settings, args: argparse.Namespace) -> int:
-    asyncio.run(_serve_api(settings))
+def api_command(config: Configuration, args: argparse.Namespace) -> int:
+    asyncio.run(_serve_api(config))
     return 0
 
 
-async def _lookup(settings: Settings, wanted: str) -> MessageView | None:
-    store = await open_store(settings.database_url, timeouts_from(settings), read_only=True)
+async def _read(config: Configuration, read: Callable[[Store], Awaitable[T]]) -> T:
+    store = await open_store(
+        config.settings.database_url, delivery_timeouts(config), read_only=True
+    )
     try:
-        return await store.find(dispatch_id=wanted) or await store.find(external_send_id=wanted)
+        return await read(store)
     finally:
         await store.close()
 
 
-async def _health_report(settings: Settings) -> HealthReport:
-    health = open_health_store(settings.database_url, read_only=True)
-    try:
-        return await health.report()
-    finally:
-        await health.close()
+async def _find(store: Store, wanted: str) -> MessageView | None:
+    return await store.find(dispatch_id=wanted) or await store.find(external_send_id=wanted)
 
 
-def _health_status(settings: Settings, as_json: bool) -> int:
+def _health_status(config: Configuration, as_json: bool) -> int:
     try:
-        report = asyncio.run(_health_report(settings))
+        report = asyncio.run(_read(config, lambda store: store.health.report()))
     except StoreUnavailable as error:
         print(f"txmail: cannot read the store: {error}", file=sys.stderr)
         return 2
@@ -94,15 +78,14 @@ def _health_status(settings: Settings, as_json: bool) -> int:
     return 0
 
 
-@_fails_cleanly
-def status_command(settings: Settings, args: argparse.Namespace) -> int:
+def status_command(config: Configuration, args: argparse.Namespace) -> int:
     if args.health == (args.id is not None):
         print("txmail: status takes a message id, or --health", file=sys.stderr)
         return 2
     if args.health:
-        return _health_status(settings, args.json)
+        return _health_status(config, args.json)
     try:
-        message = asyncio.run(_lookup(settings, args.id))
+        message = asyncio.run(_read(config, lambda store: _find(store, args.id)))
     except StoreUnavailable as error:
         print(f"txmail: cannot read the store: {error}", file=sys.stderr)
         return 2
@@ -117,7 +100,7 @@ def status_command(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def add_commands(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def add_commands(commands: Subcommands) -> None:
     worker = commands.add_parser(
         "worker", help="track every message: consume events, keep state, decide fallbacks"
     )

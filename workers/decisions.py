@@ -17,13 +17,9 @@ from txmail.workers.store.protocol import PendingRequest, Store, StoreUnavailabl
 log = structlog.get_logger(__name__)
 
 
-def to_outgoing(request: FallbackRequest) -> Outgoing:
-    return Outgoing(
-        routing_key=request.routing_key,
-        body=request.model_dump_json().encode(),
-        message_id=request.idempotency_key,
-        type=FALLBACK_REQUEST_TYPE,
-    )
+def request_message(request: FallbackRequest) -> Outgoing:
+    # The idempotency key as message id: see the module's docstring.
+    return Outgoing.event(request, request.idempotency_key, FALLBACK_REQUEST_TYPE)
 
 
 async def publish_decisions(
@@ -33,7 +29,7 @@ async def publish_decisions(
     if not pending:
         return
     try:
-        await broker.publish([to_outgoing(p.request) for p in pending])
+        await broker.publish([request_message(p.request) for p in pending])
         await store.mark_published([p.message_key for p in pending], utc_now())
     except (BrokerUnavailable, StoreUnavailable) as error:
         log.warning(

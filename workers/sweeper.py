@@ -5,6 +5,7 @@ store's compare-and-set, so any number of workers may sweep at once.
 """
 
 import asyncio
+from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from typing import Protocol
 
@@ -14,7 +15,7 @@ from txmail.core.broker import Broker
 from txmail.core.events import utc_now
 from txmail.core.stopping import pause
 from txmail.workers.decisions import publish_decisions
-from txmail.workers.store.protocol import Store, StoreUnavailable
+from txmail.workers.store.protocol import PendingRequest, Store, StoreUnavailable
 from txmail.workers.watermark import FORGET_AFTER, WatermarkRule, WorkerProgress, due_by
 
 log = structlog.get_logger(__name__)
@@ -67,25 +68,8 @@ class Sweeper:
 
     async def sweep(self, now: datetime) -> None:
         """Decide every due deadline, then retry publishes that were not confirmed."""
-        claiming = now
-        while (due := await self._due_by(claiming)) is not None:
-            claimed = await self._store.claim_due(claiming, CLAIM_BATCH, due)
+        async for claimed in sweep_claims(self._store, self._progress, self._watermark, now):
             await publish_decisions(self._broker, self._store, claimed)
-            if len(claimed) < CLAIM_BATCH:
-                break
-            # A long sweep (thousands due after an outage) reports again between batches,
-            # so that the other workers do not take this one for dead meanwhile.
-            claiming = utc_now()
-        while True:
-            overdue = await self._store.claim_unpublished(now, CLAIM_BATCH)
-            await publish_decisions(self._broker, self._store, overdue)
-            if len(overdue) < CLAIM_BATCH:
-                break
-
-    async def _due_by(self, now: datetime) -> datetime | None:
-        """Report this worker's progress and read every worker's: the deployment's bound."""
-        rows = await self._store.report_progress(self._progress.progress(now), now - FORGET_AFTER)
-        return due_by(rows, now, self._watermark)
 
     async def purge(self, now: datetime) -> None:
         total = 0
@@ -96,3 +80,32 @@ class Sweeper:
                 break
         if total:
             log.info("purged messages past retention", count=total)
+
+
+async def sweep_claims(
+    store: Store, progress: Progress, watermark: WatermarkRule, now: datetime
+) -> AsyncIterator[list[PendingRequest]]:
+    """What a sweep publishes, batch by batch: the deadlines due, decided now, then the
+    decisions whose publish was not confirmed in time."""
+    claiming = now
+    while (due := await _due_by(store, progress, watermark, claiming)) is not None:
+        claimed = await store.claim_due(claiming, CLAIM_BATCH, due)
+        yield claimed
+        if len(claimed) < CLAIM_BATCH:
+            break
+        # A long sweep (thousands due after an outage) reports again between batches,
+        # so that the other workers do not take this one for dead meanwhile.
+        claiming = utc_now()
+    while True:
+        overdue = await store.claim_unpublished(now, CLAIM_BATCH)
+        yield overdue
+        if len(overdue) < CLAIM_BATCH:
+            break
+
+
+async def _due_by(
+    store: Store, progress: Progress, watermark: WatermarkRule, now: datetime
+) -> datetime | None:
+    """Report this worker's progress and read every worker's: the deployment's bound."""
+    rows = await store.report_progress(progress.progress(now), now - FORGET_AFTER)
+    return due_by(rows, now, watermark)

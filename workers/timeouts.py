@@ -1,37 +1,14 @@
-"""Delivery timeouts: the default, and per-campaign overrides from the rules file; each
-a duration, or "auto": learned from what the campaign's emails take (workers/health/).
+"""Delivery timeouts: the environment's default, and the rules file's ``[tracking]``
+(``txmail.core.rules_file``) over it, per campaign; each a duration, or "auto": learned
+from what the campaign's emails take (workers/health/)."""
 
-Only the rules file's ``[tracking]`` and ``[health]`` sections are read here; every
-other section belongs to the fallback executor, which validates it.
-"""
-
-import tomllib
 from dataclasses import dataclass, field
 from datetime import timedelta
-from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
-from txmail.core.errors import ConfigError
-from txmail.core.health_settings import (
-    AutoBounds,
-    CampaignTimeoutSetting,
-    HealthRules,
-    TimeoutSetting,
-)
+from txmail.core.command import Configuration
+from txmail.core.health_settings import AutoBounds
+from txmail.core.rules_file import Tracking
 from txmail.workers.health.learned import LearnedTimeouts
-
-
-class _Tracking(TimeoutSetting):
-    campaigns: dict[str, CampaignTimeoutSetting] = Field(default_factory=dict)
-
-
-class _RulesFile(BaseModel):
-    # Other sections are the fallback executor's to validate.
-    model_config = ConfigDict(extra="allow")
-
-    tracking: _Tracking = Field(default_factory=_Tracking)
-    health: HealthRules = Field(default_factory=HealthRules)
 
 
 @dataclass(frozen=True)
@@ -41,9 +18,10 @@ class DeliveryTimeouts:
     default: timedelta
     campaigns: dict[str, timedelta] = field(default_factory=dict)
     # Timeouts written "auto": their bounds by campaign, None for every campaign without
-    # a setting of its own; and the values learned so far (kept fresh by the monitor).
+    # a setting of its own; and the values learned so far (kept fresh by the monitor:
+    # what the deployment learned, not what was configured, so not compared).
     auto: dict[str | None, AutoBounds] = field(default_factory=dict)
-    learned: LearnedTimeouts = field(default_factory=LearnedTimeouts)
+    learned: LearnedTimeouts = field(default_factory=LearnedTimeouts, compare=False)
 
     def for_campaign(self, campaign_api_id: str | None) -> timedelta:
         bounds = self.auto_bounds(campaign_api_id)
@@ -62,42 +40,15 @@ class DeliveryTimeouts:
         return self.auto.get(None)
 
 
-def load_timeouts(default: timedelta, rules: Path | None) -> DeliveryTimeouts:
-    """The timeouts from the environment's default and, when given, the rules file.
-
-    Raises ConfigError naming the file and the field when the file is unusable.
-    """
-    if rules is None:
-        return DeliveryTimeouts(default)
-    tracking = _parse(rules).tracking
+def delivery_timeouts(config: Configuration) -> DeliveryTimeouts:
+    tracking = Tracking() if config.rules_file is None else config.rules_file.tracking
     auto: dict[str | None, AutoBounds] = {
         name: c.bounds() for name, c in tracking.campaigns.items() if c.is_auto
     }
     if tracking.is_auto:
         auto[None] = tracking.bounds()
     return DeliveryTimeouts(
-        default=tracking.fixed() or default,
+        default=tracking.fixed() or config.settings.delivery_timeout,
         campaigns={name: t for name, c in tracking.campaigns.items() if (t := c.fixed())},
         auto=auto,
     )
-
-
-def load_health_rules(rules: Path | None) -> HealthRules:
-    """The rules file's ``[health]``, or the defaults; ConfigError as ``load_timeouts``."""
-    return HealthRules() if rules is None else _parse(rules).health
-
-
-def _parse(rules: Path) -> _RulesFile:
-    try:
-        return _RulesFile.model_validate(tomllib.loads(rules.read_text()))
-    except OSError as error:
-        raise ConfigError(f"{rules}: cannot read the rules file: {error.strerror}") from None
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"{rules}: not valid TOML: {error}") from None
-    except ValidationError as error:
-        problems = [
-            f"{rules}: {'.'.join(str(p) for p in e['loc'])}: "
-            + e["msg"].removeprefix("Value error, ")
-            for e in error.errors(include_url=False)
-        ]
-        raise ConfigError("\n".join(problems)) from None

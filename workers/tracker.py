@@ -17,30 +17,19 @@ from datetime import datetime
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
-from txmail.core.backoff import until_up
 from txmail.core.broker import BROKER_ERRORS, Broker
 from txmail.core.consumer import Consumer
 from txmail.core.events import utc_now
 from txmail.core.readable import readable
-from txmail.core.stopping import unless_stopped
 from txmail.core.topology import Topology
+from txmail.workers.batch import Settle, Settlement, apply_batch
 from txmail.workers.decisions import publish_decisions
 from txmail.workers.inbox import Inbox
-from txmail.workers.incoming import Delivery, NotTheContract, arrive
-from txmail.workers.store.protocol import PendingRequest, Store, StoreUnavailable, TrackedEvent
+from txmail.workers.incoming import Delivery, arrive
+from txmail.workers.store.protocol import Store, TrackedEvent
 from txmail.workers.watermark import WorkerProgress
 
 log = structlog.get_logger(__name__)
-
-# How long to wait before trying the store again while it is unavailable.
-STORE_DOWN = (StoreUnavailable,)
-
-
-class _Unexplained:
-    """A store failure that is not the database being unavailable: a bug or bad data."""
-
-    def __init__(self, error: Exception) -> None:
-        self.error = error
 
 
 class Tracker:
@@ -166,77 +155,17 @@ class Tracker:
             self._applied_through = max(arrivals)
 
     async def _handle_in_hand(self, batch: Sequence[Delivery], stop: asyncio.Event) -> None:
-        accepted: list[tuple[TrackedEvent, Delivery]] = []
-        for delivery in batch:
-            message, decoded = delivery.message, delivery.decoded
-            if isinstance(decoded, NotTheContract):
-                log.error(
-                    "dead-lettering a message that is not the contract",
-                    reason=str(decoded),
-                    type=message.type,
-                    message_id=message.message_id,
-                    routing_key=message.routing_key,
-                )
-                await _settle(message.reject(requeue=False))
-            elif isinstance(decoded, Exception):
-                log.error(
-                    "cannot decode message; returning it to the queue, whose delivery limit "
-                    "dead-letters it",
-                    type=message.type,
-                    message_id=message.message_id,
-                    exc_info=decoded,
-                )
-                await _settle(message.nack(requeue=True))
-            else:
-                accepted.append((decoded, delivery))
-        if not accepted:
-            return
-        decided = await self._apply([e for e, _ in accepted], stop)
-        if decided is None:
-            # Stopping while the store is down: nothing acked, all of it comes back.
-            return
-        if isinstance(decided, _Unexplained):
-            await self._apply_one_by_one(accepted, stop)
-            return
-        self._note_applied([d for _, d in accepted])
-        # One ack for the whole batch: every earlier delivery on this channel is in it or
-        # already settled, because batches are handled one after another in order.
-        await _settle(accepted[-1][1].message.ack(multiple=True))
-        await publish_decisions(self._broker, self._store, decided)
-
-    async def _apply(
-        self, events: list[TrackedEvent], stop: asyncio.Event
-    ) -> list[PendingRequest] | _Unexplained | None:
-        # A store that is down is retried with growing waits, one log line each.
-        applying = until_up(lambda: self._store.apply(events, utc_now()), "store", STORE_DOWN)
-        try:
-            return await unless_stopped(applying, stop)
-        except Exception as error:
-            log.exception("batch failed; applying its messages one by one")
-            return _Unexplained(error)
-
-    async def _apply_one_by_one(
-        self, accepted: list[tuple[TrackedEvent, Delivery]], stop: asyncio.Event
-    ) -> None:
-        for event, delivery in accepted:
-            message = delivery.message
-            decided = await self._apply([event], stop)
-            if decided is None:
-                return
-            if isinstance(decided, _Unexplained):
-                log.error(
-                    "cannot apply event; returning it to the queue, whose delivery limit "
-                    "dead-letters it",
-                    error=readable(decided.error),
-                    event_id=event.event_id,
-                    message_key=event.message_key,
-                    redelivered=message.redelivered,
-                )
-                await _settle(message.nack(requeue=True))
-                continue
-            self._note_applied([delivery])
-            await _settle(message.ack())
-            await publish_decisions(self._broker, self._store, decided)
+        applied = await apply_batch(self._store, [d.decoded for d in batch], stop)
+        self._note_applied([batch[i] for i in applied.acked()])
+        # Acked one by one if any is left unsettled: a multiple ack would take it too.
+        one_ack = all(s.kind is not Settle.LEAVE for s in applied.settlements)
+        for delivery, settlement in zip(batch, applied.settlements, strict=True):
+            await _settle_as(delivery, settlement, one_ack)
+        if one_ack and (acked := applied.acked()):
+            # One ack for the whole batch: every earlier delivery on this channel is in
+            # it or already settled, because batches are handled one after another.
+            await _settle(batch[acked[-1]].message.ack(multiple=True))
+        await publish_decisions(self._broker, self._store, applied.decided)
 
     def _note_applied(self, deliveries: list[Delivery]) -> None:
         """Advance this worker's Braze time with committed postbacks, before the batch
@@ -258,3 +187,37 @@ async def _settle(settling: Awaitable[None]) -> None:
         await settling
     except BROKER_ERRORS as error:
         log.info("could not settle a delivery; it will be redelivered", error=readable(error))
+
+
+async def _settle_as(delivery: Delivery, settlement: Settlement, one_ack: bool) -> None:
+    message, error = delivery.message, settlement.error
+    if settlement.kind is Settle.DEAD_LETTER:
+        log.error(
+            "dead-lettering a message that is not the contract",
+            reason=str(error),
+            type=message.type,
+            message_id=message.message_id,
+            routing_key=message.routing_key,
+        )
+        await _settle(message.reject(requeue=False))
+    elif settlement.kind is Settle.REQUEUE:
+        if isinstance(delivery.decoded, TrackedEvent):
+            log.error(
+                "cannot apply event; returning it to the queue, whose delivery limit "
+                "dead-letters it",
+                error=readable(error) if error else None,
+                event_id=delivery.decoded.event_id,
+                message_key=delivery.decoded.message_key,
+                redelivered=message.redelivered,
+            )
+        else:
+            log.error(
+                "cannot decode message; returning it to the queue, whose delivery limit "
+                "dead-letters it",
+                type=message.type,
+                message_id=message.message_id,
+                exc_info=error,
+            )
+        await _settle(message.nack(requeue=True))
+    elif settlement.kind is Settle.ACK and not one_ack:
+        await _settle(message.ack())

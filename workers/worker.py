@@ -1,4 +1,5 @@
-"""The worker process: a tracker and a sweeper sharing one store and one broker."""
+"""The worker process: a tracker, a sweeper and a health monitor sharing one store and
+one broker."""
 
 import asyncio
 
@@ -6,29 +7,23 @@ import structlog
 
 from txmail.core.backoff import until_up
 from txmail.core.broker import Broker
+from txmail.core.command import Configuration
 from txmail.core.health import create_health_app
 from txmail.core.http import serving
 from txmail.core.settings import Settings
 from txmail.core.stopping import pause, stop_on_signals, unless_stopped
 from txmail.core.topology import Topology
-from txmail.workers.health.monitor import HealthMonitor
-from txmail.workers.health.recording import HealthRecordingStore
-from txmail.workers.health.store import open_health_store
+from txmail.workers.health.monitor import HealthMonitor, health_rules
 from txmail.workers.store import open_store
 from txmail.workers.store.protocol import Store, StoreUnavailable
 from txmail.workers.sweeper import Sweeper
-from txmail.workers.timeouts import DeliveryTimeouts, load_health_rules, load_timeouts
+from txmail.workers.timeouts import DeliveryTimeouts, delivery_timeouts
 from txmail.workers.tracker import Tracker
 from txmail.workers.watermark import WatermarkRule
 
 log = structlog.get_logger(__name__)
 
 BROKER_WAIT_INTERVAL = 0.05
-
-
-def timeouts_from(settings: Settings) -> DeliveryTimeouts:
-    """Raises ConfigError when the rules file is unusable."""
-    return load_timeouts(settings.delivery_timeout, settings.rules)
 
 
 async def open_store_when_available(
@@ -46,21 +41,14 @@ async def open_store_when_available(
 
 
 class Worker:
-    def __init__(self, settings: Settings, store: Store, timeouts: DeliveryTimeouts) -> None:
-        """``timeouts`` are the store's: the health monitor keeps their learned values."""
+    def __init__(self, config: Configuration, store: Store) -> None:
+        settings = config.settings
         topology = Topology(settings.namespace)
         self._store = store
         self._broker = Broker(settings.amqp_url, topology, settings.publish_timeout)
-        self._health = open_health_store(settings.database_url)
         self._monitor = HealthMonitor(
-            self._health,
-            self._broker,
-            load_health_rules(settings.rules),
-            timeouts,
-            settings.republish_after,
+            store.health, self._broker, health_rules(config), settings.republish_after
         )
-        # Every change the tracker and the sweeper make also counts for Braze's health.
-        store = HealthRecordingStore(store, self._health)
         self._tracker = Tracker(
             settings.amqp_url,
             topology,
@@ -96,34 +84,32 @@ class Worker:
         return problems
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Track and sweep until ``stop`` is set."""
+        """Track, sweep and judge Braze's health until ``stop`` is set."""
         self._broker.start()
         try:
             # Deciding while unable to publish would only postpone each publish by a retry.
             while not self._broker.is_ready and not stop.is_set():
                 await pause(stop, BROKER_WAIT_INTERVAL)
             # The learned timeouts before the first deadline is armed: a restart keeps them.
-            learned = until_up(self._monitor.refresh_learned, "store", (StoreUnavailable,))
+            learned = until_up(self._store.health.refresh_learned, "store", (StoreUnavailable,))
             await unless_stopped(learned, stop)
             await asyncio.gather(
                 self._tracker.run(stop), self._sweeper.run(stop), self._monitor.run(stop)
             )
         finally:
             await self._broker.close()
-            await self._health.close()
 
 
-async def run_worker(
-    settings: Settings, store: Store, timeouts: DeliveryTimeouts, stop: asyncio.Event
-) -> None:
-    await Worker(settings, store, timeouts).run(stop)
+async def run_worker(config: Configuration, store: Store, stop: asyncio.Event) -> None:
+    await Worker(config, store).run(stop)
 
 
-async def serve_worker(settings: Settings) -> None:
+async def serve_worker(config: Configuration) -> None:
     """``txmail worker``: run until SIGTERM, with /healthz and /readyz on the metrics port
     from the start (a port in use ends the process before it waits for anything)."""
+    settings = config.settings
     stop = stop_on_signals()
-    timeouts = timeouts_from(settings)
+    timeouts = delivery_timeouts(config)
     worker: Worker | None = None
 
     async def not_ready() -> list[str]:
@@ -136,7 +122,7 @@ async def serve_worker(settings: Settings) -> None:
         if store is None:
             return
         try:
-            worker = Worker(settings, store, timeouts)
+            worker = Worker(config, store)
             await worker.run(stop)
         finally:
             await store.close()

@@ -5,22 +5,13 @@ Published with ``mandatory`` and confirms: it counts as done only once the broke
 routed it to a queue and confirmed it. ``message_id`` is the idempotency key.
 """
 
-import asyncio
 import json
-from contextlib import suppress
 
-import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractRobustConnection
-from aio_pika.exceptions import (
-    CONNECTION_EXCEPTIONS,
-    ChannelClosed,
-    ChannelNotFoundEntity,
-    DeliveryError,
-)
 from pydantic import Field, field_validator
 
+from txmail.core.broker import Broker, Outgoing
+from txmail.core.errors import BrokerUnavailable, ExchangeUnusable, NotTaken
 from txmail.core.events import FallbackRequest
-from txmail.core.readable import readable
 from txmail.fallback.handler import (
     HandlerConfig,
     HandlerResources,
@@ -56,27 +47,7 @@ class AmqpHandler:
     def __init__(self, name: str, config: AmqpConfig, resources: HandlerResources) -> None:
         self._name = name
         self._config = config
-        self._connection: AbstractRobustConnection = resources.amqp
-        self._channel: AbstractChannel | None = None
-        self._opening = asyncio.Lock()
-
-    async def _open_channel(self) -> AbstractChannel:
-        # Its own channel: a missing exchange closes the channel it was used on, and
-        # that must not be the executor's.
-        async with self._opening:
-            if self._channel is None or self._channel.is_closed:
-                self._channel = await self._connection.channel(
-                    publisher_confirms=True, on_return_raises=True
-                )
-            return self._channel
-
-    async def _discard_channel(self) -> None:
-        # The broker closed it, but a robust channel reopens itself: close it for good,
-        # or every failure would leave one more channel open on the shared connection.
-        channel, self._channel = self._channel, None
-        if channel is not None:
-            with suppress(*CONNECTION_EXCEPTIONS):
-                await channel.close()
+        self._broker: Broker = resources.amqp
 
     def _routing_key(self, request: FallbackRequest) -> str:
         """The rendered routing key; one AMQP cannot carry (a long registered variable)
@@ -92,28 +63,21 @@ class AmqpHandler:
 
     async def send(self, request: FallbackRequest, idempotency_key: str) -> None:
         routing_key = self._routing_key(request)
-        message = aio_pika.Message(
-            json.dumps(fallback_payload(request, self._name)).encode(),
-            content_type="application/json",
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        message = Outgoing(
+            routing_key=routing_key,
+            body=json.dumps(fallback_payload(request, self._name)).encode(),
             message_id=idempotency_key,
             type=MESSAGE_TYPE,
+            exchange=self._config.exchange,
         )
         where = f"exchange {self._config.exchange!r}"
         try:
-            channel = await self._open_channel()
-            exchange = await channel.get_exchange(self._config.exchange, ensure=False)
-            await exchange.publish(message, routing_key, mandatory=True)
-        except ChannelNotFoundEntity as error:
-            await self._discard_channel()
-            raise PermanentFailure(f"{where} does not exist: {error}") from error
-        except ChannelClosed as error:  # refused: no permission, an internal exchange
-            await self._discard_channel()
-            raise PermanentFailure(f"{where} refused the publish: {error}") from error
-        except DeliveryError as error:
+            await self._broker.publish([message])
+        except ExchangeUnusable as error:
+            raise PermanentFailure(f"{where} {error}") from error
+        except NotTaken as error:
             raise TransientFailure(
                 f"{where} has no queue bound for routing key {routing_key!r}"
             ) from error
-        except (*CONNECTION_EXCEPTIONS, TimeoutError) as error:
-            self._channel = None
-            raise TransientFailure(f"publishing on {where} failed: {readable(error)}") from error
+        except BrokerUnavailable as error:
+            raise TransientFailure(f"publishing on {where} failed: {error}") from error

@@ -5,7 +5,7 @@ mid-chain, two executors taking copies of it at once).
 
 Before a call, the executor claims it (a row in state ``calling`` with a lease that
 outlasts the handler's timeout); right after the handler returns it records the
-outcome. What a claim finds is judged by ``judge_claim`` (claims.py); each backend makes
+outcome. What a claim finds is judged by ``judge_claim`` (claims.py); ``sql_ledger.py`` makes
 the read-and-write atomic.
 """
 
@@ -14,6 +14,8 @@ from datetime import datetime, timedelta
 
 from txmail.core.backoff import until_up
 from txmail.core.database import sqlite_path
+from txmail.core.postgres_database import PostgresDatabase
+from txmail.core.sqlite_database import SqliteDatabase
 from txmail.core.stopping import unless_stopped
 from txmail.fallback.ledger.claims import (
     CallState,
@@ -21,9 +23,8 @@ from txmail.fallback.ledger.claims import (
     ClaimVerdict,
     LedgerUnavailable,
 )
-from txmail.fallback.ledger.postgres import PostgresLedger
 from txmail.fallback.ledger.protocol import CallLedger
-from txmail.fallback.ledger.sqlite import SqliteLedger
+from txmail.fallback.ledger.sql_ledger import SqlLedger
 
 __all__ = [
     "CallLedger",
@@ -38,6 +39,8 @@ __all__ = [
 ]
 
 PURGE_BATCH = 500  # small, so a purge never holds the lock for long
+# A ledger that does not answer soon holds up every fallback: give up and wait instead.
+COMMAND_TIMEOUT = 10.0
 
 
 async def open_ledger(url: str) -> CallLedger:
@@ -45,7 +48,11 @@ async def open_ledger(url: str) -> CallLedger:
     ConfigError for a URL that cannot work; LedgerUnavailable for a database that is
     down (try again later)."""
     path = sqlite_path(url)
-    ledger: CallLedger = PostgresLedger(url) if path is None else SqliteLedger(path)
+    ledger = SqlLedger(
+        PostgresDatabase(url, LedgerUnavailable, command_timeout=COMMAND_TIMEOUT)
+        if path is None
+        else SqliteDatabase(path, LedgerUnavailable)
+    )
     await ledger.open()
     return ledger
 

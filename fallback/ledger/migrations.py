@@ -1,29 +1,37 @@
 """The ledger's schema, versioned apart from the workers' (in its own version table,
 fallback_ledger_migrations), so the executor migrates it without knowing theirs. Append
-versions; never edit one that has shipped. Times: microseconds since the epoch in
-SQLite, timestamptz in PostgreSQL."""
+versions; never change what one makes on a database that has it. One column list for
+both dialects (``txmail.core.sql``)."""
 
 from typing import Final
 
 from txmail.core.database import Migration
+from txmail.core.sql import Column, Dialect, Kind
+
+VERSIONS_TABLE = "fallback_ledger_migrations"
+
+CALLS: Final = (
+    Column("idempotency_key", Kind.TEXT, "NOT NULL"),
+    Column("handler", Kind.TEXT, "NOT NULL"),
+    Column("state", Kind.TEXT, "NOT NULL"),
+    Column("owner", Kind.TEXT, "NOT NULL"),
+    Column("lease_until", Kind.TIME, "NOT NULL"),
+    Column("replays", Kind.INTEGER, "NOT NULL"),
+    Column("calls", Kind.INTEGER, "NOT NULL"),
+    Column("created_at", Kind.TIME, "NOT NULL"),
+    Column("updated_at", Kind.TIME, "NOT NULL"),
+)
 
 
-def _calls_table(time_type: str) -> str:
-    return f"""CREATE TABLE fallback_calls (
-        idempotency_key TEXT NOT NULL,
-        handler TEXT NOT NULL,
-        state TEXT NOT NULL,
-        owner TEXT NOT NULL,
-        lease_until {time_type} NOT NULL,
-        replays INTEGER NOT NULL,
-        calls INTEGER NOT NULL,
-        created_at {time_type} NOT NULL,
-        updated_at {time_type} NOT NULL,
-        PRIMARY KEY (idempotency_key, handler)
-    )"""
-
-
-_INDEX = "CREATE INDEX fallback_calls_updated_at ON fallback_calls (updated_at)"
-
-SQLITE: Final[tuple[Migration, ...]] = ((1, (_calls_table("INTEGER"), _INDEX)),)
-POSTGRES: Final[tuple[Migration, ...]] = ((1, (_calls_table("TIMESTAMPTZ"), _INDEX)),)
+def migrations(dialect: Dialect) -> tuple[Migration, ...]:
+    return (
+        (
+            1,
+            (
+                dialect.create_table(
+                    "fallback_calls", CALLS, "PRIMARY KEY (idempotency_key, handler)"
+                ),
+                "CREATE INDEX fallback_calls_updated_at ON fallback_calls (updated_at)",
+            ),
+        ),
+    )

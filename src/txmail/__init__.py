@@ -1,1 +1,3 @@
-"""txmail's shared contract: settings, events on the wire, AMQP topology, broker access, CLI."""
+"""txmail: ``txmail.core`` (the shared contract), the services ``txmail.ingress``,
+``txmail.workers`` and ``txmail.fallback`` above it, and ``txmail.cli`` on top
+(docs/architecture.md, "Packages and layers")."""

@@ -1,7 +1,7 @@
 """Fixtures for the fallback tests: tiny retry delays, the stand-in servers, a rules
-file writer, and a view of the attempt events the executor publishes."""
+file writer, a view of the attempt events the executor publishes, and all of these
+together for an executor test."""
 
-import json
 import shutil
 import ssl
 import subprocess
@@ -15,16 +15,18 @@ import pytest
 from aiohttp import web
 from aiosmtpd.controller import Controller
 
-from tests.fallback.servers import MailCollector, Receiver, check_login
-from tests.ports import free_port
-from txmail.core.events import FALLBACK_ATTEMPT_TYPE, FallbackAttempt
+from tests.support.fallback import RETRY_SCHEDULE, AttemptLog, ExecutorUnderTest, receiver_handlers
+from tests.support.harness import publisher
+from tests.support.ports import free_port
+from tests.support.rules_file import Table, write_rules_file
+from tests.support.servers import MailCollector, Receiver, check_login
+from txmail.core.broker import Broker
+from txmail.core.rules_file import read_rules_file
 from txmail.core.settings import Settings
 from txmail.core.topology import Topology
-from txmail.fallback.executor import fallback_topology
+from txmail.fallback.configured import FallbackRules, configure
+from txmail.fallback.executor.service import fallback_topology
 from txmail.fallback.handler import HandlerResources
-from txmail.fallback.rules_file import RulesFile, load_rules_file
-
-RETRY_SCHEDULE = [timedelta(milliseconds=200), timedelta(milliseconds=500)]
 
 
 @pytest.fixture
@@ -127,28 +129,16 @@ def smtp_server_with_starttls(
 
 
 @pytest.fixture
-def write_rules(tmp_path: Path) -> Callable[[str], RulesFile]:
-    def write(text: str) -> RulesFile:
-        path = tmp_path / "rules.toml"
-        path.write_text(text)
-        return load_rules_file(path)
+def write_rules(tmp_path: Path, receiver: Receiver) -> Callable[..., FallbackRules]:
+    """Writes and loads a rules file: the receiver's handlers and the given rules."""
+
+    def write(*rules: Table) -> FallbackRules:
+        handlers = receiver_handlers(receiver)
+        return configure(
+            read_rules_file(write_rules_file(tmp_path / "rules.toml", *rules, handlers=handlers))
+        )
 
     return write
-
-
-class AttemptLog:
-    """Every FallbackAttempt published, read from the tracker queue (the workers' input)."""
-
-    def __init__(self) -> None:
-        self.attempts: list[FallbackAttempt] = []
-
-    async def on_message(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
-        if message.type == FALLBACK_ATTEMPT_TYPE:
-            self.attempts.append(FallbackAttempt.model_validate(json.loads(message.body)))
-        await message.ack()
-
-    def outcomes(self, handler: str | None = None) -> list[str]:
-        return [a.outcome.value for a in self.attempts if handler is None or a.handler == handler]
 
 
 @pytest.fixture
@@ -164,8 +154,24 @@ async def attempt_log(fallback_settings: Settings) -> AsyncIterator[AttemptLog]:
 
 
 @pytest.fixture
-async def resources(amqp_url: str) -> AsyncIterator[HandlerResources]:
-    """What the executor gives handlers: an HTTP client and a broker connection."""
-    connection = await aio_pika.connect_robust(amqp_url)
-    async with connection, aiohttp.ClientSession() as http:
-        yield HandlerResources(http, connection)
+async def resources(settings: Settings) -> AsyncIterator[HandlerResources]:
+    """What the executor gives handlers: an HTTP client and its broker."""
+    async with publisher(settings) as broker, aiohttp.ClientSession() as http:
+        yield HandlerResources(http, broker)
+
+
+@pytest.fixture
+async def http_resources(settings: Settings) -> AsyncIterator[HandlerResources]:
+    """The same for handlers that speak only HTTP or SMTP: their tests need no broker,
+    so the broker is never started (a handler that used it would fail)."""
+    broker = Broker(settings.amqp_url, Topology(settings.namespace), settings.publish_timeout)
+    async with aiohttp.ClientSession() as http:
+        yield HandlerResources(http, broker)
+    await broker.close()
+
+
+@pytest.fixture
+def executor(
+    fallback_settings: Settings, receiver: Receiver, attempt_log: AttemptLog, tmp_path: Path
+) -> ExecutorUnderTest:
+    return ExecutorUnderTest(fallback_settings, receiver, attempt_log, tmp_path / "rules.toml")

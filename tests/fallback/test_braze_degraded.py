@@ -2,39 +2,37 @@
 make Braze degraded once, and a rule sends that to a webhook receiver. Real RabbitMQ,
 worker, executor and SQLite; the receiver is a small real HTTP server."""
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
-from tests.factories import outgoing_postback, raw_postback
-from tests.fallback.requests import handlers_toml
-from tests.fallback.servers import Receiver
-from tests.harness import publisher, running_worker
-from tests.waiting import wait_until
+from tests.support.factories import outgoing_postback, raw_postback
+from tests.support.fallback import receiver_handlers
+from tests.support.harness import publisher, running_worker
+from tests.support.rules_file import rule, write_rules_file
+from tests.support.servers import Receiver
+from tests.support.waiting import wait_until
 from txmail.core.broker import Broker
 from txmail.core.events import HEALTH_CHANGE_TYPE, HealthChange, utc_now
+from txmail.core.rules_file import read_rules_file
 from txmail.core.settings import Settings
 from txmail.core.topology import Topology
-from txmail.fallback.executor import running_executor
-from txmail.fallback.rules_file import RulesFile
-from txmail.workers.health.store import HealthReport, open_health_store
+from txmail.fallback.configured import configure
+from txmail.fallback.executor.service import running_executor
+from txmail.workers.health.store import HealthReport
 
 # Judged every 10s / 30: a third of a second.
-HEALTH = """
-[health]
-window = "10s"
-min_sends = 5
-degraded_p95 = "2s"
-recovered_p95 = "1s"
-recover_after = "1m"
-
-[[rules]]
-on = ["braze_degraded"]
-handlers = ["ops-hook"]
-"""
+HEALTH = {
+    "window": "10s",
+    "min_sends": 5,
+    "degraded_p95": "2s",
+    "recovered_p95": "1s",
+    "recover_after": "1m",
+}
 
 
 @asynccontextmanager
@@ -69,39 +67,41 @@ async def post_sends(broker: Broker, first: int, latency: timedelta, now: dateti
 
 
 async def test_delivery_slowing_down_degrades_once_and_a_rule_calls_the_webhook(
-    fallback_settings: Settings, receiver: Receiver, write_rules: Callable[[str], RulesFile]
+    fallback_settings: Settings, receiver: Receiver, tmp_path: Path
 ) -> None:
-    rules = write_rules(handlers_toml(receiver) + HEALTH)
-    settings = fallback_settings.model_copy(
-        update={"rules": rules.path, "sweep_interval": timedelta(milliseconds=50)}
+    path = write_rules_file(
+        tmp_path / "rules.toml",
+        rule("ops-hook", on=("braze_degraded",)),
+        handlers=receiver_handlers(receiver),
+        health=HEALTH,
     )
-    health = open_health_store(settings.database_url, read_only=True)
+    rules = configure(read_rules_file(path))
+    settings = fallback_settings.model_copy(
+        update={"rules": path, "sweep_interval": timedelta(milliseconds=50)}
+    )
     reports: list[HealthReport] = []
 
     async def judged(sends: int, after: datetime | None = None) -> bool:
-        reports.append(await health.report())
+        reports.append(await store.health.report())
         overall = reports[-1].overall
         later = after is None or (overall is not None and overall.evaluated_at > after)
         return overall is not None and overall.figures["sends"] == sends and later
 
-    try:
-        async with (
-            health_events(settings) as changes,
-            running_worker(settings),
-            running_executor(settings, rules),
-            publisher(settings) as broker,
-        ):
-            await post_sends(broker, 0, timedelta(milliseconds=300), utc_now())
-            await wait_until(lambda: judged(10), what="the fast sends judged")
-            assert reports[-1].recent_changes == []
-            await post_sends(broker, 10, timedelta(seconds=5), utc_now())
-            await wait_until(lambda: len(receiver.webhook.calls) == 1, what="the webhook called")
-            # Judged again since, still slow: still the one change.
-            called_at = utc_now()
-            await wait_until(lambda: judged(20, called_at), what="a later judgement")
-            await wait_until(lambda: len(changes) == 1, what="the health.degraded event")
-    finally:
-        await health.close()
+    async with (
+        health_events(settings) as changes,
+        running_worker(settings) as store,
+        running_executor(settings, rules),
+        publisher(settings) as broker,
+    ):
+        await post_sends(broker, 0, timedelta(milliseconds=300), utc_now())
+        await wait_until(lambda: judged(10), what="the fast sends judged")
+        assert reports[-1].recent_changes == []
+        await post_sends(broker, 10, timedelta(seconds=5), utc_now())
+        await wait_until(lambda: len(receiver.webhook.calls) == 1, what="the webhook called")
+        # Judged again since, still slow: still the one change.
+        called_at = utc_now()
+        await wait_until(lambda: judged(20, called_at), what="a later judgement")
+        await wait_until(lambda: len(changes) == 1, what="the health.degraded event")
 
     report = reports[-1]
     assert report.overall is not None

@@ -19,7 +19,7 @@ import aio_pika
 import asyncpg
 import pytest
 
-from tests.burst_load import (
+from tests.support.burst_load import (
     Burst,
     Fate,
     PausableReceiver,
@@ -30,8 +30,8 @@ from tests.burst_load import (
     serving,
     start_deployment,
 )
-from tests.processes import environment
-from tests.waiting import wait_until
+from tests.support.processes import environment
+from tests.support.waiting import wait_until
 from txmail.core.durations import format_duration
 from txmail.core.events import utc_now
 from txmail.core.settings import Settings

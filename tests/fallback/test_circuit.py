@@ -4,7 +4,7 @@ from datetime import timedelta
 
 from structlog.testing import capture_logs
 
-from txmail.fallback.circuit import CircuitBreaker, CircuitState
+from txmail.fallback.policy.circuit import CircuitBreaker, CircuitState
 
 
 class Clock:

@@ -4,7 +4,6 @@ import asyncio
 import json
 import os
 import signal
-import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -12,49 +11,32 @@ from pathlib import Path
 import aio_pika
 import pytest
 
-from tests.amqp_helpers import drain, queue_depth
-from tests.fallback.conftest import RETRY_SCHEDULE, AttemptLog
-from tests.fallback.requests import a_request, handlers_toml, parked, publish
-from tests.fallback.servers import Receiver
-from tests.ports import free_port
-from tests.processes import wait_for_line
-from tests.waiting import wait_until
+from tests.support.amqp import drain, queue_depth
+from tests.support.fallback import (
+    AttemptLog,
+    a_request,
+    parked,
+    publish,
+    receiver_handlers,
+)
+from tests.support.ports import free_port
+from tests.support.processes import environment, spawn, wait_for_line
+from tests.support.rules_file import rule, write_rules_file
+from tests.support.servers import Receiver
+from tests.support.waiting import wait_until
 from txmail.cli import main
-from txmail.core.durations import format_duration
 from txmail.core.events import FallbackRequest, Trigger
 from txmail.core.settings import Settings
-from txmail.fallback import dlq
-from txmail.fallback.executor import fallback_topology, running_executor
-from txmail.fallback.progress import PARKED_AT, PARKED_REASON, Progress
-from txmail.fallback.rules_file import RulesFile
+from txmail.fallback.configured import FallbackRules
+from txmail.fallback.executor.service import fallback_topology, running_executor
+from txmail.fallback.parking import dlq
+from txmail.fallback.policy.progress import PARKED_AT, PARKED_REASON, RequestProgress
 
-RULE = '[[rules]]\non = ["*"]\nhandlers = ["ops-hook"]\n'
-
-
-def environment(settings: Settings, rules: Path | None = None) -> dict[str, str]:
-    env = {
-        **os.environ,
-        "TXMAIL_AMQP_URL": settings.amqp_url,
-        "TXMAIL_NAMESPACE": settings.namespace,
-        "TXMAIL_DATABASE_URL": settings.database_url,
-        "TXMAIL_FALLBACK_RETRY_SCHEDULE": ",".join(map(format_duration, RETRY_SCHEDULE)),
-        "TXMAIL_METRICS_PORT": "0",  # tests run many executors on one machine
-    }
-    if rules is not None:
-        env["TXMAIL_RULES"] = str(rules)
-    return env
+RULE = rule("ops-hook")
 
 
 async def txmail(settings: Settings, *args: str) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "txmail.cli",
-        *args,
-        env=environment(settings),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    process = await spawn(*args, env=environment(settings))
     out, err = await asyncio.wait_for(process.communicate(), timeout=30)
     assert process.returncode is not None
     return process.returncode, out.decode(), err.decode()
@@ -63,10 +45,10 @@ async def txmail(settings: Settings, *args: str) -> tuple[int, str, str]:
 async def test_dlq_list_shows_what_is_parked_and_replay_puts_it_back(
     fallback_settings: Settings,
     receiver: Receiver,
-    write_rules: Callable[[str], RulesFile],
+    write_rules: Callable[..., FallbackRules],
     attempt_log: AttemptLog,
 ) -> None:
-    rules = write_rules(handlers_toml(receiver) + RULE)
+    rules = write_rules(RULE)
     receiver.webhook.default = 400
     request = a_request()
     async with running_executor(fallback_settings, rules):
@@ -97,15 +79,9 @@ async def test_dlq_list_shows_what_is_parked_and_replay_puts_it_back(
 async def test_the_fallback_command_runs_until_sigterm(
     fallback_settings: Settings, receiver: Receiver, tmp_path: Path, attempt_log: AttemptLog
 ) -> None:
-    rules = tmp_path / "rules.toml"
-    rules.write_text(handlers_toml(receiver) + RULE)
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "txmail.cli",
-        "fallback",
-        env=environment(fallback_settings, rules),
-        stdout=asyncio.subprocess.DEVNULL,
+    rules = write_rules_file(tmp_path / "rules.toml", RULE, handlers=receiver_handlers(receiver))
+    process = await spawn(
+        "fallback", env=environment(fallback_settings, rules), stdout=asyncio.subprocess.DEVNULL
     )
     try:
         await publish(fallback_settings, a_request())
@@ -119,16 +95,8 @@ async def test_the_fallback_command_runs_until_sigterm(
 async def test_the_fallback_command_refuses_an_invalid_rules_file(
     fallback_settings: Settings, tmp_path: Path
 ) -> None:
-    rules = tmp_path / "rules.toml"
-    rules.write_text('[[rules]]\non = ["bounced"]\nhandlers = ["smss"]\n')
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "txmail.cli",
-        "fallback",
-        env=environment(fallback_settings, rules),
-        stderr=asyncio.subprocess.PIPE,
-    )
+    rules = write_rules_file(tmp_path / "rules.toml", rule("smss", on=("bounced",)))
+    process = await spawn("fallback", env=environment(fallback_settings, rules))
     _, err = await asyncio.wait_for(process.communicate(), timeout=30)
     assert process.returncode == 2
     assert "rules[0].handlers[0]: unknown handler 'smss'" in err.decode()
@@ -137,14 +105,9 @@ async def test_the_fallback_command_refuses_an_invalid_rules_file(
 async def test_the_fallback_command_refuses_a_database_url_it_cannot_use(
     fallback_settings: Settings, receiver: Receiver, tmp_path: Path
 ) -> None:
-    rules = tmp_path / "rules.toml"
-    rules.write_text(handlers_toml(receiver) + RULE)
+    rules = write_rules_file(tmp_path / "rules.toml", RULE, handlers=receiver_handlers(receiver))
     settings = fallback_settings.model_copy(update={"database_url": "mysql://db/txmail"})
-    process = await asyncio.create_subprocess_exec(
-        *(sys.executable, "-m", "txmail.cli", "fallback"),
-        env=environment(settings, rules),
-        stderr=asyncio.subprocess.PIPE,
-    )
+    process = await spawn("fallback", env=environment(settings, rules))
     _, err = await asyncio.wait_for(process.communicate(), timeout=30)
     assert process.returncode == 2
     assert "\ntxmail: TXMAIL_DATABASE_URL: 'mysql' is not supported" in f"\n{err.decode()}"
@@ -153,16 +116,13 @@ async def test_the_fallback_command_refuses_a_database_url_it_cannot_use(
 async def test_sigterm_stops_the_fallback_command_while_the_broker_is_unreachable(
     fallback_settings: Settings, receiver: Receiver, tmp_path: Path
 ) -> None:
-    rules = tmp_path / "rules.toml"
-    rules.write_text(handlers_toml(receiver) + RULE)
+    rules = write_rules_file(tmp_path / "rules.toml", RULE, handlers=receiver_handlers(receiver))
     nowhere = fallback_settings.model_copy(
         update={"amqp_url": f"amqp://guest:guest@127.0.0.1:{free_port()}/"}
     )
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "txmail.cli", "fallback",
-        env=environment(nowhere, rules),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
+    process = await spawn(
+        "fallback", env=environment(nowhere, rules), stderr=asyncio.subprocess.STDOUT
+    )
     try:
         await wait_for_line(process, b"broker not reachable")
         process.send_signal(signal.SIGTERM)
@@ -185,7 +145,7 @@ async def park(
         channel = await connection.channel(publisher_confirms=True)
         await fallback_topology(settings).declare(channel)
         headers = {
-            **Progress(attempt=3).to_headers(),
+            **RequestProgress(attempt=3).to_headers(),
             PARKED_REASON: reason,
             PARKED_AT: (parked_at or datetime.now(UTC)).isoformat(),
         }
@@ -342,10 +302,7 @@ async def test_dlq_list_into_a_reader_that_goes_away_loses_nothing(
     # More than a pipe holds, so the listing is still writing when the reader leaves.
     await park(fallback_settings, *(a_request() for _ in range(600)))
     read_end, write_end = os.pipe()
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "txmail.cli", "dlq", "list",
-        env=environment(fallback_settings), stdout=write_end, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+    process = await spawn("dlq", "list", env=environment(fallback_settings), stdout=write_end)
     os.close(write_end)
     with os.fdopen(read_end, "rb") as reader:  # as `| head -1` would: read a little, leave
         assert (await asyncio.to_thread(reader.readline)).startswith(b"- id: ")

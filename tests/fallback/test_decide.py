@@ -2,11 +2,12 @@
 
 import pytest
 
-from txmail.fallback.chain import Decision, HandlerResult, ResultKind, decide
-from txmail.fallback.progress import Progress
-from txmail.fallback.rules import Rule
+from txmail.core.rules_file import Rule
+from txmail.fallback.policy.progress import RequestProgress
+from txmail.fallback.policy.verdict import HandlerResult, NextStep, ResultKind, decide
 
 OK, TRANSIENT, PERMANENT = ResultKind.SUCCEEDED, ResultKind.TRANSIENT, ResultKind.PERMANENT
+DONE, RETRY, PARK = NextStep.DONE, NextStep.RETRY, NextStep.PARK
 
 
 def rule(mode: str) -> Rule:
@@ -16,44 +17,46 @@ def rule(mode: str) -> Rule:
 @pytest.mark.parametrize(
     ("mode", "before", "results", "can_retry", "expected"),
     [
-        ("first_success", Progress(), {"a": OK}, True, Decision.DONE),
-        ("first_success", Progress(), {"a": TRANSIENT, "b": OK}, True, Decision.DONE),
-        ("first_success", Progress(), {"a": TRANSIENT, "b": PERMANENT}, True, Decision.RETRY),
-        ("first_success", Progress(), {"a": TRANSIENT, "b": TRANSIENT}, False, Decision.PARK),
-        ("first_success", Progress(), {"a": PERMANENT, "b": PERMANENT}, True, Decision.PARK),
-        ("first_success", Progress(failed=frozenset("a")), {"b": PERMANENT}, True, Decision.PARK),
-        ("all", Progress(), {"a": OK, "b": OK}, True, Decision.DONE),
-        ("all", Progress(), {"a": OK, "b": TRANSIENT}, True, Decision.RETRY),
-        ("all", Progress(succeeded=frozenset("a")), {"b": OK}, True, Decision.DONE),
-        ("all", Progress(), {"a": PERMANENT, "b": TRANSIENT}, True, Decision.RETRY),
-        ("all", Progress(failed=frozenset("a")), {"b": OK}, True, Decision.PARK),
-        ("all", Progress(), {"a": OK, "b": TRANSIENT}, False, Decision.PARK),
+        ("first_success", RequestProgress(), {"a": OK}, True, DONE),
+        ("first_success", RequestProgress(), {"a": TRANSIENT, "b": OK}, True, DONE),
+        ("first_success", RequestProgress(), {"a": TRANSIENT, "b": PERMANENT}, True, RETRY),
+        ("first_success", RequestProgress(), {"a": TRANSIENT, "b": TRANSIENT}, False, PARK),
+        ("first_success", RequestProgress(), {"a": PERMANENT, "b": PERMANENT}, True, PARK),
+        ("first_success", RequestProgress(failed=frozenset("a")), {"b": PERMANENT}, True, PARK),
+        ("all", RequestProgress(), {"a": OK, "b": OK}, True, DONE),
+        ("all", RequestProgress(), {"a": OK, "b": TRANSIENT}, True, RETRY),
+        ("all", RequestProgress(succeeded=frozenset("a")), {"b": OK}, True, DONE),
+        ("all", RequestProgress(), {"a": PERMANENT, "b": TRANSIENT}, True, RETRY),
+        ("all", RequestProgress(failed=frozenset("a")), {"b": OK}, True, PARK),
+        ("all", RequestProgress(), {"a": OK, "b": TRANSIENT}, False, PARK),
     ],
 )
 def test_the_decision_table(
     mode: str,
-    before: Progress,
+    before: RequestProgress,
     results: dict[str, ResultKind],
     can_retry: bool,
-    expected: Decision,
+    expected: NextStep,
 ) -> None:
     outcome = [HandlerResult(name, kind, "boom") for name, kind in results.items()]
-    assert decide(rule(mode), before, outcome, can_retry).decision is expected
+    assert decide(rule(mode), before, outcome, can_retry).next_step is expected
 
 
 def test_progress_remembers_successes_and_permanent_failures() -> None:
     results = [HandlerResult("a", OK), HandlerResult("b", PERMANENT, "400")]
-    verdict = decide(rule("all"), Progress(attempt=2), results, can_retry=True)
-    assert verdict.progress == Progress(attempt=3, succeeded=frozenset("a"), failed=frozenset("b"))
+    verdict = decide(rule("all"), RequestProgress(attempt=2), results, can_retry=True)
+    assert verdict.progress == RequestProgress(
+        attempt=3, succeeded=frozenset("a"), failed=frozenset("b")
+    )
     assert verdict.reason == "every remaining handler failed permanently; b: permanent: 400"
 
 
 def test_progress_survives_the_trip_through_headers() -> None:
-    progress = Progress(
+    progress = RequestProgress(
         attempt=4, succeeded=frozenset({"sms", "hook"}), failed=frozenset({"x"}), replays=1
     )
-    assert Progress.from_headers(progress.to_headers()) == progress
-    assert progress.for_replay() == Progress(succeeded=progress.succeeded, replays=2)
+    assert RequestProgress.from_headers(progress.to_headers()) == progress
+    assert progress.for_replay() == RequestProgress(succeeded=progress.succeeded, replays=2)
 
 
 @pytest.mark.parametrize(
@@ -61,4 +64,4 @@ def test_progress_survives_the_trip_through_headers() -> None:
     [None, {}, {"x-txmail-attempt": "3", "x-txmail-succeeded": "a,b"}, {"x-txmail-attempt": -1}],
 )
 def test_mangled_headers_count_as_a_fresh_start(headers: dict[str, object] | None) -> None:
-    assert Progress.from_headers(headers) == Progress()
+    assert RequestProgress.from_headers(headers) == RequestProgress()

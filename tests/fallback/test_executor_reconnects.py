@@ -3,24 +3,25 @@ says it is not ready meanwhile, and runs the fallback that came in the meantime 
 
 from pathlib import Path
 
-from tests.fallback.conftest import AttemptLog
-from tests.fallback.requests import a_request, handlers_toml, publish
-from tests.fallback.servers import Receiver
-from tests.readiness import is_not_consuming, is_ready, proxied
-from tests.waiting import wait_until
+from tests.support.fallback import AttemptLog, a_request, publish, receiver_handlers
+from tests.support.readiness import is_not_consuming, is_ready, proxied
+from tests.support.rules_file import rule, write_rules_file
+from tests.support.servers import Receiver
+from tests.support.waiting import wait_until
+from txmail.core.rules_file import read_rules_file
 from txmail.core.settings import Settings
-from txmail.fallback.executor import running_executor
-from txmail.fallback.rules_file import load_rules_file
+from txmail.fallback.configured import configure
+from txmail.fallback.executor.service import running_executor
 
 
 async def test_the_executor_consumes_again_and_runs_the_fallback_once(
     fallback_settings: Settings, receiver: Receiver, attempt_log: AttemptLog, tmp_path: Path
 ) -> None:
-    rules_path = tmp_path / "rules.toml"
-    rules_path.write_text(
-        handlers_toml(receiver) + '[[rules]]\non = ["bounced"]\nhandlers = ["ops-hook"]\n'
+    handlers = receiver_handlers(receiver)
+    hook = rule("ops-hook", on=("bounced",))
+    rules = configure(
+        read_rules_file(write_rules_file(tmp_path / "rules.toml", hook, handlers=handlers))
     )
-    rules = load_rules_file(rules_path)
     async with proxied(fallback_settings) as (proxy, cut_off):
         async with running_executor(cut_off, rules) as executor:
             assert executor is not None

@@ -15,8 +15,10 @@ import aiohttp
 import pytest
 from pydantic import ValidationError
 
-from tests.broker_url import host_and_port, via_port
-from tests.fallback.servers import (
+from tests.support.broker_url import host_and_port, via_port
+from tests.support.harness import publisher
+from tests.support.ports import free_port
+from tests.support.servers import (
     SMS_SID,
     SMS_TOKEN,
     SMTP_PASSWORD,
@@ -25,13 +27,12 @@ from tests.fallback.servers import (
     MailCollector,
     Receiver,
 )
-from tests.ports import free_port
-from tests.tcp_proxy import TcpProxy
-from tests.waiting import wait_until
-from txmail.core.broker import connect_until_up
+from tests.support.tcp_proxy import TcpProxy
+from tests.support.waiting import wait_until
+from txmail.core.broker import Broker
 from txmail.core.events import FallbackRequest, Recipient, Trigger
-from txmail.fallback.chain import ReadyHandler, ResultKind, run_handler
-from txmail.fallback.circuit import Circuits, CircuitState
+from txmail.core.settings import Settings
+from txmail.fallback.executor.chain import ReadyHandler, run_handler
 from txmail.fallback.handler import (
     FallbackHandler,
     HandlerResources,
@@ -44,6 +45,8 @@ from txmail.fallback.handlers.log import LogConfig, LogHandler
 from txmail.fallback.handlers.sms import SmsConfig, SmsHandler
 from txmail.fallback.handlers.smtp import SmtpConfig, SmtpHandler
 from txmail.fallback.handlers.webhook import WebhookConfig, WebhookHandler, sign
+from txmail.fallback.policy.circuit import Circuits, CircuitState
+from txmail.fallback.policy.verdict import ResultKind
 
 
 def a_request(**changes: Any) -> FallbackRequest:
@@ -61,8 +64,8 @@ def a_request(**changes: Any) -> FallbackRequest:
     return FallbackRequest.model_validate({**fields, **changes})
 
 
-def test_every_built_in_is_a_fallback_handler(resources: HandlerResources) -> None:
-    assert isinstance(LogHandler("log", LogConfig(), resources), FallbackHandler)
+def test_every_built_in_is_a_fallback_handler(http_resources: HandlerResources) -> None:
+    assert isinstance(LogHandler("log", LogConfig(), http_resources), FallbackHandler)
 
 
 def test_the_signature_is_the_standard_webhooks_one() -> None:
@@ -74,10 +77,10 @@ def test_the_signature_is_the_standard_webhooks_one() -> None:
 
 
 async def test_webhook_sends_the_same_id_on_every_call(
-    receiver: Receiver, resources: HandlerResources
+    receiver: Receiver, http_resources: HandlerResources
 ) -> None:
     config = WebhookConfig.model_validate({"url": f"{receiver.url}/hook", "secret": WEBHOOK_SECRET})
-    handler = WebhookHandler("ops-hook", config, resources)
+    handler = WebhookHandler("ops-hook", config, http_resources)
     receiver.webhook.answers.append(500)
     with pytest.raises(TransientFailure, match="500"):
         await handler.send(a_request(), "msg-1:ops-hook")
@@ -89,12 +92,12 @@ async def test_webhook_sends_the_same_id_on_every_call(
 
 
 async def test_webhook_to_nowhere_is_transient_and_says_so_in_words(
-    resources: HandlerResources,
+    http_resources: HandlerResources,
 ) -> None:
     url = f"http://127.0.0.1:{free_port()}/hook"
     config = WebhookConfig.model_validate({"url": url, "secret": WEBHOOK_SECRET})
     with pytest.raises(TransientFailure) as failure:
-        await WebhookHandler("h", config, resources).send(a_request(), "k")
+        await WebhookHandler("h", config, http_resources).send(a_request(), "k")
     port = url.split(":")[2].split("/")[0]
     assert str(failure.value) == (
         f"POST {url} failed: cannot connect to 127.0.0.1:{port}: Connection refused"
@@ -102,10 +105,12 @@ async def test_webhook_to_nowhere_is_transient_and_says_so_in_words(
 
 
 async def test_failure_details_are_words_not_reprs(
-    receiver: Receiver, resources: HandlerResources
+    receiver: Receiver, http_resources: HandlerResources
 ) -> None:
     config = WebhookConfig.model_validate({"url": f"{receiver.url}/hook", "secret": WEBHOOK_SECRET})
-    ready = ReadyHandler("hook", WebhookHandler("hook", config, resources), timedelta(seconds=2))
+    ready = ReadyHandler(
+        "hook", WebhookHandler("hook", config, http_resources), timedelta(seconds=2)
+    )
     circuits = Circuits(failures_to_open=5, open_for=timedelta(minutes=1))
     receiver.webhook.answers.append(503)
     answered = await run_handler(ready, a_request(), circuits)
@@ -122,7 +127,7 @@ async def test_failure_details_are_words_not_reprs(
     gate.set()
 
 
-def sms_handler(receiver: Receiver, resources: HandlerResources, **changes: Any) -> SmsHandler:
+def sms_handler(receiver: Receiver, http_resources: HandlerResources, **changes: Any) -> SmsHandler:
     table = {
         "base_url": receiver.url,
         "account_sid": SMS_SID,
@@ -131,13 +136,13 @@ def sms_handler(receiver: Receiver, resources: HandlerResources, **changes: Any)
         "body": "Hi ${first_name}: $$5 off, order $external_send_id ($trigger)",
         **changes,
     }
-    return SmsHandler("sms", SmsConfig.model_validate(table), resources)
+    return SmsHandler("sms", SmsConfig.model_validate(table), http_resources)
 
 
 async def test_sms_posts_twilio_form_fields_with_basic_auth(
-    receiver: Receiver, resources: HandlerResources
+    receiver: Receiver, http_resources: HandlerResources
 ) -> None:
-    await sms_handler(receiver, resources).send(a_request(), "msg-1:sms")
+    await sms_handler(receiver, http_resources).send(a_request(), "msg-1:sms")
     [call] = receiver.sms.calls
     assert call.idempotency_key == "msg-1:sms"
     assert call.user_agent == "txmail/" + version("txmail")
@@ -153,19 +158,19 @@ async def test_sms_posts_twilio_form_fields_with_basic_auth(
     [(429, TransientFailure), (503, TransientFailure), (400, PermanentFailure)],
 )
 async def test_sms_answers_are_classified(
-    receiver: Receiver, resources: HandlerResources, status: int, failure: type[Exception]
+    receiver: Receiver, http_resources: HandlerResources, status: int, failure: type[Exception]
 ) -> None:
     receiver.sms.answers.append(status)
     with pytest.raises(failure, match=str(status)):
-        await sms_handler(receiver, resources).send(a_request(), "k")
+        await sms_handler(receiver, http_resources).send(a_request(), "k")
 
 
 async def test_a_request_no_template_fits_does_not_stand_in_for_the_circuit_probe(
-    receiver: Receiver, resources: HandlerResources
+    receiver: Receiver, http_resources: HandlerResources
 ) -> None:
     # The provider was down, the circuit is half-open: a request whose template cannot
     # be filled never reaches the provider, so it must not close the circuit unprobed.
-    handler = sms_handler(receiver, resources)
+    handler = sms_handler(receiver, http_resources)
     ready = ReadyHandler("sms", handler, timedelta(seconds=2))
     circuits = Circuits(failures_to_open=1, open_for=timedelta(milliseconds=50))
     receiver.sms.answers.append(503)
@@ -194,13 +199,15 @@ async def test_a_request_no_template_fits_does_not_stand_in_for_the_circuit_prob
 )
 async def test_an_sms_no_provider_could_send_fails_the_request_not_the_circuit(
     receiver: Receiver,
-    resources: HandlerResources,
+    http_resources: HandlerResources,
     changes: dict[str, str],
     variables: dict[str, str],
     complaint: str,
 ) -> None:
     # Half-open: the provider's 400 to such a request would close the circuit unprobed.
-    ready = ReadyHandler("sms", sms_handler(receiver, resources, **changes), timedelta(seconds=2))
+    ready = ReadyHandler(
+        "sms", sms_handler(receiver, http_resources, **changes), timedelta(seconds=2)
+    )
     circuits = Circuits(failures_to_open=1, open_for=timedelta(0))
     circuits["sms"].record_failure("answered 503")
     assert circuits["sms"].state is CircuitState.HALF_OPEN
@@ -212,24 +219,24 @@ async def test_an_sms_no_provider_could_send_fails_the_request_not_the_circuit(
 
 
 async def test_sms_with_wrong_credentials_is_permanent(
-    receiver: Receiver, resources: HandlerResources
+    receiver: Receiver, http_resources: HandlerResources
 ) -> None:
-    handler = sms_handler(receiver, resources, auth_token="wrong")
+    handler = sms_handler(receiver, http_resources, auth_token="wrong")
     with pytest.raises(PermanentFailure, match="401"):
         await handler.send(a_request(), "k")
 
 
 async def test_a_template_variable_the_request_lacks_is_permanent(
-    receiver: Receiver, resources: HandlerResources
+    receiver: Receiver, http_resources: HandlerResources
 ) -> None:
-    handler = sms_handler(receiver, resources)
+    handler = sms_handler(receiver, http_resources)
     with pytest.raises(PermanentFailure, match=r"template 'to' uses \$recipient_phone"):
         await handler.send(a_request(recipient=Recipient(email="jane@example.com")), "k")
     assert receiver.sms.calls == []
 
 
 async def test_a_registered_variable_cannot_stand_in_for_a_name_the_request_lacks(
-    receiver: Receiver, resources: HandlerResources
+    receiver: Receiver, http_resources: HandlerResources
 ) -> None:
     # Registered without a phone: `$recipient_phone` must fail, not take a variable's value.
     request = a_request(
@@ -237,12 +244,12 @@ async def test_a_registered_variable_cannot_stand_in_for_a_name_the_request_lack
         variables={"first_name": "Jane", "recipient_phone": "+15556660000"},
     )
     with pytest.raises(PermanentFailure, match=r"template 'to' uses \$recipient_phone"):
-        await sms_handler(receiver, resources).send(request, "k")
+        await sms_handler(receiver, http_resources).send(request, "k")
     assert receiver.sms.calls == []
 
 
 async def test_smtp_sends_through_the_relay_with_a_stable_message_id(
-    smtp_server: tuple[MailCollector, int], resources: HandlerResources
+    smtp_server: tuple[MailCollector, int], http_resources: HandlerResources
 ) -> None:
     collector, port = smtp_server
     config = SmtpConfig.model_validate(
@@ -255,7 +262,7 @@ async def test_smtp_sends_through_the_relay_with_a_stable_message_id(
             "body": "Hello $first_name,\nwe could not email you ($reason).",
         }
     )
-    handler = SmtpHandler("mailer", config, resources)
+    handler = SmtpHandler("mailer", config, http_resources)
     await handler.send(a_request(), "msg-1:mailer")
     await handler.send(a_request(), "msg-1:mailer")
     first, second = collector.mails
@@ -269,7 +276,7 @@ async def test_smtp_sends_through_the_relay_with_a_stable_message_id(
 
 
 async def test_smtp_header_that_cannot_be_written_is_permanent(
-    smtp_server: tuple[MailCollector, int], resources: HandlerResources
+    smtp_server: tuple[MailCollector, int], http_resources: HandlerResources
 ) -> None:
     # A registered variable with a line break cannot go into a header: no retry fixes it.
     collector, port = smtp_server
@@ -285,7 +292,7 @@ async def test_smtp_header_that_cannot_be_written_is_permanent(
     )
     request = a_request(variables={"first_name": "Jane\r\nBcc: someone@example.com"})
     with pytest.raises(PermanentFailure, match="'subject'"):
-        await SmtpHandler("mailer", config, resources).send(request, "msg-1:mailer")
+        await SmtpHandler("mailer", config, http_resources).send(request, "msg-1:mailer")
     assert collector.mails == []
 
 
@@ -293,7 +300,7 @@ async def test_smtp_header_that_cannot_be_written_is_permanent(
     "to", ["postmaster,ada@example.com", "ada@example.com bob@example.com", "ada", "list:;"]
 )
 async def test_smtp_sends_to_exactly_one_address(
-    smtp_server: tuple[MailCollector, int], resources: HandlerResources, to: str
+    smtp_server: tuple[MailCollector, int], http_resources: HandlerResources, to: str
 ) -> None:
     # The rules file's `to` template can still make several recipients of one.
     collector, port = smtp_server
@@ -308,7 +315,7 @@ async def test_smtp_sends_to_exactly_one_address(
             "body": "b",
         }
     )
-    handler = SmtpHandler("mailer", config, resources)
+    handler = SmtpHandler("mailer", config, http_resources)
     with pytest.raises(UnusableRequest, match="not exactly one mail address"):
         await handler.send(a_request(variables={"contact": to}), "k")
     await handler.send(a_request(variables={"contact": '"Lovelace, Ada" <ada@example.com>'}), "k")
@@ -316,7 +323,7 @@ async def test_smtp_sends_to_exactly_one_address(
 
 
 async def test_smtp_refusals_are_told_in_words(
-    smtp_server: tuple[MailCollector, int], resources: HandlerResources
+    smtp_server: tuple[MailCollector, int], http_resources: HandlerResources
 ) -> None:
     collector, port = smtp_server
     collector.unknown_recipients.add("jane@example.com")
@@ -331,7 +338,7 @@ async def test_smtp_refusals_are_told_in_words(
         }
     )
     with pytest.raises(PermanentFailure) as failure:
-        await SmtpHandler("mailer", config, resources).send(a_request(), "k")
+        await SmtpHandler("mailer", config, http_resources).send(a_request(), "k")
     assert str(failure.value) == (
         f"127.0.0.1:{port} refused the recipient (jane@example.com: 550 5.1.1 no such user)"
     )
@@ -342,7 +349,7 @@ async def test_smtp_refusals_are_told_in_words(
 @pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
 async def test_smtp_logs_in_when_configured(
     smtp_server_with_login: tuple[MailCollector, int],
-    resources: HandlerResources,
+    http_resources: HandlerResources,
     password: str,
     delivered: bool,
 ) -> None:
@@ -357,7 +364,7 @@ async def test_smtp_logs_in_when_configured(
         "subject": "s",
         "body": "b",
     }
-    handler = SmtpHandler("mailer", SmtpConfig.model_validate(table), resources)
+    handler = SmtpHandler("mailer", SmtpConfig.model_validate(table), http_resources)
     if delivered:
         await handler.send(a_request(), "k")
         assert len(collector.mails) == 1
@@ -370,7 +377,7 @@ async def test_smtp_logs_in_when_configured(
 async def test_smtp_starttls_with_the_company_ca(
     smtp_server_with_starttls: tuple[MailCollector, int],
     relay_certificate: tuple[Path, Path],
-    resources: HandlerResources,
+    http_resources: HandlerResources,
 ) -> None:
     collector, port = smtp_server_with_starttls
     table = {
@@ -381,18 +388,18 @@ async def test_smtp_starttls_with_the_company_ca(
         "body": "b",
     }
     verified = SmtpConfig.model_validate({**table, "ca_file": str(relay_certificate[0])})
-    await SmtpHandler("mailer", verified, resources).send(a_request(), "k")
+    await SmtpHandler("mailer", verified, http_resources).send(a_request(), "k")
     assert len(collector.mails) == 1
 
     without_tls = SmtpConfig.model_validate({**table, "starttls": False})
     with pytest.raises(PermanentFailure, match="530"):
-        await SmtpHandler("mailer", without_tls, resources).send(a_request(), "k")
+        await SmtpHandler("mailer", without_tls, http_resources).send(a_request(), "k")
     unverified = SmtpConfig.model_validate(table)  # the system's CAs do not know it
     with pytest.raises(TransientFailure, match="CERTIFICATE_VERIFY_FAILED"):
-        await SmtpHandler("mailer", unverified, resources).send(a_request(), "k")
+        await SmtpHandler("mailer", unverified, http_resources).send(a_request(), "k")
 
 
-async def test_smtp_relay_down_is_transient(resources: HandlerResources) -> None:
+async def test_smtp_relay_down_is_transient(http_resources: HandlerResources) -> None:
     config = SmtpConfig.model_validate(
         {
             "host": "127.0.0.1",
@@ -404,11 +411,11 @@ async def test_smtp_relay_down_is_transient(resources: HandlerResources) -> None
         }
     )
     with pytest.raises(TransientFailure, match=r"unreachable: Connection refused$"):
-        await SmtpHandler("mailer", config, resources).send(a_request(), "k")
+        await SmtpHandler("mailer", config, http_resources).send(a_request(), "k")
 
 
 async def test_smtp_relay_without_starttls_is_permanent_when_starttls_is_required(
-    smtp_server: tuple[MailCollector, int], resources: HandlerResources
+    smtp_server: tuple[MailCollector, int], http_resources: HandlerResources
 ) -> None:
     # `starttls = true` (the default) against a relay that does not offer it is a
     # configuration mistake: retrying for hours cannot fix it, and it is not "unreachable".
@@ -417,7 +424,7 @@ async def test_smtp_relay_without_starttls_is_permanent_when_starttls_is_require
         {"host": "127.0.0.1", "port": port, "from": "a@b.example", "subject": "s", "body": "b"}
     )
     with pytest.raises(PermanentFailure, match="check 'starttls'"):
-        await SmtpHandler("mailer", config, resources).send(a_request(), "k")
+        await SmtpHandler("mailer", config, http_resources).send(a_request(), "k")
     assert collector.mails == []
 
 
@@ -451,18 +458,16 @@ async def test_amqp_publishes_a_persistent_message_keyed_by_idempotency_key(
 
 
 async def test_amqp_publishes_again_after_the_shared_connection_drops(
-    bound_exchange: tuple[str, aio_pika.abc.AbstractQueue], amqp_url: str
+    bound_exchange: tuple[str, aio_pika.abc.AbstractQueue], settings: Settings
 ) -> None:
-    """The executor's handlers share one robust connection: a drop must not end them."""
+    """The executor's handlers share its broker connection: a drop must not end them."""
     name, queue = bound_exchange
-    proxy = TcpProxy(*host_and_port(amqp_url))
+    proxy = TcpProxy(*host_and_port(settings.amqp_url))
     await proxy.start()
-    connection = await connect_until_up(via_port(amqp_url, proxy.port))
+    proxied = settings.model_copy(update={"amqp_url": via_port(settings.amqp_url, proxy.port)})
     try:
-        async with aiohttp.ClientSession() as http:
-            handler = AmqpHandler(
-                "bus", AmqpConfig(exchange=name), HandlerResources(http, connection)
-            )
+        async with publisher(proxied) as broker, aiohttp.ClientSession() as http:
+            handler = AmqpHandler("bus", AmqpConfig(exchange=name), HandlerResources(http, broker))
             await handler.send(a_request(), "before")
             proxy.drop_connections()  # a broker restart: it listens again at once
 
@@ -477,7 +482,6 @@ async def test_amqp_publishes_again_after_the_shared_connection_drops(
         ids = {(await queue.get(timeout=5)).message_id for _ in range(2)}
         assert ids == {"before", "after"}
     finally:
-        await connection.close()
         await proxy.close()
 
 
@@ -500,7 +504,14 @@ async def test_amqp_to_a_missing_exchange_is_permanent_and_the_handler_recovers(
     name, queue = bound_exchange
     await AmqpHandler("bus", AmqpConfig(exchange=name), resources).send(a_request(), "k")
     assert (await queue.get(timeout=5)).message_id == "k"
-    assert not resources.amqp.is_closed
+    assert resources.amqp.is_ready
+
+
+def channels_of(broker: Broker) -> dict[int, Any]:
+    """The channels open on the broker's connection, live."""
+    assert broker.connection is not None
+    assert broker.connection.transport is not None
+    return broker.connection.transport.connection.channels
 
 
 async def test_amqp_to_a_missing_exchange_leaves_no_channel_open(
@@ -508,8 +519,7 @@ async def test_amqp_to_a_missing_exchange_leaves_no_channel_open(
 ) -> None:
     # The connection is the executor's own: a misconfigured exchange failing request
     # after request must not pile up channels on it until the broker's limit.
-    assert resources.amqp.transport is not None
-    open_channels = resources.amqp.transport.connection.channels
+    open_channels = channels_of(resources.amqp)
     before = len(open_channels)
     missing = AmqpHandler("bus", AmqpConfig(exchange=f"missing-{uuid.uuid4().hex}"), resources)
     for _ in range(5):
@@ -531,8 +541,7 @@ async def test_amqp_to_an_exchange_it_may_not_publish_on_is_permanent_and_leaves
         )
         queue = await channel.declare_queue(exclusive=True)
         await queue.bind(internal, "#")
-        assert resources.amqp.transport is not None
-        open_channels = resources.amqp.transport.connection.channels
+        open_channels = channels_of(resources.amqp)
         before = len(open_channels)
         handler = AmqpHandler("bus", AmqpConfig(exchange=internal.name), resources)
         for _ in range(3):
@@ -541,8 +550,8 @@ async def test_amqp_to_an_exchange_it_may_not_publish_on_is_permanent_and_leaves
         await wait_until(lambda: len(open_channels) <= before, timeout=5, what="channels closed")
 
 
-async def test_log_handler_only_logs(resources: HandlerResources) -> None:
-    await LogHandler("dry-run", LogConfig(), resources).send(a_request(), "k")
+async def test_log_handler_only_logs(http_resources: HandlerResources) -> None:
+    await LogHandler("dry-run", LogConfig(), http_resources).send(a_request(), "k")
 
 
 async def test_amqp_routing_key_too_long_fails_the_request_not_the_circuit(

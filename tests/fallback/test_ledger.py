@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from tests.ports import free_port
-from tests.waiting import wait_until
+from tests.support.ports import free_port
+from tests.support.waiting import wait_until
 from txmail.core.errors import ConfigError
 from txmail.core.events import utc_now
 from txmail.fallback.ledger import (

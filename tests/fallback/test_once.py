@@ -3,8 +3,6 @@ workers' outbox, two executors running copies at once, an executor SIGKILLed
 mid-chain, and a ledger database that is away. Real broker, databases and receivers."""
 
 import asyncio
-import os
-import sys
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -13,28 +11,28 @@ import aio_pika
 import pytest
 from structlog.testing import capture_logs
 
-from tests.broker_url import host_and_port, via_port
-from tests.factories import postback
-from tests.fallback.conftest import AttemptLog
-from tests.fallback.requests import a_request, handlers_toml, publish
-from tests.fallback.servers import Receiver
-from tests.tcp_proxy import TcpProxy
-from tests.waiting import wait_until
+from tests.support.broker_url import host_and_port, via_port
+from tests.support.factories import postback
+from tests.support.fallback import AttemptLog, a_request, publish
+from tests.support.processes import environment, spawn
+from tests.support.rules_file import rule
+from tests.support.servers import Receiver
+from tests.support.tcp_proxy import TcpProxy
+from tests.support.waiting import wait_until
 from txmail.core.broker import Broker
-from txmail.core.durations import format_duration
 from txmail.core.events import utc_now
 from txmail.core.settings import Settings
 from txmail.core.topology import Topology
-from txmail.fallback.executor import running_executor
-from txmail.fallback.rules_file import RulesFile
-from txmail.workers.decisions import to_outgoing
+from txmail.fallback.configured import FallbackRules
+from txmail.fallback.executor.service import running_executor
+from txmail.workers.decisions import request_message
 from txmail.workers.store import open_store
 from txmail.workers.sweeper import Sweeper
 from txmail.workers.timeouts import DeliveryTimeouts
 from txmail.workers.watermark import WatermarkRule, WorkerProgress
 
-WriteRules = Callable[[str], RulesFile]
-HOOK = '[[rules]]\non = ["*"]\nhandlers = ["ops-hook"]\n'
+WriteRules = Callable[..., FallbackRules]
+HOOK = rule("ops-hook")
 # Long enough, even shortened by the jitter, for a copy that finds the call busy to
 # outlive the holder's lease (the webhook's 2s timeout + 5s).
 LONG_SCHEDULE = [timedelta(seconds=2), timedelta(seconds=8)]
@@ -60,7 +58,7 @@ def _succeeded(log: AttemptLog, handler: str) -> int:
 async def test_a_request_published_twice_calls_the_handler_once(
     once_settings: Settings, receiver: Receiver, write_rules: WriteRules, attempt_log: AttemptLog
 ) -> None:
-    rules = write_rules(handlers_toml(receiver) + HOOK)
+    rules = write_rules(HOOK)
     request = a_request()
     await publish(once_settings, request)
     await publish(once_settings, request)  # what the outbox does after a worker crash
@@ -73,7 +71,7 @@ async def test_a_request_published_twice_calls_the_handler_once(
 async def test_two_executors_running_copies_at_once_call_the_handler_once(
     once_settings: Settings, receiver: Receiver, write_rules: WriteRules, attempt_log: AttemptLog
 ) -> None:
-    rules = write_rules(handlers_toml(receiver) + HOOK)
+    rules = write_rules(HOOK)
     # One request at a time each: while one holds the first copy, the other takes the second.
     settings = once_settings.model_copy(update={"fallback_prefetch": 1})
     gate = asyncio.Event()
@@ -99,19 +97,13 @@ async def test_an_executor_killed_mid_chain_does_not_call_a_done_handler_again(
     write_rules: WriteRules,
     attempt_log: AttemptLog,
 ) -> None:
-    rules = write_rules(
-        handlers_toml(receiver)
-        + '[[rules]]\non = ["*"]\nhandlers = ["sms", "ops-hook"]\nmode = "all"\n'
-    )
+    rules = write_rules(rule("sms", "ops-hook", mode="all"))
     gate = asyncio.Event()
     receiver.webhook.hold_next = gate
     await publish(once_settings, a_request())
     with (tmp_path / "executor.log").open("wb") as out:
-        killed = await asyncio.create_subprocess_exec(
-            *(sys.executable, "-m", "txmail.cli", "fallback"),
-            env=_environment(once_settings, rules.path),
-            stdout=out,
-            stderr=out,
+        killed = await spawn(
+            "fallback", env=environment(once_settings, rules.path), stdout=out, stderr=out
         )
     try:
         await wait_until(
@@ -153,7 +145,7 @@ _WATERMARK = WatermarkRule(
 async def test_a_decision_the_sweeper_publishes_again_calls_the_handler_once(
     once_settings: Settings, receiver: Receiver, write_rules: WriteRules, attempt_log: AttemptLog
 ) -> None:
-    rules = write_rules(handlers_toml(receiver) + HOOK)
+    rules = write_rules(HOOK)
     store = await open_store(
         once_settings.database_url, DeliveryTimeouts(timedelta(minutes=10)), timedelta(seconds=1)
     )
@@ -164,7 +156,7 @@ async def test_a_decision_the_sweeper_publishes_again_calls_the_handler_once(
         now = utc_now()
         decided = await store.apply([postback("d1", "bounced", now, reason="550 no user")], now)
         # The worker publishes, RabbitMQ confirms, and the worker dies before marking it.
-        await broker.publish([to_outgoing(p.request) for p in decided])
+        await broker.publish([request_message(p.request) for p in decided])
         sweeper = Sweeper(
             store, broker, timedelta(seconds=1), timedelta(days=30), _CaughtUp(), _WATERMARK
         )
@@ -185,7 +177,7 @@ async def test_no_handler_is_called_while_the_ledger_is_away(
     write_rules: WriteRules,
     attempt_log: AttemptLog,
 ) -> None:
-    rules = write_rules(handlers_toml(receiver) + HOOK)
+    rules = write_rules(HOOK)
     proxy = TcpProxy(*host_and_port(postgres_schema_url))
     await proxy.start()
     settings = fallback_settings.model_copy(
@@ -211,21 +203,6 @@ async def test_no_handler_is_called_while_the_ledger_is_away(
         await proxy.close()
 
 
-def _environment(settings: Settings, rules: Path) -> dict[str, str]:
-    return {
-        **os.environ,
-        "TXMAIL_AMQP_URL": settings.amqp_url,
-        "TXMAIL_NAMESPACE": settings.namespace,
-        "TXMAIL_DATABASE_URL": settings.database_url,
-        "TXMAIL_RULES": str(rules),
-        "TXMAIL_FALLBACK_RETRY_SCHEDULE": ",".join(
-            map(format_duration, settings.fallback_retry_schedule)
-        ),
-        "TXMAIL_LOG_LEVEL": "warning",
-        "TXMAIL_METRICS_PORT": "0",  # tests run many executors on one machine
-    }
-
-
 async def test_a_success_the_ledger_cannot_record_is_kept_in_the_retry(
     fallback_settings: Settings,
     postgres_schema_url: str,
@@ -233,10 +210,7 @@ async def test_a_success_the_ledger_cannot_record_is_kept_in_the_retry(
     write_rules: WriteRules,
     attempt_log: AttemptLog,
 ) -> None:
-    rules = write_rules(
-        handlers_toml(receiver)
-        + '[[rules]]\non = ["*"]\nhandlers = ["ops-hook", "sms"]\nmode = "all"\n'
-    )
+    rules = write_rules(rule("ops-hook", "sms", mode="all"))
     proxy = TcpProxy(*host_and_port(postgres_schema_url))
     await proxy.start()
     settings = fallback_settings.model_copy(

@@ -10,9 +10,10 @@ import pytest
 
 from txmail.core.errors import ConfigError
 from txmail.core.events import FallbackRequest, Trigger
-from txmail.fallback.executor import build_handlers
+from txmail.core.rules_file import read_rules_file
+from txmail.fallback.configured import configure
+from txmail.fallback.executor.service import build_handlers
 from txmail.fallback.handler import FallbackHandler, HandlerResources
-from txmail.fallback.rules_file import load_rules_file
 
 PLUGIN = """
 from txmail.fallback.handler import HandlerConfig, HandlerResources, PermanentFailure
@@ -78,7 +79,7 @@ def test_a_handler_type_from_an_entry_point_is_used(
     rules.write_text(
         '[handlers.page-ops]\ntype = "pager"\nservice = "email"\ntoken_env = "PAGER_TOKEN"\n'
     )
-    configured = load_rules_file(rules).handlers["page-ops"]
+    configured = configure(read_rules_file(rules)).handlers["page-ops"]
     assert configured.type_name == "pager"
     assert configured.config.model_dump() == {
         "timeout": "10s",
@@ -91,7 +92,7 @@ def test_its_config_is_checked_like_a_built_in(installed_plugin: Path) -> None:
     rules = installed_plugin / "rules.toml"
     rules.write_text('[handlers.page-ops]\ntype = "pager"\nservise = "email"\n')
     with pytest.raises(ConfigError) as raised:
-        load_rules_file(rules)
+        configure(read_rules_file(rules))
     assert "handlers.page-ops.service: missing" in str(raised.value)
     assert "handlers.page-ops.servise: unknown key" in str(raised.value)
 
@@ -110,14 +111,14 @@ def test_a_plugin_that_is_not_usable_is_a_config_error(
     rules = installed_plugin / "rules.toml"
     rules.write_text(f'[handlers.x]\ntype = "{type_name}"\n')
     with pytest.raises(ConfigError, match=r"handlers\.x\.type: ") as raised:
-        load_rules_file(rules)
+        configure(read_rules_file(rules))
     assert message in str(raised.value)
 
 
 async def test_the_plugin_handler_runs(installed_plugin: Path, resources: HandlerResources) -> None:
     rules = installed_plugin / "rules.toml"
     rules.write_text('[handlers.page-ops]\ntype = "pager"\nservice = "email"\n')
-    configured = load_rules_file(rules).handlers["page-ops"]
+    configured = configure(read_rules_file(rules)).handlers["page-ops"]
     handler = configured.handler_type("page-ops", configured.config, resources)
     assert isinstance(handler, FallbackHandler)
     request = FallbackRequest(
@@ -140,4 +141,4 @@ def test_a_plugin_whose_send_is_not_async_is_refused_at_start(
     rules = installed_plugin / "rules.toml"
     rules.write_text('[handlers.page-ops]\ntype = "sync"\nservice = "email"\n')
     with pytest.raises(ConfigError, match=r"handlers\.page-ops: type 'sync' built"):
-        build_handlers(load_rules_file(rules), resources)
+        build_handlers(configure(read_rules_file(rules)), resources)

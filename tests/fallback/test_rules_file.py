@@ -3,24 +3,24 @@
 import asyncio
 import os
 import signal
-import sys
 import textwrap
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from tests.fallback.servers import WEBHOOK_SECRET
-from tests.ports import free_port
-from tests.processes import wait_for_line
+from tests.support.ports import free_port
+from tests.support.processes import spawn, wait_for_line
+from tests.support.servers import WEBHOOK_SECRET
 from txmail.cli import main
 from txmail.core.errors import ConfigError
 from txmail.core.events import MESSAGE_TRIGGERS, FallbackRequest, Recipient, Trigger
+from txmail.core.rules_file import Mode, read_rules_file
 from txmail.core.settings import Settings
+from txmail.fallback.configured import FallbackRules, check_file, configure
 from txmail.fallback.handler import PermanentFailure
 from txmail.fallback.handlers.webhook import WebhookConfig
-from txmail.fallback.rules import Mode
-from txmail.fallback.rules_file import check_rules_file, load_configured_rules, load_rules_file
+from txmail.fallback.rules import matches
 from txmail.fallback.templates import TextTemplate, template_context
 
 EXAMPLE = f"""
@@ -74,6 +74,11 @@ def sms_token_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TEST_SMS_TOKEN", "from-the-environment")
 
 
+def load(path: Path) -> FallbackRules:
+    """The file as the executor takes it: its schema, then its handler tables."""
+    return configure(read_rules_file(path))
+
+
 def write(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "rules.toml"
     path.write_text(textwrap.dedent(text))
@@ -82,10 +87,12 @@ def write(tmp_path: Path, text: str) -> Path:
 
 @pytest.mark.usefixtures("sms_token_env")
 def test_the_issue_example_loads(tmp_path: Path) -> None:
-    rules_file = load_rules_file(write(tmp_path, EXAMPLE))
-    assert rules_file.tracking.fixed() == timedelta(minutes=10)
-    campaign = rules_file.tracking.campaigns["417220e4-5a2a-b634-7f7d-9ec891532368"]
+    path = write(tmp_path, EXAMPLE)
+    tracking = read_rules_file(path).tracking
+    assert tracking.fixed() == timedelta(minutes=10)
+    campaign = tracking.campaigns["417220e4-5a2a-b634-7f7d-9ec891532368"]
     assert campaign.fixed() == timedelta(minutes=2)
+    rules_file = load(path)
     assert sorted(rules_file.handlers) == ["bus", "dry-run", "mailer", "ops-hook", "sms"]
     assert rules_file.handlers["sms"].config.model_dump()["auth_token"].get_secret_value() == (
         "from-the-environment"
@@ -226,16 +233,16 @@ INVALID = [
 @pytest.mark.parametrize(("text", "message"), INVALID)
 def test_each_mistake_is_named_with_its_place(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(ConfigError) as raised:
-        load_rules_file(write(tmp_path, text))
+        load(write(tmp_path, text))
     assert message in str(raised.value)
     assert str(raised.value).startswith(f"invalid rules file {tmp_path / 'rules.toml'}:")
 
 
 def test_every_problem_is_listed_at_once(tmp_path: Path) -> None:
     text = '[handlers.x]\ntype = "sms"\n[[rules]]\non = ["x"]\nhandlers = ["y"]\n'
-    _, problems = check_rules_file(write(tmp_path, text))
+    _, problems = check_file(write(tmp_path, text))
     assert len(problems) == 4 + 1 + 1  # x's missing fields, a trigger, a handler
-    assert problems[-1].startswith("rules[0].handlers[0]: unknown handler 'y'")
+    assert [p for p in problems if p.startswith("rules[0].handlers[0]: unknown handler 'y'")]
 
 
 def test_every_problem_of_a_handler_is_listed_with_an_unset_secret(tmp_path: Path) -> None:
@@ -245,7 +252,7 @@ def test_every_problem_of_a_handler_is_listed_with_an_unset_secret(tmp_path: Pat
         '[handlers.m]\ntype = "smtp"\nhost = "h"\nfrom = "a@b"\nsubject = "s"\nbody = "b"\n'
         'username = "u"\npassword_env = "TXMAIL_TEST_UNSET"\n'
     )
-    _, problems = check_rules_file(write(tmp_path, text))
+    _, problems = check_file(write(tmp_path, text))
     assert problems == [
         "handlers.x.secret_env: environment variable 'TXMAIL_TEST_UNSET' is not set "
         "(the executor needs it)",
@@ -258,13 +265,13 @@ def test_every_problem_of_a_handler_is_listed_with_an_unset_secret(tmp_path: Pat
 
 def test_no_message_keeps_pydantics_value_error_prefix(tmp_path: Path) -> None:
     for text, _ in INVALID:
-        _, problems = check_rules_file(write(tmp_path, text))
+        _, problems = check_file(write(tmp_path, text))
         assert not [p for p in problems if "Value error" in p], text
 
 
 def test_a_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read it: No such file or directory"):
-        load_rules_file(tmp_path / "nope.toml")
+        load(tmp_path / "nope.toml")
 
 
 def test_check_config_prints_every_problem_and_fails(
@@ -315,7 +322,7 @@ def test_the_documented_example_is_valid(monkeypatch: pytest.MonkeyPatch) -> Non
     for variable in ("OPS_HOOK_SECRET", "TWILIO_AUTH_TOKEN", "RELAY_PASSWORD"):
         monkeypatch.setenv(variable, WEBHOOK_SECRET)
     example = Path(__file__).parents[2] / "fallback" / "rules.example.toml"
-    rules_file = load_rules_file(example)
+    rules_file = load(example)
     assert len(rules_file.rules) == 4
 
 
@@ -328,7 +335,7 @@ def test_the_documented_example_can_serve_every_trigger_its_rules_take(
     addresses and the variable the example uses, a reason only for a failure."""
     for variable in ("OPS_HOOK_SECRET", "TWILIO_AUTH_TOKEN", "RELAY_PASSWORD"):
         monkeypatch.setenv(variable, WEBHOOK_SECRET)
-    example = load_rules_file(Path(__file__).parents[2] / "fallback" / "rules.example.toml")
+    example = load(Path(__file__).parents[2] / "fallback" / "rules.example.toml")
     for index, rule in enumerate(example.rules):
         triggers = MESSAGE_TRIGGERS if "*" in rule.on else {Trigger(t) for t in rule.on}
         for trigger in triggers:
@@ -344,7 +351,7 @@ def test_the_documented_example_can_serve_every_trigger_its_rules_take(
                 variables={"first_name": "Jane"},
                 decided_at=datetime(2026, 11, 27, tzinfo=UTC),
             )
-            if not rule.matches(request):
+            if not matches(rule, request):
                 continue
             context = template_context(request)
             for name in rule.handlers:
@@ -359,15 +366,22 @@ def test_the_documented_example_can_serve_every_trigger_its_rules_take(
                             pytest.fail(f"{where}: {failure}")
 
 
-def test_the_start_up_check_of_other_processes(tmp_path: Path) -> None:
-    assert load_configured_rules(Settings(rules=None)) is None
-    good = write(tmp_path, HOOK + RULE)
-    configured = load_configured_rules(Settings(rules=good))
-    assert configured is not None
-    assert configured.path == good
+@pytest.mark.parametrize("command", ["ingress", "worker", "api", "status", "migrate", "dlq"])
+def test_every_command_refuses_a_file_that_breaks_the_schema(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    command: str,
+) -> None:
+    """Every process reads the one schema (txmail.core.rules_file) at start, before
+    anything else: a rule naming no handler stops the ingress as it stops the executor."""
     bad = write(tmp_path, '[[rules]]\non = ["bounced"]\nhandlers = ["smss"]\n')
-    with pytest.raises(ConfigError, match=r"rules\[0\]\.handlers\[0\]: unknown handler 'smss'"):
-        load_configured_rules(Settings(rules=bad))
+    monkeypatch.setenv("TXMAIL_RULES", str(bad))
+    arguments = {"status": ["status", "x"], "dlq": ["dlq", "list"]}.get(command, [command])
+    assert main(arguments) == 2
+    err = capsys.readouterr().err
+    assert "rules[0].handlers[0]: unknown handler 'smss'" in err
+    assert str(bad) in err
 
 
 EXAMPLE_FILE = Path(__file__).parents[2] / "fallback" / "rules.example.toml"
@@ -428,8 +442,8 @@ def test_the_workers_check_the_tracking_they_read_as_check_config_does(
 
 async def test_the_ingress_starts_without_the_handlers_secrets(settings: Settings) -> None:
     env = {k: v for k, v in os.environ.items() if k not in EXAMPLE_SECRETS}
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "txmail.cli", "ingress",
+    process = await spawn(
+        "ingress",
         env={
             **env,
             "TXMAIL_AMQP_URL": settings.amqp_url,
@@ -438,8 +452,8 @@ async def test_the_ingress_starts_without_the_handlers_secrets(settings: Setting
             "TXMAIL_HTTP_PORT": str(free_port()),
             "TXMAIL_RULES": str(EXAMPLE_FILE),
         },
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
+        stderr=asyncio.subprocess.STDOUT,
+    )
     try:
         # Once connected: a SIGTERM while the broker connects is a matter of its own.
         await wait_for_line(process, b"broker connected")

@@ -15,26 +15,25 @@ from typing import Final
 import structlog
 
 from txmail.core.broker import Broker, Outgoing
+from txmail.core.command import Configuration
 from txmail.core.errors import BrokerUnavailable
-from txmail.core.events import (
-    FALLBACK_REQUEST_TYPE,
-    HEALTH_CHANGE_TYPE,
-    FallbackRequest,
-    HealthChange,
-    Trigger,
-    utc_now,
-)
+from txmail.core.events import HEALTH_CHANGE_TYPE, FallbackRequest, HealthChange, Trigger, utc_now
 from txmail.core.health_settings import HealthRules
 from txmail.core.stopping import pause
+from txmail.workers.decisions import request_message
 from txmail.workers.health.store import HealthStore
 from txmail.workers.store.protocol import StoreUnavailable
-from txmail.workers.timeouts import DeliveryTimeouts
 
 log = structlog.get_logger(__name__)
 
 PUBLISH_BATCH: Final = 100
 # Judged this many times per window: often enough to notice within a fraction of it.
 JUDGEMENTS_PER_WINDOW: Final = 30
+
+
+def health_rules(config: Configuration) -> HealthRules:
+    """The rules file's ``[health]``, or the defaults without one."""
+    return HealthRules() if config.rules_file is None else config.rules_file.health
 
 
 def judging_interval(rules: HealthRules) -> timedelta:
@@ -55,21 +54,11 @@ def as_fallback_request(change: HealthChange) -> FallbackRequest:
     )
 
 
-def to_outgoing(change: HealthChange) -> list[Outgoing]:
-    request = as_fallback_request(change)
+def change_messages(change: HealthChange) -> list[Outgoing]:
+    """The change itself, and the fallback request the rules route."""
     return [
-        Outgoing(
-            routing_key=change.routing_key,
-            body=change.model_dump_json().encode(),
-            message_id=change.change_id,
-            type=HEALTH_CHANGE_TYPE,
-        ),
-        Outgoing(
-            routing_key=request.routing_key,
-            body=request.model_dump_json().encode(),
-            message_id=request.idempotency_key,
-            type=FALLBACK_REQUEST_TYPE,
-        ),
+        Outgoing.event(change, change.change_id, HEALTH_CHANGE_TYPE),
+        request_message(as_fallback_request(change)),
     ]
 
 
@@ -79,13 +68,11 @@ class HealthMonitor:
         health: HealthStore,
         broker: Broker,
         rules: HealthRules,
-        timeouts: DeliveryTimeouts,
         republish_after: timedelta,
     ) -> None:
         self._health = health
         self._broker = broker
         self._rules = rules
-        self._timeouts = timeouts
         self._republish_after = republish_after
         self.every = judging_interval(rules)
 
@@ -100,7 +87,7 @@ class HealthMonitor:
             await pause(stop, self.every.total_seconds())
 
     async def tick(self, now: datetime) -> None:
-        for change in await self._health.judge(now, self._rules, self._timeouts, self.every):
+        for change in await self._health.judge(now, self._rules, self.every):
             log.warning(
                 f"braze {change.health}",
                 campaign_api_id=change.campaign_api_id,
@@ -109,11 +96,7 @@ class HealthMonitor:
             )
         if self._broker.is_ready:
             await self.publish(now)
-        await self.refresh_learned()
-
-    async def refresh_learned(self) -> None:
-        """The learned timeouts, as the deployment last learned them."""
-        self._timeouts.learned.replace(await self._health.learned())
+        await self._health.refresh_learned()
 
     async def publish(self, now: datetime) -> None:
         while True:
@@ -121,7 +104,7 @@ class HealthMonitor:
             if not due:
                 return
             try:
-                await self._broker.publish([o for c in due for o in to_outgoing(c)])
+                await self._broker.publish([o for c in due for o in change_messages(c)])
             except BrokerUnavailable as error:
                 log.warning(
                     "health changes not confirmed yet; published again later",

@@ -2,17 +2,21 @@
 
 Each postback gives one piece of its send (the `sent` its Braze `sent_at`, the
 `delivered` its `delivered_at`, a failure its time), and a timeout decision the time it
-was decided. The health store merges the pieces per send, keeping the earliest of each
-time and the largest lag, so that any order and any copies give the same row.
+was decided. The pieces of a send are merged, here within a batch and by the health
+store with its row, keeping the earliest of each time and the largest lag, so that any
+order and any copies give the same row.
 """
 
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 from txmail.core.events import Trigger
 from txmail.workers.state import FAILURES, PostbackEvent, event_time
 from txmail.workers.store.protocol import PendingRequest, TrackedEvent
+
+T = TypeVar("T", datetime, timedelta)
 
 
 @dataclass(frozen=True)
@@ -60,9 +64,33 @@ def observe_timeout(pending: PendingRequest) -> SendObservation | None:
     )
 
 
+def _first(a: T | None, b: T | None) -> T | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
+def _merged(a: SendObservation, b: SendObservation) -> SendObservation:
+    lags = [lag for lag in (a.lag, b.lag) if lag is not None]
+    earlier_failure = b.failed_at is not None and (a.failed_at is None or b.failed_at < a.failed_at)
+    return replace(
+        a,
+        sent_at=_first(a.sent_at, b.sent_at),
+        delivered_at=_first(a.delivered_at, b.delivered_at),
+        failed_at=_first(a.failed_at, b.failed_at),
+        failure=b.failure if earlier_failure else a.failure,
+        timed_out_at=_first(a.timed_out_at, b.timed_out_at),
+        lag=max(lags, default=None),
+    )
+
+
 def observe(
     events: Iterable[TrackedEvent], decided: Iterable[PendingRequest]
 ) -> list[SendObservation]:
-    """Every piece of a batch, in message key order (concurrent writers lock in one order)."""
+    """What a batch tells, one piece per send (one statement writes a row once), in
+    message key order (concurrent writers lock in one order)."""
     pieces = [observe_event(e) for e in events] + [observe_timeout(p) for p in decided]
-    return sorted((p for p in pieces if p is not None), key=lambda p: p.message_key)
+    sends: dict[str, SendObservation] = {}
+    for piece in pieces:
+        if piece is not None:
+            kept = sends.get(piece.message_key)
+            sends[piece.message_key] = piece if kept is None else _merged(kept, piece)
+    return [sends[key] for key in sorted(sends)]

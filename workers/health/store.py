@@ -1,9 +1,11 @@
 """The deployment's one health state, in the database every worker shares.
 
-- ``record``: each worker adds the pieces its batches tell about their sends
-  (observations.py), merged per send: earliest time, largest lag, in any order.
-- ``judge``: one worker at a time (the transaction's lock), at most once per ``every``
-  for the whole deployment: reads the sends settled in the window, runs the pure
+- ``record_sends``: in the store's own transaction, what a batch (``apply``) or a
+  sweep (``claim_due``) tells about its sends (observations.py), merged per send:
+  earliest time, largest lag, in any order. Committed with the batch, so recorded
+  before the ack, and applied again with it.
+- ``judge``: one worker at a time (a lock on one key), at most once per ``every`` for
+  the whole deployment: reads the sends settled in the window, runs the pure
   evaluator for every scope, writes the new states and, in the same transaction, each
   change of health into ``health_changes``: an outbox, so a change is recorded exactly
   once and published after the commit (monitor.py), like a fallback decision.
@@ -12,16 +14,15 @@
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
-from typing import Any, Final
+from typing import Any, Final, Protocol, TypeVar
 
 from pydantic import BaseModel
 
-from txmail.core.database import from_micros, to_micros
 from txmail.core.events import HEALTH_CHANGE_PREFIX, HealthChange
 from txmail.core.health_settings import HealthRules
-from txmail.workers.health.database import Database, Statements, open_database
+from txmail.core.sql import Database, Sql, optional_time
 from txmail.workers.health.evaluate import Health, ScopeState, evaluate
 from txmail.workers.health.figures import (
     NO_SENDS,
@@ -33,14 +34,23 @@ from txmail.workers.health.figures import (
 )
 from txmail.workers.health.learned import LEARN_FROM, learn_timeout
 from txmail.workers.health.observations import SendObservation
-from txmail.workers.health.tables import SETTLED_AT
+from txmail.workers.health.tables import (
+    HEALTH_CHANGES,
+    HEALTH_SENDS,
+    HEALTH_STATE,
+    LEARNED_TIMEOUTS,
+    SETTLED_AT,
+)
 from txmail.workers.timeouts import DeliveryTimeouts
+
+T = TypeVar("T")
 
 # Sends settled longer ago than this are forgotten (a campaign learns from its latest
 # LEARN_FROM deliveries of the last day), in batches of PURGE_BATCH per judgement.
 KEEP_SENDS: Final = timedelta(days=1)
 PURGE_BATCH: Final = 1000
 RECENT_CHANGES: Final = 20
+_MICROSECOND: Final = timedelta(microseconds=1)
 
 
 def _earliest(column: str) -> str:
@@ -53,27 +63,61 @@ def _earliest(column: str) -> str:
 
 
 # Queries are built from constants only (S608).
-_RECORD = f"""INSERT INTO health_sends
-    (message_key, campaign, sent_at, delivered_at, failed_at, failure, timed_out_at, lag)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-    ON CONFLICT (message_key) DO UPDATE SET
+_MERGE_SEND = f"""ON CONFLICT (message_key) DO UPDATE SET
     {_earliest("sent_at")}, {_earliest("delivered_at")}, {_earliest("timed_out_at")},
     failure = CASE WHEN excluded.failed_at IS NOT NULL AND (health_sends.failed_at IS NULL
         OR excluded.failed_at < health_sends.failed_at)
         THEN excluded.failure ELSE health_sends.failure END,
     {_earliest("failed_at")},
     lag = CASE WHEN health_sends.lag IS NULL OR excluded.lag > health_sends.lag
-        THEN coalesce(excluded.lag, health_sends.lag) ELSE health_sends.lag END"""  # noqa: S608
+        THEN coalesce(excluded.lag, health_sends.lag) ELSE health_sends.lag END"""
 
 _SETTLED_IN = f"""SELECT campaign, sent_at, delivered_at, failure, timed_out_at, lag
     FROM health_sends WHERE {SETTLED_AT} > ? AND {SETTLED_AT} <= ?"""  # noqa: S608
 
-_LATEST_LATENCIES = """SELECT delivered_at - sent_at FROM health_sends
+_LATEST_DELIVERED = """SELECT sent_at, delivered_at FROM health_sends
     WHERE campaign = ? AND delivered_at IS NOT NULL AND sent_at IS NOT NULL
     ORDER BY delivered_at DESC LIMIT ?"""
 
 _PURGE = f"""DELETE FROM health_sends WHERE message_key IN (
     SELECT message_key FROM health_sends WHERE {SETTLED_AT} < ? LIMIT ?)"""  # noqa: S608
+
+_WRITE_STATE = "ON CONFLICT (scope) DO UPDATE SET " + ", ".join(
+    f"{c.name} = excluded.{c.name}" for c in HEALTH_STATE[1:]
+)
+_WRITE_LEARNED = "ON CONFLICT (campaign) DO UPDATE SET " + ", ".join(
+    f"{c.name} = excluded.{c.name}" for c in LEARNED_TIMEOUTS[1:]
+)
+# Every worker judges now and then; one at a time, across processes.
+_JUDGING_KEY: Final = "txmail.health.judging"
+
+
+class Reads(Protocol):
+    """The store's way to read: the schema checked, nothing created."""
+
+    async def __call__(self, work: Callable[[Sql], Awaitable[T]]) -> T: ...
+
+
+async def record_sends(db: Sql, observations: Sequence[SendObservation]) -> None:
+    """Merge a batch's pieces (one per send, in key order) into ``health_sends``."""
+    await db.insert_many(
+        "health_sends",
+        HEALTH_SENDS,
+        [
+            (
+                o.message_key,
+                o.campaign,
+                o.sent_at,
+                o.delivered_at,
+                o.failed_at,
+                o.failure,
+                o.timed_out_at,
+                None if o.lag is None else o.lag // _MICROSECOND,
+            )
+            for o in observations
+        ],
+        _MERGE_SEND,
+    )
 
 
 class ScopeReport(BaseModel):
@@ -101,15 +145,7 @@ class HealthReport(BaseModel):
     learned_timeouts: list[LearnedTimeout]
 
 
-def _micros(value: datetime | None) -> int | None:
-    return None if value is None else to_micros(value)
-
-
-def _time(value: int | None) -> datetime | None:
-    return None if value is None else from_micros(value)
-
-
-def _sample(row: Sequence[Any]) -> SendSample:
+def _sample(db: Sql, row: Sequence[Any]) -> SendSample:
     campaign, sent_at, delivered_at, failure, timed_out_at, lag = row
     if failure is not None:
         settled = Settled(failure)
@@ -118,13 +154,14 @@ def _sample(row: Sequence[Any]) -> SendSample:
     else:
         settled = Settled.DELIVERED
     latency = None
-    if settled is Settled.DELIVERED and sent_at is not None and delivered_at >= sent_at:
-        latency = timedelta(microseconds=delivered_at - sent_at)
+    if settled is Settled.DELIVERED and sent_at is not None:
+        took = db.time(delivered_at) - db.time(sent_at)
+        latency = took if took >= timedelta(0) else None
     return SendSample(
         campaign_api_id=campaign or None,
         settled=settled,
         latency=latency,
-        lag=None if lag is None else timedelta(microseconds=lag),
+        lag=None if lag is None else lag * _MICROSECOND,
     )
 
 
@@ -135,153 +172,121 @@ def change_id(scope: str, at: datetime) -> str:
 
 
 class HealthStore:
-    def __init__(self, database: Database) -> None:
-        self._db = database
+    """Over the store's database, read the store's way; ``timeouts`` are the store's,
+    whose learned values ``refresh_learned`` keeps as the deployment last learned them."""
 
-    async def record(self, observations: Sequence[SendObservation]) -> None:
-        if not observations:
-            return
-        async with self._db.transaction() as db:
-            await db.executemany(
-                _RECORD,
-                [
-                    (
-                        o.message_key,
-                        o.campaign,
-                        _micros(o.sent_at),
-                        _micros(o.delivered_at),
-                        _micros(o.failed_at),
-                        o.failure,
-                        _micros(o.timed_out_at),
-                        None if o.lag is None else o.lag // timedelta(microseconds=1),
-                    )
-                    for o in observations
-                ],
-            )
+    def __init__(self, database: Database, read: Reads, timeouts: DeliveryTimeouts) -> None:
+        self._database = database
+        self._read = read
+        self._timeouts = timeouts
 
     async def judge(
-        self,
-        now: datetime,
-        rules: HealthRules,
-        timeouts: DeliveryTimeouts,
-        every: timedelta,
+        self, now: datetime, rules: HealthRules, every: timedelta
     ) -> list[HealthChange]:
         """Judge every scope, unless another worker did less than ``every`` ago; returns
         the changes of health made now (already in the outbox)."""
-        async with self._db.transaction(one_at_a_time=True) as db:
+
+        async def work(db: Sql) -> list[HealthChange]:
+            await db.lock_keys([_JUDGING_KEY])
             last = await db.fetch("SELECT evaluated_at FROM health_state WHERE scope = ?", OVERALL)
-            if last and now - from_micros(last[0][0]) < every:
+            if last and now - db.time(last[0][0]) < every:
                 return []
-            rows = await db.fetch(_SETTLED_IN, to_micros(now - rules.window), to_micros(now))
-            samples = [_sample(row) for row in rows]
+            rows = await db.fetch(_SETTLED_IN, now - rules.window, now)
+            samples = [_sample(db, row) for row in rows]
             states = {
-                scope: ScopeState(Health(health), _time(since), _time(calm_since))
+                scope: ScopeState(
+                    Health(health), optional_time(db, since), optional_time(db, calm_since)
+                )
                 for scope, health, since, calm_since in await db.fetch(
-                    "SELECT scope, health, since, calm_since FROM health_state"
+                    "SELECT scope, health, since, calm_since FROM health_state ORDER BY scope"
                 )
             }
             scoped = {scope: NO_SENDS for scope in [OVERALL, *states]} | by_scope(samples)
-            changes = []
+            written, changes = [], []
             for scope, figures in sorted(scoped.items()):
                 state, why = evaluate(states.get(scope, ScopeState()), figures, rules, now)
-                await self._write_state(db, scope, state, figures.as_json(), now)
+                figured = figures.as_json()
+                written.append(
+                    (
+                        scope,
+                        state.health.value,
+                        state.since,
+                        state.calm_since,
+                        json.dumps(figured),
+                        now,
+                    )
+                )
                 if why is not None:
-                    changes.append(_change(scope, state, why, figures.as_json(), now))
-            await db.executemany(
-                "INSERT INTO health_changes (change_id, at, body, publish_after) "
-                "VALUES (?, ?, ?, ?)",
-                [
-                    (c.change_id, to_micros(now), c.model_dump_json(), to_micros(now))
-                    for c in changes
-                ],
-            )
-            campaigns = {s.campaign_api_id or "" for s in samples}
-            await self._learn(db, campaigns, rules, timeouts, now)
-            await db.execute(_PURGE, to_micros(now - KEEP_SENDS), PURGE_BATCH)
-        return changes
+                    changes.append(_change(scope, state, why, figured, now))
+            await db.insert_many("health_state", HEALTH_STATE, written, _WRITE_STATE)
+            if changes:
+                await db.insert_many(
+                    "health_changes",
+                    HEALTH_CHANGES,
+                    [(c.change_id, now, c.model_dump_json(), None, now) for c in changes],
+                )
+            await self._learn(db, {s.campaign_api_id or "" for s in samples}, rules, now)
+            await db.execute(_PURGE, now - KEEP_SENDS, PURGE_BATCH)
+            return changes
 
-    @staticmethod
-    async def _write_state(
-        db: Statements,
-        scope: str,
-        state: ScopeState,
-        figures: dict[str, int | float | None],
-        now: datetime,
-    ) -> None:
-        await db.execute(
-            """INSERT INTO health_state (scope, health, since, calm_since, figures, evaluated_at)
-            VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (scope) DO UPDATE SET
-            health = excluded.health, since = excluded.since,
-            calm_since = excluded.calm_since, figures = excluded.figures,
-            evaluated_at = excluded.evaluated_at""",
-            scope,
-            state.health.value,
-            _micros(state.since),
-            _micros(state.calm_since),
-            json.dumps(figures),
-            to_micros(now),
-        )
+        return await self._database.transaction(work)
 
-    @staticmethod
-    async def _learn(
-        db: Statements,
-        campaigns: set[str],
-        rules: HealthRules,
-        timeouts: DeliveryTimeouts,
-        now: datetime,
-    ) -> None:
+    async def _learn(self, db: Sql, campaigns: set[str], rules: HealthRules, now: datetime) -> None:
         """Learn again the timeout of each ``auto`` campaign that had sends now."""
+        learned = []
         for campaign in sorted(campaigns):
-            bounds = timeouts.auto_bounds(campaign or None)
+            bounds = self._timeouts.auto_bounds(campaign or None)
             if bounds is None:
                 continue
-            rows = await db.fetch(_LATEST_LATENCIES, campaign, LEARN_FROM)
-            latencies = [timedelta(microseconds=latency) for (latency,) in rows]
-            learned = learn_timeout(latencies, bounds, timeouts.default, rules.min_sends)
-            await db.execute(
-                """INSERT INTO learned_timeouts (campaign, timeout, sends, learned_at)
-                VALUES (?, ?, ?, ?) ON CONFLICT (campaign) DO UPDATE SET
-                timeout = excluded.timeout, sends = excluded.sends,
-                learned_at = excluded.learned_at""",
-                campaign,
-                learned // timedelta(microseconds=1),
-                len(latencies),
-                to_micros(now),
-            )
+            rows = await db.fetch(_LATEST_DELIVERED, campaign, LEARN_FROM)
+            latencies = [db.time(delivered) - db.time(sent) for sent, delivered in rows]
+            timeout = learn_timeout(latencies, bounds, self._timeouts.default, rules.min_sends)
+            learned.append((campaign, timeout // _MICROSECOND, len(latencies), now))
+        if learned:
+            await db.insert_many("learned_timeouts", LEARNED_TIMEOUTS, learned, _WRITE_LEARNED)
 
     async def claim_unpublished(
         self, now: datetime, republish_after: timedelta, limit: int
     ) -> list[HealthChange]:
         """Changes whose publish is due, leased to this caller for ``republish_after``."""
-        async with self._db.transaction() as db:
+
+        async def work(db: Sql) -> list[HealthChange]:
             rows = await db.fetch(
-                """UPDATE health_changes SET publish_after = ? WHERE change_id IN (
+                f"""UPDATE health_changes SET publish_after = ? WHERE change_id IN (
                     SELECT change_id FROM health_changes
                     WHERE published_at IS NULL AND publish_after <= ?
-                    ORDER BY publish_after LIMIT ?) RETURNING body""",
-                to_micros(now + republish_after),
-                to_micros(now),
+                    ORDER BY publish_after LIMIT ?{db.dialect.skip_locked}) RETURNING body""",  # noqa: S608
+                now + republish_after,
+                now,
                 limit,
             )
-        changes = [HealthChange.model_validate_json(body) for (body,) in rows]
+            return [HealthChange.model_validate_json(body) for (body,) in rows]
+
+        changes = await self._database.transaction(work)
         return sorted(changes, key=lambda c: c.at)
 
     async def mark_published(self, change_ids: Sequence[str], now: datetime) -> None:
-        async with self._db.transaction() as db:
-            await db.executemany(
-                "UPDATE health_changes SET published_at = ? "
-                "WHERE change_id = ? AND published_at IS NULL",
-                [(to_micros(now), change) for change in change_ids],
+        async def work(db: Sql) -> None:
+            await db.execute(
+                "UPDATE health_changes SET published_at = ? "  # noqa: S608
+                f"WHERE {db.is_in('change_id')} AND published_at IS NULL",
+                now,
+                list(change_ids),
             )
 
-    async def learned(self) -> dict[str, timedelta]:
-        """The learned timeouts by campaign ('' for sends without one)."""
-        async with self._db.reading() as db:
+        await self._database.transaction(work)
+
+    async def refresh_learned(self) -> None:
+        """The learned timeouts by campaign, as the deployment last learned them."""
+
+        async def work(db: Sql) -> dict[str, timedelta]:
             rows = await db.fetch("SELECT campaign, timeout FROM learned_timeouts")
-        return {campaign: timedelta(microseconds=timeout) for campaign, timeout in rows}
+            return {campaign: timeout * _MICROSECOND for campaign, timeout in rows}
+
+        self._timeouts.learned.replace(await self._read(work))
 
     async def report(self) -> HealthReport:
-        async with self._db.reading() as db:
+        async def work(db: Sql) -> HealthReport:
             states = await db.fetch(
                 "SELECT scope, health, since, figures, evaluated_at FROM health_state "
                 "ORDER BY scope"
@@ -293,34 +298,33 @@ class HealthStore:
                 "SELECT campaign, timeout, sends, learned_at FROM learned_timeouts "
                 "ORDER BY campaign"
             )
-        scopes = [
-            ScopeReport(
-                scope=scope,
-                campaign_api_id=scope_campaign(scope),
-                health=Health(health),
-                since=_time(since),
-                figures=json.loads(figures),
-                evaluated_at=from_micros(evaluated_at),
-            )
-            for scope, health, since, figures, evaluated_at in states
-        ]
-        return HealthReport(
-            overall=next((s for s in scopes if s.scope == OVERALL), None),
-            campaigns=[s for s in scopes if s.scope != OVERALL],
-            recent_changes=[HealthChange.model_validate_json(body) for (body,) in changes],
-            learned_timeouts=[
-                LearnedTimeout(
-                    campaign_api_id=campaign or None,
-                    timeout_seconds=timeout / 1_000_000,
-                    sends=sends,
-                    learned_at=from_micros(at),
+            scopes = [
+                ScopeReport(
+                    scope=scope,
+                    campaign_api_id=scope_campaign(scope),
+                    health=Health(health),
+                    since=optional_time(db, since),
+                    figures=json.loads(figures),
+                    evaluated_at=db.time(evaluated_at),
                 )
-                for campaign, timeout, sends, at in learned
-            ],
-        )
+                for scope, health, since, figures, evaluated_at in states
+            ]
+            return HealthReport(
+                overall=next((s for s in scopes if s.scope == OVERALL), None),
+                campaigns=[s for s in scopes if s.scope != OVERALL],
+                recent_changes=[HealthChange.model_validate_json(body) for (body,) in changes],
+                learned_timeouts=[
+                    LearnedTimeout(
+                        campaign_api_id=campaign or None,
+                        timeout_seconds=timeout / 1_000_000,
+                        sends=sends,
+                        learned_at=db.time(at),
+                    )
+                    for campaign, timeout, sends, at in learned
+                ],
+            )
 
-    async def close(self) -> None:
-        await self._db.close()
+        return await self._read(work)
 
 
 def _change(
@@ -341,8 +345,3 @@ def _change(
         reason=f"{who} {health}: {why}",
         figures=figures,
     )
-
-
-def open_health_store(url: str, *, read_only: bool = False) -> HealthStore:
-    """The health store on TXMAIL_DATABASE_URL (tables made by the store's migrations)."""
-    return HealthStore(open_database(url, read_only=read_only))

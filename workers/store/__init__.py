@@ -9,13 +9,12 @@ from datetime import timedelta
 from txmail.core.database import sqlite_path
 from txmail.workers.store.postgres import PostgresStore
 from txmail.workers.store.protocol import Store
+from txmail.workers.store.sql_store import SqlStore
 from txmail.workers.store.sqlite import SqliteStore
 from txmail.workers.timeouts import DeliveryTimeouts
 
 
-def _store_for(
-    url: str, timeouts: DeliveryTimeouts, republish_after: timedelta
-) -> SqliteStore | PostgresStore:
+def _store_for(url: str, timeouts: DeliveryTimeouts, republish_after: timedelta) -> SqlStore:
     path = sqlite_path(url)
     if path is None:
         return PostgresStore(url, timeouts, republish_after)

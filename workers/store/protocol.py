@@ -3,7 +3,7 @@
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel
 
@@ -11,6 +11,9 @@ from txmail.core.errors import TxmailError
 from txmail.core.events import FallbackRequest
 from txmail.workers.state import Event, Outcome, Registered, StatusSeen
 from txmail.workers.watermark import WorkerProgress
+
+if TYPE_CHECKING:  # the health store builds on this module's types
+    from txmail.workers.health.store import HealthStore
 
 
 class StoreUnavailable(TxmailError):
@@ -93,6 +96,10 @@ class StoreCounts:
 
 
 class Store(Protocol):
+    # Braze's health, in the same database; ``apply`` and ``claim_due`` record what
+    # their batch tells about it in their own transaction.
+    health: "HealthStore"
+
     async def apply(self, events: Sequence[TrackedEvent], now: datetime) -> list[PendingRequest]:
         """Record events and merge them into their messages in one transaction.
 

@@ -8,60 +8,56 @@ from collections.abc import Callable, Sequence
 from importlib.metadata import version
 
 from txmail.cli.command_help import add_epilogs
+from txmail.cli.run_all import run_all
+from txmail.core.command import Command, Configuration
 from txmail.core.errors import CannotStart, ConfigError
+from txmail.core.http import serve_until_stopped
 from txmail.core.logs import configure_logging
-from txmail.core.settings import Settings, load_settings
+from txmail.core.rules_file import read_rules_file
+from txmail.core.settings import load_settings
+from txmail.core.stopping import stop_on_signals
+from txmail.fallback.cli import add_fallback_commands
+from txmail.fallback.configured import configure
+from txmail.fallback.ledger import LedgerUnavailable, migrate_ledger
+from txmail.ingress.app import create_app
+from txmail.workers.commands import add_commands as add_worker_commands
+from txmail.workers.store import migrate_schema
+from txmail.workers.store.protocol import StoreUnavailable
+from txmail.workers.timeouts import delivery_timeouts
 
 
-def run_ingress(settings: Settings, args: argparse.Namespace) -> int:
-    asyncio.run(_serve_ingress(settings))
+def run_ingress(config: Configuration, args: argparse.Namespace) -> int:
+    asyncio.run(_serve_ingress(config))
     return 0
 
 
-async def _serve_ingress(settings: Settings) -> None:
-    from txmail.core.http import serve_until_stopped
-    from txmail.core.stopping import stop_on_signals
-    from txmail.ingress.app import create_app
-
+async def _serve_ingress(config: Configuration) -> None:
+    settings = config.settings
     await serve_until_stopped(
-        create_app(settings),
-        settings.http_host,
-        settings.http_port,
-        settings,
-        stop_on_signals(),
+        create_app(settings), settings.http_host, settings.http_port, settings, stop_on_signals()
     )
 
 
-def run_everything(settings: Settings, args: argparse.Namespace) -> int:
-    from txmail.cli.run_all import run_all
-
-    asyncio.run(run_all(settings))
+def run_everything(config: Configuration, args: argparse.Namespace) -> int:
+    rules = None if config.rules_file is None else configure(config.rules_file)
+    asyncio.run(run_all(config, rules))
     return 0
 
 
-def migrate_everything(settings: Settings, args: argparse.Namespace) -> int:
+def migrate_everything(config: Configuration, args: argparse.Namespace) -> int:
     """The workers' tables and the executor's call ledger, both in TXMAIL_DATABASE_URL:
     here, where both are known, so that neither service imports the other."""
-    from txmail.fallback.ledger import LedgerUnavailable, migrate_ledger
-    from txmail.workers.store import migrate_schema
-    from txmail.workers.store.protocol import StoreUnavailable
-    from txmail.workers.worker import timeouts_from
-
+    url = config.settings.database_url
     try:
-        applied = asyncio.run(migrate_schema(settings.database_url, timeouts_from(settings)))
-        asyncio.run(migrate_ledger(settings.database_url))
+        applied = asyncio.run(migrate_schema(url, delivery_timeouts(config)))
+        asyncio.run(migrate_ledger(url))
     except (StoreUnavailable, LedgerUnavailable) as error:
         print(f"txmail: cannot migrate the store: {error}", file=sys.stderr)
-        return 2
-    except ConfigError as error:
-        print(f"txmail: {error}", file=sys.stderr)
         return 2
     done = f"applied migrations {', '.join(map(str, applied))}" if applied else "nothing to do"
     print(f"{done}: the schema and the call ledger are up to date")
     return 0
 
-
-Command = Callable[[Settings, argparse.Namespace], int]
 
 INGRESS_ROUTES = """\
 routes (on TXMAIL_HTTP_HOST:TXMAIL_HTTP_PORT):
@@ -69,13 +65,6 @@ routes (on TXMAIL_HTTP_HOST:TXMAIL_HTTP_PORT):
   POST /v1/sends    register a send's recipient and variables (token: TXMAIL_API_TOKEN)
   GET  /healthz     200 while the process runs
   GET  /readyz      200 while connected to RabbitMQ, else 503"""
-
-# Before it starts, each long-running process checks what it reads of the rules file,
-# with the messages `txmail check-config` prints: the executor all of it, secrets
-# included; the workers its [tracking]; the ingress that it is TOML. So the
-# internet-facing ingress holds none of the handlers' secrets.
-EXECUTORS = frozenset({"fallback", "run"})
-WORKERS = frozenset({"worker", "api"})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,9 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=INGRESS_ROUTES,
     )
     ingress.set_defaults(handler=run_ingress)
-    # worker, api, status and run live with the workers, which own the state they serve.
-    from txmail.workers.commands import add_commands as add_worker_commands
-
+    # worker, api and status live with the workers, which own the state they serve.
     add_worker_commands(commands)
     migrate = commands.add_parser(
         "migrate",
@@ -104,9 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     migrate.set_defaults(handler=migrate_everything)
 
-    # --- fallback: `fallback`, `check-config`, `dlq list|replay` ---
-    from txmail.fallback.cli import add_fallback_commands
-
+    # fallback, check-config, dlq list|replay
     add_fallback_commands(commands)
     run = commands.add_parser(
         "run",
@@ -120,24 +105,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler: Command = args.handler
-    try:
-        settings = load_settings()
-        if settings.rules is not None:
-            from txmail.fallback.rules_file import load_rules_file, load_tracking, read_rules_toml
+    return exit_code_of(lambda: _start(args))
 
-            if args.command in EXECUTORS:
-                load_rules_file(settings.rules)
-            elif args.command in WORKERS:
-                load_tracking(settings.rules)
-            elif args.command == "ingress":
-                read_rules_toml(settings.rules)
+
+def _start(args: argparse.Namespace) -> int:
+    config = _configuration(args)
+    configure_logging(config.settings.log_level)
+    command: Command = args.handler
+    return command(config, args)
+
+
+def exit_code_of(run: Callable[[], int]) -> int:
+    """What ``run`` returns, or the exit code of what it raised, said on stderr: the
+    one place a configuration problem (ConfigError) becomes exit code 2 for every
+    command, and never a traceback."""
+    try:
+        return run()
     except ConfigError as error:
         print(f"txmail: {error}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level)
-    try:
-        return handler(settings, args)
     except CannotStart as error:
         print(f"txmail: {error}", file=sys.stderr)
         return 1
@@ -146,3 +132,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Python from failing again when it flushes stdout at exit.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+
+
+def _configuration(args: argparse.Namespace) -> Configuration:
+    """The settings and the rules file, read once for the whole process: every command
+    and every part of `txmail run` sees the same. A rules file that breaks its schema
+    stops every command before it starts, with every problem it has."""
+    settings = load_settings()
+    if settings.rules is None or getattr(args, "reads_the_rules_file_itself", False):
+        return Configuration(settings, rules_file=None)
+    return Configuration(settings, read_rules_file(settings.rules))

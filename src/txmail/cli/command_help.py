@@ -94,34 +94,34 @@ READS: dict[str, tuple[str, ...]] = {
 }
 
 _STOPPED = "stopped by SIGTERM or SIGINT"
-_BAD_CONFIG = "bad settings, or a rules file that is not TOML"
+_BAD_CONFIG = "bad settings, or a rules file that breaks its schema"
 _CANNOT_START = "cannot listen on a port, e.g. one already in use (the message says which)"
 EXIT_CODES: dict[str, dict[int, str]] = {
     "ingress": {0: _STOPPED, 1: _CANNOT_START, 2: _BAD_CONFIG},
-    "worker": {0: _STOPPED, 1: _CANNOT_START, 2: _BAD_CONFIG + " or with a bad [tracking]"},
-    "api": {0: _STOPPED, 1: _CANNOT_START, 2: _BAD_CONFIG + " or with a bad [tracking]"},
+    "worker": {0: _STOPPED, 1: _CANNOT_START, 2: _BAD_CONFIG},
+    "api": {0: _STOPPED, 1: _CANNOT_START, 2: _BAD_CONFIG},
     "run": {0: _STOPPED, 1: _CANNOT_START, 2: "bad settings or an invalid rules file"},
     "fallback": {
         0: _STOPPED,
         1: _CANNOT_START,
         2: "bad settings, TXMAIL_RULES not set, or an invalid rules file",
     },
-    "migrate": {0: "the schema is up to date", 2: "bad settings, or the store cannot be written"},
+    "migrate": {0: "the schema is up to date", 2: _BAD_CONFIG + ", or the store cannot be written"},
     "status": {
         0: "found (or, with --health, Braze's health printed)",
         1: "nothing is known about the id",
-        2: "bad settings, the store cannot be read, or neither an id nor --health (or both)",
+        2: _BAD_CONFIG + ", the store cannot be read, or neither an id nor --health (or both)",
     },
     "check-config": {
         0: "valid (warnings, if any, on stderr)",
         1: "problems found, each printed with its place",
         2: "bad settings, or no file named",
     },
-    "dlq list": {0: "listed", 1: "RabbitMQ not reachable", 2: "bad settings or options"},
+    "dlq list": {0: "listed", 1: "RabbitMQ not reachable", 2: _BAD_CONFIG + ", or bad options"},
     "dlq replay": {
         0: "all replayed (or, --dry-run, listed)",
         1: "an ID not found, a message not put back, or RabbitMQ not reachable",
-        2: "bad settings or options",
+        2: _BAD_CONFIG + ", or bad options",
     },
 }
 

@@ -9,28 +9,28 @@ from contextlib import AsyncExitStack
 
 import structlog
 
-from txmail.core.settings import Settings
+from txmail.core.command import Configuration
+from txmail.core.http import serving
+from txmail.core.stopping import stop_on_signals
+from txmail.fallback.configured import FallbackRules
+from txmail.fallback.executor.service import FallbackExecutor, running_executor
+from txmail.ingress.app import create_app
+from txmail.workers.api import api_host, api_tokens, create_api_app
+from txmail.workers.timeouts import delivery_timeouts
+from txmail.workers.worker import Worker, open_store_when_available
 
 log = structlog.get_logger(__name__)
 
 
-async def run_all(settings: Settings) -> None:
-    from txmail.core.http import serving
-    from txmail.core.stopping import stop_on_signals
-    from txmail.fallback.executor import FallbackExecutor, running_executor
-    from txmail.fallback.rules_file import load_configured_rules
-    from txmail.ingress.app import create_app
-    from txmail.workers.api import api_host, api_tokens, create_api_app
-    from txmail.workers.health.store import open_health_store
-    from txmail.workers.worker import Worker, open_store_when_available, timeouts_from
-
-    rules_file = load_configured_rules(settings)
+async def run_all(config: Configuration, rules: FallbackRules | None) -> None:
+    """Until SIGTERM; ``rules``, the executor's, are None when TXMAIL_RULES is not set."""
+    settings = config.settings
     stop = stop_on_signals()
-    timeouts = timeouts_from(settings)
+    timeouts = delivery_timeouts(config)
     executors: list[FallbackExecutor] = []  # the executor, once connected
 
     async def executor_not_ready() -> list[str]:
-        if rules_file is None or executors:
+        if rules is None or executors:
             return [p for executor in executors for p in await executor.not_ready()]
         return ["fallback executor not connected to RabbitMQ yet"]
 
@@ -43,21 +43,15 @@ async def run_all(settings: Settings) -> None:
         if store is None:
             return
         running.push_async_callback(store.close)
-        worker = Worker(settings, store, timeouts)
-        health = open_health_store(settings.database_url)
-        running.push_async_callback(health.close)
-        api = create_api_app(
-            store, api_tokens(settings), worker.not_ready, executor_not_ready, health=health
-        )
+        worker = Worker(config, store)
+        api = create_api_app(store, api_tokens(settings), worker.not_ready, executor_not_ready)
         await running.enter_async_context(
             serving(api, api_host(settings), settings.api_port, settings)
         )
-        if rules_file is None:
+        if rules is None:
             log.warning("TXMAIL_RULES is not set: fallbacks are decided and queued, but none runs")
         else:
-            executor = await running.enter_async_context(
-                running_executor(settings, rules_file, stop)
-            )
+            executor = await running.enter_async_context(running_executor(settings, rules, stop))
             if executor is None:  # stopped while waiting for the broker
                 return
             executors.append(executor)

@@ -1,4 +1,6 @@
-"""Publishing to RabbitMQ with confirms, over a connection kept up by itself.
+"""Publishing to RabbitMQ with confirms, over a connection kept up by itself: the one
+way txmail publishes, to its events exchange, to one of its queues, or to an exchange
+of another team's.
 
 A process starts without waiting for the broker; until the first connection is up,
 and while a lost one is being re-established, publishing raises BrokerUnavailable
@@ -6,49 +8,90 @@ and ``is_ready`` is false, so callers can answer 503 instead of hanging.
 """
 
 import asyncio
+import hashlib
 import itertools
-from collections.abc import Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any, Protocol
 
 import aio_pika
 from aio_pika.abc import (
     AbstractChannel,
     AbstractConnection,
     AbstractExchange,
-    AbstractRobustConnection,
+    AbstractIncomingMessage,
 )
-from yarl import URL
+from aio_pika.exceptions import ChannelClosed, ChannelNotFoundEntity, DeliveryError
 
-from txmail.core.backoff import until_up
-from txmail.core.errors import BrokerUnavailable
-from txmail.core.kept_connection import BROKER_ERRORS, OPEN_TIMEOUT, KeptConnection
+from txmail.core.errors import BrokerUnavailable, ExchangeUnusable, NotTaken
+from txmail.core.kept_connection import BROKER_ERRORS, KeptConnection
 from txmail.core.readable import readable
-from txmail.core.stopping import unless_stopped
 from txmail.core.topology import Topology
 
-__all__ = ["BROKER_ERRORS", "Broker", "Outgoing", "connect_unless_stopped", "connect_until_up"]
-
-# How long a robust connection (shared by the executor's handlers) waits between
-# attempts to reconnect after a loss.
-RECONNECT_INTERVAL = 1.0
+__all__ = ["BROKER_ERRORS", "Broker", "Outgoing"]
 
 # aio-pika holds a channel's lock until each publish frame is written to the socket,
 # so one channel writes one publish at a time; a few channels keep several in the
 # write path while their confirms come back pipelined.
 PUBLISH_CHANNELS = 4
 
+# Outgoing.exchange for the default exchange: the routing key names a queue of ours.
+TO_QUEUE = ""
+
+
+class Event(Protocol):
+    """An event of ours on the wire (txmail.core.events): JSON, with its routing key."""
+
+    @property
+    def routing_key(self) -> str: ...
+
+    def model_dump_json(self) -> str: ...
+
 
 @dataclass(frozen=True)
 class Outgoing:
-    """One message to publish persistently on the events exchange."""
+    """One message to publish persistently, mandatory and confirmed."""
 
     routing_key: str
     body: bytes
     message_id: str
-    type: str
-    content_type: str = "application/json"
-    headers: dict[str, str] | None = None
+    type: str | None
+    content_type: str | None = "application/json"
+    headers: Mapping[str, Any] | None = None
+    # None: txmail's events exchange; TO_QUEUE: the queue named by the routing key;
+    # any other name: an exchange that must already exist (txmail declares only its own).
+    exchange: str | None = None
+    expiration: timedelta | None = None
+
+    @classmethod
+    def event(cls, event: Event, message_id: str, type: str) -> "Outgoing":
+        """An event to publish on the events exchange as JSON."""
+        return cls(event.routing_key, event.model_dump_json().encode(), message_id, type)
+
+    @classmethod
+    def again(
+        cls,
+        message: AbstractIncomingMessage,
+        exchange: str,
+        routing_key: str,
+        headers: Mapping[str, Any],
+        expiration: timedelta | None = None,
+    ) -> "Outgoing":
+        """A received message, to publish again with ``headers`` added. The broker's own
+        ``x-`` headers (x-death, delivery counts) are dropped: they would only grow with
+        every republish. One without an id gets one from its body, for ``dlq replay ID``."""
+        kept = {k: v for k, v in (message.headers or {}).items() if not k.startswith("x-")}
+        return cls(
+            routing_key=routing_key,
+            body=message.body,
+            message_id=message.message_id or hashlib.sha256(message.body).hexdigest()[:32],
+            type=message.type,
+            content_type=message.content_type,
+            headers={**kept, **headers},
+            exchange=exchange,
+            expiration=expiration,
+        )
 
     def to_message(self) -> aio_pika.Message:
         return aio_pika.Message(
@@ -58,37 +101,61 @@ class Outgoing:
             message_id=self.message_id,
             type=self.type,
             headers=dict(self.headers or {}),
+            expiration=self.expiration,
         )
 
 
+@dataclass(frozen=True)
+class _Lane:
+    """One publishing channel, with the two exchanges of ours published on."""
+
+    events: AbstractExchange
+    default: AbstractExchange
+
+
 class Broker:
-    def __init__(self, url: str, topology: Topology, publish_timeout: timedelta) -> None:
+    def __init__(
+        self, url: str, topology: Topology, publish_timeout: timedelta, say_up: bool = True
+    ) -> None:
         self._topology = topology
         self._publish_timeout = publish_timeout.total_seconds()
-        self._connection = KeptConnection(url, self._open_exchanges, purpose="publishing")
+        self._connection = KeptConnection(url, self._open_lanes, say_up, purpose="publishing")
         self._turn = itertools.count()
+        # Publishes to other teams' exchanges go on a channel of their own: a missing
+        # exchange closes the channel it was used on, and that must not be a lane.
+        self._elsewhere: AbstractChannel | None = None
+        self._opening_elsewhere = asyncio.Lock()
 
     def start(self) -> None:
         """Begin connecting in the background; returns at once."""
         self._connection.start()
 
-    async def _open_exchanges(
+    async def wait_ready(self) -> None:
+        """Return once connected and able to publish."""
+        await self._connection.wait_up()
+
+    async def _open_lanes(
         self, connection: AbstractConnection
-    ) -> tuple[list[AbstractExchange], list[AbstractChannel]]:
-        channels = [
-            # Returned (unroutable) messages raise instead of vanishing after an ack.
-            await connection.channel(publisher_confirms=True, on_return_raises=True)
-            for _ in range(PUBLISH_CHANNELS)
-        ]
+    ) -> tuple[list[_Lane], list[AbstractChannel]]:
+        channels = [await _confirming_channel(connection) for _ in range(PUBLISH_CHANNELS)]
         # A topology that exists with other arguments (PRECONDITION_FAILED) fails here
         # and is retried: an operator can fix it without a restart.
-        exchanges = [await self._topology.declare(channel) for channel in channels]
-        return exchanges, channels
+        lanes = [
+            _Lane(await self._topology.declare(channel), channel.default_exchange)
+            for channel in channels
+        ]
+        return lanes, channels
 
     @property
     def is_ready(self) -> bool:
         """True while the connection and the publishing channels are open."""
         return self._connection.current is not None
+
+    @property
+    def connection(self) -> AbstractConnection | None:
+        """The connection while it is open, for a channel to consume on (``open_channel``)
+        and for what only it can tell."""
+        return self._connection.connection if self.is_ready else None
 
     @property
     def is_blocked(self) -> bool:
@@ -102,56 +169,67 @@ class Broker:
         unblocked = getattr(underlay.connection, "_Connection__connection_unblocked", None)
         return isinstance(unblocked, asyncio.Event) and not unblocked.is_set()
 
+    async def open_channel(self) -> AbstractChannel:
+        """A channel of its own on the current connection (to consume on, say); the
+        caller closes it. BrokerUnavailable while not connected."""
+        connection = self.connection
+        if connection is None:
+            raise BrokerUnavailable("not connected to RabbitMQ")
+        try:
+            return await _confirming_channel(connection)
+        except BROKER_ERRORS as error:
+            raise BrokerUnavailable(f"RabbitMQ: {readable(error)}") from error
+
     async def publish(self, messages: Sequence[Outgoing]) -> None:
         """Publish every message and wait until the broker confirmed each one.
 
-        Raises BrokerUnavailable when any of them was not confirmed in time; some may
-        have been stored all the same, which is why every event carries an id that
-        makes a republish harmless.
+        Raises NotTaken when the broker answered but did not take one (unroutable, or
+        refused by a full queue), ExchangeUnusable when another team's exchange is
+        missing or refuses us, and BrokerUnavailable when any was not confirmed in
+        time. Some may have been stored all the same, which is why every message
+        carries an id that makes a republish harmless.
         """
-        exchanges = self._connection.current
-        if exchanges is None:
+        lanes = self._connection.current
+        if lanes is None:
             raise BrokerUnavailable("not connected to RabbitMQ")
-        publishes = [
-            exchanges[next(self._turn) % len(exchanges)].publish(
-                m.to_message(), m.routing_key, mandatory=True
-            )
-            for m in messages
-        ]
+        publishes = [self._publishing(m, lanes) for m in messages]
         try:
             async with asyncio.timeout(self._publish_timeout):
                 if len(publishes) == 1:
                     await publishes[0]  # most requests carry one event: spare gather's task
                 else:
                     await asyncio.gather(*publishes)
+        except DeliveryError as error:  # returned (unroutable) or nacked
+            raise NotTaken(f"RabbitMQ did not take it: {readable(error)}") from error
         except BROKER_ERRORS as error:
             raise BrokerUnavailable(f"RabbitMQ did not confirm: {readable(error)}") from error
+
+    def _publishing(self, message: Outgoing, lanes: Sequence[_Lane]) -> Awaitable[Any]:
+        if message.exchange is not None and message.exchange != TO_QUEUE:
+            return self._publish_elsewhere(message)
+        lane = lanes[next(self._turn) % len(lanes)]
+        exchange = lane.events if message.exchange is None else lane.default
+        return exchange.publish(message.to_message(), message.routing_key, mandatory=True)
+
+    async def _publish_elsewhere(self, message: Outgoing) -> None:
+        assert message.exchange is not None  # noqa: S101 -- _publishing sends only those
+        async with self._opening_elsewhere:
+            if self._elsewhere is None or self._elsewhere.is_closed:
+                self._elsewhere = await self.open_channel()
+            channel = self._elsewhere
+        exchange = await channel.get_exchange(message.exchange, ensure=False)
+        try:
+            await exchange.publish(message.to_message(), message.routing_key, mandatory=True)
+        except ChannelNotFoundEntity as error:
+            raise ExchangeUnusable(f"does not exist: {readable(error)}") from error
+        except ChannelClosed as error:  # no permission, an internal exchange
+            raise ExchangeUnusable(f"refused the publish: {readable(error)}") from error
 
     async def close(self) -> None:
         """Close the connection, or end the attempt to make one."""
         await self._connection.close()
 
 
-async def connect_until_up(url: str) -> AbstractRobustConnection:
-    """A robust connection to ``url``, tried with backoff until it is up."""
-    return await until_up(lambda: _connect_robust(url), "broker", BROKER_ERRORS)
-
-
-async def connect_unless_stopped(
-    url: str, stop: asyncio.Event | None
-) -> AbstractRobustConnection | None:
-    """``connect_until_up``, given up (None) when ``stop`` is set first: a SIGTERM while
-    the broker is down must still stop the process."""
-    return await unless_stopped(connect_until_up(url), stop)
-
-
-async def _connect_robust(url: str) -> AbstractRobustConnection:
-    connection = aio_pika.RobustConnection(URL(url), reconnect_interval=RECONNECT_INTERVAL)
-    try:
-        await connection.connect(timeout=OPEN_TIMEOUT)
-    except BaseException:
-        # Else a failed or cancelled first attempt leaves aio-pika reconnecting for ever,
-        # and asyncio.run() never returns.
-        await connection.close()
-        raise
-    return connection
+async def _confirming_channel(connection: AbstractConnection) -> AbstractChannel:
+    # Returned (unroutable) messages raise instead of vanishing after an ack.
+    return await connection.channel(publisher_confirms=True, on_return_raises=True)

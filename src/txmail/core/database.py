@@ -1,13 +1,11 @@
 """Plumbing shared by everything that keeps state in TXMAIL_DATABASE_URL (the workers'
 store, the executor's call ledger): which backend a URL names, opening a SQLite file
-the same way from every process, one transaction shape and one migration runner per
-dialect, and how PostgreSQL errors are classified."""
+the same way from every process, and how PostgreSQL errors are classified. Running SQL
+on either is ``sql.py``'s, ``sqlite_database.py``'s and ``postgres_database.py``'s."""
 
 import asyncio
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeAlias
@@ -95,58 +93,3 @@ def _switch_to_wal(connection: sqlite3.Connection) -> None:
             if "locked" not in str(error) or time.monotonic() > deadline:
                 raise
             time.sleep(0.01)
-
-
-@contextmanager
-def sqlite_transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """A write transaction, taking the file's write lock at once (waiting up to the busy
-    timeout) rather than at its first write, when it could only fail."""
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        yield db
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-    db.execute("COMMIT")
-
-
-def apply_sqlite_migrations(
-    db: sqlite3.Connection, versions_table: str, migrations: Sequence[Migration]
-) -> list[int]:
-    """In the caller's transaction, apply the migrations ``versions_table`` does not
-    list yet; returns their versions."""
-    # The table name is one of txmail's own constants, never input.
-    db.execute(
-        f"CREATE TABLE IF NOT EXISTS {versions_table} "
-        "(version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)"
-    )
-    applied = {row[0] for row in db.execute(f"SELECT version FROM {versions_table}")}  # noqa: S608
-    missing = [(v, statements) for v, statements in migrations if v not in applied]
-    for version, statements in missing:
-        for statement in statements:
-            db.execute(statement)
-        db.execute(
-            f"INSERT INTO {versions_table} VALUES (?, ?)",  # noqa: S608
-            (version, to_micros(datetime.now(UTC))),
-        )
-    return [version for version, _ in missing]
-
-
-async def apply_postgres_migrations(
-    db: PostgresConnection, versions_table: str, lock: str, migrations: Sequence[Migration]
-) -> list[int]:
-    """In the caller's transaction, apply the migrations ``versions_table`` does not
-    list yet; returns their versions. One migrator at a time per schema (the advisory
-    lock named ``lock``): the others wait, then find it done."""
-    await db.execute("SELECT pg_advisory_xact_lock(hashtext($1 || current_schema()))", lock)
-    await db.execute(
-        f"CREATE TABLE IF NOT EXISTS {versions_table} "
-        "(version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
-    )
-    applied = {r["version"] for r in await db.fetch(f"SELECT version FROM {versions_table}")}  # noqa: S608
-    missing = [(v, statements) for v, statements in migrations if v not in applied]
-    for version, statements in missing:
-        for statement in statements:
-            await db.execute(statement)
-        await db.execute(f"INSERT INTO {versions_table} (version) VALUES ($1)", version)  # noqa: S608
-    return [version for version, _ in missing]

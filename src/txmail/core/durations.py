@@ -76,11 +76,13 @@ def _unit_required(value: object) -> object:
     """In the rules file a duration is written with its unit, as in the environment: a
     bare number would be taken as seconds, so ``delivery_timeout = 10`` meant as ten
     minutes would silently become ten seconds."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
+    if isinstance(value, bool):  # pydantic would take `true` as one second
+        raise ValueError('write a duration with its unit, e.g. "90s" or "10m"')
+    if isinstance(value, int | float):
         raise ValueError(f'write a duration with its unit, e.g. "{value}s" or "{value}m"')
     return value
 
 
-# A timeout in the rules file: "90s", "10m", "2h", "1d", "1h30m"; never a bare number,
-# and never zero ("must be longer than 0s").
 PositiveWrittenDuration = Annotated[PositiveDuration, BeforeValidator(_unit_required)]
+"""A timeout in the rules file: "90s", "10m", "2h", "1d", "1h30m"; never a bare number,
+and never zero ("must be longer than 0s")."""

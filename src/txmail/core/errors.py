@@ -16,5 +16,15 @@ class BrokerUnavailable(TxmailError):
     """
 
 
+class NotTaken(BrokerUnavailable):
+    """RabbitMQ answered and did not take the message: no queue is bound for its
+    routing key, or a full queue refused it. Not sent, as for BrokerUnavailable."""
+
+
+class ExchangeUnusable(TxmailError):
+    """Another team's exchange cannot be published on: it does not exist, or refuses
+    txmail. Publishing again will not help until someone changes the configuration."""
+
+
 class CannotStart(TxmailError):
     """A process cannot start (its port is taken, ...); the message says why."""

@@ -1,6 +1,7 @@
-"""The rules file's ``[health]`` table, and ``delivery_timeout`` (a duration or "auto")
-of ``[tracking]`` and its campaigns: one model each, read by the workers and checked by
-``txmail check-config`` alike (workers/health/ judges health and learns timeouts).
+"""Part of the rules file's one schema (``rules_file.py``): its ``[health]`` table, and
+``delivery_timeout`` (a duration or "auto") of ``[tracking]`` and its campaigns, read
+once by ``txmail.cli`` for the workers and ``txmail check-config`` alike
+(workers/health/ judges health and learns timeouts).
 """
 
 from datetime import timedelta

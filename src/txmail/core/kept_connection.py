@@ -37,14 +37,18 @@ Build = Callable[[AbstractConnection], Awaitable[tuple[T, Sequence[AbstractChann
 
 
 class KeptConnection(Generic[T]):
-    def __init__(self, url: str, build: Build[T], **context: Any) -> None:
+    def __init__(self, url: str, build: Build[T], say_up: bool = True, **context: Any) -> None:
         self._url = url
+        # False for a one-shot command, whose stderr is for its own messages: failures
+        # to connect are said all the same.
+        self._say_up = say_up
         self._build = build
         self._context = context  # said in every log line: what the connection is for
         self._connection: AbstractConnection | None = None
         self._built: T | None = None
         self._keeping: asyncio.Task[None] | None = None
         self._lost: asyncio.Event | None = None
+        self._up = asyncio.Event()  # set while ``current`` is not None
         self.times_up = 0  # how many times it came up: tells a reconnection apart
 
     @property
@@ -56,6 +60,10 @@ class KeptConnection(Generic[T]):
     def connection(self) -> AbstractConnection | None:
         """The connection while it is open (for what only it can tell: blocked, say)."""
         return self._connection
+
+    async def wait_up(self) -> None:
+        """Return once the connection is up (at once if it is)."""
+        await self._up.wait()
 
     def start(self) -> None:
         """Connect in the background, and again after every loss; returns at once."""
@@ -76,6 +84,7 @@ class KeptConnection(Generic[T]):
     async def close(self) -> None:
         await self.stop_reconnecting()
         self._built = None
+        self._up.clear()
         if self._connection is not None:
             await _close_quietly(self._connection)
             self._connection = None
@@ -93,12 +102,15 @@ class KeptConnection(Generic[T]):
             if connection.is_closed or any(channel.is_closed for channel in channels):
                 lost.set()  # closed before the callbacks were in place
             self._connection, self._built = connection, built
+            self._up.set()
             self.times_up += 1
-            log.info("broker connected", **self._context)
+            if self._say_up:
+                log.info("broker connected", **self._context)
             try:
                 await lost.wait()
             finally:
                 self._built = None
+                self._up.clear()
             log.warning(
                 "broker connection lost, reconnecting",
                 error=readable(why[0]) if why else None,

@@ -26,11 +26,9 @@ _CHATTY_LIBRARIES = ("aiormq", "aio_pika")
 # Said by txmail itself ("broker connection lost, reconnecting", then "broker not
 # reachable, retrying" once per attempt with its number and the next wait), for every
 # connection of the process: aiormq logs each lost connection with a traceback and each
-# failed connect at error, and aio-pika's robust connection (the executor's, shared with
-# its handlers) two lines a second while the broker is away.
+# failed connect at error.
 _SAID_BY_TXMAIL = {
     "aiormq.connection": ("error when creating transport", "Cancelling cause reader exited"),
-    "aio_pika.robust_connection": ("Connection to ", "Connection attempt to "),
 }
 
 

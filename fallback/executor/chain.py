@@ -1,23 +1,21 @@
-"""Run one rule's handler chain for one request, and decide what happens next.
+"""Run one rule's handler chain for one request.
 
 ``run_handler`` calls a handler (through its circuit breaker, within its timeout) and
 turns whatever happened into a HandlerResult; ``call_once`` wraps that in a claim on
-the call ledger, so no copy of the request calls a handler that already succeeded;
-``decide`` is a pure function from the rule, the progress so far and this attempt's
-results to done, retry or park.
+the call ledger, so no copy of the request calls a handler that already succeeded.
+What happens next is ``txmail.fallback.policy.verdict.decide``'s to say.
 """
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from enum import StrEnum
 
 import structlog
 
 from txmail.core.durations import format_duration
 from txmail.core.events import FallbackRequest
-from txmail.fallback.circuit import Circuits
+from txmail.core.rules_file import Mode, Rule
 from txmail.fallback.handler import (
     FallbackHandler,
     PermanentFailure,
@@ -25,29 +23,14 @@ from txmail.fallback.handler import (
     UnusableRequest,
 )
 from txmail.fallback.ledger import CallLedger, CallState, ClaimVerdict, LedgerUnavailable
-from txmail.fallback.progress import Progress
-from txmail.fallback.rules import Mode, Rule
+from txmail.fallback.policy.circuit import Circuits
+from txmail.fallback.policy.progress import RequestProgress
+from txmail.fallback.policy.verdict import HandlerResult, ResultKind
 
 log = structlog.get_logger(__name__)
 
 # How long a claim outlasts the handler's own timeout: time to record the outcome.
 LEASE_MARGIN = timedelta(seconds=5)
-
-
-class ResultKind(StrEnum):
-    SUCCEEDED = "succeeded"
-    TRANSIENT = "transient"
-    PERMANENT = "permanent"
-    # A copy of the request holds the call right now (in this executor or another):
-    # not called, and the chain stops there; the request is tried again later.
-    BUSY = "busy"
-
-
-@dataclass(frozen=True)
-class HandlerResult:
-    handler: str
-    kind: ResultKind
-    detail: str = ""
 
 
 @dataclass(frozen=True)
@@ -59,20 +42,7 @@ class ReadyHandler:
     timeout: timedelta
 
 
-class Decision(StrEnum):
-    DONE = "done"
-    RETRY = "retry"
-    PARK = "park"
-
-
-@dataclass(frozen=True)
-class Verdict:
-    decision: Decision
-    progress: Progress  # after this attempt
-    reason: str = ""  # why it is parked
-
-
-def idempotency_key(request: FallbackRequest, handler: str) -> str:
+def call_key(request: FallbackRequest, handler: str) -> str:
     """Stable per message and handler: the same on every retry and replay."""
     return f"{request.idempotency_key}:{handler}"
 
@@ -85,7 +55,7 @@ async def run_handler(
         return HandlerResult(ready.name, ResultKind.TRANSIENT, "circuit open: not called")
     try:
         async with asyncio.timeout(ready.timeout.total_seconds()):
-            await ready.handler.send(request, idempotency_key(request, ready.name))
+            await ready.handler.send(request, call_key(request, ready.name))
     except UnusableRequest as failure:
         circuit.abandon_call()  # the provider was not called: nothing learnt about it
         return HandlerResult(ready.name, ResultKind.PERMANENT, str(failure))
@@ -114,7 +84,7 @@ async def run_handler(
 async def call_once(
     ready: ReadyHandler,
     request: FallbackRequest,
-    progress: Progress,
+    progress: RequestProgress,
     circuits: Circuits,
     ledger: CallLedger,
 ) -> HandlerResult:
@@ -166,7 +136,7 @@ async def run_chain(
     rule: Rule,
     handlers: Mapping[str, ReadyHandler],
     request: FallbackRequest,
-    progress: Progress,
+    progress: RequestProgress,
     circuits: Circuits,
     ledger: CallLedger,
 ) -> list[HandlerResult]:
@@ -195,38 +165,3 @@ async def run_chain(
         if rule.mode is Mode.FIRST_SUCCESS and result.kind is ResultKind.SUCCEEDED:
             break
     return results
-
-
-def decide(
-    rule: Rule, progress: Progress, results: Sequence[HandlerResult], can_retry: bool
-) -> Verdict:
-    after = progress.next_attempt(
-        succeeded=(r.handler for r in results if r.kind is ResultKind.SUCCEEDED),
-        failed=(r.handler for r in results if r.kind is ResultKind.PERMANENT),
-    )
-    if rule.mode is Mode.FIRST_SUCCESS:
-        done = bool(after.succeeded & set(rule.handlers))
-        pending = [] if done else [h for h in rule.handlers if h not in after.failed]
-    else:
-        done = set(rule.handlers) <= after.succeeded
-        pending = [h for h in rule.handlers if h not in after.succeeded | after.failed]
-    if done:
-        return Verdict(Decision.DONE, after)
-    if pending and can_retry:
-        return Verdict(Decision.RETRY, after)
-    return Verdict(Decision.PARK, after, _park_reason(rule, after, results, bool(pending)))
-
-
-def _park_reason(
-    rule: Rule, after: Progress, results: Sequence[HandlerResult], retries_exhausted: bool
-) -> str:
-    failures = [f"{r.handler}: {r.kind.value}: {r.detail}" for r in results if r.detail]
-    earlier = sorted((after.failed & set(rule.handlers)) - {r.handler for r in results})
-    if earlier:
-        failures.append(f"failed permanently on an earlier attempt: {', '.join(earlier)}")
-    head = (
-        f"retries exhausted after {after.attempt} attempts"
-        if retries_exhausted
-        else "every remaining handler failed permanently"
-    )
-    return f"{head}; " + "; ".join(failures)

@@ -13,7 +13,6 @@ import json
 import random
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -27,9 +26,11 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from tests.fallback.servers import WEBHOOK_SECRET, verify_standard_webhook
-from tests.ports import free_port
-from tests.waiting import wait_until
+from tests.support.ports import free_port
+from tests.support.processes import TXMAIL
+from tests.support.rules_file import webhook_to
+from tests.support.servers import verify_standard_webhook
+from tests.support.waiting import wait_until
 
 
 class Fate(StrEnum):
@@ -227,7 +228,7 @@ class Pipeline:
     def start(self, name: str, command: str, **env: str) -> None:
         with (self._logs / f"{name}.log").open("ab") as out:
             self.processes[name] = subprocess.Popen(
-                [sys.executable, "-m", "txmail.cli", command],
+                [*TXMAIL, command],
                 env={**self._env, **env},
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -288,14 +289,4 @@ async def start_deployment(running: Pipeline, ingresses: int = 2, workers: int =
 
 def every_fallback_to(receiver_url: str, timeout: str = "10s") -> str:
     """A rules file that sends every fallback to the receiver's signed webhook."""
-    return f"""
-[handlers.ops-hook]
-type = "webhook"
-url = "{receiver_url}/hook"
-secret = "{WEBHOOK_SECRET}"
-timeout = "{timeout}"
-
-[[rules]]
-on = ["*"]
-handlers = ["ops-hook"]
-"""
+    return webhook_to(receiver_url, timeout=timeout)

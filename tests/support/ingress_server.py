@@ -8,7 +8,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from aiohttp.web_runner import BaseRunner
 
-from tests.waiting import wait_until
+from tests.support.waiting import wait_until
 from txmail.core.http import app_runner
 from txmail.core.settings import Settings
 from txmail.ingress.app import create_app

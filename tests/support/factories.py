@@ -42,3 +42,26 @@ def outgoing_postback(raw: dict[str, Any], received_at: datetime) -> Outgoing:
         type=POSTBACK_TYPE,
         headers={"received_at": received_at.isoformat()},
     )
+
+
+def decoded(message: Outgoing, now: datetime) -> TrackedEvent | Exception:
+    """``message`` as the tracker decodes it on delivery: the event, or why it is none."""
+    try:
+        return decode(message.type, message.body, message.headers or {}, None, now)
+    except Exception as error:
+        return error
+
+
+# Messages on the tracker queue that no worker can ever process (message ids bad-1..5).
+NOT_THE_CONTRACT = [
+    Outgoing("postback.sent", b"{not json", "bad-1", POSTBACK_TYPE),
+    Outgoing("postback.sent", b'{"status": "sent"}', "bad-2", POSTBACK_TYPE),
+    Outgoing("send.other", b"{}", "bad-3", "something_else"),
+    Outgoing("postback.sent", b"[" * 5000 + b"]" * 5000, "bad-4", POSTBACK_TYPE),
+    Outgoing(
+        "postback.sent",
+        b'{"dispatch_id": "d", "status": "sent", "metadata": {"x": "\\ud800"}}',
+        "bad-5",
+        POSTBACK_TYPE,
+    ),
+]

@@ -13,36 +13,28 @@ import asyncio
 import inspect
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
-from datetime import UTC, datetime
 
 import aiohttp
 import structlog
-from aio_pika.abc import (
-    AbstractChannel,
-    AbstractIncomingMessage,
-    AbstractQueue,
-    AbstractRobustConnection,
-)
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from pydantic import ValidationError
 
-from txmail.core.broker import BROKER_ERRORS, connect_unless_stopped
+from txmail.core.broker import BROKER_ERRORS, Broker, Outgoing
 from txmail.core.consumer import Consumer
 from txmail.core.errors import BrokerUnavailable, ConfigError
-from txmail.core.events import AttemptOutcome, FallbackAttempt, FallbackRequest, utc_now
+from txmail.core.events import (
+    FALLBACK_ATTEMPT_TYPE,
+    AttemptOutcome,
+    FallbackAttempt,
+    FallbackRequest,
+    utc_now,
+)
 from txmail.core.readable import readable
 from txmail.core.settings import Settings
-from txmail.core.stopping import pause
+from txmail.core.stopping import pause, unless_stopped
 from txmail.core.topology import Topology
-from txmail.fallback.chain import (
-    Decision,
-    HandlerResult,
-    ReadyHandler,
-    ResultKind,
-    Verdict,
-    decide,
-    run_chain,
-)
-from txmail.fallback.circuit import Circuits
+from txmail.fallback.configured import FallbackRules
+from txmail.fallback.executor.chain import ReadyHandler, run_chain
 from txmail.fallback.handler import FallbackHandler, HandlerResources
 from txmail.fallback.ledger import (
     CallLedger,
@@ -50,11 +42,11 @@ from txmail.fallback.ledger import (
     open_ledger_when_available,
     purge_ledger,
 )
-from txmail.fallback.progress import PARKED_AT, PARKED_REASON, Progress
-from txmail.fallback.publisher import ConfirmedPublisher, QueuedMessage, with_new_headers
-from txmail.fallback.retries import RetrySchedule
+from txmail.fallback.policy.circuit import Circuits
+from txmail.fallback.policy.progress import RequestProgress, parked_copy, retry_copy
+from txmail.fallback.policy.retries import RetrySchedule
+from txmail.fallback.policy.verdict import HandlerResult, NextStep, ResultKind, Verdict, decide
 from txmail.fallback.rules import select_rule
-from txmail.fallback.rules_file import RulesFile
 
 log = structlog.get_logger(__name__)
 
@@ -67,9 +59,9 @@ LEDGER_RETRY_INTERVAL = 1.0
 PURGE_INTERVAL = 3600.0
 
 _RESULT_OUTCOME = {
-    Decision.DONE: AttemptOutcome.FAILED,
-    Decision.RETRY: AttemptOutcome.RETRYING,
-    Decision.PARK: AttemptOutcome.PARKED,
+    NextStep.DONE: AttemptOutcome.FAILED,
+    NextStep.RETRY: AttemptOutcome.RETRYING,
+    NextStep.PARK: AttemptOutcome.PARKED,
 }
 
 
@@ -77,7 +69,9 @@ def fallback_topology(settings: Settings) -> Topology:
     return Topology(settings.namespace, tuple(settings.fallback_retry_schedule))
 
 
-def build_handlers(rules_file: RulesFile, resources: HandlerResources) -> dict[str, ReadyHandler]:
+def build_handlers(
+    rules_file: FallbackRules, resources: HandlerResources
+) -> dict[str, ReadyHandler]:
     """One handler per ``[handlers.NAME]`` table; ConfigError for a plug-in that builds
     something without an async ``send``."""
     handlers = {}
@@ -96,23 +90,22 @@ class FallbackExecutor:
     def __init__(
         self,
         settings: Settings,
-        rules_file: RulesFile,
+        rules_file: FallbackRules,
         handlers: Mapping[str, ReadyHandler],
-        connection: AbstractRobustConnection,
+        broker: Broker,
         ledger: CallLedger,
     ) -> None:
         self._settings = settings
         self._ledger = ledger
         self._rules = rules_file.rules
         self._handlers = handlers
-        self._connection = connection
+        self._broker = broker  # shared with the handlers (HandlerResources.amqp)
         self._topology = fallback_topology(settings)
         self._schedule = RetrySchedule(settings.fallback_retry_schedule)
         self._circuits = Circuits(
             settings.fallback_circuit_failures, settings.fallback_circuit_open_for
         )
-        self._publisher: ConfirmedPublisher | None = None
-        # On a connection of its own, which it keeps up: see txmail.consumer.
+        # On a connection of its own, which it keeps up: see txmail.core.consumer.
         self._consumer = Consumer(
             settings.amqp_url,
             self._topology.fallback_queue,
@@ -124,17 +117,15 @@ class FallbackExecutor:
         self._stopping = asyncio.Event()
         self._purging: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
-        publishing = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
-        events = await self._topology.declare(publishing)
-        self._publisher = ConfirmedPublisher(publishing, events, self._settings.publish_timeout)
+    def start(self) -> None:
+        """Consume and purge in the background; the broker was started by the caller."""
         self._consumer.start()
         self._purging = asyncio.create_task(self._purge_now_and_then())
 
     async def not_ready(self) -> list[str]:
         """What keeps this executor from doing its job; empty when nothing does."""
         problems = []
-        if not self._connection.connected.is_set():
+        if not self._broker.is_ready:
             problems.append("not connected to RabbitMQ for publishing")
         if not self._consumer.is_consuming:
             problems.append(f"not consuming {self._topology.fallback_queue}")
@@ -209,7 +200,6 @@ class FallbackExecutor:
             await message.nack(requeue=True)
 
     async def _process(self, message: AbstractIncomingMessage) -> None:
-        assert self._publisher is not None  # noqa: S101 -- start() ran before any delivery
         try:
             request = FallbackRequest.model_validate_json(message.body)
         except ValidationError as error:
@@ -218,17 +208,17 @@ class FallbackExecutor:
             )
             reason = f"not a valid fallback request: {problems}"
             log.warning("parking an unreadable fallback request", reason=reason)
-            await self._publisher.publish([], [self._parked(message, Progress(), reason)])
+            await self._broker.publish([self._parked(message, RequestProgress(), reason)])
             await message.ack()
             return
 
-        progress = Progress.from_headers(message.headers)
+        progress = RequestProgress.from_headers(message.headers)
         bound = log.bind(idempotency_key=request.idempotency_key, attempt=progress.attempt + 1)
         match = select_rule(self._rules, request)
         if match is None:
             bound.info("no rule matches: nothing to run")
             no_rule = self._attempt(request, None, progress, AttemptOutcome.NO_RULE, "")
-            await self._publisher.publish([no_rule])
+            await self._broker.publish([no_rule])
             await message.ack()
             return
 
@@ -238,21 +228,20 @@ class FallbackExecutor:
         )
         can_retry = self._schedule.delay_before(progress.attempt + 1) is not None
         verdict = decide(rule, progress, results, can_retry)
-        attempts = [
+        outgoing = [
             self._attempt(
                 request, r.handler, progress, _outcome(r, verdict), _detail(r, verdict, index)
             )
             for r in results
         ]
-        queued = []
-        if verdict.decision is Decision.RETRY:
-            queued.append(self._retry(message, verdict.progress))
-        elif verdict.decision is Decision.PARK:
-            queued.append(self._parked(message, verdict.progress, verdict.reason))
-        await self._publisher.publish(attempts, queued)
+        if verdict.next_step is NextStep.RETRY:
+            outgoing.append(self._retry(message, verdict.progress))
+        elif verdict.next_step is NextStep.PARK:
+            outgoing.append(self._parked(message, verdict.progress, verdict.reason))
+        await self._broker.publish(outgoing)
         await message.ack()
         results_by_handler = {r.handler: r.kind.value for r in results}
-        if verdict.decision is Decision.PARK:  # needs a person: worth an alert
+        if verdict.next_step is NextStep.PARK:  # needs a person: worth an alert
             bound.warning(
                 "fallback request parked",
                 rule=index,
@@ -263,7 +252,7 @@ class FallbackExecutor:
         bound.info(
             "fallback attempt recorded",
             rule=index,
-            decision=verdict.decision.value,
+            decision=verdict.next_step.value,
             results=results_by_handler,
         )
 
@@ -271,11 +260,11 @@ class FallbackExecutor:
         self,
         request: FallbackRequest,
         handler: str | None,
-        progress: Progress,
+        progress: RequestProgress,
         outcome: AttemptOutcome,
         detail: str,
-    ) -> FallbackAttempt:
-        return FallbackAttempt(
+    ) -> Outgoing:
+        attempt = FallbackAttempt(
             idempotency_key=request.idempotency_key,
             dispatch_id=request.dispatch_id,
             external_send_id=request.external_send_id,
@@ -285,48 +274,41 @@ class FallbackExecutor:
             detail=detail,
             at=utc_now(),
         )
+        return Outgoing.event(attempt, attempt.event_id, FALLBACK_ATTEMPT_TYPE)
 
-    def _retry(self, message: AbstractIncomingMessage, progress: Progress) -> QueuedMessage:
-        delay = self._schedule.delay_before(progress.attempt)
+    def _retry(self, message: AbstractIncomingMessage, after: RequestProgress) -> Outgoing:
+        delay = self._schedule.delay_before(after.attempt)
         assert delay is not None  # noqa: S101 -- decide() only retries within the schedule
-        return QueuedMessage(
-            self._topology.fallback_delay_queue(delay),
-            with_new_headers(message, progress.to_headers(), RetrySchedule.jittered(delay)),
-        )
+        queue = self._topology.fallback_delay_queue(delay)
+        return retry_copy(message, after, queue, RetrySchedule.jittered(delay))
 
     def _parked(
-        self, message: AbstractIncomingMessage, progress: Progress, reason: str
-    ) -> QueuedMessage:
-        headers = {
-            **progress.to_headers(),
-            PARKED_REASON: reason,
-            PARKED_AT: datetime.now(UTC).isoformat(),
-        }
-        return QueuedMessage(
-            self._topology.fallback_parking_queue, with_new_headers(message, headers)
-        )
+        self, message: AbstractIncomingMessage, after: RequestProgress, reason: str
+    ) -> Outgoing:
+        queue = self._topology.fallback_parking_queue
+        return parked_copy(message, after, queue, reason, utc_now())
 
 
 def _outcome(result: HandlerResult, verdict: Verdict) -> AttemptOutcome:
     if result.kind is ResultKind.SUCCEEDED:
         return AttemptOutcome.SUCCEEDED
-    return _RESULT_OUTCOME[verdict.decision]
+    return _RESULT_OUTCOME[verdict.next_step]
 
 
 def _detail(result: HandlerResult, verdict: Verdict, rule_index: int) -> str:
     text = f"rules[{rule_index}]"
     if result.detail:
         text += f": {result.kind.value}: {result.detail}"
-    if verdict.decision is Decision.PARK and result.kind is not ResultKind.SUCCEEDED:
+    if verdict.next_step is NextStep.PARK and result.kind is not ResultKind.SUCCEEDED:
         text += f" (parked: {verdict.reason})"
     return text
 
 
 @asynccontextmanager
 async def running_executor(
-    settings: Settings, rules_file: RulesFile, stop: asyncio.Event | None = None
+    settings: Settings, rules_file: FallbackRules, stop: asyncio.Event | None = None
 ) -> AsyncIterator[FallbackExecutor | None]:
-    """A started executor with its ledger, connection and HTTP client; stopped on exit.
+    """A started executor with its ledger, broker and HTTP client; stopped on exit.
     None when ``stop`` was set while it was still waiting for the database or broker."""
     ledger = await open_ledger_when_available(settings.database_url, stop or asyncio.Event())
     if ledger is None:
@@ -334,14 +316,22 @@ async def running_executor(
         return
     async with AsyncExitStack() as running:
         running.push_async_callback(ledger.close)
-        connection = await connect_unless_stopped(settings.amqp_url, stop)
-        if connection is None:
+        topology = fallback_topology(settings)
+        broker = Broker(settings.amqp_url, topology, settings.publish_timeout)
+        broker.start()
+        running.push_async_callback(broker.close)
+        # Consuming while unable to publish outcomes would only requeue each request.
+        if await unless_stopped(_ready(broker), stop) is None:
             yield None
             return
-        running.push_async_callback(connection.close)
         http = await running.enter_async_context(aiohttp.ClientSession())
-        handlers = build_handlers(rules_file, HandlerResources(http, connection))
-        executor = FallbackExecutor(settings, rules_file, handlers, connection, ledger)
-        await executor.start()
+        handlers = build_handlers(rules_file, HandlerResources(http, broker))
+        executor = FallbackExecutor(settings, rules_file, handlers, broker, ledger)
+        executor.start()
         running.push_async_callback(executor.stop)
         yield executor
+
+
+async def _ready(broker: Broker) -> bool:
+    await broker.wait_ready()
+    return True

@@ -7,19 +7,19 @@ import json
 import sys
 import time
 from collections.abc import Callable
+from contextlib import aclosing
 from datetime import UTC, datetime
 
-from aio_pika.abc import AbstractRobustConnection
-
-from txmail.core.broker import connect_until_up
+from txmail.core.broker import Broker
+from txmail.core.command import Configuration, Subcommands
 from txmail.core.durations import parse_duration
 from txmail.core.errors import BrokerUnavailable
 from txmail.core.events import Trigger
 from txmail.core.settings import Settings
 from txmail.core.terminal import printable
-from txmail.fallback.executor import fallback_topology
-from txmail.fallback.held import Counts, Held, Outcome, Selection, Visited, visit
-from txmail.fallback.parking import DeadLetter, ParkedRequest
+from txmail.fallback.executor.service import fallback_topology
+from txmail.fallback.parking.entries import DeadLetter, ParkedRequest
+from txmail.fallback.parking.held import Counts, Held, Outcome, Selection, Visited, visit
 
 # How long the dlq commands wait for RabbitMQ before giving up.
 CONNECT_TIMEOUT = 30
@@ -41,7 +41,7 @@ queues:
                a replay publishes each where it was published before (x-death header)"""
 
 
-def add_dlq_commands(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def add_dlq_commands(commands: Subcommands) -> None:
     dlq = commands.add_parser(
         "dlq",
         help="parked fallback requests and dead-lettered messages: list, replay",
@@ -134,7 +134,7 @@ def _selection(args: argparse.Namespace, ids: set[str] | None = None) -> Selecti
     )
 
 
-def dlq_list(settings: Settings, args: argparse.Namespace) -> int:
+def dlq_list(config: Configuration, args: argparse.Namespace) -> int:
     selection = _selection(args)
     if isinstance(selection, str):
         print(f"txmail: {selection}", file=sys.stderr)
@@ -148,7 +148,7 @@ def dlq_list(settings: Settings, args: argparse.Namespace) -> int:
             print(visited.held.describe(), flush=True)
 
     try:
-        asyncio.run(_visit(settings, args.queue, selection, counts, show))
+        asyncio.run(_visit(config.settings, args.queue, selection, counts, show))
     except BrokerUnavailable as error:
         print(f"txmail: {error}", file=sys.stderr)
         return 1
@@ -157,7 +157,7 @@ def dlq_list(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def dlq_replay(settings: Settings, args: argparse.Namespace) -> int:
+def dlq_replay(config: Configuration, args: argparse.Namespace) -> int:
     ids = None if args.all else set(args.ids)
     selection = _selection(args, ids)
     if isinstance(selection, str):
@@ -180,7 +180,13 @@ def dlq_replay(settings: Settings, args: argparse.Namespace) -> int:
     try:
         asyncio.run(
             _visit(
-                settings, args.queue, selection, counts, report, replay=True, dry_run=args.dry_run
+                config.settings,
+                args.queue,
+                selection,
+                counts,
+                report,
+                replay=True,
+                dry_run=args.dry_run,
             )
         )
     except BrokerUnavailable as error:
@@ -206,22 +212,28 @@ async def _visit(
     replay: bool = False,
     dry_run: bool = False,
 ) -> None:
-    connection = await _connect(settings)
+    topology = fallback_topology(settings)
+    broker = Broker(settings.amqp_url, topology, settings.publish_timeout, say_up=False)
     progress = _Progress(queue)
     try:
-        async for visited in visit(
-            connection,
-            fallback_topology(settings),
+        await _connect(broker)
+        visiting = visit(
+            broker,
+            topology,
             QUEUES[queue],
             selection,
             replay=replay,
             dry_run=dry_run,
             counts=counts,
             on_read=progress,
-        ):
-            each(visited)
+        )
+        # Closed here, while the connection is still open, when ``each`` fails (a
+        # reader that went away): it gives the messages back in their place.
+        async with aclosing(visiting):
+            async for visited in visiting:
+                each(visited)
     finally:
-        await connection.close()
+        await broker.close()
     if counts.stopped:
         print(
             f"txmail: stopped after {counts.read} of {counts.total}: {counts.stopped}",
@@ -248,9 +260,10 @@ class _Progress:
             )
 
 
-async def _connect(settings: Settings) -> AbstractRobustConnection:
+async def _connect(broker: Broker) -> None:
+    broker.start()
     try:
-        return await asyncio.wait_for(connect_until_up(settings.amqp_url), CONNECT_TIMEOUT)
+        await asyncio.wait_for(broker.wait_ready(), CONNECT_TIMEOUT)
     except TimeoutError:
         raise BrokerUnavailable(f"RabbitMQ not reachable within {CONNECT_TIMEOUT}s") from None
 

@@ -7,13 +7,18 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+from aio_pika.abc import AbstractIncomingMessage
 
+from txmail.core.broker import Broker, Outgoing
 from txmail.core.terminal import printable
 from txmail.core.topology import Topology
-from txmail.fallback.held import Selection, Target, visit
-from txmail.fallback.progress import PARKED_AT, PARKED_REASON, Progress
-from txmail.fallback.publisher import with_new_headers
+from txmail.fallback.parking.held import Selection, visit
+from txmail.fallback.policy.progress import (
+    PARKED_AT,
+    PARKED_REASON,
+    RequestProgress,
+    replayed_copy,
+)
 
 # A handler's failure inside a parking reason: "ops-hook: transient: answered 503".
 _FAILURE = re.compile(r"(?:^|; )([A-Za-z0-9][A-Za-z0-9_.-]*): (?:transient|permanent): ")
@@ -66,7 +71,7 @@ class ParkedRequest:
     def from_message(cls, message: AbstractIncomingMessage) -> "ParkedRequest":
         headers = message.headers or {}
         fields = _json_object(message.body)
-        progress = Progress.from_headers(headers)
+        progress = RequestProgress.from_headers(headers)
         reason = _text(headers.get(PARKED_REASON)) or "(no reason recorded)"
         return cls(
             message_id=message.message_id or "",
@@ -85,10 +90,9 @@ class ParkedRequest:
         return topology.fallback_parking_queue
 
     @staticmethod
-    def replay_target(message: AbstractIncomingMessage, topology: Topology) -> Target | str:
+    def replay_target(message: AbstractIncomingMessage, topology: Topology) -> Outgoing | str:
         """The fallback queue, with its retries started over."""
-        progress = Progress.from_headers(message.headers).for_replay()
-        return Target("", topology.fallback_queue, with_new_headers(message, progress.to_headers()))
+        return replayed_copy(message, topology.fallback_queue)
 
 
 @dataclass(frozen=True)
@@ -169,12 +173,12 @@ class DeadLetter:
         return topology.dead_letter_queue
 
     @staticmethod
-    def replay_target(message: AbstractIncomingMessage, topology: Topology) -> Target | str:
+    def replay_target(message: AbstractIncomingMessage, topology: Topology) -> Outgoing | str:
         """Where it was published before it died (RabbitMQ's x-death header says)."""
         dead = DeadLetter.from_message(message)
         if dead.exchange is None or dead.routing_key is None:
             return "no x-death header says where it was published"
-        return Target(dead.exchange, dead.routing_key, with_new_headers(message, {}))
+        return Outgoing.again(message, dead.exchange, dead.routing_key, {})
 
 
 def _last_death(message: AbstractIncomingMessage) -> dict[str, Any]:
@@ -211,16 +215,14 @@ def _time(value: str) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-async def list_parked(
-    connection: AbstractRobustConnection, topology: Topology
-) -> list[ParkedRequest]:
-    return [v.held async for v in visit(connection, topology, ParkedRequest, Selection())]
+async def list_parked(broker: Broker, topology: Topology) -> list[ParkedRequest]:
+    return [v.held async for v in visit(broker, topology, ParkedRequest, Selection())]
 
 
 async def replay_parked(
-    connection: AbstractRobustConnection, topology: Topology, ids: set[str] | None
+    broker: Broker, topology: Topology, ids: set[str] | None
 ) -> list[ParkedRequest]:
     """Put the parked requests with these ids (all of them for None) back on the
     fallback queue; return those replayed."""
-    replaying = visit(connection, topology, ParkedRequest, Selection(ids=ids), replay=True)
+    replaying = visit(broker, topology, ParkedRequest, Selection(ids=ids), replay=True)
     return [v.held async for v in replaying if v.outcome == "replayed"]

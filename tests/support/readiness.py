@@ -4,8 +4,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Protocol
 
-from tests.broker_url import host_and_port, via_port
-from tests.tcp_proxy import TcpProxy
+from tests.support.broker_url import host_and_port, via_port
+from tests.support.tcp_proxy import TcpProxy
 from txmail.core.settings import Settings
 
 

@@ -5,16 +5,22 @@ import os
 import signal
 import subprocess
 import sys
+from asyncio.subprocess import PIPE
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 from txmail.core.durations import format_duration
 from txmail.core.settings import Settings
 
+# ``txmail`` as ops run it (the installed script is this module's entry point).
+TXMAIL = (sys.executable, "-m", "txmail.cli")
 
-def environment(settings: Settings) -> dict[str, str]:
-    return {
+
+def environment(settings: Settings, rules: Path | None = None) -> dict[str, str]:
+    """What a txmail process needs to run as ``settings`` say (and ``rules``, if given)."""
+    env = {
         **os.environ,
         "TXMAIL_AMQP_URL": settings.amqp_url,
         "TXMAIL_NAMESPACE": settings.namespace,
@@ -25,18 +31,30 @@ def environment(settings: Settings) -> dict[str, str]:
         "TXMAIL_MAX_LATENESS": format_duration(settings.max_lateness),
         "TXMAIL_BATCH_SIZE": str(settings.batch_size),
         "TXMAIL_REPUBLISH_AFTER": format_duration(settings.republish_after),
+        "TXMAIL_FALLBACK_RETRY_SCHEDULE": ",".join(
+            map(format_duration, settings.fallback_retry_schedule)
+        ),
         "TXMAIL_LOG_LEVEL": "warning",
-        "TXMAIL_METRICS_PORT": "0",  # tests run many workers on one machine
+        "TXMAIL_METRICS_PORT": "0",  # tests run many processes on one machine
     }
+    if rules is not None:
+        env["TXMAIL_RULES"] = str(rules)
+    return env
+
+
+async def spawn(
+    *args: str, env: dict[str, str], stdout: int | IO[bytes] = PIPE, stderr: int | IO[bytes] = PIPE
+) -> asyncio.subprocess.Process:
+    """``txmail ARGS`` as a real process; output piped unless told otherwise."""
+    return await asyncio.create_subprocess_exec(
+        *TXMAIL, *args, env=env, stdout=stdout, stderr=stderr
+    )
 
 
 def start_worker(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "txmail.cli", "worker"],
-            env=environment(settings),
-            stdout=out,
-            stderr=subprocess.STDOUT,
+            [*TXMAIL, "worker"], env=environment(settings), stdout=out, stderr=subprocess.STDOUT
         )
 
 

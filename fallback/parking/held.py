@@ -9,24 +9,16 @@ queue, not one ``basic.get`` each, and each is yielded as soon as it is read.
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Generic, Protocol, Self, TypeVar
 
-import aio_pika
-from aio_pika.abc import (
-    AbstractChannel,
-    AbstractExchange,
-    AbstractIncomingMessage,
-    AbstractQueue,
-    AbstractRobustConnection,
-)
-from aio_pika.exceptions import DeliveryError, PublishError
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
-from txmail.core.broker import BROKER_ERRORS
-from txmail.core.errors import BrokerUnavailable
+from txmail.core.broker import BROKER_ERRORS, Broker, Outgoing
+from txmail.core.errors import BrokerUnavailable, ExchangeUnusable, NotTaken
 from txmail.core.readable import readable
 from txmail.core.topology import Topology
 
@@ -38,16 +30,6 @@ REPLAY_WINDOW = 100
 # A message the queue counted that does not come within this long was taken by
 # someone else (another `dlq replay`): stop there.
 READ_TIMEOUT = 5.0
-PUBLISH_TIMEOUT = 10.0
-
-
-@dataclass(frozen=True)
-class Target:
-    """Where a replayed message goes: an exchange ("" is the default one) and a key."""
-
-    exchange: str
-    routing_key: str
-    message: aio_pika.Message
 
 
 class Held(Protocol):
@@ -83,7 +65,7 @@ class Held(Protocol):
     def held_in(topology: Topology) -> str: ...
 
     @staticmethod
-    def replay_target(message: AbstractIncomingMessage, topology: Topology) -> Target | str:
+    def replay_target(message: AbstractIncomingMessage, topology: Topology) -> Outgoing | str:
         """Where to republish it, or why it cannot be."""
         ...
 
@@ -141,7 +123,7 @@ class Counts:
 
 
 async def visit(
-    connection: AbstractRobustConnection,
+    broker: Broker,
     topology: Topology,
     kind: type[H],
     selection: Selection,
@@ -149,18 +131,20 @@ async def visit(
     dry_run: bool = False,
     counts: Counts | None = None,
     on_read: Callable[[Counts], None] = lambda counts: None,
-) -> AsyncIterator[Visited[H]]:
+) -> AsyncGenerator[Visited[H]]:
     """Each selected message held now (not those arriving while this runs), in queue
     order, replayed first when ``replay`` (unless ``dry_run``)."""
     counts = counts if counts is not None else Counts()
     try:
-        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        channel = await broker.open_channel()
         replaying: deque[tuple[H, asyncio.Task[str]]] = deque()
+        selected: AsyncGenerator[tuple[AbstractIncomingMessage, H]] | None = None
         try:
             await topology.declare(channel)
             queue = await channel.declare_queue(kind.held_in(topology), passive=True)
             counts.total = queue.declaration_result.message_count or 0
-            async for message, held in _selected(channel, queue, kind, selection, counts, on_read):
+            selected = _selected(channel, queue, kind, selection, counts, on_read)
+            async for message, held in selected:
                 if not replay:
                     yield Visited(held, Outcome.LISTED)
                 elif dry_run:
@@ -168,7 +152,7 @@ async def visit(
                 elif isinstance(target := kind.replay_target(message, topology), str):
                     yield Visited(held, Outcome.NOT_REPLAYED, target)
                 else:
-                    task = asyncio.create_task(_republish(channel, message, target))
+                    task = asyncio.create_task(_republish(broker, message, target))
                     replaying.append((held, task))
                     # Confirms come back pipelined; report them in order as they do.
                     while replaying and (len(replaying) >= REPLAY_WINDOW or replaying[0][1].done()):
@@ -178,6 +162,10 @@ async def visit(
         finally:
             for _, task in replaying:  # left by an error, or by a reader that stopped
                 task.cancel()
+            if selected is not None:
+                # Before the channel: closing the channel under an open queue iterator
+                # makes it give its messages back on a channel the broker closed.
+                await selected.aclose()
             # Gives back every message delivered and not acked, in its place.
             await channel.close()
     except BROKER_ERRORS as error:
@@ -191,7 +179,7 @@ async def _selected(
     selection: Selection,
     counts: Counts,
     on_read: Callable[[Counts], None],
-) -> AsyncIterator[tuple[AbstractIncomingMessage, H]]:
+) -> AsyncGenerator[tuple[AbstractIncomingMessage, H]]:
     """The selected messages among the first ``counts.total``, up to the limit."""
     if counts.total == 0:
         return
@@ -223,20 +211,11 @@ async def _finished(counts: Counts, held: H, task: "asyncio.Task[str]") -> Visit
     return Visited(held, Outcome.NOT_REPLAYED if problem else Outcome.REPLAYED, problem)
 
 
-async def _republish(
-    channel: AbstractChannel, message: AbstractIncomingMessage, target: Target
-) -> str:
+async def _republish(broker: Broker, message: AbstractIncomingMessage, target: Outgoing) -> str:
     """Publish, and ack the original once confirmed; "" or why it was not replayed."""
-    exchange: AbstractExchange = (
-        channel.default_exchange
-        if target.exchange == ""
-        else await channel.get_exchange(target.exchange, ensure=False)
-    )
     try:
-        await exchange.publish(
-            target.message, target.routing_key, mandatory=True, timeout=PUBLISH_TIMEOUT
-        )
-    except (DeliveryError, PublishError) as error:
-        return f"RabbitMQ did not take it back ({readable(error)}): it stays where it is"
+        await broker.publish([target])
+    except (NotTaken, ExchangeUnusable) as error:
+        return f"RabbitMQ did not take it back ({error}): it stays where it is"
     await message.ack()
     return ""

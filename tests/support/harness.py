@@ -9,13 +9,16 @@ from typing import Any
 
 import aio_pika
 
-from tests.waiting import wait_until
+from tests.support.waiting import wait_until
 from txmail.core.broker import Broker
+from txmail.core.command import Configuration
+from txmail.core.rules_file import read_rules_file
 from txmail.core.settings import Settings
 from txmail.core.topology import Topology
 from txmail.workers.store import open_store
 from txmail.workers.store.protocol import Store
-from txmail.workers.worker import run_worker, timeouts_from
+from txmail.workers.timeouts import delivery_timeouts
+from txmail.workers.worker import run_worker
 
 
 @asynccontextmanager
@@ -29,13 +32,21 @@ async def publisher(settings: Settings) -> AsyncIterator[Broker]:
         await broker.close()
 
 
+def configuration(settings: Settings) -> Configuration:
+    """What ``txmail.cli`` reads for a worker: the settings, and their rules file if any."""
+    rules_file = None if settings.rules is None else read_rules_file(settings.rules)
+    return Configuration(settings, rules_file)
+
+
 @asynccontextmanager
 async def running_worker(settings: Settings) -> AsyncIterator[Store]:
-    """A worker (tracker and sweeper) until the block ends; yields its store."""
-    timeouts = timeouts_from(settings)
-    store = await open_store(settings.database_url, timeouts, settings.republish_after)
+    """A worker (tracker, sweeper, health monitor) until the block ends; yields its store."""
+    config = configuration(settings)
+    store = await open_store(
+        settings.database_url, delivery_timeouts(config), settings.republish_after
+    )
     stop = asyncio.Event()
-    task = asyncio.create_task(run_worker(settings, store, timeouts, stop))
+    task = asyncio.create_task(run_worker(config, store, stop))
     try:
         yield store
     finally:
@@ -51,7 +62,9 @@ class QueueReader:
     channel: aio_pika.abc.AbstractChannel
     queue_name: str
 
-    async def drain(self) -> list[aio_pika.abc.AbstractIncomingMessage]:
+    async def take_all(self) -> list[aio_pika.abc.AbstractIncomingMessage]:
+        """What is on the queue now, without waiting (unlike amqp.drain, which waits for
+        a count)."""
         queue = await self.channel.get_queue(self.queue_name, ensure=False)
         taken = []
         while (message := await queue.get(no_ack=True, fail=False)) is not None:

@@ -1,0 +1,156 @@
+"""PostgreSQL behind the ``Sql`` interface: a pool of connections shared by any number
+of processes.
+
+Row locks (``FOR UPDATE``; ``SKIP LOCKED`` to share work without waiting) keep writers
+apart; keys that may have no row yet are locked with transaction-scoped advisory locks.
+Leases are judged on the database's clock, so processes' clocks need not agree.
+"""
+
+import re
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
+from functools import cache
+from typing import Any, TypeVar
+
+import asyncpg
+
+from txmail.core.database import (
+    POSTGRES_MISCONFIGURED,
+    POSTGRES_UNAVAILABLE,
+    Migration,
+    PostgresConnection,
+)
+from txmail.core.errors import ConfigError
+from txmail.core.readable import readable
+from txmail.core.sql import POSTGRES, Column, Row, Sql, apply_migrations
+
+T = TypeVar("T")
+
+# Lost races between writers: the transaction is simply run again.
+_RETRYABLE = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
+_ATTEMPTS = 5
+
+
+@cache
+def _numbered(sql: str) -> str:
+    """``?`` placeholders as PostgreSQL's ``$1``, ``$2``... (no statement of txmail's
+    has a ``?`` of its own)."""
+    numbers = iter(range(1, sql.count("?") + 1))
+    return re.sub(r"\?", lambda _: f"${next(numbers)}", sql)
+
+
+class _PostgresSql:
+    dialect = POSTGRES
+
+    def __init__(self, connection: PostgresConnection) -> None:
+        self._connection = connection
+
+    def is_in(self, column: str) -> str:
+        return f"{column} = ANY(?::text[])"
+
+    def time(self, value: Any) -> datetime:
+        time: datetime = value  # timestamptz arrives as a datetime
+        return time
+
+    async def now(self) -> datetime:
+        now: datetime = await self._connection.fetchval("SELECT clock_timestamp()")
+        return now
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        status: str = await self._connection.execute(_numbered(sql), *args)
+        changed = status.rsplit(" ", 1)[-1]  # "INSERT 0 1", "UPDATE 3", "CREATE TABLE"
+        return int(changed) if changed.isdigit() else 0
+
+    async def fetch(self, sql: str, *args: Any) -> list[Row]:
+        return [tuple(r) for r in await self._connection.fetch(_numbered(sql), *args)]
+
+    async def insert_many(
+        self, table: str, columns: Sequence[Column], rows: Sequence[Row], tail: str = ""
+    ) -> None:
+        # One array per column, unnested: one statement however many rows.
+        names = ", ".join(c.name for c in columns)
+        arrays = ", ".join(f"${i}::{POSTGRES.types[c.kind]}[]" for i, c in enumerate(columns, 1))
+        await self._connection.execute(
+            f"INSERT INTO {table} ({names}) SELECT * FROM unnest({arrays}) {tail}",  # noqa: S608
+            *([row[i] for row in rows] for i in range(len(columns))),
+        )
+
+    async def lock_keys(self, keys: Sequence[str]) -> None:
+        # In one order (of the locks' numbers) so two transactions never wait in a
+        # circle; per schema, so deployments sharing a database do not hold each other.
+        await self._connection.execute(
+            "SELECT count(pg_advisory_xact_lock(h)) FROM (SELECT DISTINCT "
+            "hashtextextended(k || current_schema(), 0) AS h FROM unnest($1::text[]) AS k "
+            "ORDER BY h) AS sorted",
+            list(keys),
+        )
+
+
+class PostgresDatabase:
+    """``unavailable`` is what the caller's users retry on (the store's or the ledger's
+    error): the database down, restarting, unreachable, or a race lost five times."""
+
+    dialect = POSTGRES
+
+    def __init__(
+        self,
+        url: str,
+        unavailable: Callable[[str], Exception],
+        *,
+        command_timeout: float,
+        pool_size: int = 4,
+    ) -> None:
+        self._url = url
+        self._unavailable = unavailable
+        self._command_timeout = command_timeout
+        self._pool_size = pool_size
+        self._pool: asyncpg.Pool[asyncpg.Record] | None = None
+
+    async def open(self) -> None:
+        try:
+            self._pool = await asyncpg.create_pool(
+                self._url,
+                min_size=1,
+                max_size=self._pool_size,
+                command_timeout=self._command_timeout,
+            )
+        except POSTGRES_MISCONFIGURED as error:
+            # Waiting will not make these work: say so, instead of a traceback or a
+            # process retrying for ever.
+            raise ConfigError(f"TXMAIL_DATABASE_URL: PostgreSQL refused it: {error}") from None
+        except POSTGRES_UNAVAILABLE as error:
+            raise self._unavailable(f"PostgreSQL: {readable(error)}") from error
+
+    async def transaction(
+        self, work: Callable[[Sql], Awaitable[T]], *, reads_only: bool = False
+    ) -> T:
+        if self._pool is None:
+            raise self._unavailable("the PostgreSQL database is not open")
+        for attempt in range(1, _ATTEMPTS + 1):
+            try:
+                async with (
+                    self._pool.acquire() as connection,
+                    connection.transaction(readonly=reads_only),
+                ):
+                    return await work(_PostgresSql(connection))
+            except _RETRYABLE as error:
+                if attempt == _ATTEMPTS:
+                    raise self._unavailable(f"PostgreSQL: {readable(error)}") from error
+            except POSTGRES_UNAVAILABLE as error:
+                raise self._unavailable(f"PostgreSQL: {readable(error)}") from error
+        raise AssertionError("unreachable")
+
+    async def migrate(self, versions_table: str, migrations: Sequence[Migration]) -> list[int]:
+        try:
+            return await self.transaction(
+                lambda db: apply_migrations(db, versions_table, migrations)
+            )
+        except asyncpg.InsufficientPrivilegeError as error:
+            raise ConfigError(
+                f"TXMAIL_DATABASE_URL: this user may not create the txmail tables: {error}"
+            ) from None
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None

@@ -1,0 +1,349 @@
+"""The store's algorithm, once, over either database (``txmail.core.sql``).
+
+Writers lock what they change: a batch locks its messages' keys (a row or not yet)
+and their rows, in one order, so two workers never wait on each other in a circle; the
+sweeper, the publish relay and the purge take only rows nobody holds (``SKIP LOCKED``
+on PostgreSQL), so replicas share the work without waiting and never claim the same
+row. A late `delivered` and the sweeper's claim meet on the message's row lock: whoever
+comes second sees what the first decided. On SQLite every write transaction holds the
+whole file, which gives the same.
+"""
+
+import json
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime, timedelta
+from typing import TypeVar
+
+from txmail.core.events import NUL, FallbackRequest
+from txmail.core.sql import Database, Row, Sql, optional_time, schema_version
+from txmail.workers.health.observations import observe
+from txmail.workers.health.store import HealthStore, record_sends
+from txmail.workers.state import Message, claim_deadline
+from txmail.workers.store.migrations import (
+    EVENTS,
+    MESSAGES,
+    WORKER_PROGRESS,
+    columns,
+    migrations,
+    require_migrated,
+)
+from txmail.workers.store.protocol import (
+    MessageView,
+    PendingRequest,
+    StoreCounts,
+    TimelineEntry,
+    TrackedEvent,
+)
+from txmail.workers.store.rows import MessageRow, evolve_all, message_keys, to_rows, view
+from txmail.workers.timeouts import DeliveryTimeouts
+from txmail.workers.watermark import WorkerProgress
+
+T = TypeVar("T")
+
+VERSIONS_TABLE = "schema_migrations"
+
+_WRITTEN = columns(
+    MESSAGES,
+    "message_key",
+    "dispatch_id",
+    "external_send_id",
+    "campaign_api_id",
+    "outcome",
+    "reason",
+    "deadline",
+    "decision_trigger",
+    "summary",
+    "decision_request",
+    "publish_after",
+    "created_at",
+    "updated_at",
+)
+# The first decision's request, and when to publish it, are kept: a later change of the
+# message never makes a second one.
+_WRITE_MESSAGES = """ON CONFLICT (message_key) DO UPDATE SET
+    dispatch_id = excluded.dispatch_id,
+    external_send_id = excluded.external_send_id,
+    campaign_api_id = excluded.campaign_api_id,
+    outcome = excluded.outcome,
+    reason = excluded.reason,
+    deadline = excluded.deadline,
+    decision_trigger = excluded.decision_trigger,
+    summary = excluded.summary,
+    decision_request = coalesce(messages.decision_request, excluded.decision_request),
+    publish_after = coalesce(messages.publish_after, excluded.publish_after),
+    updated_at = excluded.updated_at"""
+_KEEP_EARLIEST_ARRIVAL = """ON CONFLICT (event_id) DO UPDATE SET received_at = excluded.received_at
+    WHERE excluded.received_at < events.received_at"""
+_PROGRESS = ", ".join(c.name for c in WORKER_PROGRESS)
+_REPORT_PROGRESS = "ON CONFLICT (worker_id) DO UPDATE SET " + ", ".join(
+    f"{c.name} = excluded.{c.name}" for c in WORKER_PROGRESS[1:]
+)
+_FIND = """SELECT outcome, reason, deadline, summary, decision_request,
+    decision_published_at, created_at, updated_at FROM messages """
+_DUE_BY = "SELECT summary FROM messages WHERE deadline <= ? ORDER BY deadline LIMIT ?"
+# Settled: no deadline armed, no decision waiting to be published.
+_SETTLED_BEFORE = """SELECT message_key FROM messages WHERE created_at < ?
+    AND deadline IS NULL
+    AND (decision_request IS NULL OR decision_published_at IS NOT NULL)
+    LIMIT ?"""
+_COUNTS = """SELECT
+    (SELECT count(*) FROM messages),
+    (SELECT count(*) FROM events),
+    (SELECT count(*) FROM messages WHERE decision_trigger IS NOT NULL),
+    (SELECT count(*) FROM messages
+        WHERE decision_request IS NOT NULL AND decision_published_at IS NULL),
+    (SELECT count(*) FROM messages WHERE deadline IS NOT NULL),
+    (SELECT count(*) FROM messages WHERE outcome = 'premature_fallback')"""
+
+
+def _earliest_of_each(events: Sequence[TrackedEvent]) -> list[TrackedEvent]:
+    """One event per id (a batch can hold redeliveries), the earliest arrival, in id
+    order: one statement may not change a row twice, and writers lock in one order."""
+    earliest: dict[str, TrackedEvent] = {}
+    for event in events:
+        kept = earliest.get(event.event_id)
+        if kept is None or event.received_at < kept.received_at:
+            earliest[event.event_id] = event
+    return [earliest[k] for k in sorted(earliest)]
+
+
+class SqlStore:
+    """The algorithm; a backend supplies the database and how a reader opens it."""
+
+    def __init__(
+        self, database: Database, timeouts: DeliveryTimeouts, republish_after: timedelta
+    ) -> None:
+        self._database = database
+        self._timeouts = timeouts
+        self._republish_after = republish_after
+        self._migrations = migrations(database.dialect)
+        self.health = HealthStore(database, self._read, timeouts)
+
+    async def open(self) -> None:
+        """Connect for writing."""
+        await self._database.open()
+
+    async def open_for_reading(self) -> None:
+        """Connect, creating nothing."""
+        await self._database.open()
+
+    async def migrate(self) -> list[int]:
+        """Apply the migrations this database lacks; returns their versions."""
+        return await self._database.migrate(VERSIONS_TABLE, self._migrations)
+
+    async def _before_reading(self) -> None:
+        """What a reader does before each read: nothing, unless a backend says."""
+
+    async def _read(self, work: Callable[[Sql], Awaitable[T]]) -> T:
+        """Readers check the schema and never create it (their user may only SELECT)."""
+        await self._before_reading()
+
+        async def checked(db: Sql) -> T:
+            require_migrated(await schema_version(db, VERSIONS_TABLE), self._migrations)
+            return await work(db)
+
+        return await self._database.transaction(checked, reads_only=True)
+
+    # --- writing ---------------------------------------------------------------
+
+    async def apply(self, events: Sequence[TrackedEvent], now: datetime) -> list[PendingRequest]:
+        async def work(db: Sql) -> list[PendingRequest]:
+            await db.insert_many(
+                "events",
+                EVENTS,
+                [
+                    (e.event_id, e.message_key, e.kind, e.label, e.received_at, e.body)
+                    for e in _earliest_of_each(events)
+                ],
+                _KEEP_EARLIEST_ARRIVAL,
+            )
+            keys = message_keys(events)
+            # A key may have no row yet: lock it as a key, so two workers creating the
+            # same message take turns, then lock the rows there are.
+            await db.lock_keys(keys)
+            locked = await db.fetch(
+                f"SELECT message_key, summary FROM messages WHERE {db.is_in('message_key')} "  # noqa: S608
+                f"ORDER BY message_key{db.dialect.for_update}",
+                keys,
+            )
+            loaded: dict[str, str | None] = {key: summary for key, summary in locked}
+            rows, decided = to_rows(evolve_all(loaded, events, now), self._timeouts)
+            await self._write_messages(db, rows, now)
+            # Braze's health counts what the batch tells, committed with it.
+            await record_sends(db, observe(events, decided))
+            return decided
+
+        return await self._database.transaction(work)
+
+    async def _write_messages(self, db: Sql, rows: Sequence[MessageRow], now: datetime) -> None:
+        publish_after = now + self._republish_after
+        await db.insert_many(
+            "messages",
+            _WRITTEN,
+            [
+                (
+                    r.key,
+                    r.dispatch_id,
+                    r.external_send_id,
+                    r.campaign_api_id,
+                    r.outcome,
+                    r.reason,
+                    r.deadline,
+                    r.decision_trigger,
+                    r.summary,
+                    r.request,
+                    publish_after if r.request else None,
+                    now,
+                    now,
+                )
+                for r in rows
+            ],
+            _WRITE_MESSAGES,
+        )
+
+    async def claim_due(
+        self, now: datetime, limit: int, due_by: datetime | None = None
+    ) -> list[PendingRequest]:
+        async def work(db: Sql) -> list[PendingRequest]:
+            query = _DUE_BY + db.dialect.skip_locked
+            due = await db.fetch(query, now if due_by is None else due_by, limit)
+            changed = [
+                claim_deadline(Message.model_validate_json(summary), self._timeouts, now, due_by)
+                for (summary,) in due
+            ]
+            rows, decided = to_rows(changed, self._timeouts)
+            await self._write_messages(db, rows, now)
+            await record_sends(db, observe((), decided))  # timeouts count for Braze's health
+            return decided
+
+        return await self._database.transaction(work)
+
+    async def report_progress(
+        self, progress: WorkerProgress, forget_before: datetime
+    ) -> list[WorkerProgress]:
+        async def work(db: Sql) -> list[WorkerProgress]:
+            await db.insert_many(
+                "worker_progress",
+                WORKER_PROGRESS,
+                [
+                    (
+                        progress.worker_id,
+                        progress.heartbeat,
+                        progress.applied_until,
+                        progress.event_time,
+                        progress.heard_at,
+                        progress.holding,
+                    )
+                ],
+                _REPORT_PROGRESS,
+            )
+            await db.execute("DELETE FROM worker_progress WHERE heartbeat < ?", forget_before)
+            return [
+                WorkerProgress(
+                    row[0], db.time(row[1]), *(optional_time(db, value) for value in row[2:6])
+                )
+                for row in await db.fetch(f"SELECT {_PROGRESS} FROM worker_progress")  # noqa: S608
+            ]
+
+        return await self._database.transaction(work)
+
+    async def claim_unpublished(self, now: datetime, limit: int) -> list[PendingRequest]:
+        async def work(db: Sql) -> list[Row]:
+            return await db.fetch(
+                f"""UPDATE messages SET publish_after = ?
+                WHERE message_key IN (
+                    SELECT message_key FROM messages
+                    WHERE publish_after <= ? AND decision_published_at IS NULL
+                    ORDER BY publish_after LIMIT ?{db.dialect.skip_locked})
+                RETURNING message_key, decision_request""",  # noqa: S608
+                now + self._republish_after,
+                now,
+                limit,
+            )
+
+        claimed = await self._database.transaction(work)
+        return [PendingRequest(k, FallbackRequest.model_validate_json(r)) for k, r in claimed]
+
+    async def mark_published(self, message_keys: Sequence[str], now: datetime) -> None:
+        async def work(db: Sql) -> None:
+            await db.execute(
+                "UPDATE messages SET decision_published_at = ? "  # noqa: S608
+                f"WHERE {db.is_in('message_key')} AND decision_published_at IS NULL",
+                now,
+                list(message_keys),
+            )
+
+        await self._database.transaction(work)
+
+    async def purge(self, created_before: datetime, limit: int) -> int:
+        async def work(db: Sql) -> int:
+            query = _SETTLED_BEFORE + db.dialect.skip_locked
+            keys = [key for (key,) in await db.fetch(query, created_before, limit)]
+            await db.execute(f"DELETE FROM events WHERE {db.is_in('message_key')}", keys)  # noqa: S608
+            await db.execute(f"DELETE FROM messages WHERE {db.is_in('message_key')}", keys)  # noqa: S608
+            return len(keys)
+
+        return await self._database.transaction(work)
+
+    # --- reading ---------------------------------------------------------------
+
+    async def find(
+        self, *, dispatch_id: str | None = None, external_send_id: str | None = None
+    ) -> MessageView | None:
+        column, wanted = (
+            ("dispatch_id", dispatch_id) if dispatch_id else ("external_send_id", external_send_id)
+        )
+
+        async def work(db: Sql) -> MessageView | None:
+            if wanted is None or NUL in wanted:
+                return None  # no stored id has one, and PostgreSQL would refuse the query
+            found = await db.fetch(
+                f"{_FIND} WHERE {column} = ? ORDER BY created_at LIMIT 1", wanted
+            )
+            if not found:
+                return None
+            outcome, reason, deadline, summary, request, published_at, created, updated = found[0]
+            message = Message.model_validate_json(summary)
+            timeline = await db.fetch(
+                "SELECT event_id, kind, label, received_at, body FROM events "
+                "WHERE message_key = ? ORDER BY received_at, event_id",
+                message.key,
+            )
+            return view(
+                message,
+                outcome=outcome,
+                reason=reason,
+                deadline=optional_time(db, deadline),
+                request=request,
+                published_at=optional_time(db, published_at),
+                created_at=db.time(created),
+                updated_at=db.time(updated),
+                timeline=[
+                    TimelineEntry(
+                        event_id=event_id,
+                        kind=kind,
+                        label=label,
+                        received_at=db.time(at),
+                        body=json.loads(body),
+                    )
+                    for event_id, kind, label, at, body in timeline
+                ],
+            )
+
+        return await self._read(work)
+
+    async def counts(self) -> StoreCounts:
+        async def work(db: Sql) -> StoreCounts:
+            (row,) = await db.fetch(_COUNTS)
+            return StoreCounts(*row)
+
+        return await self._read(work)
+
+    async def ping(self) -> None:
+        async def nothing(db: Sql) -> None:
+            """The schema check is the ping."""
+
+        await self._read(nothing)
+
+    async def close(self) -> None:
+        await self._database.close()
