@@ -79,8 +79,9 @@ _LATEST_DELIVERED = """SELECT sent_at, delivered_at FROM health_sends
     WHERE campaign = ? AND delivered_at IS NOT NULL AND sent_at IS NOT NULL
     ORDER BY delivered_at DESC LIMIT ?"""
 
+# Only rows nobody holds (``SKIP LOCKED``): a batch writing an old send never waits.
 _PURGE = f"""DELETE FROM health_sends WHERE message_key IN (
-    SELECT message_key FROM health_sends WHERE {SETTLED_AT} < ? LIMIT ?)"""  # noqa: S608
+    SELECT message_key FROM health_sends WHERE {SETTLED_AT} < ? LIMIT ?{{skip_locked}})"""  # noqa: S608
 
 _WRITE_STATE = "ON CONFLICT (scope) DO UPDATE SET " + ", ".join(
     f"{c.name} = excluded.{c.name}" for c in HEALTH_STATE[1:]
@@ -226,7 +227,8 @@ class HealthStore:
                     [(c.change_id, now, c.model_dump_json(), None, now) for c in changes],
                 )
             await self._learn(db, {s.campaign_api_id or "" for s in samples}, rules, now)
-            await db.execute(_PURGE, now - KEEP_SENDS, PURGE_BATCH)
+            purge = _PURGE.format(skip_locked=db.dialect.skip_locked)
+            await db.execute(purge, now - KEEP_SENDS, PURGE_BATCH)
             return changes
 
         return await self._database.transaction(work)
