@@ -7,6 +7,7 @@ from aiohttp import web
 
 from txmail.core.broker import Broker
 from txmail.core.http import json_error, json_errors
+from txmail.core.openapi import add_openapi_route
 from txmail.core.settings import Settings
 from txmail.core.topology import Topology
 from txmail.ingress.context import BROKER, GATE, SETTINGS
@@ -36,6 +37,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_post("/v1/sends", register_send)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    add_openapi_route(app, "txmail.ingress")
     app.cleanup_ctx.append(_broker_lifecycle)
     if settings.postback_token is None:
         log.warning(

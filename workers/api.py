@@ -15,6 +15,7 @@ from pydantic import SecretStr
 
 from txmail.core.health import Readiness, add_health_routes, all_ready
 from txmail.core.http import json_error, json_errors
+from txmail.core.openapi import add_openapi_route
 from txmail.core.settings import Settings
 from txmail.core.tokens import token_accepted, unauthorized
 from txmail.workers.store.protocol import MessageView, NotMigrated, Store, StoreUnavailable
@@ -23,7 +24,8 @@ log = structlog.get_logger(__name__)
 
 STORE = web.AppKey("store", Store)
 TOKENS = web.AppKey("tokens", Sequence[SecretStr])
-OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+# The health checks, and the contract, which holds nothing secret.
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json"})
 
 
 def _found(message: MessageView | None, what: str) -> web.Response:
@@ -121,4 +123,5 @@ def create_api_app(
     app.router.add_get("/v1/messages", message_by_external_send_id)
     app.router.add_get("/v1/health/braze", braze_health)
     add_health_routes(app, partial(all_ready, [_store_answers(store), *parts]))
+    add_openapi_route(app, "txmail.workers")
     return app
