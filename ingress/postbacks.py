@@ -18,6 +18,7 @@ from txmail.ingress.bad_request import (
     validation_details,
 )
 from txmail.ingress.context import BROKER, GATE, SETTINGS
+from txmail.ingress.metrics import count_postbacks, count_unread
 
 log = structlog.get_logger(__name__)
 
@@ -70,16 +71,19 @@ def postback_message(postback: Postback, raw: dict[str, Any], received_at: str) 
 async def receive_postbacks(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     if refused := refusal(request, settings.postback_token, settings.allowed_networks, "postbacks"):
+        count_unread(refused.status)
         return refused
     gate = request.app[GATE]
     # Before parsing: refusing must cost next to nothing when there is too much to do.
     if overloaded := gate.refusal():
         log.debug("postbacks refused: overloaded")
+        count_unread(overloaded.status)
         return overloaded
     try:
         postbacks = parse_postbacks(await request.read(), settings.max_events_per_request)
     except BadRequest as bad:
         log.info("postback rejected", error=bad.error, reason=bad.message)
+        count_unread(bad.status)
         return bad.response()
     received_at = utc_now().isoformat()
     outgoing = [postback_message(postback, raw, received_at) for postback, raw in postbacks]
@@ -94,7 +98,9 @@ async def receive_postbacks(request: web.Request) -> web.Response:
                 external_send_id=postback.external_send_id,
                 error=str(error),
             )
-        return broker_unavailable("postbacks")
+        unavailable = broker_unavailable("postbacks")
+        count_postbacks([postback.status for postback, _ in postbacks], unavailable.status)
+        return unavailable
     for (postback, _), message in zip(postbacks, outgoing, strict=True):
         # No bound logger per event: at thousands of postbacks a second its cost shows.
         (log.debug if postback.is_known_status else log.warning)(
@@ -106,6 +112,7 @@ async def receive_postbacks(request: web.Request) -> web.Response:
             event_id=message.message_id,
             status=postback.status,
         )
+    count_postbacks([postback.status for postback, _ in postbacks], 202)
     return web.json_response(
         {"accepted": len(outgoing), "event_ids": [m.message_id for m in outgoing]}, status=202
     )

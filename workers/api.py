@@ -11,10 +11,12 @@ from functools import partial
 import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
+from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
 from txmail.core.health import Readiness, add_health_routes, all_ready
 from txmail.core.http import json_error, json_errors
+from txmail.core.metrics import add_metrics_route, exposed
 from txmail.core.settings import Settings
 from txmail.core.tokens import token_accepted, unauthorized
 from txmail.workers.store.protocol import MessageView, NotMigrated, Store, StoreUnavailable
@@ -23,7 +25,9 @@ log = structlog.get_logger(__name__)
 
 STORE = web.AppKey("store", Store)
 TOKENS = web.AppKey("tokens", Sequence[SecretStr])
-OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+# Metrics hold counts under bounded labels, nothing personal: Prometheus scrapes them
+# without a token.
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 def _found(message: MessageView | None, what: str) -> web.Response:
@@ -103,15 +107,20 @@ def api_host(settings: Settings) -> str:
 
 
 def create_api_app(
-    store: Store, tokens: Sequence[SecretStr] = (), *parts: Readiness
+    store: Store,
+    tokens: Sequence[SecretStr] = (),
+    *parts: Readiness,
+    metrics_served: Sequence[CollectorRegistry] | None = None,
 ) -> web.Application:
     """The API over an open store; whoever opened the store closes it. With ``tokens``,
-    every path but the health checks needs one of them. ``/readyz`` asks the store, and
-    ``parts`` running in the same process (``txmail run``)."""
+    every path but the health checks and ``/metrics`` needs one of them. ``/readyz``
+    asks the store, and ``parts`` running in the same process (``txmail run``);
+    ``/metrics`` serves ``metrics_served``, by default the API process's own."""
     app = web.Application(middlewares=[json_errors, token_required, store_unavailable_is_503])
     app[STORE] = store
     app[TOKENS] = tokens
     app.router.add_get("/v1/messages/{dispatch_id}", message_by_dispatch_id)
     app.router.add_get("/v1/messages", message_by_external_send_id)
     add_health_routes(app, partial(all_ready, [_store_answers(store), *parts]))
+    add_metrics_route(app, exposed() if metrics_served is None else metrics_served)
     return app

@@ -14,6 +14,7 @@ import structlog
 from txmail.core.broker import Broker
 from txmail.core.events import utc_now
 from txmail.core.stopping import pause
+from txmail.workers import metrics
 from txmail.workers.decisions import publish_decisions
 from txmail.workers.store.protocol import PendingRequest, Store, StoreUnavailable
 from txmail.workers.watermark import FORGET_AFTER, WatermarkRule, WorkerProgress, due_by
@@ -53,10 +54,15 @@ class Sweeper:
     async def run(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
         last_purge = -PURGE_INTERVAL
+        last_tally = -metrics.TALLY_INTERVAL
         while not stop.is_set():
             try:
                 if self._broker.is_ready:  # else a claim could only wait for a retry
                     await self.sweep(utc_now())
+                if loop.time() - last_tally >= metrics.TALLY_INTERVAL:
+                    last_tally = loop.time()
+                    tally = await self._store.tally()
+                    metrics.set_tally(tally.outcomes, tally.pending_deadlines)
                 if loop.time() - last_purge >= PURGE_INTERVAL:
                     last_purge = loop.time()
                     await self.purge(utc_now())
@@ -90,6 +96,7 @@ async def sweep_claims(
     claiming = now
     while (due := await _due_by(store, progress, watermark, claiming)) is not None:
         claimed = await store.claim_due(claiming, CLAIM_BATCH, due)
+        metrics.count_fired(claimed)
         yield claimed
         if len(claimed) < CLAIM_BATCH:
             break

@@ -90,6 +90,14 @@ class StoreCounts:
     premature_fallbacks: int
 
 
+@dataclass(frozen=True)
+class Tally:
+    """What the metrics count in the store: messages by outcome, deadlines armed."""
+
+    outcomes: dict[str, int]
+    pending_deadlines: int
+
+
 class Store(Protocol):
     async def apply(self, events: Sequence[TrackedEvent], now: datetime) -> list[PendingRequest]:
         """Record events and merge them into their messages in one transaction.
@@ -124,6 +132,9 @@ class Store(Protocol):
         """Raises NotMigrated when the database has no txmail tables, or older ones."""
 
     async def counts(self) -> StoreCounts: ...
+
+    async def tally(self) -> Tally:
+        """One pass over the messages, for the metrics."""
 
     async def ping(self) -> None:
         """Raise StoreUnavailable unless the database answers (NotMigrated when it has
