@@ -253,6 +253,6 @@ async def test_the_worker_and_executor_health_port_is_served_the_same_way(
         status, headers, body = await answer_then_close(reader)
         assert (status, body["error"], headers["server"]) == (400, "bad_request", "txmail")
         reader, writer = await connect(port)
-        writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        writer.write(b"GET /nowhere HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         status, headers, body = await answer_then_close(reader)
         assert (status, body["error"]) == (404, "not_found")

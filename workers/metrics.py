@@ -1,12 +1,14 @@
 """The workers' metrics: events applied, how far behind Braze, what was decided.
 
 The gauges that need a query (messages by outcome, deadlines pending) are counted by
-each worker's sweeper every TALLY_INTERVAL, in one query, whatever the load: a scrape
-never touches the store.
+each worker's sweeper every TALLY_EVERY_SWEEPS sweeps (15 s with the default
+TXMAIL_SWEEP_INTERVAL), in one query, whatever the load: a scrape never touches the
+store.
 """
 
 from collections.abc import Iterable, Sequence
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -18,11 +20,13 @@ from txmail.core.events import (
 )
 from txmail.core.metrics import LATENCY_BUCKETS
 from txmail.workers.state import Message, Outcome, braze_sending_time
-from txmail.workers.store.protocol import PendingRequest, TrackedEvent
+
+if TYPE_CHECKING:  # the store records what these count: it imports this module
+    from txmail.workers.store.protocol import PendingRequest, TrackedEvent
 
 REGISTRY = CollectorRegistry()
 
-TALLY_INTERVAL = 15.0
+TALLY_EVERY_SWEEPS = 15
 
 # Braze's times to txmail's, and Braze's own sending: seconds to hours.
 SLOW_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600)
@@ -67,13 +71,13 @@ BRAZE_DELIVERY = Histogram(
 )
 MESSAGES = Gauge(
     "txmail_messages",
-    f"Messages in the store by outcome, counted every {TALLY_INTERVAL:g}s.",
+    "Messages in the store by outcome, counted every 15 sweeps.",
     ["outcome"],
     registry=REGISTRY,
 )
 DEADLINES_PENDING = Gauge(
     "txmail_deadlines_pending",
-    f"Messages with a deadline armed, counted every {TALLY_INTERVAL:g}s.",
+    "Messages with a deadline armed, counted every 15 sweeps.",
     registry=REGISTRY,
 )
 DEADLINES_FIRED = Counter(
@@ -101,24 +105,24 @@ REFUSED_DEAD_LETTER = EVENTS_REFUSED.labels("dead_letter")
 REFUSED_REQUEUE = EVENTS_REFUSED.labels("requeue")
 
 
-def count_applied(event: TrackedEvent) -> None:
+def count_applied(event: "TrackedEvent") -> None:
     # Kinds are the tracker's three message types: anything else is not the contract.
     _APPLIED[event.kind].inc()
 
 
-def count_decided(decided: Sequence[PendingRequest]) -> None:
+def count_decided(decided: "Sequence[PendingRequest]") -> None:
     for pending in decided:
         _DECIDED[pending.request.trigger].inc()
 
 
-def count_fired(claimed: Sequence[PendingRequest]) -> None:
+def count_fired(claimed: "Sequence[PendingRequest]") -> None:
     """Deadlines the sweeper claimed: each is a decision too."""
     for pending in claimed:
         _FIRED[pending.request.trigger].inc()
     count_decided(claimed)
 
 
-def observe_braze_delivery(messages: Iterable[Message], events: Sequence[TrackedEvent]) -> None:
+def observe_braze_delivery(messages: Iterable[Message], events: "Sequence[TrackedEvent]") -> None:
     """For each message a ``delivered`` of this batch reached: Braze's sent → delivered."""
     delivered = {
         e.message_key for e in events if e.kind == POSTBACK_TYPE and e.label == "delivered"

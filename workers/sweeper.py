@@ -54,13 +54,12 @@ class Sweeper:
     async def run(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
         last_purge = -PURGE_INTERVAL
-        last_tally = -metrics.TALLY_INTERVAL
+        sweeps = 0
         while not stop.is_set():
             try:
                 if self._broker.is_ready:  # else a claim could only wait for a retry
                     await self.sweep(utc_now())
-                if loop.time() - last_tally >= metrics.TALLY_INTERVAL:
-                    last_tally = loop.time()
+                if sweeps % metrics.TALLY_EVERY_SWEEPS == 0:
                     tally = await self._store.tally()
                     metrics.set_tally(tally.outcomes, tally.pending_deadlines)
                 if loop.time() - last_purge >= PURGE_INTERVAL:
@@ -70,6 +69,7 @@ class Sweeper:
                 log.warning("store unavailable, sweeping again later", error=str(error))
             except Exception:
                 log.exception("sweep failed, sweeping again later")
+            sweeps += 1
             await pause(stop, self._interval)
 
     async def sweep(self, now: datetime) -> None:

@@ -64,7 +64,8 @@ routes (on TXMAIL_HTTP_HOST:TXMAIL_HTTP_PORT):
   POST /postbacks   Braze's status postbacks (token: TXMAIL_POSTBACK_TOKEN)
   POST /v1/sends    register a send's recipient and variables (token: TXMAIL_API_TOKEN)
   GET  /healthz     200 while the process runs
-  GET  /readyz      200 while connected to RabbitMQ, else 503"""
+  GET  /readyz      200 while connected to RabbitMQ, else 503
+  GET  /metrics     Prometheus metrics (see the README's Metrics section)"""
 
 
 def build_parser() -> argparse.ArgumentParser:
