@@ -166,7 +166,7 @@ async def test_a_day_of_postbacks_moves_each_metric_on_the_process_that_owns_it(
     receiver.webhook.answers.append(503)  # the bounce's first call fails: one retry
     ports = {name: free_port() for name in PROCESSES}
     urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
-    env = {**environment(quick, rules), "TXMAIL_HTTP_HOST": "127.0.0.1"}
+    env = {**environment(quick, rules), "TXMAIL_HTTP_HOST": "127.0.0.1", "TXMAIL_LOG_LEVEL": "info"}
     with pipeline(env, tmp_path) as running:
         for name in PROCESSES:
             running.start(name, name, **{PORT_VARIABLE[name]: str(ports[name])})
@@ -197,6 +197,15 @@ async def test_a_day_of_postbacks_moves_each_metric_on_the_process_that_owns_it(
     for name in PROCESSES:
         assert "process_resident_memory_bytes" in names(scraped[name]), name
         assert value(scraped[name], "txmail_build_info", version="0.1.0") == 1, name
+
+    # Logs stay JSON lines, one per meaningful event: at the default level the ingress
+    # tells of the body that is not JSON and of the status Braze does not document,
+    # and of nothing it accepted as it should.
+    lines = (tmp_path / "ingress.log").read_text().splitlines()
+    events = [json.loads(line)["event"] for line in lines]
+    assert events.count("postback rejected") == 1
+    assert events.count("postback with an undocumented status accepted") == 1
+    assert not {"postback accepted", "send registered"} & set(events), events
 
     exposed = set().union(*(names(samples) for samples in scraped.values()))
     assert dashboard_queries(), "the dashboard queries nothing"
