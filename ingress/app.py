@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry
 from txmail.core.broker import Broker
 from txmail.core.http import json_error, json_errors
 from txmail.core.metrics import add_metrics_route, exposed
+from txmail.core.openapi import add_openapi_route
 from txmail.core.settings import Settings
 from txmail.core.topology import Topology
 from txmail.ingress import metrics
@@ -44,6 +45,7 @@ def create_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     add_metrics_route(app, exposed(metrics.REGISTRY) if metrics_served is None else metrics_served)
+    add_openapi_route(app, "txmail.ingress")
     app.cleanup_ctx.append(_broker_lifecycle)
     if settings.postback_token is None:
         log.warning(

@@ -5,6 +5,7 @@ a RabbitMQ container started with testcontainers. Every test gets its own namesp
 (exchange and queue prefix), deleted after it, so tests never see each other's messages.
 """
 
+import asyncio
 import os
 import socket
 import uuid
@@ -15,6 +16,7 @@ import aio_pika
 import pytest
 import structlog
 
+from tests.support.leftovers import delete_queues_of
 from txmail.core.settings import Settings
 from txmail.core.topology import Topology
 
@@ -52,9 +54,19 @@ def amqp_url() -> Iterator[str]:
             yield f"amqp://guest:guest@{host}:{port}/"
 
 
+@pytest.fixture(scope="session")
+def namespaces_used(amqp_url: str) -> Iterator[set[str]]:
+    """Every namespace this run made; what is left of them is deleted at its end."""
+    used: set[str] = set()
+    yield used
+    if amqp_url == LOCAL_AMQP_URL:
+        asyncio.run(delete_queues_of(amqp_url, used))
+
+
 @pytest.fixture
-async def namespace(amqp_url: str) -> AsyncIterator[str]:
+async def namespace(amqp_url: str, namespaces_used: set[str]) -> AsyncIterator[str]:
     name = f"txmail-test-{uuid.uuid4().hex[:12]}"
+    namespaces_used.add(name)
     yield name
     connection = await aio_pika.connect(amqp_url)
     async with connection:

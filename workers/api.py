@@ -17,6 +17,7 @@ from pydantic import SecretStr
 from txmail.core.health import Readiness, add_health_routes, all_ready
 from txmail.core.http import json_error, json_errors
 from txmail.core.metrics import add_metrics_route, exposed
+from txmail.core.openapi import add_openapi_route
 from txmail.core.settings import Settings
 from txmail.core.tokens import token_accepted, unauthorized
 from txmail.workers.store.protocol import MessageView, NotMigrated, Store, StoreUnavailable
@@ -25,9 +26,9 @@ log = structlog.get_logger(__name__)
 
 STORE = web.AppKey("store", Store)
 TOKENS = web.AppKey("tokens", Sequence[SecretStr])
-# Metrics hold counts under bounded labels, nothing personal: Prometheus scrapes them
-# without a token.
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+# The health checks, the contract, which holds nothing secret, and the metrics: counts
+# under bounded labels, nothing personal, which Prometheus scrapes without a token.
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/metrics"})
 
 
 def _found(message: MessageView | None, what: str) -> web.Response:
@@ -123,4 +124,5 @@ def create_api_app(
     app.router.add_get("/v1/messages", message_by_external_send_id)
     add_health_routes(app, partial(all_ready, [_store_answers(store), *parts]))
     add_metrics_route(app, exposed() if metrics_served is None else metrics_served)
+    add_openapi_route(app, "txmail.workers")
     return app

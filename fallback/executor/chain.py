@@ -24,7 +24,13 @@ from txmail.fallback.handler import (
     TransientFailure,
     UnusableRequest,
 )
-from txmail.fallback.ledger import CallLedger, CallState, ClaimVerdict, LedgerUnavailable
+from txmail.fallback.ledger import (
+    CallLedger,
+    CallState,
+    Claim,
+    ClaimVerdict,
+    LedgerUnavailable,
+)
 from txmail.fallback.policy.circuit import Circuits
 from txmail.fallback.policy.progress import RequestProgress
 from txmail.fallback.policy.verdict import HandlerResult, ResultKind
@@ -33,6 +39,8 @@ log = structlog.get_logger(__name__)
 
 # How long a claim outlasts the handler's own timeout: time to record the outcome.
 LEASE_MARGIN = timedelta(seconds=5)
+# How soon recording an outcome is tried again while the ledger is unreachable.
+RECORD_RETRY_INTERVAL = 0.25  # seconds
 
 
 @dataclass(frozen=True)
@@ -98,6 +106,7 @@ async def call_once(
     is doing it now), and record the outcome before anything else happens to it.
     LedgerUnavailable before the call: nothing was called."""
     lease = ready.timeout + LEASE_MARGIN
+    lease_ends = time.monotonic() + lease.total_seconds()
     claim = await ledger.claim(request.idempotency_key, ready.name, progress.replays, lease)
     if claim.verdict is ClaimVerdict.SUCCEEDED:
         return HandlerResult(ready.name, ResultKind.SUCCEEDED, "succeeded before: not called again")
@@ -116,7 +125,7 @@ async def call_once(
         )
     result = await run_handler(ready, request, circuits)
     try:
-        await ledger.record(claim, _recorded_state(result.kind))
+        await _record_within_lease(ledger, claim, _recorded_state(result.kind), lease_ends)
     except LedgerUnavailable as error:
         # The result still travels in this attempt's events and retry headers; only a
         # copy of the request arriving after the lease would call it again.
@@ -128,6 +137,24 @@ async def call_once(
             error=str(error),
         )
     return result
+
+
+async def _record_within_lease(
+    ledger: CallLedger, claim: Claim, state: CallState, lease_ends: float
+) -> None:
+    """Record the outcome, trying again while the ledger is unreachable and the claim's
+    lease lasts: until it ends no copy of the request may call the handler, so an
+    outcome recorded by then leaves nothing to call twice (a database that blinks as
+    the call returns would otherwise leave the claim open for good). Recording is
+    idempotent. LedgerUnavailable once the lease is over."""
+    while True:
+        try:
+            await ledger.record(claim, state)
+            return
+        except LedgerUnavailable:
+            if time.monotonic() + RECORD_RETRY_INTERVAL >= lease_ends:
+                raise
+        await asyncio.sleep(RECORD_RETRY_INTERVAL)
 
 
 def _recorded_state(kind: ResultKind) -> CallState:
