@@ -4,6 +4,8 @@ On the postback path every request counts, so the label children are bound once 
 and a request only looks one up and increments it.
 """
 
+from functools import cache
+
 from prometheus_client import CollectorRegistry, Counter
 
 from txmail.core.events import KNOWN_STATUSES
@@ -31,22 +33,29 @@ SENDS_REGISTERED = Counter(
 )
 
 _STATUSES = (*sorted(KNOWN_STATUSES), OTHER_STATUS)
-_ANSWERS = ("202", "503")  # the two answers a request whose postbacks were read can get
-_BOUND = {
-    (status, answer): POSTBACKS_RECEIVED.labels(status, answer)
-    for status in _STATUSES
-    for answer in _ANSWERS
-}
+# The two answers a request whose postbacks were read can get.
+_ACCEPTED = {status: POSTBACKS_RECEIVED.labels(status, "202") for status in _STATUSES}
+_NOT_CONFIRMED = {status: POSTBACKS_RECEIVED.labels(status, "503") for status in _STATUSES}
 
 
-def count_postbacks(statuses: list[str], answer: int) -> None:
-    """Count the postbacks of one request that was read, by status."""
-    code = str(answer)
-    for status in statuses:
-        label = status if status in KNOWN_STATUSES else OTHER_STATUS
-        _BOUND[(label, code)].inc()
+def count_accepted(status: str) -> None:
+    _ACCEPTED.get(status, _ACCEPTED[OTHER_STATUS]).inc()
+
+
+def count_not_confirmed(status: str) -> None:
+    _NOT_CONFIRMED.get(status, _NOT_CONFIRMED[OTHER_STATUS]).inc()
+
+
+@cache
+def _answered(counter: Counter, *labels: str) -> Counter:
+    """A child bound once per answer: HTTP statuses are few."""
+    return counter.labels(*labels)
 
 
 def count_unread(answer: int) -> None:
     """Count a request refused before its postbacks were read, as one."""
-    POSTBACKS_RECEIVED.labels(UNREAD, str(answer)).inc()
+    _answered(POSTBACKS_RECEIVED, UNREAD, str(answer)).inc()
+
+
+def count_registration(answer: int) -> None:
+    _answered(SENDS_REGISTERED, str(answer)).inc()

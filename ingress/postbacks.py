@@ -18,7 +18,7 @@ from txmail.ingress.bad_request import (
     validation_details,
 )
 from txmail.ingress.context import BROKER, GATE, SETTINGS
-from txmail.ingress.metrics import count_postbacks, count_unread
+from txmail.ingress.metrics import count_accepted, count_not_confirmed, count_unread
 
 log = structlog.get_logger(__name__)
 
@@ -92,16 +92,16 @@ async def receive_postbacks(request: web.Request) -> web.Response:
             await request.app[BROKER].publish(outgoing)
     except BrokerUnavailable as error:
         for postback, _ in postbacks:
+            count_not_confirmed(postback.status)
             log.error(
                 "postback not accepted: broker did not confirm",
                 dispatch_id=postback.dispatch_id,
                 external_send_id=postback.external_send_id,
                 error=str(error),
             )
-        unavailable = broker_unavailable("postbacks")
-        count_postbacks([postback.status for postback, _ in postbacks], unavailable.status)
-        return unavailable
+        return broker_unavailable("postbacks")
     for (postback, _), message in zip(postbacks, outgoing, strict=True):
+        count_accepted(postback.status)
         # No bound logger per event: at thousands of postbacks a second its cost shows.
         (log.debug if postback.is_known_status else log.warning)(
             "postback accepted"
@@ -112,7 +112,6 @@ async def receive_postbacks(request: web.Request) -> web.Response:
             event_id=message.message_id,
             status=postback.status,
         )
-    count_postbacks([postback.status for postback, _ in postbacks], 202)
     return web.json_response(
         {"accepted": len(outgoing), "event_ids": [m.message_id for m in outgoing]}, status=202
     )

@@ -28,7 +28,7 @@ from txmail.ingress.bad_request import (
     validation_details,
 )
 from txmail.ingress.context import BROKER, GATE, SETTINGS
-from txmail.ingress.metrics import SENDS_REGISTERED
+from txmail.ingress.metrics import count_registration
 
 log = structlog.get_logger(__name__)
 
@@ -59,7 +59,7 @@ def registration_message(wire: dict[str, Any]) -> Outgoing:
 
 async def register_send(request: web.Request) -> web.Response:
     answer = await _register(request)
-    SENDS_REGISTERED.labels(str(answer.status)).inc()
+    count_registration(answer.status)
     return answer
 
 

@@ -93,6 +93,7 @@ DECISIONS = Counter(
     registry=REGISTRY,
 )
 
+_SENT_DELIVERED = frozenset({"sent", "delivered"})
 _APPLIED = {
     kind: EVENTS_APPLIED.labels(kind)
     for kind in (POSTBACK_TYPE, SEND_REGISTRATION_TYPE, FALLBACK_ATTEMPT_TYPE)
@@ -123,12 +124,13 @@ def count_fired(claimed: "Sequence[PendingRequest]") -> None:
 
 
 def observe_braze_delivery(messages: Iterable[Message], events: "Sequence[TrackedEvent]") -> None:
-    """For each message a ``delivered`` of this batch reached: Braze's sent → delivered."""
-    delivered = {
-        e.message_key for e in events if e.kind == POSTBACK_TYPE and e.label == "delivered"
+    """Braze's sent → delivered of each message this batch brought the second of the two
+    (a redelivered event may count one twice: rare, and a histogram shrugs it off)."""
+    completed = {
+        e.message_key for e in events if e.kind == POSTBACK_TYPE and e.label in _SENT_DELIVERED
     }
     for message in messages:
-        if message.key in delivered and (took := braze_sending_time(message)) is not None:
+        if message.key in completed and (took := braze_sending_time(message)) is not None:
             BRAZE_DELIVERY.observe(took.total_seconds())
 
 
