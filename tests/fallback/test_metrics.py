@@ -32,6 +32,7 @@ from txmail.core.events import FALLBACK_REQUEST_TYPE, POSTBACK_TYPE, utc_now
 from txmail.core.settings import Settings
 from txmail.core.topology import Topology
 from txmail.fallback import metrics as fallback_metrics
+from txmail.fallback.policy.circuit import Circuits, CircuitState
 from txmail.ingress import metrics as ingress_metrics
 from txmail.workers import metrics as worker_metrics
 
@@ -67,8 +68,8 @@ async def _post(url: str, body: object) -> int:
 
 
 async def _post_a_day(ingress: str) -> None:
-    """A delivered send (registered), a bounce, a send that never arrives, a status Braze
-    does not document, and a body that is not JSON."""
+    """A delivered send (registered), a bounce, a send that never arrives, one that has
+    an hour to arrive, a status Braze does not document, and a body that is not JSON."""
     now = utc_now()
 
     def ago(seconds: float) -> str:
@@ -76,12 +77,15 @@ async def _post_a_day(ingress: str) -> None:
 
     registration = {"external_send_id": "send-1", "recipient": {"email": "ada@example.com"}}
     assert await _post(f"{ingress}/v1/sends", registration) == 202
+    patient = {"external_send_id": "send-5", "delivery_timeout": "1h"}
+    assert await _post(f"{ingress}/v1/sends", patient) == 202
     day = [
         raw_postback("d-1", "sent", sent_at=ago(2), external_send_id="send-1"),
         raw_postback("d-1", "delivered", delivered_at=ago(1.5), external_send_id="send-1"),
         raw_postback("d-2", "bounced", bounced_at=ago(0), reason="550 5.1.1 no such user"),
         raw_postback("d-3", "sent", sent_at=ago(0)),
         raw_postback("d-4", "opened"),
+        raw_postback("d-5", "sent", sent_at=ago(0), external_send_id="send-5"),
     ]
     assert await _post(f"{ingress}/postbacks", day) == 202
     assert await _post(f"{ingress}/postbacks", b"not json") == 400
@@ -108,28 +112,28 @@ async def _publish_what_no_process_can_use(settings: Settings) -> None:
 def _ingress_counted(ingress: Samples) -> bool:
     received = "txmail_postbacks_received_total"
     return (
-        value(ingress, received, status="sent", answer="202") == 2
+        value(ingress, received, status="sent", answer="202") == 3
         and value(ingress, received, status="delivered", answer="202") == 1
         and value(ingress, received, status="bounced", answer="202") == 1
         and value(ingress, received, status="other", answer="202") == 1
         and value(ingress, received, status="unread", answer="400") == 1
-        and value(ingress, "txmail_sends_registered_total", answer="202") == 1
-        and value(ingress, "txmail_publish_confirm_seconds_count") == 2
+        and value(ingress, "txmail_sends_registered_total", answer="202") == 2
+        and value(ingress, "txmail_publish_confirm_seconds_count") == 3
     )
 
 
 def _worker_counted(worker: Samples) -> bool:
     applied = "txmail_events_applied_total"
     return (
-        value(worker, applied, kind="postback") == 5
-        and value(worker, applied, kind="send_registration") == 1
+        value(worker, applied, kind="postback") == 6
+        and value(worker, applied, kind="send_registration") == 2
         # the bounce's retry and success, the timeout's success
         and value(worker, applied, kind="fallback_attempt") == 3
         and value(worker, "txmail_events_refused_total", settlement="dead_letter") == 1
         and value(worker, "txmail_tracker_batch_size_count") >= 1
         and value(worker, "txmail_tracker_batch_seconds_count") >= 1
-        # the four postbacks with a Braze time (an undocumented status has none)
-        and value(worker, "txmail_tracker_lag_seconds_count") == 4
+        # the five postbacks with a Braze time (an undocumented status has none)
+        and value(worker, "txmail_tracker_lag_seconds_count") == 5
         and value(worker, "txmail_braze_delivery_seconds_count") == 1
         and value(worker, "txmail_braze_delivery_seconds_sum") == pytest.approx(0.5)
         and value(worker, "txmail_fallbacks_decided_total", trigger="bounced") == 1
@@ -140,8 +144,8 @@ def _worker_counted(worker: Samples) -> bool:
         and value(worker, "txmail_messages", outcome="delivered") == 1
         and value(worker, "txmail_messages", outcome="bounced") == 1
         and value(worker, "txmail_messages", outcome="timed_out") == 1
-        and value(worker, "txmail_messages", outcome="in_flight") == 1
-        and value(worker, "txmail_deadlines_pending") == 0
+        and value(worker, "txmail_messages", outcome="in_flight") == 2
+        and value(worker, "txmail_deadlines_pending") == 1  # the hour
     )
 
 
@@ -239,3 +243,22 @@ async def test_txmail_run_serves_every_layers_metrics_on_both_ports(
     finally:
         process.terminate()
         assert await process.wait() == 0
+
+
+def test_the_circuit_gauge_says_the_state_each_breaker_is_in() -> None:
+    circuits = Circuits(failures_to_open=1, open_for=timedelta(minutes=1))
+    fallback_metrics.watch_circuits(circuits, ["sms"])
+
+    def state() -> dict[str, float | None]:
+        return {
+            s.value: fallback_metrics.REGISTRY.get_sample_value(
+                "txmail_fallback_circuit_state", {"handler": "sms", "state": s.value}
+            )
+            for s in CircuitState
+        }
+
+    assert state() == {"closed": 1, "open": 0, "half_open": 0}
+    circuits["sms"].record_failure("answered 503")
+    assert state() == {"closed": 0, "open": 1, "half_open": 0}
+    circuits["sms"].record_success()
+    assert state() == {"closed": 1, "open": 0, "half_open": 0}
