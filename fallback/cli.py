@@ -2,13 +2,13 @@
 is in fallback/parking/dlq.py)."""
 
 import argparse
-import asyncio
 import sys
 from datetime import timedelta
 from pathlib import Path
 
 import structlog
 
+from txmail.core import event_loop
 from txmail.core.command import Configuration, Subcommands
 from txmail.core.durations import format_duration
 from txmail.core.errors import ConfigError
@@ -82,7 +82,7 @@ def _warnings(rules: FallbackRules, settings: Settings) -> list[str]:
 def run_fallback(config: Configuration, args: argparse.Namespace) -> int:
     if config.rules_file is None:
         raise ConfigError("TXMAIL_RULES is not set: the executor needs a rules file")
-    asyncio.run(_serve(config.settings, configure(config.rules_file)))
+    event_loop.run(_serve(config.settings, configure(config.rules_file)))
     return 0
 
 

@@ -3,6 +3,7 @@
 import json
 from typing import Any
 
+import orjson
 import structlog
 from aiohttp import web
 from pydantic import ValidationError
@@ -58,10 +59,17 @@ def parse_postbacks(body: bytes, max_events: int) -> list[tuple[Postback, dict[s
     return parsed
 
 
+def compact_json(raw: dict[str, Any]) -> bytes:
+    try:
+        return orjson.dumps(raw)
+    except orjson.JSONEncodeError:  # an integer past 64 bits, which the stdlib read
+        return json.dumps(raw, separators=(",", ":"), ensure_ascii=False).encode()
+
+
 def postback_message(postback: Postback, raw: dict[str, Any], received_at: str) -> Outgoing:
     return Outgoing(
         routing_key=postback_routing_key(postback.status),
-        body=json.dumps(raw, separators=(",", ":"), ensure_ascii=False).encode(),
+        body=compact_json(raw),
         message_id=event_id(raw),
         type=POSTBACK_TYPE,
         headers={"received_at": received_at},

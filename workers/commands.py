@@ -3,12 +3,16 @@
 import argparse
 import asyncio
 import sys
+from collections.abc import Callable
 
+from txmail.core import event_loop
 from txmail.core.command import Configuration, Subcommands
 from txmail.core.http import serve_until_stopped
+from txmail.core.parked import ParkedFallbacks
+from txmail.core.settings import Settings
 from txmail.core.stopping import stop_on_signals
 from txmail.workers.api import api_host, api_tokens, create_api_app
-from txmail.workers.status import as_json, describe
+from txmail.workers.status import as_json, describe, find_either
 from txmail.workers.store import open_store
 from txmail.workers.store.protocol import MessageView, StoreUnavailable
 from txmail.workers.timeouts import delivery_timeouts
@@ -16,11 +20,11 @@ from txmail.workers.worker import open_store_when_available, serve_worker
 
 
 def worker_command(config: Configuration, args: argparse.Namespace) -> int:
-    asyncio.run(serve_worker(config))
+    event_loop.run(serve_worker(config))
     return 0
 
 
-async def _serve_api(config: Configuration) -> None:
+async def _serve_api(config: Configuration, parked: ParkedFallbacks) -> None:
     settings = config.settings
     host = api_host(settings)  # says at once when no token guards the API
     stop = stop_on_signals()
@@ -32,7 +36,7 @@ async def _serve_api(config: Configuration) -> None:
         return
     try:
         await serve_until_stopped(
-            create_api_app(store, api_tokens(settings)),
+            create_api_app(store, api_tokens(settings), parked=parked),
             host,
             settings.api_port,
             settings,
@@ -43,7 +47,7 @@ async def _serve_api(config: Configuration) -> None:
 
 
 def api_command(config: Configuration, args: argparse.Namespace) -> int:
-    asyncio.run(_serve_api(config))
+    asyncio.run(_serve_api(config, args.parked_fallbacks(config.settings)))
     return 0
 
 
@@ -51,7 +55,7 @@ async def _lookup(config: Configuration, wanted: str) -> MessageView | None:
     url = config.settings.database_url
     store = await open_store(url, delivery_timeouts(config), read_only=True)
     try:
-        return await store.find(dispatch_id=wanted) or await store.find(external_send_id=wanted)
+        return await find_either(store, wanted)
     finally:
         await store.close()
 
@@ -73,13 +77,17 @@ def status_command(config: Configuration, args: argparse.Namespace) -> int:
     return 0
 
 
-def add_commands(commands: Subcommands) -> None:
+def add_commands(
+    commands: Subcommands, parked_fallbacks: Callable[[Settings], ParkedFallbacks]
+) -> None:
+    """``parked_fallbacks``: how `txmail api` reaches the parked fallback requests (the
+    executor's business, so the command hands it in)."""
     worker = commands.add_parser(
         "worker", help="track every message: consume events, keep state, decide fallbacks"
     )
     worker.set_defaults(handler=worker_command)
     api = commands.add_parser("api", help="serve the message state over HTTP (TXMAIL_API_PORT)")
-    api.set_defaults(handler=api_command)
+    api.set_defaults(handler=api_command, parked_fallbacks=parked_fallbacks)
     status = commands.add_parser("status", help="show what happened to one message")
     status.add_argument("id", help="a Braze dispatch id or your external send id")
     status.add_argument("--json", action="store_true", help="print JSON for scripts")

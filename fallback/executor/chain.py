@@ -15,7 +15,7 @@ from datetime import timedelta
 import structlog
 
 from txmail.core.durations import format_duration
-from txmail.core.events import FallbackRequest
+from txmail.core.events import CIRCUIT_OPEN_DETAIL, FallbackRequest
 from txmail.core.rules_file import Mode, Rule
 from txmail.fallback import metrics
 from txmail.fallback.handler import (
@@ -62,7 +62,7 @@ async def run_handler(
 ) -> HandlerResult:
     circuit = circuits[ready.name]
     if not circuit.try_call():
-        return HandlerResult(ready.name, ResultKind.TRANSIENT, "circuit open: not called")
+        return HandlerResult(ready.name, ResultKind.TRANSIENT, CIRCUIT_OPEN_DETAIL)
     started = time.perf_counter()
     try:
         async with asyncio.timeout(ready.timeout.total_seconds()):

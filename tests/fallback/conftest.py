@@ -2,6 +2,7 @@
 file writer, a view of the attempt events the executor publishes, and all of these
 together for an executor test."""
 
+import logging
 import shutil
 import ssl
 import subprocess
@@ -27,6 +28,11 @@ from txmail.core.topology import Topology
 from txmail.fallback.configured import FallbackRules, configure
 from txmail.fallback.executor.service import fallback_topology
 from txmail.fallback.handler import HandlerResources
+
+# aiosmtpd logs each connection at info from its own thread, sometimes after pytest has
+# closed the stream it captured: "--- Logging error ---" and a stack in the output,
+# which hides real failures. Its warnings and errors still show.
+logging.getLogger("mail.log").setLevel(logging.WARNING)
 
 
 @pytest.fixture

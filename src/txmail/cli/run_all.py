@@ -17,6 +17,7 @@ from txmail.core.stopping import stop_on_signals
 from txmail.fallback import metrics as fallback_metrics
 from txmail.fallback.configured import FallbackRules
 from txmail.fallback.executor.service import FallbackExecutor, running_executor
+from txmail.fallback.parking.operations import BrokerParkedFallbacks
 from txmail.ingress import metrics as ingress_metrics
 from txmail.ingress.app import create_app
 from txmail.workers import metrics as worker_metrics
@@ -60,6 +61,7 @@ async def run_all(config: Configuration, rules: FallbackRules | None) -> None:
             worker.not_ready,
             executor_not_ready,
             metrics_served=everything,
+            parked=BrokerParkedFallbacks(settings),
         )
         await running.enter_async_context(
             serving(api, api_host(settings), settings.api_port, settings)
