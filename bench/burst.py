@@ -22,6 +22,8 @@ import tempfile
 import time
 import uuid
 from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aio_pika
@@ -32,6 +34,7 @@ from tests.support.burst_load import (
     Fate,
     Offered,
     PausableReceiver,
+    Pipeline,
     every_fallback_to,
     offer,
     pipeline,
@@ -54,7 +57,7 @@ SKEW, LATENESS = "2s", "5s"
 PER_SECOND = 5_000  # messages "emitted" per second: far more than one machine takes
 
 
-async def _queued(namespace: str) -> int:
+async def queued(namespace: str) -> int:
     topology = Topology(namespace)
     connection = await aio_pika.connect(AMQP_URL)
     async with connection:
@@ -66,16 +69,19 @@ async def _queued(namespace: str) -> int:
         return total
 
 
-async def _caught_up(namespace: str, burst: Burst, receiver: PausableReceiver) -> bool:
+async def caught_up(namespace: str, burst: Burst, receiver: PausableReceiver) -> bool:
     called = {key for key, _ in receiver.taken}
-    return burst.with_fallback() <= called and await _queued(namespace) == 0
+    return burst.with_fallback() <= called and await queued(namespace) == 0
 
 
-def _ms(values: list[float], q: int) -> float:
+def ms(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100)[q - 1] * 1000 if len(values) > 1 else 0.0
 
 
-async def run(messages: int, concurrency: int) -> None:
+@asynccontextmanager
+async def deployment() -> AsyncIterator[tuple[Pipeline, dict[str, str], PausableReceiver]]:
+    """A namespace, a PostgreSQL schema, a webhook receiver every fallback goes to, and
+    txmail's processes started in them (``start_deployment``); all removed after."""
     namespace = f"txmail-bench-{uuid.uuid4().hex[:8]}"
     schema = f"txmail_bench_{uuid.uuid4().hex[:8]}"
     admin = await asyncpg.connect(POSTGRES_URL)
@@ -100,23 +106,27 @@ async def run(messages: int, concurrency: int) -> None:
                     "TXMAIL_LOG_LEVEL": "warning",
                 }
                 with pipeline(env, Path(folder)) as running:
-                    urls = await start_deployment(running)
-                    burst = plan_burst(messages, PER_SECOND, TIMEOUT, utc_now())
-                    started = time.monotonic()
-                    offered = await offer(urls, burst.postbacks, concurrency, started)
-                    offering = time.monotonic() - started
-                    await wait_until(
-                        lambda: _caught_up(namespace, burst, receiver),
-                        timeout=3600,
-                        what="catch-up",
-                    )
-                    catch_up = time.monotonic() - started - offering
+                    yield running, env, receiver
     finally:
         await admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
         await admin.close()
         connection = await aio_pika.connect(AMQP_URL)
         async with connection:
             await Topology(namespace).delete(await connection.channel())
+
+
+async def run(messages: int, concurrency: int) -> None:
+    async with deployment() as (running, env, receiver):
+        namespace = env["TXMAIL_NAMESPACE"]
+        urls = await start_deployment(running)
+        burst = plan_burst(messages, PER_SECOND, TIMEOUT, utc_now())
+        started = time.monotonic()
+        offered = await offer(urls, burst.postbacks, concurrency, started)
+        offering = time.monotonic() - started
+        await wait_until(
+            lambda: caught_up(namespace, burst, receiver), timeout=3600, what="catch-up"
+        )
+        catch_up = time.monotonic() - started - offering
     _report(burst, offered, offering, catch_up, receiver)
 
 
@@ -145,8 +155,8 @@ def _report(
     print(f"doubled handler calls   {len(doubled)} (goal 0)")
     print(f"fallbacks missing       {len(missing)} (goal 0)")
     print(
-        f"failure accepted -> handler called: p50 {_ms(latencies, 50):,.0f} ms, "
-        f"p99 {_ms(latencies, 99):,.0f} ms"
+        f"failure accepted -> handler called: p50 {ms(latencies, 50):,.0f} ms, "
+        f"p99 {ms(latencies, 99):,.0f} ms"
     )
 
 

@@ -4,7 +4,9 @@ Runs, one after the other on this machine, at 64 concurrent connections:
   1. the ingress (`txmail ingress`, its own process) publishing to RabbitMQ with confirms;
   2. a bare aiohttp handler (its own process) that answers 202 without publishing;
   3. raw aio-pika publishing with confirms, 64 publishes in flight, of the same bodies.
-Prints postbacks per second, p50 and p99 latency of each, and the ratios.
+Prints postbacks per second, p50 and p99 latency of each, and the ratios, and for the
+two servers the CPU-ms their process spent per request (from /proc: a shared machine
+disturbs it less than the rates).
 
     python bench/ingress.py [--requests 20000] [--concurrency 64]
 
@@ -21,6 +23,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import aio_pika
 import aiohttp
@@ -29,6 +32,13 @@ from aiohttp import web
 from txmail.core.topology import Topology
 
 AMQP_URL = os.environ.get("TXMAIL_AMQP_URL", "amqp://guest:guest@localhost:5672/")
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system time the process has used so far (Linux, /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime (fields 14, 15)
 
 
 def body(i: int) -> bytes:
@@ -51,6 +61,7 @@ class Result:
     count: int
     seconds: float
     latencies: list[float]
+    cpu_seconds: float | None = None  # what the server process spent on the load
 
     @property
     def rate(self) -> float:
@@ -60,9 +71,14 @@ class Result:
         return statistics.quantiles(self.latencies, n=100)[int(p) - 1] * 1000
 
     def line(self) -> str:
+        cpu = (
+            ""
+            if self.cpu_seconds is None
+            else f"   {self.cpu_seconds * 1000 / self.count:.2f} CPU-ms"
+        )
         return (
             f"{self.name:<28} {self.rate:>10,.0f}/s   p50 {self.percentile(50):6.1f} ms"
-            f"   p99 {self.percentile(99):6.1f} ms"
+            f"   p99 {self.percentile(99):6.1f} ms{cpu}"
         )
 
 
@@ -106,7 +122,7 @@ class Connection:
         return status
 
 
-async def http_load(name: str, port: int, total: int, concurrency: int) -> Result:
+async def http_load(name: str, port: int, total: int, concurrency: int, pid: int) -> Result:
     idle: asyncio.Queue[Connection] = asyncio.Queue()
     for _ in range(concurrency):
         idle.put_nowait(Connection(*await asyncio.open_connection("127.0.0.1", port)))
@@ -119,7 +135,9 @@ async def http_load(name: str, port: int, total: int, concurrency: int) -> Resul
             raise SystemExit(f"{name}: got {status}")
 
     await run_load(name, min(500, total), concurrency, one)  # warm-up
+    before = cpu_seconds(pid)
     result = await run_load(name, total, concurrency, one)
+    result.cpu_seconds = cpu_seconds(pid) - before
     while not idle.empty():
         idle.get_nowait().writer.close()
     return result
@@ -204,14 +222,18 @@ async def main(total: int, concurrency: int) -> None:
         )
         try:
             await wait_ready(18480, "/readyz")
-            results["ingress"] = await http_load("txmail ingress", 18480, total, concurrency)
+            results["ingress"] = await http_load(
+                "txmail ingress", 18480, total, concurrency, ingress.pid
+            )
         finally:
             ingress.terminate()
             await ingress.wait()
         bare = await start(__file__, "--serve-bare", "18481", env={})
         try:
             await wait_ready(18481, "/readyz")
-            results["bare"] = await http_load("bare aiohttp 202", 18481, total, concurrency)
+            results["bare"] = await http_load(
+                "bare aiohttp 202", 18481, total, concurrency, bare.pid
+            )
         finally:
             bare.terminate()
             await bare.wait()

@@ -2,20 +2,22 @@
 is in fallback/parking/dlq.py)."""
 
 import argparse
-import asyncio
 import sys
 from datetime import timedelta
 from pathlib import Path
 
 import structlog
 
+from txmail.core import event_loop
 from txmail.core.command import Configuration, Subcommands
 from txmail.core.durations import format_duration
 from txmail.core.errors import ConfigError
 from txmail.core.health import create_health_app
 from txmail.core.http import serving
+from txmail.core.metrics import exposed
 from txmail.core.settings import Settings
 from txmail.core.stopping import stop_on_signals
+from txmail.fallback import metrics
 from txmail.fallback.configured import FallbackRules, check_file, configure, warnings
 from txmail.fallback.executor.chain import LEASE_MARGIN
 from txmail.fallback.executor.service import FallbackExecutor, running_executor
@@ -80,7 +82,7 @@ def _warnings(rules: FallbackRules, settings: Settings) -> list[str]:
 def run_fallback(config: Configuration, args: argparse.Namespace) -> int:
     if config.rules_file is None:
         raise ConfigError("TXMAIL_RULES is not set: the executor needs a rules file")
-    asyncio.run(_serve(config.settings, configure(config.rules_file)))
+    event_loop.run(_serve(config.settings, configure(config.rules_file)))
     return 0
 
 
@@ -93,7 +95,12 @@ async def _serve(settings: Settings, rules: FallbackRules) -> None:
 
     # Listening first: a port in use ends the process before it waits for the broker.
     async with (
-        serving(create_health_app(not_ready), settings.http_host, settings.metrics_port, settings),
+        serving(
+            create_health_app(not_ready, exposed(metrics.REGISTRY)),
+            settings.http_host,
+            settings.metrics_port,
+            settings,
+        ),
         running_executor(settings, rules, stop) as executor,
     ):
         if executor is not None:  # None: stopped while waiting for the broker

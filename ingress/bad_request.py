@@ -1,10 +1,12 @@
 """A request the ingress refuses: its status, a code, a message, and what exactly is wrong."""
 
+import contextlib
 import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from aiohttp import web
 from pydantic import ValidationError
 
@@ -29,7 +31,29 @@ class BadRequest(Exception):
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
+# Where orjson and the standard library could read one body differently, the standard
+# library reads it: orjson turns an integer past 64 bits (19 digits may be) into a
+# float, and nests up to 1,024 levels where the standard library stops near 1,000.
+_LONG_INTEGER = re.compile(rb"\d{19}")
+_FEW_ENOUGH_OPENINGS = 500
+
+
 def parse_json(body: bytes) -> Any:
+    """The JSON value of ``body``, or BadRequest saying what is wrong with it.
+
+    orjson reads a body several times faster. It refuses more (anything not UTF-8,
+    NaN and Infinity, unpaired surrogates), and whatever it refuses goes the standard
+    way, which decides and words the answer as before."""
+    if (
+        body.count(b"[") + body.count(b"{") < _FEW_ENOUGH_OPENINGS
+        and _LONG_INTEGER.search(body) is None
+    ):
+        with contextlib.suppress(orjson.JSONDecodeError):
+            return orjson.loads(body)
+    return _parse_json_strictly(body)
+
+
+def _parse_json_strictly(body: bytes) -> Any:
     try:
         # Decoded strictly first: json.loads(bytes) lets raw unpaired surrogates through
         # (UTF-8 bytes ED A0 80, or in a UTF-16/32 body), and they could not be published.

@@ -10,6 +10,7 @@ import os
 import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import aio_pika
@@ -19,6 +20,9 @@ import structlog
 from tests.support.leftovers import delete_queues_of
 from txmail.core.settings import Settings
 from txmail.core.topology import Topology
+from txmail.workers.store import open_store
+from txmail.workers.store.protocol import Store
+from txmail.workers.timeouts import DeliveryTimeouts
 
 LOCAL_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 
@@ -122,3 +126,11 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path / 'txmail.db'}"
     url: str = request.getfixturevalue("postgres_schema_url")
     return url
+
+
+@pytest.fixture
+async def store(database_url: str) -> AsyncIterator[Store]:
+    """An empty store, migrated, on each database (a test module may seed its own)."""
+    opened = await open_store(database_url, DeliveryTimeouts(timedelta(minutes=10)))
+    yield opened
+    await opened.close()

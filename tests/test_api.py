@@ -225,6 +225,8 @@ async def test_txmail_run_guards_its_api_with_the_tokens(
         assert (await _get(f"{base}/v1/messages/d7"))[0] == 401
         read = {"Authorization": f"Bearer {READ_TOKEN}"}
         assert (await _get(f"{base}/v1/messages/d7", read))[0] == 404
+        # Its console reaches the parking queue through the executor's code.
+        assert await _get(f"{base}/v1/parked/count", read) == (200, {"total": 0})
     finally:
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), 15) == 0

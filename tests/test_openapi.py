@@ -12,14 +12,19 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from jsonschema import Draft202012Validator
-from pydantic import SecretStr
+from pydantic import SecretStr, TypeAdapter
+from pydantic.json_schema import JsonSchemaMode
 
 from tests.support.ingress_server import running_ingress
+from txmail.core.parked import ParkedFallback
 from txmail.core.settings import Settings
 from txmail.ingress.app import create_app
 from txmail.workers.api import create_api_app
+from txmail.workers.console.access import ApiTokens
+from txmail.workers.console.overview import Circuit, LatencyBucket, PendingDeadlinesView
+from txmail.workers.console.routes import ReplayAll, ReplaySome
 from txmail.workers.store import open_store
-from txmail.workers.store.protocol import MessageView, Store
+from txmail.workers.store.protocol import FailureSummary, MessageView, Store
 from txmail.workers.timeouts import DeliveryTimeouts
 
 METHODS = frozenset({"get", "put", "post", "delete", "options", "head", "patch", "trace"})
@@ -63,6 +68,8 @@ def test_the_ingress_document_describes_every_route_and_no_other() -> None:
 
 
 def test_the_api_document_describes_every_route_and_no_other(store: Store) -> None:
+    # No exception for the console: its HTML pages and forms (text/html) and its two
+    # static files are routes like the rest, fixed and few, so the document has them too.
     assert operations(document("txmail.workers")) == routes(create_api_app(store))
 
 
@@ -74,14 +81,32 @@ def test_every_schema_in_the_documents_is_valid_json_schema(package: str) -> Non
         Draft202012Validator.check_schema(schema)  # raises, naming what is wrong
 
 
-def test_the_api_document_describes_a_message_as_the_api_writes_it() -> None:
-    """MessageView and what it holds, as pydantic serialises them: a field added to the
-    model without the document fails here (copy the model's schema into the document)."""
-    schema = MessageView.model_json_schema(
-        mode="serialization", ref_template="#/components/schemas/{model}"
-    )
+# What the api writes (a message, the console's lists and counts) and what it reads (a
+# replay's body), each with the models it holds.
+WRITTEN = [
+    MessageView,
+    FailureSummary,
+    Circuit,
+    PendingDeadlinesView,
+    LatencyBucket,
+    ParkedFallback,
+]
+READ = [ReplaySome, ReplayAll]
+
+
+@pytest.mark.parametrize(
+    ("model", "mode"),
+    [*((m, "serialization") for m in WRITTEN), *((m, "validation") for m in READ)],
+    ids=lambda value: getattr(value, "__name__", value),
+)
+def test_the_api_document_describes_each_body_as_the_api_writes_or_reads_it(
+    model: type, mode: JsonSchemaMode
+) -> None:
+    """Each model as pydantic serialises or validates it: a field added to the model
+    without the document fails here (copy the model's schema into the document)."""
+    schema = TypeAdapter(model).json_schema(mode=mode, ref_template="#/components/schemas/{model}")
     described = document("txmail.workers")["components"]["schemas"]
-    for name, part in {"MessageView": schema, **schema.pop("$defs")}.items():
+    for name, part in {model.__name__: schema, **schema.pop("$defs", {})}.items():
         assert described[name] == part, name
 
 
@@ -94,7 +119,7 @@ async def test_the_ingress_serves_its_document(settings: Settings) -> None:
 
 
 async def test_the_api_serves_its_document_without_a_token(store: Store) -> None:
-    app = create_api_app(store, [SecretStr("s3cret")])
+    app = create_api_app(store, ApiTokens(replay=SecretStr("s3cret")))
     async with TestClient(TestServer(app)) as client:
         response = await client.get("/openapi.json")
         assert response.status == 200

@@ -52,3 +52,6 @@ def test_the_wheel_installs_one_top_level_name(tmp_path: Path) -> None:
     assert top == {"txmail"}
     assert "txmail/py.typed" in names
     assert "txmail/workers/store/postgres.py" in names
+    # The console's pages load only what the package ships.
+    for shipped in ("templates/base.html", "static/console.css", "static/console.js"):
+        assert f"txmail/workers/console/{shipped}" in names

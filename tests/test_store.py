@@ -2,7 +2,6 @@
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -28,13 +27,6 @@ from txmail.workers.watermark import WorkerProgress
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 TIMEOUTS = DeliveryTimeouts(timedelta(minutes=10))
-
-
-@pytest.fixture
-async def store(database_url: str) -> AsyncIterator[Store]:
-    opened = await open_store(database_url, TIMEOUTS)
-    yield opened
-    await opened.close()
 
 
 async def test_events_are_kept_once_and_decide_once(store: Store) -> None:

@@ -1,8 +1,9 @@
-"""The read side over HTTP: one message by dispatch id or by the sender's own id.
+"""The read side over HTTP: one message by dispatch id or by the sender's own id, and
+the operator's console (workers/console/) with its JSON endpoints.
 
 Messages hold personal data (recipients, variables, postback bodies): everything but
-the health checks needs a token when one is set, and with none set the API listens
-on this machine only, unless told otherwise.
+the health checks needs a token or a signed-in session when a token is set, and with
+none set the API listens on this machine only, unless told otherwise.
 """
 
 from collections.abc import Sequence
@@ -11,21 +12,21 @@ from functools import partial
 import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
-from pydantic import SecretStr
+from prometheus_client import CollectorRegistry
 
 from txmail.core.health import Readiness, add_health_routes, all_ready
 from txmail.core.http import json_error, json_errors
+from txmail.core.metrics import add_metrics_route, exposed
 from txmail.core.openapi import add_openapi_route
+from txmail.core.parked import ParkedFallbacks
 from txmail.core.settings import Settings
-from txmail.core.tokens import token_accepted, unauthorized
+from txmail.workers.console import add_console
+from txmail.workers.console.access import NO_TOKENS, ApiTokens, access_required
 from txmail.workers.store.protocol import MessageView, NotMigrated, Store, StoreUnavailable
 
 log = structlog.get_logger(__name__)
 
 STORE = web.AppKey("store", Store)
-TOKENS = web.AppKey("tokens", Sequence[SecretStr])
-# The health checks, and the contract, which holds nothing secret.
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json"})
 
 
 def _found(message: MessageView | None, what: str) -> web.Response:
@@ -67,17 +68,6 @@ def _store_answers(store: Store) -> Readiness:
 
 
 @web.middleware
-async def token_required(request: web.Request, handler: Handler) -> web.StreamResponse:
-    tokens = request.app[TOKENS]
-    if not tokens or request.path in OPEN_PATHS:
-        return await handler(request)
-    # Query tokens end up in access logs and browser history: headers only here.
-    if not token_accepted(tokens, request, in_query=False):
-        return unauthorized("messages", in_query=False)
-    return await handler(request)
-
-
-@web.middleware
 async def store_unavailable_is_503(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
@@ -87,15 +77,15 @@ async def store_unavailable_is_503(request: web.Request, handler: Handler) -> we
         return json_error(503, "store_unavailable", str(error))
 
 
-def api_tokens(settings: Settings) -> list[SecretStr]:
+def api_tokens(settings: Settings) -> ApiTokens:
     """TXMAIL_API_TOKEN and the read-only TXMAIL_API_READ_TOKEN, those that are set."""
-    return [t for t in (settings.api_token, settings.api_read_token) if t is not None]
+    return ApiTokens(replay=settings.api_token, read=settings.api_read_token)
 
 
 def api_host(settings: Settings) -> str:
     """Where the API listens: TXMAIL_API_HOST, else every interface when a token guards
     it and this machine only when none does (logged as a warning)."""
-    if api_tokens(settings):
+    if api_tokens(settings).guarded:
         return settings.api_host or "0.0.0.0"  # noqa: S104 -- a token guards every read.
     unguarded = "TXMAIL_API_TOKEN and TXMAIL_API_READ_TOKEN are not set: the message API"
     if settings.api_host is None:
@@ -110,18 +100,25 @@ def api_host(settings: Settings) -> str:
 
 
 def create_api_app(
-    store: Store, tokens: Sequence[SecretStr] = (), *parts: Readiness
+    store: Store,
+    tokens: ApiTokens = NO_TOKENS,
+    *parts: Readiness,
+    parked: ParkedFallbacks | None = None,
+    metrics_served: Sequence[CollectorRegistry] | None = None,
 ) -> web.Application:
     """The API over an open store; whoever opened the store closes it. With ``tokens``,
-    every path but the health checks needs one of them. ``/readyz`` asks the store, and
-    ``parts`` running in the same process (``txmail run``). ``GET /v1/health/braze``
-    is Braze's health as the workers judged it."""
-    app = web.Application(middlewares=[json_errors, token_required, store_unavailable_is_503])
+    every path but the health checks, the contract, ``/metrics`` and the sign-in page
+    needs one of them (or a session). ``/readyz`` asks the store, and ``parts`` running
+    in the same process (``txmail run``). ``parked``: what the console may do with
+    parked fallbacks. ``/metrics`` serves ``metrics_served``, by default the API
+    process's own. ``GET /v1/health/braze`` is Braze's health as the workers judged it."""
+    app = web.Application(middlewares=[json_errors, access_required, store_unavailable_is_503])
     app[STORE] = store
-    app[TOKENS] = tokens
     app.router.add_get("/v1/messages/{dispatch_id}", message_by_dispatch_id)
     app.router.add_get("/v1/messages", message_by_external_send_id)
     app.router.add_get("/v1/health/braze", braze_health)
+    add_console(app, store, tokens, parked)
     add_health_routes(app, partial(all_ready, [_store_answers(store), *parts]))
+    add_metrics_route(app, exposed() if metrics_served is None else metrics_served)
     add_openapi_route(app, "txmail.workers")
     return app

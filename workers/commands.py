@@ -6,14 +6,17 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from txmail.core import event_loop
 from txmail.core.command import Configuration, Subcommands
 from txmail.core.http import serve_until_stopped
+from txmail.core.parked import ParkedFallbacks
+from txmail.core.settings import Settings
 from txmail.core.stopping import stop_on_signals
 from txmail.workers.api import api_host, api_tokens, create_api_app
 from txmail.workers.health.show import describe_health
-from txmail.workers.status import as_json, describe, terminal_safe_json
+from txmail.workers.status import as_json, describe, find_either, terminal_safe_json
 from txmail.workers.store import open_store
-from txmail.workers.store.protocol import MessageView, Store, StoreUnavailable
+from txmail.workers.store.protocol import Store, StoreUnavailable
 from txmail.workers.timeouts import delivery_timeouts
 from txmail.workers.worker import open_store_when_available, serve_worker
 
@@ -21,11 +24,11 @@ T = TypeVar("T")
 
 
 def worker_command(config: Configuration, args: argparse.Namespace) -> int:
-    asyncio.run(serve_worker(config))
+    event_loop.run(serve_worker(config))
     return 0
 
 
-async def _serve_api(config: Configuration) -> None:
+async def _serve_api(config: Configuration, parked: ParkedFallbacks) -> None:
     settings = config.settings
     host = api_host(settings)  # says at once when no token guards the API
     stop = stop_on_signals()
@@ -37,7 +40,7 @@ async def _serve_api(config: Configuration) -> None:
         return
     try:
         await serve_until_stopped(
-            create_api_app(store, api_tokens(settings)),
+            create_api_app(store, api_tokens(settings), parked=parked),
             host,
             settings.api_port,
             settings,
@@ -48,7 +51,7 @@ async def _serve_api(config: Configuration) -> None:
 
 
 def api_command(config: Configuration, args: argparse.Namespace) -> int:
-    asyncio.run(_serve_api(config))
+    asyncio.run(_serve_api(config, args.parked_fallbacks(config.settings)))
     return 0
 
 
@@ -60,10 +63,6 @@ async def _read(config: Configuration, read: Callable[[Store], Awaitable[T]]) ->
         return await read(store)
     finally:
         await store.close()
-
-
-async def _find(store: Store, wanted: str) -> MessageView | None:
-    return await store.find(dispatch_id=wanted) or await store.find(external_send_id=wanted)
 
 
 def _health_status(config: Configuration, as_json: bool) -> int:
@@ -85,7 +84,7 @@ def status_command(config: Configuration, args: argparse.Namespace) -> int:
     if args.health:
         return _health_status(config, args.json)
     try:
-        message = asyncio.run(_read(config, lambda store: _find(store, args.id)))
+        message = asyncio.run(_read(config, lambda store: find_either(store, args.id)))
     except StoreUnavailable as error:
         print(f"txmail: cannot read the store: {error}", file=sys.stderr)
         return 2
@@ -100,13 +99,17 @@ def status_command(config: Configuration, args: argparse.Namespace) -> int:
     return 0
 
 
-def add_commands(commands: Subcommands) -> None:
+def add_commands(
+    commands: Subcommands, parked_fallbacks: Callable[[Settings], ParkedFallbacks]
+) -> None:
+    """``parked_fallbacks``: how `txmail api` reaches the parked fallback requests (the
+    executor's business, so the command hands it in)."""
     worker = commands.add_parser(
         "worker", help="track every message: consume events, keep state, decide fallbacks"
     )
     worker.set_defaults(handler=worker_command)
     api = commands.add_parser("api", help="serve the message state over HTTP (TXMAIL_API_PORT)")
-    api.set_defaults(handler=api_command)
+    api.set_defaults(handler=api_command, parked_fallbacks=parked_fallbacks)
     status = commands.add_parser(
         "status", help="show what happened to one message, or Braze's health (--health)"
     )

@@ -214,6 +214,19 @@ def _parse_time(text: str | None) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
+def braze_sending_time(message: Message) -> timedelta | None:
+    """Braze's own time from `sent_at` to `delivered_at`, when both postbacks said one
+    (and in that order: Braze's published examples have them the wrong way round)."""
+    sent, delivered = message.statuses.get("sent"), message.statuses.get("delivered")
+    if sent is None or delivered is None:
+        return None
+    sent_at = _parse_time(sent.timestamps.get("sent_at"))
+    delivered_at = _parse_time(delivered.timestamps.get("delivered_at"))
+    if sent_at is None or delivered_at is None or delivered_at < sent_at:
+        return None
+    return delivered_at - sent_at
+
+
 def event_time(event: PostbackEvent) -> datetime | None:
     """When Braze says this postback's status happened (`delivered_at` of a `delivered`,
     ...), in UTC; never after its arrival, so that a clock ahead, or a forged timestamp,

@@ -12,7 +12,7 @@ from datetime import datetime
 from txmail.core.durations import format_duration
 from txmail.core.events import FALLBACK_ATTEMPT_TYPE, POSTBACK_TYPE, FallbackAttempt
 from txmail.core.terminal import printable
-from txmail.workers.store.protocol import MessageView, TimelineEntry
+from txmail.workers.store.protocol import MessageView, Store, TimelineEntry
 
 # What JSON leaves unescaped but a terminal may still act on: DEL, C1 controls, and
 # the Unicode line and paragraph separators.
@@ -23,7 +23,7 @@ def _time(value: datetime | None) -> str:
     return value.isoformat(timespec="seconds") if value else "-"
 
 
-def _braze_time_text(entry: TimelineEntry) -> str | None:
+def braze_time_text(entry: TimelineEntry) -> str | None:
     """Braze's own time of a postback (``sent_at`` of a `sent`, ...), as Braze wrote it,
     when it gave one: postbacks often arrive together or out of order, and this is
     when it happened."""
@@ -34,8 +34,12 @@ def _braze_time_text(entry: TimelineEntry) -> str | None:
     return at if isinstance(at, str) else None
 
 
-def _braze_time(entry: TimelineEntry) -> datetime | None:
-    text = _braze_time_text(entry)
+def braze_time(entry: TimelineEntry) -> datetime | None:
+    return placeable_time(braze_time_text(entry))
+
+
+def placeable_time(text: str | None) -> datetime | None:
+    """A time Braze wrote, if it can be placed against others: ISO 8601 with an offset."""
     try:
         at = datetime.fromisoformat(text) if text else None
     except ValueError:
@@ -44,12 +48,17 @@ def _braze_time(entry: TimelineEntry) -> datetime | None:
     return at if at is not None and at.tzinfo is not None else None
 
 
+async def find_either(store: Store, wanted: str) -> MessageView | None:
+    """The message ``wanted`` names, as a dispatch id or an external send id."""
+    return await store.find(dispatch_id=wanted) or await store.find(external_send_id=wanted)
+
+
 def in_braze_order(message: MessageView) -> MessageView:
     """The timeline in the order things happened as Braze tells it; the arrival where
     Braze gave no time (registrations, fallback attempts) and as the tie-break."""
 
     def when(entry: TimelineEntry) -> tuple[datetime, datetime]:
-        return (_braze_time(entry) or entry.received_at, entry.received_at)
+        return (braze_time(entry) or entry.received_at, entry.received_at)
 
     return message.model_copy(update={"timeline": sorted(message.timeline, key=when)})
 
@@ -123,7 +132,7 @@ def describe(message: MessageView) -> str:
     lines.append("timeline:")
     width = max((len(e.kind) for e in message.timeline), default=0)
     for e in message.timeline:
-        braze = _braze_time_text(e)
+        braze = braze_time_text(e)
         lines.append(
             f"  {_time(e.received_at)}  {e.kind:<{width}}  {e.label}"
             + (f"  (Braze: {braze})" if braze else "")

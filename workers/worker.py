@@ -10,9 +10,11 @@ from txmail.core.broker import Broker
 from txmail.core.command import Configuration
 from txmail.core.health import create_health_app
 from txmail.core.http import serving
+from txmail.core.metrics import exposed
 from txmail.core.settings import Settings
 from txmail.core.stopping import pause, stop_on_signals, unless_stopped
 from txmail.core.topology import Topology
+from txmail.workers import metrics
 from txmail.workers.health.monitor import HealthMonitor, health_rules
 from txmail.workers.store import open_store
 from txmail.workers.store.protocol import Store, StoreUnavailable
@@ -105,7 +107,7 @@ async def run_worker(config: Configuration, store: Store, stop: asyncio.Event) -
 
 
 async def serve_worker(config: Configuration) -> None:
-    """``txmail worker``: run until SIGTERM, with /healthz and /readyz on the metrics port
+    """``txmail worker``: run until SIGTERM, with /healthz, /readyz and /metrics on the metrics port
     from the start (a port in use ends the process before it waits for anything)."""
     settings = config.settings
     stop = stop_on_signals()
@@ -116,7 +118,10 @@ async def serve_worker(config: Configuration) -> None:
         return ["store not open yet"] if worker is None else await worker.not_ready()
 
     async with serving(
-        create_health_app(not_ready), settings.http_host, settings.metrics_port, settings
+        create_health_app(not_ready, exposed(metrics.REGISTRY)),
+        settings.http_host,
+        settings.metrics_port,
+        settings,
     ):
         store = await open_store_when_available(settings, timeouts, stop)
         if store is None:

@@ -10,7 +10,6 @@ from collections.abc import Callable
 from contextlib import aclosing
 from datetime import UTC, datetime
 
-from txmail.core.broker import Broker
 from txmail.core.command import Configuration, Subcommands
 from txmail.core.durations import parse_duration
 from txmail.core.errors import BrokerUnavailable
@@ -19,7 +18,15 @@ from txmail.core.settings import Settings
 from txmail.core.terminal import printable
 from txmail.fallback.executor.service import fallback_topology
 from txmail.fallback.parking.entries import DeadLetter, ParkedRequest
-from txmail.fallback.parking.held import Counts, Held, Outcome, Selection, Visited, visit
+from txmail.fallback.parking.held import (
+    Counts,
+    Held,
+    Outcome,
+    Selection,
+    Visited,
+    connected_broker,
+    visit,
+)
 
 # How long the dlq commands wait for RabbitMQ before giving up.
 CONNECT_TIMEOUT = 30
@@ -213,10 +220,8 @@ async def _visit(
     dry_run: bool = False,
 ) -> None:
     topology = fallback_topology(settings)
-    broker = Broker(settings.amqp_url, topology, settings.publish_timeout, say_up=False)
     progress = _Progress(queue)
-    try:
-        await _connect(broker)
+    async with connected_broker(settings, topology, CONNECT_TIMEOUT) as broker:
         visiting = visit(
             broker,
             topology,
@@ -232,8 +237,6 @@ async def _visit(
         async with aclosing(visiting):
             async for visited in visiting:
                 each(visited)
-    finally:
-        await broker.close()
     if counts.stopped:
         print(
             f"txmail: stopped after {counts.read} of {counts.total}: {counts.stopped}",
@@ -258,14 +261,6 @@ class _Progress:
                 file=sys.stderr,
                 flush=True,
             )
-
-
-async def _connect(broker: Broker) -> None:
-    broker.start()
-    try:
-        await asyncio.wait_for(broker.wait_ready(), CONNECT_TIMEOUT)
-    except TimeoutError:
-        raise BrokerUnavailable(f"RabbitMQ not reachable within {CONNECT_TIMEOUT}s") from None
 
 
 def _summary(queue: str, counts: Counts, selection: Selection, verb: str) -> str:

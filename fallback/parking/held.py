@@ -9,7 +9,8 @@ queue, not one ``basic.get`` each, and each is yielded as soon as it is read.
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -20,6 +21,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from txmail.core.broker import BROKER_ERRORS, Broker, Outgoing
 from txmail.core.errors import BrokerUnavailable, ExchangeUnusable, NotTaken
 from txmail.core.readable import readable
+from txmail.core.settings import Settings
 from txmail.core.topology import Topology
 
 # AMQP's prefetch count is 16 bits: one run leaves at most this many messages in place
@@ -219,3 +221,22 @@ async def _republish(broker: Broker, message: AbstractIncomingMessage, target: O
         return f"RabbitMQ did not take it back ({error}): it stays where it is"
     await message.ack()
     return ""
+
+
+@asynccontextmanager
+async def connected_broker(
+    settings: Settings, topology: Topology, within: float
+) -> AsyncIterator[Broker]:
+    """A broker of its own for one visit, connected within ``within`` seconds (else
+    BrokerUnavailable), closed after: neither ``txmail dlq`` nor a console page should
+    wait on RabbitMQ without end."""
+    broker = Broker(settings.amqp_url, topology, settings.publish_timeout, say_up=False)
+    try:
+        broker.start()
+        try:
+            await asyncio.wait_for(broker.wait_ready(), within)
+        except TimeoutError:
+            raise BrokerUnavailable(f"RabbitMQ not reachable within {within:g}s") from None
+        yield broker
+    finally:
+        await broker.close()

@@ -1,6 +1,7 @@
 """What the executor tests share: tiny retry delays, a fallback request, handler tables
-for the stand-in receiver, publishing requests as the workers do, reading the parking
-queue, and a log of the attempt events the executor publishes."""
+for the stand-in receiver, publishing requests as the workers do, parking one as the
+executor does, reading the parking queue, and a log of the attempt events the executor
+publishes."""
 
 import json
 import uuid
@@ -15,6 +16,7 @@ import aio_pika
 from tests.support.harness import publisher
 from tests.support.rules_file import Table, write_rules_file
 from tests.support.servers import SMS_SID, SMS_TOKEN, WEBHOOK_SECRET, Endpoint, Receiver
+from txmail.core.broker import TO_QUEUE, Outgoing
 from txmail.core.events import (
     FALLBACK_ATTEMPT_TYPE,
     FALLBACK_REQUEST_TYPE,
@@ -28,6 +30,7 @@ from txmail.core.settings import Settings
 from txmail.fallback.configured import FallbackRules, configure
 from txmail.fallback.executor.service import FallbackExecutor, fallback_topology, running_executor
 from txmail.fallback.parking.entries import ParkedRequest, list_parked
+from txmail.fallback.policy.progress import PARKED_AT, PARKED_REASON
 
 RETRY_SCHEDULE = [timedelta(milliseconds=200), timedelta(milliseconds=500)]
 
@@ -85,6 +88,28 @@ async def publish_raw(settings: Settings, body: bytes, routing_key: str) -> None
 
 async def publish(settings: Settings, request: FallbackRequest) -> None:
     await publish_raw(settings, request.model_dump_json().encode(), request.routing_key)
+
+
+async def park(
+    settings: Settings, request: FallbackRequest, reason: str = "ops-hook: permanent: answered 400"
+) -> None:
+    """``request`` in the parking queue, as the executor leaves one that failed for good."""
+    parking_queue = fallback_topology(settings).fallback_parking_queue
+    headers = {PARKED_REASON: reason, PARKED_AT: datetime.now(UTC).isoformat()}
+    body = request.model_dump_json().encode()
+    async with publisher(settings) as broker:
+        await broker.publish(
+            [
+                Outgoing(
+                    parking_queue,
+                    body,
+                    request.idempotency_key,
+                    FALLBACK_REQUEST_TYPE,
+                    headers=headers,
+                    exchange=TO_QUEUE,
+                )
+            ]
+        )
 
 
 async def parked_requests(settings: Settings) -> list[ParkedRequest]:

@@ -20,6 +20,7 @@ from txmail.core.errors import BrokerUnavailable
 from txmail.core.events import HEALTH_CHANGE_TYPE, FallbackRequest, HealthChange, Trigger, utc_now
 from txmail.core.health_settings import HealthRules
 from txmail.core.stopping import pause
+from txmail.workers import metrics
 from txmail.workers.decisions import request_message
 from txmail.workers.health.store import HealthStore
 from txmail.workers.store.protocol import StoreUnavailable
@@ -88,6 +89,7 @@ class HealthMonitor:
 
     async def tick(self, now: datetime) -> None:
         for change in await self._health.judge(now, self._rules, self.every):
+            metrics.count_health_change(change.health, overall=change.campaign_api_id is None)
             log.warning(
                 f"braze {change.health}",
                 campaign_api_id=change.campaign_api_id,

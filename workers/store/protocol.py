@@ -95,6 +95,70 @@ class StoreCounts:
     premature_fallbacks: int
 
 
+@dataclass(frozen=True)
+class Tally:
+    """What the metrics count in the store: messages by outcome, deadlines armed."""
+
+    outcomes: dict[str, int]
+    pending_deadlines: int
+
+
+# --- What the console and its JSON endpoints count and list --------------------------
+
+
+@dataclass(frozen=True)
+class MessageCount:
+    """Messages created in a window with this outcome and fallback trigger (or none)."""
+
+    outcome: str
+    trigger: str | None
+    count: int
+
+
+@dataclass(frozen=True)
+class AttemptCount:
+    handler: str | None  # None: no rule matched, so no handler ran
+    outcome: str
+    count: int
+
+
+@dataclass(frozen=True)
+class LatestAttempt:
+    """A handler's most recent fallback attempt, as the executor reported it."""
+
+    handler: str
+    outcome: str
+    detail: str
+    at: datetime
+
+
+@dataclass(frozen=True)
+class PendingDeadlines:
+    count: int
+    earliest: datetime | None
+
+
+class FailureSummary(BaseModel):
+    """One failed message in a list of them."""
+
+    key: str
+    dispatch_id: str | None
+    external_send_id: str | None
+    campaign_api_id: str | None
+    outcome: Outcome
+    reason: str | None
+    trigger: str | None
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """Braze's own `sent_at` and `delivered_at` of a delivered message, as written."""
+
+    sent_at: str | None
+    delivered_at: str | None
+
+
 class Store(Protocol):
     # Braze's health, in the same database; ``apply`` and ``claim_due`` record what
     # their batch tells about it in their own transaction.
@@ -133,6 +197,30 @@ class Store(Protocol):
         """Raises NotMigrated when the database has no txmail tables, or older ones."""
 
     async def counts(self) -> StoreCounts: ...
+
+    # Reads for the console; each raises NotMigrated as ``find`` does.
+
+    async def message_counts(self, since: datetime) -> list[MessageCount]:
+        """Messages created since, counted by outcome and fallback trigger."""
+
+    async def attempt_counts(self, since: datetime) -> list[AttemptCount]:
+        """Fallback attempts reported since, counted by handler and outcome."""
+
+    async def latest_attempts(self, since: datetime) -> list[LatestAttempt]:
+        """Each handler's latest attempt reported since."""
+
+    async def pending_deadlines(self) -> PendingDeadlines: ...
+
+    async def recent_failures(
+        self, limit: int, campaign_api_id: str | None = None, trigger: str | None = None
+    ) -> list[FailureSummary]:
+        """The latest aborted, bounced and timed-out messages, last changed first."""
+
+    async def deliveries(self, since: datetime, limit: int) -> list[Delivery]:
+        """Braze's times of up to ``limit`` delivered messages created since, newest first."""
+
+    async def tally(self) -> Tally:
+        """One pass over the messages, for the metrics."""
 
     async def ping(self) -> None:
         """Raise StoreUnavailable unless the database answers (NotMigrated when it has

@@ -4,6 +4,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from txmail.core.events import FallbackRequest
 from txmail.workers.state import (
@@ -20,6 +21,7 @@ from txmail.workers.state import (
 )
 from txmail.workers.store.protocol import (
     DecisionView,
+    FailureSummary,
     MessageView,
     PendingRequest,
     TimelineEntry,
@@ -131,5 +133,21 @@ def view(
         ),
         timeline=timeline,
         created_at=created_at,
+        updated_at=updated_at,
+    )
+
+
+def failure_summary(row: Sequence[Any], updated_at: datetime) -> FailureSummary:
+    """A row of RECENT_FAILURES, with its last column (updated_at) as each database
+    gives times back."""
+    key, dispatch_id, external_send_id, campaign_api_id, outcome, reason, trigger, _ = row
+    return FailureSummary(
+        key=key,
+        dispatch_id=dispatch_id,
+        external_send_id=external_send_id,
+        campaign_api_id=campaign_api_id,
+        outcome=Outcome(outcome),
+        reason=reason,
+        trigger=trigger,
         updated_at=updated_at,
     )

@@ -18,23 +18,39 @@ from txmail.core.events import NUL, FallbackRequest
 from txmail.core.sql import Database, Row, Sql, optional_time, schema_version
 from txmail.workers.health.observations import observe
 from txmail.workers.health.store import HealthStore, record_sends
-from txmail.workers.state import Message, claim_deadline
+from txmail.workers.metrics import observe_braze_delivery
+from txmail.workers.state import Decision, Message, claim_deadline
 from txmail.workers.store.migrations import (
     EVENTS,
     MESSAGES,
+    RECENT_FAILURES,
     WORKER_PROGRESS,
     columns,
     migrations,
     require_migrated,
 )
 from txmail.workers.store.protocol import (
+    AttemptCount,
+    Delivery,
+    FailureSummary,
+    LatestAttempt,
+    MessageCount,
     MessageView,
+    PendingDeadlines,
     PendingRequest,
     StoreCounts,
+    Tally,
     TimelineEntry,
     TrackedEvent,
 )
-from txmail.workers.store.rows import MessageRow, evolve_all, message_keys, to_rows, view
+from txmail.workers.store.rows import (
+    MessageRow,
+    evolve_all,
+    failure_summary,
+    message_keys,
+    to_rows,
+    view,
+)
 from txmail.workers.timeouts import DeliveryTimeouts
 from txmail.workers.watermark import WorkerProgress
 
@@ -94,6 +110,15 @@ _COUNTS = """SELECT
         WHERE decision_request IS NOT NULL AND decision_published_at IS NULL),
     (SELECT count(*) FROM messages WHERE deadline IS NOT NULL),
     (SELECT count(*) FROM messages WHERE outcome = 'premature_fallback')"""
+_TALLY = "SELECT outcome, count(*), count(deadline) FROM messages GROUP BY outcome"
+
+
+_ATTEMPTS_SINCE = "kind = 'fallback_attempt' AND received_at >= ?"
+
+
+def _attempt_fields(db: Sql, *names: str) -> list[str]:
+    """Expressions reading fields of a fallback attempt's body."""
+    return [db.dialect.json_text("body", name) for name in names]
 
 
 def _earliest_of_each(events: Sequence[TrackedEvent]) -> list[TrackedEvent]:
@@ -167,13 +192,17 @@ class SqlStore:
                 keys,
             )
             loaded: dict[str, str | None] = {key: summary for key, summary in locked}
-            rows, decided = to_rows(evolve_all(loaded, events, now), self._timeouts)
+            changed[:] = evolve_all(loaded, events, now)
+            rows, decided = to_rows(changed, self._timeouts)
             await self._write_messages(db, rows, now)
             # Braze's health counts what the batch tells, committed with it.
             await record_sends(db, observe(events, decided))
             return decided
 
-        return await self._database.transaction(work)
+        changed: list[tuple[Message, Decision | None]] = []
+        decided = await self._database.transaction(work)
+        observe_braze_delivery((message for message, _ in changed), events)  # once committed
+        return decided
 
     async def _write_messages(self, db: Sql, rows: Sequence[MessageRow], now: datetime) -> None:
         publish_after = now + self._republish_after
@@ -336,6 +365,104 @@ class SqlStore:
         async def work(db: Sql) -> StoreCounts:
             (row,) = await db.fetch(_COUNTS)
             return StoreCounts(*row)
+
+        return await self._read(work)
+
+    async def tally(self) -> Tally:
+        async def work(db: Sql) -> Tally:
+            rows = await db.fetch(_TALLY)
+            outcomes = {outcome: count for outcome, count, _ in rows}
+            return Tally(outcomes, sum(armed for _, _, armed in rows))
+
+        return await self._read(work)
+
+    # --- reading for the console ----------------------------------------------
+
+    async def message_counts(self, since: datetime) -> list[MessageCount]:
+        async def work(db: Sql) -> list[MessageCount]:
+            rows = await db.fetch(
+                "SELECT outcome, decision_trigger, count(*) FROM messages WHERE created_at >= ? "
+                "GROUP BY outcome, decision_trigger",
+                since,
+            )
+            return [MessageCount(outcome, trigger, count) for outcome, trigger, count in rows]
+
+        return await self._read(work)
+
+    async def attempt_counts(self, since: datetime) -> list[AttemptCount]:
+        async def work(db: Sql) -> list[AttemptCount]:
+            handler, outcome = _attempt_fields(db, "handler", "outcome")
+            rows = await db.fetch(
+                f"SELECT {handler}, {outcome}, count(*) FROM events "  # noqa: S608
+                f"WHERE {_ATTEMPTS_SINCE} GROUP BY {handler}, {outcome}",
+                since,
+            )
+            return [AttemptCount(handler, outcome, count) for handler, outcome, count in rows]
+
+        return await self._read(work)
+
+    async def latest_attempts(self, since: datetime) -> list[LatestAttempt]:
+        async def work(db: Sql) -> list[LatestAttempt]:
+            handler, outcome, detail = _attempt_fields(db, "handler", "outcome", "detail")
+            rows = await db.fetch(
+                f"""SELECT handler, outcome, detail, received_at FROM (
+                    SELECT {handler} AS handler, {outcome} AS outcome, {detail} AS detail,
+                        received_at, row_number() OVER (
+                            PARTITION BY {handler} ORDER BY received_at DESC, event_id DESC
+                        ) AS latest
+                    FROM events WHERE {_ATTEMPTS_SINCE}) AS attempts
+                WHERE latest = 1 AND handler IS NOT NULL ORDER BY handler""",  # noqa: S608
+                since,
+            )
+            return [
+                LatestAttempt(handler, outcome, detail or "", db.time(at))
+                for handler, outcome, detail, at in rows
+            ]
+
+        return await self._read(work)
+
+    async def pending_deadlines(self) -> PendingDeadlines:
+        async def work(db: Sql) -> PendingDeadlines:
+            ((count, earliest),) = await db.fetch(
+                "SELECT count(*), min(deadline) FROM messages WHERE deadline IS NOT NULL"
+            )
+            return PendingDeadlines(count, optional_time(db, earliest))
+
+        return await self._read(work)
+
+    async def recent_failures(
+        self, limit: int, campaign_api_id: str | None = None, trigger: str | None = None
+    ) -> list[FailureSummary]:
+        filters = {"campaign_api_id": campaign_api_id, "decision_trigger": trigger}
+        wanted = {column: value for column, value in filters.items() if value is not None}
+
+        async def work(db: Sql) -> list[FailureSummary]:
+            if any(NUL in value for value in wanted.values()):
+                return []  # no stored id has one, and PostgreSQL would refuse the query
+            narrowed = "".join(f" AND {column} = ?" for column in wanted)
+            rows = await db.fetch(
+                f"{RECENT_FAILURES}{narrowed} ORDER BY updated_at DESC LIMIT ?",
+                *wanted.values(),
+                limit,
+            )
+            return [failure_summary(row, db.time(row[-1])) for row in rows]
+
+        return await self._read(work)
+
+    async def deliveries(self, since: datetime, limit: int) -> list[Delivery]:
+        async def work(db: Sql) -> list[Delivery]:
+            sent = db.dialect.json_text("summary", "statuses", "sent", "timestamps", "sent_at")
+            delivered = db.dialect.json_text(
+                "summary", "statuses", "delivered", "timestamps", "delivered_at"
+            )
+            rows = await db.fetch(
+                f"SELECT {sent}, {delivered} FROM messages "  # noqa: S608
+                "WHERE created_at >= ? AND outcome = 'delivered' "
+                "ORDER BY created_at DESC LIMIT ?",
+                since,
+                limit,
+            )
+            return [Delivery(sent_at, delivered_at) for sent_at, delivered_at in rows]
 
         return await self._read(work)
 

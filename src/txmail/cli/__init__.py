@@ -8,7 +8,9 @@ from collections.abc import Callable, Sequence
 from importlib.metadata import version
 
 from txmail.cli.command_help import add_epilogs
+from txmail.cli.ingress_processes import CHILD_OPTION, supervise_ingress
 from txmail.cli.run_all import run_all
+from txmail.core import event_loop
 from txmail.core.command import Command, Configuration
 from txmail.core.errors import CannotStart, ConfigError
 from txmail.core.http import serve_until_stopped
@@ -19,6 +21,7 @@ from txmail.core.stopping import stop_on_signals
 from txmail.fallback.cli import add_fallback_commands
 from txmail.fallback.configured import configure
 from txmail.fallback.ledger import LedgerUnavailable, migrate_ledger
+from txmail.fallback.parking.operations import BrokerParkedFallbacks
 from txmail.ingress.app import create_app
 from txmail.workers.commands import add_commands as add_worker_commands
 from txmail.workers.store import migrate_schema
@@ -27,15 +30,29 @@ from txmail.workers.timeouts import delivery_timeouts
 
 
 def run_ingress(config: Configuration, args: argparse.Namespace) -> int:
-    asyncio.run(_serve_ingress(config))
+    if args.processes > 1:
+        return supervise_ingress(config.settings, args.processes)
+    event_loop.run(_serve_ingress(config, reuse_port=args.reuse_port))
     return 0
 
 
-async def _serve_ingress(config: Configuration) -> None:
+async def _serve_ingress(config: Configuration, reuse_port: bool) -> None:
     settings = config.settings
     await serve_until_stopped(
-        create_app(settings), settings.http_host, settings.http_port, settings, stop_on_signals()
+        create_app(settings),
+        settings.http_host,
+        settings.http_port,
+        settings,
+        stop_on_signals(),
+        reuse_port,
     )
+
+
+def _process_count(text: str) -> int:
+    count = int(text) if text.isdigit() else 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return count
 
 
 def run_everything(config: Configuration, args: argparse.Namespace) -> int:
@@ -65,7 +82,8 @@ routes (on TXMAIL_HTTP_HOST:TXMAIL_HTTP_PORT):
   POST /v1/sends    register a send's recipient and variables (token: TXMAIL_API_TOKEN)
   GET  /healthz     200 while the process runs
   GET  /readyz      200 while connected to RabbitMQ, else 503
-  GET  /openapi.json  this API's OpenAPI 3.1 document"""
+  GET  /openapi.json  this API's OpenAPI 3.1 document
+  GET  /metrics     Prometheus metrics (see the README's Metrics section)"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,9 +100,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve POST /postbacks and publish each postback to RabbitMQ",
         epilog=INGRESS_ROUTES,
     )
+    ingress.add_argument(
+        "--processes",
+        type=_process_count,
+        default=1,
+        metavar="N",
+        help="serve with N processes sharing the port (SO_REUSEPORT), one per core to use; "
+        "the first process supervises them (default: 1, no supervisor)",
+    )
+    ingress.add_argument(CHILD_OPTION, action="store_true", help=argparse.SUPPRESS)
     ingress.set_defaults(handler=run_ingress)
-    # worker, api and status live with the workers, which own the state they serve.
-    add_worker_commands(commands)
+    # worker, api and status live with the workers, which own the state they serve; the
+    # API's console replays parked fallbacks through the executor's own code.
+    add_worker_commands(commands, BrokerParkedFallbacks)
     migrate = commands.add_parser(
         "migrate",
         help="create or update the store's tables and the executor's call ledger, then exit "

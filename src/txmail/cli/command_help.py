@@ -97,7 +97,11 @@ _STOPPED = "stopped by SIGTERM or SIGINT"
 _BAD_CONFIG = "bad settings, or a rules file that breaks its schema"
 _CANNOT_START = "cannot listen on a port, e.g. one already in use (the message says which)"
 EXIT_CODES: dict[str, dict[int, str]] = {
-    "ingress": {0: _STOPPED, 1: _CANNOT_START, 2: _BAD_CONFIG},
+    "ingress": {
+        0: _STOPPED,
+        1: _CANNOT_START + "; with --processes, also: one of the processes died",
+        2: _BAD_CONFIG,
+    },
     "worker": {0: _STOPPED, 1: _CANNOT_START, 2: _BAD_CONFIG},
     "api": {0: _STOPPED, 1: _CANNOT_START, 2: _BAD_CONFIG},
     "run": {0: _STOPPED, 1: _CANNOT_START, 2: "bad settings or an invalid rules file"},

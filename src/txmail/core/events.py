@@ -255,6 +255,11 @@ class AttemptOutcome(StrEnum):
     FAILED = "failed"
 
 
+# The detail of an attempt a handler's open circuit breaker kept from being made: how
+# readers of the attempts (the console) tell an open circuit.
+CIRCUIT_OPEN_DETAIL: Final = "circuit open: not called"
+
+
 class FallbackAttempt(BaseModel):
     """One attempt of one handler for one fallback request, for the message's timeline."""
 

@@ -288,19 +288,20 @@ def app_runner(app: web.Application, settings: Settings) -> web.AppRunner:
 
 @asynccontextmanager
 async def serving(
-    app: web.Application, host: str, port: int, settings: Settings
+    app: web.Application, host: str, port: int, settings: Settings, reuse_port: bool = False
 ) -> AsyncIterator[int]:
     """Serve ``app`` for the block, and yield the port it listens on (``port`` 0 picks a
-    free one). Raises CannotStart at once when it cannot listen: a process that cannot
-    do its job must exit, not linger. On exit, requests in flight get at most
-    TXMAIL_SHUTDOWN_TIMEOUT, then the app's cleanup runs."""
+    free one); with ``reuse_port``, alongside other processes that do the same. Raises
+    CannotStart at once when it cannot listen: a process that cannot do its job must
+    exit, not linger. On exit, requests in flight get at most TXMAIL_SHUTDOWN_TIMEOUT,
+    then the app's cleanup runs."""
     runner = app_runner(app, settings)
     await runner.setup()
     try:
         try:
-            await web.TCPSite(runner, host, port).start()
+            await web.TCPSite(runner, host, port, reuse_port=reuse_port or None).start()
         except OSError as error:
-            raise CannotStart(_why_not_listening(error, host, port)) from None
+            raise CannotStart(why_not_listening(error, host, port)) from None
         listening_on: int = runner.addresses[0][1]
         log.info("listening", host=host, port=listening_on)
         yield listening_on
@@ -308,7 +309,7 @@ async def serving(
         await runner.cleanup()
 
 
-def _why_not_listening(error: OSError, host: str, port: int) -> str:
+def why_not_listening(error: OSError, host: str, port: int) -> str:
     if error.errno == errno.EADDRINUSE:
         return f"port {port} is already in use"
     if error.errno == errno.EACCES:
@@ -317,12 +318,17 @@ def _why_not_listening(error: OSError, host: str, port: int) -> str:
 
 
 async def serve_until_stopped(
-    app: web.Application, host: str, port: int, settings: Settings, stop: asyncio.Event
+    app: web.Application,
+    host: str,
+    port: int,
+    settings: Settings,
+    stop: asyncio.Event,
+    reuse_port: bool = False,
 ) -> None:
     """Serve ``app`` until ``stop`` is set (see ``txmail.core.stopping.stop_on_signals``), then
     stop accepting, let requests in flight finish (at most TXMAIL_SHUTDOWN_TIMEOUT)
     and run the app's cleanup."""
-    async with serving(app, host, port, settings):
+    async with serving(app, host, port, settings, reuse_port):
         await stop.wait()
         log.info("stopping: finishing requests in flight")
     log.info("stopped")

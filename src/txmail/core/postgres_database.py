@@ -86,6 +86,15 @@ class _PostgresSql:
         )
 
 
+async def _roll_back_if_open(connection: "asyncpg.Connection[asyncpg.Record]") -> None:
+    """What a connection needs before going back to the pool. asyncpg's default runs
+    a reset query (advisory unlocks, CLOSE ALL, UNLISTEN, RESET ALL) on every release:
+    a round trip per transaction, for session state txmail never creates (its locks
+    are transaction-scoped, it listens to nothing and sets nothing)."""
+    if connection.is_in_transaction():
+        await connection.execute("ROLLBACK")
+
+
 class PostgresDatabase:
     """``unavailable`` is what the caller's users retry on (the store's or the ledger's
     error): the database down, restarting, unreachable, or a race lost five times."""
@@ -113,6 +122,7 @@ class PostgresDatabase:
                 min_size=1,
                 max_size=self._pool_size,
                 command_timeout=self._command_timeout,
+                reset=_roll_back_if_open,
             )
         except POSTGRES_MISCONFIGURED as error:
             # Waiting will not make these work: say so, instead of a traceback or a

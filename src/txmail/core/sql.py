@@ -43,6 +43,13 @@ class Dialect:
     for_update: str  # appended to a SELECT that locks the rows it reads
     skip_locked: str  # ... that takes only rows nobody else holds
     row_id: str  # the column every table has that names a row
+    # An expression reading a text field of a JSON text column, from ``column``,
+    # ``dotted`` (a.b) and ``commas`` (a,b) paths.
+    json_field: str
+
+    def json_text(self, column: str, *path: str) -> str:
+        """The text at ``path`` in the JSON of ``column`` (NULL where there is none)."""
+        return self.json_field.format(column=column, dotted=".".join(path), commas=",".join(path))
 
     def create_table(self, table: str, columns: Sequence[Column], *constraints: str) -> str:
         lines = [f"{c.name} {self.types[c.kind]} {c.constraint}".rstrip() for c in columns]
@@ -56,6 +63,7 @@ SQLITE = Dialect(
     for_update="",
     skip_locked="",
     row_id="rowid",
+    json_field="json_extract({column}, '$.{dotted}')",
 )
 POSTGRES = Dialect(
     {
@@ -67,6 +75,7 @@ POSTGRES = Dialect(
     for_update=" FOR UPDATE",
     skip_locked=" FOR UPDATE SKIP LOCKED",
     row_id="ctid",
+    json_field="({column}::jsonb #>> '{{{commas}}}')",
 )
 
 

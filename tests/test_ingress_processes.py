@@ -1,0 +1,123 @@
+"""``txmail ingress --processes N``: N real processes on one port, supervised by the first."""
+
+import asyncio
+import json
+import os
+import signal
+import socket
+from pathlib import Path
+
+from tests.support.amqp import drain
+from tests.support.ports import free_port
+from tests.support.processes import environment, spawn
+from tests.support.waiting import wait_until
+from tests.test_cli_ingress import http_status
+from txmail.core.settings import Settings
+from txmail.core.topology import Topology
+
+
+def children_of(pid: int) -> list[int]:
+    text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    return [int(child) for child in text.split()]
+
+
+def running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def listening_sockets(pids: list[int], port: int) -> int:
+    """How many of the processes hold a socket listening on ``port`` (from /proc)."""
+    listening = {
+        line.split()[9]
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]
+        if line.split()[1].endswith(f":{port:04X}") and line.split()[3] == "0A"
+    }
+    holders = 0
+    for pid in pids:
+        inodes = {
+            os.readlink(fd).removeprefix("socket:[").removesuffix("]")
+            for fd in Path(f"/proc/{pid}/fd").iterdir()
+            if os.readlink(fd).startswith("socket:")
+        }
+        holders += bool(inodes & listening)
+    return holders
+
+
+def ingress_env(settings: Settings, port: int) -> dict[str, str]:
+    return {**environment(settings), "TXMAIL_HTTP_HOST": "127.0.0.1", "TXMAIL_HTTP_PORT": str(port)}
+
+
+async def test_n_processes_share_the_port_and_stop_together_on_sigterm(
+    settings: Settings, amqp_url: str
+) -> None:
+    port = free_port()
+    parent = await spawn("ingress", "--processes", "2", env=ingress_env(settings, port))
+    try:
+        await wait_until(
+            lambda: (
+                len(children_of(parent.pid)) == 2
+                and listening_sockets(children_of(parent.pid), port) == 2
+            ),
+            20,
+            "two children listening on the port",
+        )
+        children = children_of(parent.pid)
+
+        async def ready() -> bool:
+            return await http_status(port, "GET", "/readyz", b"") == 200
+
+        await wait_until(ready, 20, "readiness")
+        for i in range(6):
+            body = json.dumps({"dispatch_id": f"d{i}", "status": "sent"}).encode()
+            assert await http_status(port, "POST", "/postbacks", body) == 202
+        parent.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(parent.wait(), timeout=20) == 0
+        assert not any(running(child) for child in children)
+    finally:
+        if parent.returncode is None:
+            parent.kill()
+            await parent.wait()
+    accepted = await drain(amqp_url, Topology(settings.namespace).tracker_queue, 6)
+    assert sorted(json.loads(m.body)["dispatch_id"] for m in accepted) == [
+        f"d{i}" for i in range(6)
+    ]
+
+
+async def test_a_child_that_dies_stops_the_others_and_the_parent_fails(
+    settings: Settings,
+) -> None:
+    port = free_port()
+    parent = await spawn("ingress", "--processes", "2", env=ingress_env(settings, port))
+    try:
+        await wait_until(lambda: len(children_of(parent.pid)) == 2, 20, "two children")
+        dead, survivor = children_of(parent.pid)
+        os.kill(dead, signal.SIGKILL)
+        assert await asyncio.wait_for(parent.wait(), timeout=20) != 0
+        assert not running(survivor)
+        _, stderr = await parent.communicate()
+        assert b"an ingress process exited" in stderr
+    finally:
+        if parent.returncode is None:
+            parent.kill()
+            await parent.wait()
+
+
+async def test_a_port_in_use_exits_1_with_the_usual_message(settings: Settings) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        parent = await spawn("ingress", "--processes", "2", env=ingress_env(settings, port))
+        _, stderr = await asyncio.wait_for(parent.communicate(), timeout=20)
+    assert parent.returncode == 1
+    assert f"txmail: port {port} is already in use" in stderr.decode()
+    assert b"Traceback" not in stderr
+
+
+async def test_processes_must_be_a_positive_number(settings: Settings) -> None:
+    parent = await spawn("ingress", "--processes", "0", env=ingress_env(settings, free_port()))
+    _, stderr = await asyncio.wait_for(parent.communicate(), timeout=20)
+    assert parent.returncode == 2
+    assert b"--processes" in stderr
