@@ -19,6 +19,7 @@ import aio_pika
 import asyncpg
 
 from txmail.core.broker import Broker, Outgoing
+from txmail.core.command import Configuration
 from txmail.core.events import POSTBACK_TYPE, event_id, postback_routing_key, utc_now
 from txmail.core.settings import Settings
 from txmail.core.topology import Topology
@@ -115,7 +116,7 @@ async def worker_rate(database_url: str) -> float:
         store = await open_store(database_url, TIMEOUTS)
         stop = asyncio.Event()
         started = time.perf_counter()
-        worker = asyncio.create_task(run_worker(settings, store, stop))
+        worker = asyncio.create_task(run_worker(Configuration(settings, None), store, stop))
         while (await store.counts()).events < EVENTS:  # noqa: ASYNC110 -- polls the store
             await asyncio.sleep(0.05)
         elapsed = time.perf_counter() - started

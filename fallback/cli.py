@@ -14,8 +14,10 @@ from txmail.core.durations import format_duration
 from txmail.core.errors import ConfigError
 from txmail.core.health import create_health_app
 from txmail.core.http import serving
+from txmail.core.metrics import exposed
 from txmail.core.settings import Settings
 from txmail.core.stopping import stop_on_signals
+from txmail.fallback import metrics
 from txmail.fallback.configured import FallbackRules, check_file, configure, warnings
 from txmail.fallback.executor.chain import LEASE_MARGIN
 from txmail.fallback.executor.service import FallbackExecutor, running_executor
@@ -93,7 +95,12 @@ async def _serve(settings: Settings, rules: FallbackRules) -> None:
 
     # Listening first: a port in use ends the process before it waits for the broker.
     async with (
-        serving(create_health_app(not_ready), settings.http_host, settings.metrics_port, settings),
+        serving(
+            create_health_app(not_ready, exposed(metrics.REGISTRY)),
+            settings.http_host,
+            settings.metrics_port,
+            settings,
+        ),
         running_executor(settings, rules, stop) as executor,
     ):
         if executor is not None:  # None: stopped while waiting for the broker

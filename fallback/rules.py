@@ -1,19 +1,21 @@
 """Which handlers run for a fallback request: the first rule that matches it.
 
-A rule matches when the trigger is one of ``on``, the campaign one of ``campaigns``
-(``"*"`` matches any, also none), and, when the rule has a ``reason`` regex, the
-request has a reason that the regex finds (``re.search``). The rules' schema is
-``txmail.core.rules_file``.
+A rule matches when the trigger is one of ``on`` (``"*"``: any trigger about a message,
+not a change of Braze's health, which a rule names: ``on = ["braze_degraded"]``), the
+campaign one of ``campaigns`` (``"*"`` matches any, also none), and, when the rule has a
+``reason`` regex, the request has a reason that the regex finds (``re.search``). The
+rules' schema is ``txmail.core.rules_file``.
 """
 
 from collections.abc import Sequence
 
-from txmail.core.events import FallbackRequest
+from txmail.core.events import MESSAGE_TRIGGERS, FallbackRequest
 from txmail.core.rules_file import ANY, Rule
 
 
 def matches(rule: Rule, request: FallbackRequest) -> bool:
-    if ANY not in rule.on and request.trigger.value not in rule.on:
+    named = request.trigger.value in rule.on
+    if not named and not (ANY in rule.on and request.trigger in MESSAGE_TRIGGERS):
         return False
     if ANY not in rule.campaigns and request.campaign_api_id not in rule.campaigns:
         return False

@@ -19,6 +19,7 @@ from txmail.ingress.bad_request import (
     validation_details,
 )
 from txmail.ingress.context import BROKER, GATE, SETTINGS
+from txmail.ingress.metrics import count_accepted, count_not_confirmed, count_unread
 
 log = structlog.get_logger(__name__)
 
@@ -78,16 +79,19 @@ def postback_message(postback: Postback, raw: dict[str, Any], received_at: str) 
 async def receive_postbacks(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     if refused := refusal(request, settings.postback_token, settings.allowed_networks, "postbacks"):
+        count_unread(refused.status)
         return refused
     gate = request.app[GATE]
     # Before parsing: refusing must cost next to nothing when there is too much to do.
     if overloaded := gate.refusal():
         log.debug("postbacks refused: overloaded")
+        count_unread(overloaded.status)
         return overloaded
     try:
         postbacks = parse_postbacks(await request.read(), settings.max_events_per_request)
     except BadRequest as bad:
         log.info("postback rejected", error=bad.error, reason=bad.message)
+        count_unread(bad.status)
         return bad.response()
     received_at = utc_now().isoformat()
     outgoing = [postback_message(postback, raw, received_at) for postback, raw in postbacks]
@@ -96,6 +100,7 @@ async def receive_postbacks(request: web.Request) -> web.Response:
             await request.app[BROKER].publish(outgoing)
     except BrokerUnavailable as error:
         for postback, _ in postbacks:
+            count_not_confirmed(postback.status)
             log.error(
                 "postback not accepted: broker did not confirm",
                 dispatch_id=postback.dispatch_id,
@@ -104,6 +109,7 @@ async def receive_postbacks(request: web.Request) -> web.Response:
             )
         return broker_unavailable("postbacks")
     for (postback, _), message in zip(postbacks, outgoing, strict=True):
+        count_accepted(postback.status)
         # No bound logger per event: at thousands of postbacks a second its cost shows.
         (log.debug if postback.is_known_status else log.warning)(
             "postback accepted"

@@ -28,6 +28,7 @@ from txmail.ingress.bad_request import (
     validation_details,
 )
 from txmail.ingress.context import BROKER, GATE, SETTINGS
+from txmail.ingress.metrics import count_registration
 
 log = structlog.get_logger(__name__)
 
@@ -57,6 +58,12 @@ def registration_message(wire: dict[str, Any]) -> Outgoing:
 
 
 async def register_send(request: web.Request) -> web.Response:
+    answer = await _register(request)
+    count_registration(answer.status)
+    return answer
+
+
+async def _register(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     if refused := refusal(request, settings.api_token, settings.allowed_networks, "sends"):
         return refused

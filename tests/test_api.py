@@ -17,6 +17,7 @@ from pydantic import SecretStr
 from structlog.testing import capture_logs
 
 from tests.support.factories import postback, registration
+from tests.support.health import degraded, learning
 from tests.support.ports import free_port
 from tests.support.processes import spawn
 from tests.support.raw_http import raw_request
@@ -302,3 +303,22 @@ async def test_a_premature_fallback_is_shown_with_the_deadline_it_was_decided_on
     text = capsys.readouterr().out
     assert text.startswith("premature fallback")
     assert "on the deadline   2026-03-01T11:59:00+00:00" in text
+
+
+async def test_the_api_answers_brazes_health(database_url: str) -> None:
+    await degraded(database_url)
+    store = await open_store(database_url, learning(), read_only=True)
+    try:
+        async with (
+            serving(create_api_app(store)) as api,
+            aiohttp.ClientSession() as session,
+            session.get(f"{api}/v1/health/braze") as response,
+        ):
+            assert response.status == 200
+            report = await response.json()
+    finally:
+        await store.close()
+    assert report["overall"]["health"] == "degraded"
+    assert report["overall"]["figures"]["p95_latency_seconds"] == 120
+    assert [c["campaign_api_id"] for c in report["campaigns"]] == ["c"]
+    assert {c["health"] for c in report["recent_changes"]} == {"degraded"}

@@ -1,6 +1,7 @@
 """docker compose cannot run here, so the compose file is checked against the Compose
 spec's schema and against the code, settings and files it names."""
 
+import json
 import re
 import subprocess
 import sys
@@ -20,6 +21,9 @@ COMPOSE_TEXT = (ROOT / "docker-compose.yml").read_text()
 COMPOSE: dict[str, Any] = yaml.safe_load(COMPOSE_TEXT)
 SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
 ENV_EXAMPLE = ROOT / "deploy" / "txmail.env.example"
+PROMETHEUS_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.yml"
+GRAFANA = ROOT / "deploy" / "grafana"
+MONITORING = ("prometheus", "grafana")
 SETTINGS = {f"TXMAIL_{field.upper()}" for field in Settings.model_fields}
 # ${NAME}, ${NAME:-default}, ${NAME:?error}: compose's interpolation.
 VARIABLE = re.compile(r"\$\{(\w+)(?::?([-?])([^}]*))?\}")
@@ -83,6 +87,7 @@ def test_no_default_credentials_and_no_empty_secrets() -> None:
         "POSTGRES_PASSWORD",
         "TXMAIL_POSTBACK_TOKEN",
         "TXMAIL_API_TOKEN",
+        "GRAFANA_ADMIN_PASSWORD",
     }
     # Every variable the file uses is in the example an operator copies to .env, and
     # the secrets there are empty, so compose refuses to start until they are filled in.
@@ -164,7 +169,13 @@ def test_every_service_is_limited_and_rotates_its_logs() -> None:
 def test_published_ports_and_health_checks_are_the_ones_txmail_listens_on() -> None:
     settings = Settings()
     listens = {"ingress": settings.http_port, "api": settings.api_port}
-    published = {"ingress": f"{listens['ingress']}:8080", "api": f"127.0.0.1:{listens['api']}:8081"}
+    published = {
+        "ingress": f"{listens['ingress']}:8080",
+        "api": f"127.0.0.1:{listens['api']}:8081",
+        # Monitoring, on this host's loopback only, like the API.
+        "prometheus": "127.0.0.1:9090:9090",
+        "grafana": "127.0.0.1:3000:3000",
+    }
     for name, service in SERVICES.items():
         assert service.get("ports", []) == ([published[name]] if name in published else []), name
     checked = {
@@ -192,3 +203,73 @@ def test_the_mounted_rules_file_exists_and_is_valid() -> None:
         host, container = service["volumes"][0].split(":")[:2]
         assert container == service["environment"]["TXMAIL_RULES"]
         configure(read_rules_file(ROOT / host))
+
+
+def _bind_mounts(service: dict[str, Any]) -> dict[str, str]:
+    """A service's files and folders from the repository: container path to host path."""
+    mounts = [volume.split(":") for volume in service.get("volumes", [])]
+    return {container: host for host, container, *_ in mounts if host.startswith("./")}
+
+
+def test_monitoring_runs_only_under_its_profile_and_mounts_files_that_exist() -> None:
+    for name, service in SERVICES.items():
+        assert service.get("profiles") == (["monitoring"] if name in MONITORING else None), name
+    for name in MONITORING:
+        mounts = _bind_mounts(SERVICES[name])
+        assert mounts, name
+        for host in mounts.values():
+            assert (ROOT / host).exists(), host
+        [data] = [v for v in SERVICES[name]["volumes"] if not v.startswith("./")]
+        assert data.split(":")[0] in COMPOSE["volumes"]
+    assert _bind_mounts(SERVICES["prometheus"])["/etc/prometheus/prometheus.yml"] == (
+        "./deploy/prometheus/prometheus.yml"
+    )
+    assert "--config.file=/etc/prometheus/prometheus.yml" in SERVICES["prometheus"]["command"]
+
+
+def test_prometheus_scrapes_every_txmail_service_where_it_serves_metrics() -> None:
+    settings = Settings()
+    # /metrics: the ingress and the API on their own port, worker and executor on their
+    # health port (TXMAIL_METRICS_PORT).
+    serves_metrics = {
+        "ingress": settings.http_port,
+        "api": settings.api_port,
+        "worker": settings.metrics_port,
+        "fallback": settings.metrics_port,
+    }
+    assert set(serves_metrics) == set(txmail_services())
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    targets = {
+        job["job_name"]: target
+        for job in config["scrape_configs"]
+        for static in job["static_configs"]
+        for target in static["targets"]
+    }
+    assert targets == {name: f"{name}:{port}" for name, port in serves_metrics.items()}
+    assert all(
+        job.get("metrics_path", "/metrics") == "/metrics" for job in config["scrape_configs"]
+    )
+
+
+def test_grafana_is_provisioned_with_prometheus_and_the_txmail_dashboard() -> None:
+    mounts = _bind_mounts(SERVICES["grafana"])
+    provisioning = ROOT / mounts["/etc/grafana/provisioning"]
+    [source] = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())[
+        "datasources"
+    ]
+    prometheus_port = SERVICES["prometheus"]["ports"][0].rsplit(":", 1)[1]
+    assert (source["type"], source["url"]) == ("prometheus", f"http://prometheus:{prometheus_port}")
+    [provider] = yaml.safe_load((provisioning / "dashboards" / "txmail.yml").read_text())[
+        "providers"
+    ]
+    dashboards = provider["options"]["path"]
+    assert mounts[dashboards] == "./deploy/grafana/dashboards"
+    dashboard = json.loads((GRAFANA / "dashboards" / "txmail.json").read_text())
+    home = SERVICES["grafana"]["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert home == f"{dashboards}/txmail.json"
+    used = {
+        target["datasource"]["uid"]
+        for panel in dashboard["panels"]
+        for target in panel.get("targets", [])
+    }
+    assert used == {source["uid"]}

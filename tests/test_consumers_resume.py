@@ -11,6 +11,7 @@ from tests.support.ingress_server import running_ingress
 from tests.support.readiness import is_not_consuming, is_ready, proxied
 from tests.support.waiting import wait_until
 from txmail.core.broker import Broker
+from txmail.core.command import Configuration
 from txmail.core.events import utc_now
 from txmail.core.settings import Settings
 from txmail.core.topology import Topology
@@ -18,7 +19,7 @@ from txmail.workers.state import Outcome
 from txmail.workers.store import open_store
 from txmail.workers.store.protocol import Store
 from txmail.workers.sweeper import Sweeper
-from txmail.workers.timeouts import DeliveryTimeouts
+from txmail.workers.timeouts import DeliveryTimeouts, delivery_timeouts
 from txmail.workers.tracker import Tracker
 from txmail.workers.watermark import WatermarkRule
 from txmail.workers.worker import Worker
@@ -32,8 +33,9 @@ SEND = {
 
 @asynccontextmanager
 async def running_worker(settings: Settings) -> AsyncIterator[tuple[Worker, Store]]:
-    store = await open_store(settings.database_url, DeliveryTimeouts(settings.delivery_timeout))
-    worker = Worker(settings, store)
+    config = Configuration(settings, rules_file=None)
+    store = await open_store(settings.database_url, delivery_timeouts(config))
+    worker = Worker(config, store)
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
     try:

@@ -247,12 +247,12 @@ async def test_the_worker_and_executor_health_port_is_served_the_same_way(
     async def ready() -> list[str]:
         return []
 
-    async with serving_app(create_health_app(ready), "127.0.0.1", 0, settings) as port:
+    async with serving_app(create_health_app(ready, []), "127.0.0.1", 0, settings) as port:
         reader, writer = await connect(port)
         writer.write(b"GET /readyz?token=s3cret HTTP/1.1\r\nBad header\r\n\r\n")
         status, headers, body = await answer_then_close(reader)
         assert (status, body["error"], headers["server"]) == (400, "bad_request", "txmail")
         reader, writer = await connect(port)
-        writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        writer.write(b"GET /nowhere HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         status, headers, body = await answer_then_close(reader)
         assert (status, body["error"]) == (404, "not_found")

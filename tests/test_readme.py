@@ -7,9 +7,13 @@ from pathlib import Path
 from tests.support.braze import BRAZE_EXAMPLES
 from tests.support.ingress_server import running_ingress
 from txmail.cli import build_parser
+from txmail.core.metrics import exposed
 from txmail.core.settings import Settings
+from txmail.fallback import metrics as fallback_metrics
 from txmail.fallback.configured import resolve_secrets
 from txmail.fallback.handler import HandlerConfig
+from txmail.ingress import metrics as ingress_metrics
+from txmail.workers import metrics as worker_metrics
 
 ROOT = Path(__file__).parent.parent
 README = (ROOT / "README.md").read_text()
@@ -26,6 +30,15 @@ def test_ci_runs_the_readme_test_command() -> None:
 def test_every_setting_is_documented() -> None:
     for field in Settings.model_fields:
         assert f"`TXMAIL_{field.upper()}`" in README, field
+
+
+def test_every_metric_is_documented() -> None:
+    layers = (ingress_metrics, worker_metrics, fallback_metrics)
+    for registry in exposed(*(layer.REGISTRY for layer in layers)):
+        for family in registry.collect():
+            if family.name.startswith("txmail_"):
+                name = f"{family.name}_total" if family.type == "counter" else family.name
+                assert f"\n| `{name}` | {family.type} |" in README, name
 
 
 def test_every_subcommand_is_documented() -> None:

@@ -1,4 +1,5 @@
-"""Delivery timeouts: the environment's default and the rules file's [tracking] over it.
+"""Delivery timeouts: the environment's default and the rules file's [tracking] over it;
+each a duration, or "auto" (learned, within bounds).
 
 `txmail check-config` and the workers read [tracking] through the one schema
 (txmail.core.rules_file), so they agree on every value: the workers start on exactly
@@ -13,8 +14,10 @@ import pytest
 from txmail.cli import main
 from txmail.core.command import Configuration
 from txmail.core.errors import ConfigError
+from txmail.core.health_settings import AutoBounds
 from txmail.core.rules_file import read_rules_file
 from txmail.core.settings import Settings
+from txmail.workers.health.monitor import health_rules
 from txmail.workers.timeouts import DeliveryTimeouts, delivery_timeouts
 
 DEFAULT = timedelta(minutes=10)
@@ -48,6 +51,31 @@ TRACKING: list[tuple[str, DeliveryTimeouts | None]] = [
         '[tracking.campaigns.c1]\ndelivery_timeout = "2h"\n',
         DeliveryTimeouts(DEFAULT, {"c1": timedelta(hours=2)}),
     ),
+    # Learned: the default applies (within the bounds) until enough sends were seen.
+    (
+        '[tracking]\ndelivery_timeout = "auto"\n',
+        DeliveryTimeouts(DEFAULT, auto={None: AutoBounds()}),
+    ),
+    (
+        '[tracking]\ndelivery_timeout = "auto"\nmin_delivery_timeout = "30s"\n'
+        'max_delivery_timeout = "5m"\n',
+        DeliveryTimeouts(
+            DEFAULT,
+            auto={None: AutoBounds(min=timedelta(seconds=30), max=timedelta(minutes=5))},
+        ),
+    ),
+    (
+        '[tracking]\ndelivery_timeout = "15m"\n[tracking.campaigns.c1]\ndelivery_timeout = "auto"\n'
+        'max_delivery_timeout = "2h"\n',
+        DeliveryTimeouts(timedelta(minutes=15), auto={"c1": AutoBounds(max=timedelta(hours=2))}),
+    ),
+    ('[tracking]\ndelivery_timeout = "Auto"\n', None),
+    ('[tracking]\ndelivery_timeout = "auto"\nmin_delivery_timeout = "2h"\n', None),  # > max
+    ('[tracking]\ndelivery_timeout = "auto"\nmax_delivery_timeout = 600\n', None),
+    ('[tracking]\ndelivery_timeout = "auto"\nmin_delivery_timeout = "0s"\n', None),
+    ('[tracking]\ndelivery_timeout = "10m"\nmax_delivery_timeout = "2h"\n', None),
+    ('[tracking]\nmin_delivery_timeout = "1m"\n', None),
+    ('[tracking.campaigns.c1]\nmin_delivery_timeout = "1m"\n', None),
     # A bare number would be seconds to one reader and a slip to another: refused.
     ("[tracking]\ndelivery_timeout = 600\n", None),
     ("[tracking]\ndelivery_timeout = 2.5\n", None),
@@ -130,3 +158,23 @@ def test_a_bad_tracking_section_names_the_file_and_the_field(
 def test_a_missing_rules_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read it"):
         read_rules_file(tmp_path / "missing.toml")
+
+
+def test_auto_timeouts_are_read_with_their_bounds(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '[tracking]\ndelivery_timeout = "auto"\nmax_delivery_timeout = "20m"\n'
+        '[tracking.campaigns.f]\ndelivery_timeout = "2m"\n'
+        '[tracking.campaigns.a]\ndelivery_timeout = "auto"\n'
+        'min_delivery_timeout = "30s"\nmax_delivery_timeout = "5m"\n'
+        "[health]\nmin_sends = 50\n",
+    )
+    config = Configuration(Settings(rules=path, delivery_timeout=DEFAULT), read_rules_file(path))
+    timeouts = delivery_timeouts(config)
+    assert timeouts.for_campaign("f") == timedelta(minutes=2)
+    assert timeouts.auto_bounds("f") is None
+    assert timeouts.for_campaign("a") == timedelta(minutes=5)  # the default, within 30s..5m
+    assert timeouts.for_campaign("other") == timedelta(minutes=10)  # within 1m..20m
+    timeouts.learned.replace({"a": timedelta(minutes=3)})
+    assert timeouts.for_campaign("a") == timedelta(minutes=3)
+    assert health_rules(config).min_sends == 50

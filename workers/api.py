@@ -6,14 +6,17 @@ the health checks needs a token or a signed-in session when a token is set, and 
 none set the API listens on this machine only, unless told otherwise.
 """
 
+from collections.abc import Sequence
 from functools import partial
 
 import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
+from prometheus_client import CollectorRegistry
 
 from txmail.core.health import Readiness, add_health_routes, all_ready
 from txmail.core.http import json_error, json_errors
+from txmail.core.metrics import add_metrics_route, exposed
 from txmail.core.openapi import add_openapi_route
 from txmail.core.parked import ParkedFallbacks
 from txmail.core.settings import Settings
@@ -46,6 +49,11 @@ async def message_by_external_send_id(request: web.Request) -> web.Response:
         )
     message = await request.app[STORE].find(external_send_id=external_send_id)
     return _found(message, f"external_send_id {external_send_id!r}")
+
+
+async def braze_health(request: web.Request) -> web.Response:
+    report = await request.app[STORE].health.report()
+    return web.json_response(text=report.model_dump_json())
 
 
 def _store_answers(store: Store) -> Readiness:
@@ -96,16 +104,21 @@ def create_api_app(
     tokens: ApiTokens = NO_TOKENS,
     *parts: Readiness,
     parked: ParkedFallbacks | None = None,
+    metrics_served: Sequence[CollectorRegistry] | None = None,
 ) -> web.Application:
     """The API over an open store; whoever opened the store closes it. With ``tokens``,
-    every path but the health checks and the sign-in page needs one of them (or a
-    session). ``/readyz`` asks the store, and ``parts`` running in the same process
-    (``txmail run``). ``parked``: what the console may do with parked fallbacks."""
+    every path but the health checks, the contract, ``/metrics`` and the sign-in page
+    needs one of them (or a session). ``/readyz`` asks the store, and ``parts`` running
+    in the same process (``txmail run``). ``parked``: what the console may do with
+    parked fallbacks. ``/metrics`` serves ``metrics_served``, by default the API
+    process's own. ``GET /v1/health/braze`` is Braze's health as the workers judged it."""
     app = web.Application(middlewares=[json_errors, access_required, store_unavailable_is_503])
     app[STORE] = store
     app.router.add_get("/v1/messages/{dispatch_id}", message_by_dispatch_id)
     app.router.add_get("/v1/messages", message_by_external_send_id)
+    app.router.add_get("/v1/health/braze", braze_health)
     add_console(app, store, tokens, parked)
     add_health_routes(app, partial(all_ready, [_store_answers(store), *parts]))
+    add_metrics_route(app, exposed() if metrics_served is None else metrics_served)
     add_openapi_route(app, "txmail.workers")
     return app

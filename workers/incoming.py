@@ -16,9 +16,12 @@ from pydantic import ValidationError
 from txmail.core.errors import TxmailError
 from txmail.core.events import (
     FALLBACK_ATTEMPT_TYPE,
+    HEALTH_CHANGE_PREFIX,
+    HEALTH_CHANGE_TYPE,
     POSTBACK_TYPE,
     SEND_REGISTRATION_TYPE,
     FallbackAttempt,
+    HealthChange,
     Postback,
     SendRegistration,
     event_id,
@@ -72,6 +75,11 @@ def received_at(headers: Mapping[str, Any], timestamp: datetime | None, now: dat
     return now
 
 
+def health_key(change_id: str) -> str:
+    """Where a change of Braze's health and its handlers' attempts are kept (``events``)."""
+    return f"health:{change_id}"
+
+
 def decode(
     kind: str | None,
     body: bytes,
@@ -106,11 +114,19 @@ def decode(
             return TrackedEvent(eid, key, kind, "registered", arrived, text, registered)
         if kind == FALLBACK_ATTEMPT_TYPE:
             attempt = FallbackAttempt.model_validate(raw)
-            if not (attempt.external_send_id or attempt.dispatch_id):
-                raise NotTheContract("fallback attempt names neither a dispatch nor a send id")
-            key = message_key(attempt.external_send_id, attempt.dispatch_id)
             label = f"{attempt.handler or '-'}: {attempt.outcome.value}"
+            if attempt.idempotency_key.startswith(HEALTH_CHANGE_PREFIX):
+                # A handler run for a change of Braze's health: kept with that change.
+                key = health_key(attempt.idempotency_key)
+            elif attempt.external_send_id or attempt.dispatch_id:
+                key = message_key(attempt.external_send_id, attempt.dispatch_id)
+            else:
+                raise NotTheContract("fallback attempt names neither a dispatch nor a send id")
             return TrackedEvent(eid, key, kind, label, arrived, text, None)
+        if kind == HEALTH_CHANGE_TYPE:
+            change = HealthChange.model_validate(raw)
+            key = health_key(change.change_id)
+            return TrackedEvent(eid, key, kind, change.health, arrived, text, None)
     except ValidationError as error:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}"

@@ -96,6 +96,9 @@ class Message(_Frozen):
     statuses: dict[str, StatusSeen] = Field(default_factory=dict)
     registration: Registered | None = None
     decision: Decision | None = None
+    # The learned ("auto") timeout its deadline was armed with: kept, so that what is
+    # learned later does not move a deadline already armed.
+    learned_timeout: timedelta | None = None
 
 
 def message_key(external_send_id: str | None, dispatch_id: str | None) -> str:
@@ -211,6 +214,19 @@ def _parse_time(text: str | None) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
+def braze_sending_time(message: Message) -> timedelta | None:
+    """Braze's own time from `sent_at` to `delivered_at`, when both postbacks said one
+    (and in that order: Braze's published examples have them the wrong way round)."""
+    sent, delivered = message.statuses.get("sent"), message.statuses.get("delivered")
+    if sent is None or delivered is None:
+        return None
+    sent_at = _parse_time(sent.timestamps.get("sent_at"))
+    delivered_at = _parse_time(delivered.timestamps.get("delivered_at"))
+    if sent_at is None or delivered_at is None or delivered_at < sent_at:
+        return None
+    return delivered_at - sent_at
+
+
 def event_time(event: PostbackEvent) -> datetime | None:
     """When Braze says this postback's status happened (`delivered_at` of a `delivered`,
     ...), in UTC; never after its arrival, so that a clock ahead, or a forged timestamp,
@@ -229,7 +245,23 @@ def _timeout(message: Message, timeouts: DeliveryTimeouts) -> timedelta:
     registered = message.registration
     if registered is not None and registered.registration.delivery_timeout is not None:
         return registered.registration.delivery_timeout
-    return timeouts.for_campaign(message.campaign_api_id)
+    return message.learned_timeout or timeouts.for_campaign(message.campaign_api_id)
+
+
+def keep_learned_timeout(message: Message, timeouts: DeliveryTimeouts) -> Message:
+    """Record the learned timeout an armed deadline uses, the first time it is armed on
+    one; unchanged when its timeout is fixed (configured, or the registration's)."""
+    if message.learned_timeout is not None or message.decision or failure(message):
+        return message
+    if timeouts.auto_bounds(message.campaign_api_id) is None:
+        return message
+    registered = message.registration
+    if registered is not None and registered.registration.delivery_timeout is not None:
+        return message
+    if _armed_deadline(message, timeouts) is None:
+        return message
+    learned = timeouts.for_campaign(message.campaign_api_id)
+    return message.model_copy(update={"learned_timeout": learned})
 
 
 def deadline(message: Message, timeouts: DeliveryTimeouts) -> datetime | None:

@@ -9,6 +9,7 @@ import json
 import re
 from datetime import datetime
 
+from txmail.core.durations import format_duration
 from txmail.core.events import FALLBACK_ATTEMPT_TYPE, POSTBACK_TYPE, FallbackAttempt
 from txmail.core.terminal import printable
 from txmail.workers.store.protocol import MessageView, Store, TimelineEntry
@@ -81,7 +82,11 @@ def as_json(message: MessageView) -> str:
         **ordered.model_dump(mode="json"),
         "last_fallback_attempt": attempt.model_dump(mode="json") if attempt else None,
     }
-    text = json.dumps(document, indent=2, ensure_ascii=False)
+    return terminal_safe_json(json.dumps(document, indent=2, ensure_ascii=False))
+
+
+def terminal_safe_json(text: str) -> str:
+    """JSON with what JSON leaves raw but a terminal may act on escaped too."""
     return _RAW_IN_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
@@ -97,6 +102,9 @@ def describe(message: MessageView) -> str:
     ]
     if message.deadline:
         lines.append(f"  deadline          {_time(message.deadline)}")
+    if message.learned_timeout:
+        learned = format_duration(message.learned_timeout)
+        lines.append(f'  learned timeout   {learned} (delivery_timeout = "auto")')
     if message.registration:
         recipient = message.registration.registration.recipient
         who = ", ".join(x for x in (recipient.email, recipient.phone) if x) or "-"

@@ -14,6 +14,7 @@ import structlog
 from txmail.core.broker import Broker
 from txmail.core.events import utc_now
 from txmail.core.stopping import pause
+from txmail.workers import metrics
 from txmail.workers.decisions import publish_decisions
 from txmail.workers.store.protocol import PendingRequest, Store, StoreUnavailable
 from txmail.workers.watermark import FORGET_AFTER, WatermarkRule, WorkerProgress, due_by
@@ -53,10 +54,14 @@ class Sweeper:
     async def run(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
         last_purge = -PURGE_INTERVAL
+        sweeps = 0
         while not stop.is_set():
             try:
                 if self._broker.is_ready:  # else a claim could only wait for a retry
                     await self.sweep(utc_now())
+                if sweeps % metrics.TALLY_EVERY_SWEEPS == 0:
+                    tally = await self._store.tally()
+                    metrics.set_tally(tally.outcomes, tally.pending_deadlines)
                 if loop.time() - last_purge >= PURGE_INTERVAL:
                     last_purge = loop.time()
                     await self.purge(utc_now())
@@ -64,6 +69,7 @@ class Sweeper:
                 log.warning("store unavailable, sweeping again later", error=str(error))
             except Exception:
                 log.exception("sweep failed, sweeping again later")
+            sweeps += 1
             await pause(stop, self._interval)
 
     async def sweep(self, now: datetime) -> None:
@@ -90,6 +96,7 @@ async def sweep_claims(
     claiming = now
     while (due := await _due_by(store, progress, watermark, claiming)) is not None:
         claimed = await store.claim_due(claiming, CLAIM_BATCH, due)
+        metrics.count_fired(claimed)
         yield claimed
         if len(claimed) < CLAIM_BATCH:
             break

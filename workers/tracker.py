@@ -10,6 +10,7 @@ blocks the messages behind it.
 import asyncio
 import os
 import socket
+import time
 import uuid
 from collections.abc import Awaitable, Sequence
 from datetime import datetime
@@ -22,6 +23,7 @@ from txmail.core.consumer import Consumer
 from txmail.core.events import utc_now
 from txmail.core.readable import readable
 from txmail.core.topology import Topology
+from txmail.workers import metrics
 from txmail.workers.batch import Settle, Settlement, apply_batch
 from txmail.workers.decisions import publish_decisions
 from txmail.workers.inbox import Inbox
@@ -148,8 +150,11 @@ class Tracker:
         self._holding_in_hand = min(
             (d.braze_time for d in batch if d.braze_time is not None), default=None
         )
+        metrics.BATCH_SIZE.observe(len(batch))
+        started = time.perf_counter()
         try:
             await self._handle_in_hand(batch, stop)
+            metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
         finally:
             self._in_hand = self._holding_in_hand = None
             self._applied_through = max(arrivals)
@@ -165,15 +170,20 @@ class Tracker:
             # One ack for the whole batch: every earlier delivery on this channel is in
             # it or already settled, because batches are handled one after another.
             await _settle(batch[acked[-1]].message.ack(multiple=True))
+        metrics.count_decided(applied.decided)
         await publish_decisions(self._broker, self._store, applied.decided)
 
     def _note_applied(self, deliveries: list[Delivery]) -> None:
         """Advance this worker's Braze time with committed postbacks, before the batch
         leaves its hands: a sweep never sees the batch neither held nor counted."""
+        applied_at = utc_now()
         for delivery in deliveries:
+            if isinstance(delivery.decoded, TrackedEvent):
+                metrics.count_applied(delivery.decoded)
             stamped = delivery.braze_time
             if stamped is None:
                 continue  # registrations and attempts are not Braze's stream
+            metrics.observe_lag(stamped, applied_at)
             if self._event_time is None or stamped > self._event_time:
                 self._event_time = stamped
             if self._heard_at is None or delivery.received_at > self._heard_at:
@@ -199,6 +209,7 @@ async def _settle_as(delivery: Delivery, settlement: Settlement, one_ack: bool) 
             message_id=message.message_id,
             routing_key=message.routing_key,
         )
+        metrics.REFUSED_DEAD_LETTER.inc()
         await _settle(message.reject(requeue=False))
     elif settlement.kind is Settle.REQUEUE:
         if isinstance(delivery.decoded, TrackedEvent):
@@ -218,6 +229,7 @@ async def _settle_as(delivery: Delivery, settlement: Settlement, one_ack: bool) 
                 message_id=message.message_id,
                 exc_info=error,
             )
+        metrics.REFUSED_REQUEUE.inc()
         await _settle(message.nack(requeue=True))
     elif settlement.kind is Settle.ACK and not one_ack:
         await _settle(message.ack())

@@ -1,4 +1,5 @@
-"""The worker process: a tracker and a sweeper sharing one store and one broker."""
+"""The worker process: a tracker, a sweeper and a health monitor sharing one store and
+one broker."""
 
 import asyncio
 
@@ -9,9 +10,12 @@ from txmail.core.broker import Broker
 from txmail.core.command import Configuration
 from txmail.core.health import create_health_app
 from txmail.core.http import serving
+from txmail.core.metrics import exposed
 from txmail.core.settings import Settings
 from txmail.core.stopping import pause, stop_on_signals, unless_stopped
 from txmail.core.topology import Topology
+from txmail.workers import metrics
+from txmail.workers.health.monitor import HealthMonitor, health_rules
 from txmail.workers.store import open_store
 from txmail.workers.store.protocol import Store, StoreUnavailable
 from txmail.workers.sweeper import Sweeper
@@ -39,10 +43,14 @@ async def open_store_when_available(
 
 
 class Worker:
-    def __init__(self, settings: Settings, store: Store) -> None:
+    def __init__(self, config: Configuration, store: Store) -> None:
+        settings = config.settings
         topology = Topology(settings.namespace)
         self._store = store
         self._broker = Broker(settings.amqp_url, topology, settings.publish_timeout)
+        self._monitor = HealthMonitor(
+            store.health, self._broker, health_rules(config), settings.republish_after
+        )
         self._tracker = Tracker(
             settings.amqp_url,
             topology,
@@ -78,23 +86,28 @@ class Worker:
         return problems
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Track and sweep until ``stop`` is set."""
+        """Track, sweep and judge Braze's health until ``stop`` is set."""
         self._broker.start()
         try:
             # Deciding while unable to publish would only postpone each publish by a retry.
             while not self._broker.is_ready and not stop.is_set():
                 await pause(stop, BROKER_WAIT_INTERVAL)
-            await asyncio.gather(self._tracker.run(stop), self._sweeper.run(stop))
+            # The learned timeouts before the first deadline is armed: a restart keeps them.
+            learned = until_up(self._store.health.refresh_learned, "store", (StoreUnavailable,))
+            await unless_stopped(learned, stop)
+            await asyncio.gather(
+                self._tracker.run(stop), self._sweeper.run(stop), self._monitor.run(stop)
+            )
         finally:
             await self._broker.close()
 
 
-async def run_worker(settings: Settings, store: Store, stop: asyncio.Event) -> None:
-    await Worker(settings, store).run(stop)
+async def run_worker(config: Configuration, store: Store, stop: asyncio.Event) -> None:
+    await Worker(config, store).run(stop)
 
 
 async def serve_worker(config: Configuration) -> None:
-    """``txmail worker``: run until SIGTERM, with /healthz and /readyz on the metrics port
+    """``txmail worker``: run until SIGTERM, with /healthz, /readyz and /metrics on the metrics port
     from the start (a port in use ends the process before it waits for anything)."""
     settings = config.settings
     stop = stop_on_signals()
@@ -105,13 +118,16 @@ async def serve_worker(config: Configuration) -> None:
         return ["store not open yet"] if worker is None else await worker.not_ready()
 
     async with serving(
-        create_health_app(not_ready), settings.http_host, settings.metrics_port, settings
+        create_health_app(not_ready, exposed(metrics.REGISTRY)),
+        settings.http_host,
+        settings.metrics_port,
+        settings,
     ):
         store = await open_store_when_available(settings, timeouts, stop)
         if store is None:
             return
         try:
-            worker = Worker(settings, store)
+            worker = Worker(config, store)
             await worker.run(stop)
         finally:
             await store.close()

@@ -17,6 +17,7 @@ import structlog
 from txmail.core.durations import format_duration
 from txmail.core.events import CIRCUIT_OPEN_DETAIL, FallbackRequest
 from txmail.core.rules_file import Mode, Rule
+from txmail.fallback import metrics
 from txmail.fallback.handler import (
     FallbackHandler,
     PermanentFailure,
@@ -62,9 +63,13 @@ async def run_handler(
     circuit = circuits[ready.name]
     if not circuit.try_call():
         return HandlerResult(ready.name, ResultKind.TRANSIENT, CIRCUIT_OPEN_DETAIL)
+    started = time.perf_counter()
     try:
         async with asyncio.timeout(ready.timeout.total_seconds()):
-            await ready.handler.send(request, call_key(request, ready.name))
+            try:
+                await ready.handler.send(request, call_key(request, ready.name))
+            finally:
+                metrics.HANDLER_SECONDS.labels(ready.name).observe(time.perf_counter() - started)
     except UnusableRequest as failure:
         circuit.abandon_call()  # the provider was not called: nothing learnt about it
         return HandlerResult(ready.name, ResultKind.PERMANENT, str(failure))

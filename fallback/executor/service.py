@@ -33,6 +33,7 @@ from txmail.core.readable import readable
 from txmail.core.settings import Settings
 from txmail.core.stopping import pause, unless_stopped
 from txmail.core.topology import Topology
+from txmail.fallback import metrics
 from txmail.fallback.configured import FallbackRules
 from txmail.fallback.executor.chain import ReadyHandler, run_chain
 from txmail.fallback.handler import FallbackHandler, HandlerResources
@@ -105,6 +106,7 @@ class FallbackExecutor:
         self._circuits = Circuits(
             settings.fallback_circuit_failures, settings.fallback_circuit_open_for
         )
+        metrics.watch_circuits(self._circuits, handlers)
         # On a connection of its own, which it keeps up: see txmail.core.consumer.
         self._consumer = Consumer(
             settings.amqp_url,
@@ -210,6 +212,7 @@ class FallbackExecutor:
             log.warning("parking an unreadable fallback request", reason=reason)
             await self._broker.publish([self._parked(message, RequestProgress(), reason)])
             await message.ack()
+            metrics.PARKED.inc()
             return
 
         progress = RequestProgress.from_headers(message.headers)
@@ -220,6 +223,7 @@ class FallbackExecutor:
             no_rule = self._attempt(request, None, progress, AttemptOutcome.NO_RULE, "")
             await self._broker.publish([no_rule])
             await message.ack()
+            metrics.ATTEMPTS.labels(metrics.NO_HANDLER, AttemptOutcome.NO_RULE.value).inc()
             return
 
         index, rule = match
@@ -240,6 +244,7 @@ class FallbackExecutor:
             outgoing.append(self._parked(message, verdict.progress, verdict.reason))
         await self._broker.publish(outgoing)
         await message.ack()
+        _count(results, verdict)
         results_by_handler = {r.handler: r.kind.value for r in results}
         if verdict.next_step is NextStep.PARK:  # needs a person: worth an alert
             bound.warning(
@@ -293,6 +298,17 @@ def _outcome(result: HandlerResult, verdict: Verdict) -> AttemptOutcome:
     if result.kind is ResultKind.SUCCEEDED:
         return AttemptOutcome.SUCCEEDED
     return _RESULT_OUTCOME[verdict.next_step]
+
+
+def _count(results: list[HandlerResult], verdict: Verdict) -> None:
+    """Once the attempt is recorded: a request requeued before that is counted when it
+    is processed again."""
+    for result in results:
+        metrics.ATTEMPTS.labels(result.handler, _outcome(result, verdict).value).inc()
+    if verdict.next_step is NextStep.RETRY:
+        metrics.RETRIES.inc()
+    elif verdict.next_step is NextStep.PARK:
+        metrics.PARKED.inc()
 
 
 def _detail(result: HandlerResult, verdict: Verdict, rule_index: int) -> str:

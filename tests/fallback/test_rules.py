@@ -4,7 +4,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from txmail.core.events import FallbackRequest, Trigger
+from txmail.core.events import MESSAGE_TRIGGERS, FallbackRequest, Trigger
 from txmail.core.rules_file import Rule
 from txmail.fallback.rules import matches, select_rule
 
@@ -57,6 +57,11 @@ def test_the_first_matching_rule_wins(
     assert (found[0] if found else None) == expected
 
 
-def test_a_star_trigger_matches_every_trigger() -> None:
+def test_a_star_trigger_matches_every_message_trigger_but_no_health_change() -> None:
     rule = Rule.model_validate({"on": ["*"], "handlers": ["a"]})
-    assert all(matches(rule, request(t.value, None, None)) for t in Trigger)
+    assert all(matches(rule, request(t.value, None, None)) for t in MESSAGE_TRIGGERS)
+    # An SMS rule for every failed email must not fire when Braze is slow.
+    assert not matches(rule, request(Trigger.BRAZE_DEGRADED.value, None, None))
+    named = Rule.model_validate({"on": ["braze_degraded"], "handlers": ["a"]})
+    assert matches(named, request(Trigger.BRAZE_DEGRADED.value, None, None))
+    assert not matches(named, request(Trigger.BRAZE_RECOVERED.value, None, None))

@@ -4,7 +4,7 @@ import asyncio
 import os
 import signal
 import textwrap
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -14,7 +14,7 @@ from tests.support.processes import spawn, wait_for_line
 from tests.support.servers import WEBHOOK_SECRET
 from txmail.cli import main
 from txmail.core.errors import ConfigError
-from txmail.core.events import FallbackRequest, Recipient, Trigger
+from txmail.core.events import MESSAGE_TRIGGERS, FallbackRequest, Recipient, Trigger
 from txmail.core.rules_file import Mode, read_rules_file
 from txmail.core.settings import Settings
 from txmail.fallback.configured import FallbackRules, check_file, configure
@@ -89,10 +89,9 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_the_issue_example_loads(tmp_path: Path) -> None:
     path = write(tmp_path, EXAMPLE)
     tracking = read_rules_file(path).tracking
-    assert tracking.delivery_timeout is not None
-    assert tracking.delivery_timeout.total_seconds() == 600
+    assert tracking.fixed() == timedelta(minutes=10)
     campaign = tracking.campaigns["417220e4-5a2a-b634-7f7d-9ec891532368"]
-    assert campaign.delivery_timeout.total_seconds() == 120
+    assert campaign.fixed() == timedelta(minutes=2)
     rules_file = load(path)
     assert sorted(rules_file.handlers) == ["bus", "dry-run", "mailer", "ops-hook", "sms"]
     assert rules_file.handlers["sms"].config.model_dump()["auth_token"].get_secret_value() == (
@@ -113,6 +112,17 @@ RULE = '[[rules]]\non = ["bounced"]\nhandlers = ["hook"]\n'
 
 INVALID = [
     ("[tracking\n", "not valid TOML"),
+    (
+        '[tracking]\ndelivery_timeout = "auto"\nmin_delivery_timeout = "2h"\n',
+        "tracking: min_delivery_timeout must not be longer than max_delivery_timeout",
+    ),
+    (
+        '[tracking]\ndelivery_timeout = "10m"\nmax_delivery_timeout = "2h"\n',
+        'tracking: min/max_delivery_timeout go with delivery_timeout = "auto"',
+    ),
+    ('[health]\nrecovered_p95 = "2m"\n', "health: recovered_p95 must be lower than degraded_p95"),
+    ("[health]\nwindow = 300\n", 'health.window: write a duration with its unit, e.g. "300s"'),
+    ("[health]\nmin_sends = 0\n", "health.min_sends: Input should be greater than or equal to 1"),
     ('[tracking]\ndelivery_timeout = "10 minutes"\n', "tracking.delivery_timeout: '10 minutes'"),
     ('[tracking]\ndelivery_timeout = "0s"\n', "tracking.delivery_timeout: must be longer than 0s"),
     ('[handlers.x]\ntype = "log"\ntimeout = "0s"\n', "handlers.x.timeout: must be longer than 0s"),
@@ -191,7 +201,7 @@ INVALID = [
     (
         HOOK + '[[rules]]\non = ["bouncd"]\nhandlers = ["hook"]\n',
         "rules[0].on[0]: unknown trigger 'bouncd' "
-        "(use aborted, bounced, timeout, not_sent, or '*')",
+        "(use aborted, bounced, timeout, not_sent, braze_degraded, braze_recovered, or '*')",
     ),
     (
         HOOK + '[[rules]]\non = ["bounced"]\ncampaigns = [""]\nhandlers = ["hook"]\n',
@@ -313,7 +323,7 @@ def test_the_documented_example_is_valid(monkeypatch: pytest.MonkeyPatch) -> Non
         monkeypatch.setenv(variable, WEBHOOK_SECRET)
     example = Path(__file__).parents[2] / "fallback" / "rules.example.toml"
     rules_file = load(example)
-    assert len(rules_file.rules) == 3
+    assert len(rules_file.rules) == 4
 
 
 def test_the_documented_example_can_serve_every_trigger_its_rules_take(
@@ -327,7 +337,7 @@ def test_the_documented_example_can_serve_every_trigger_its_rules_take(
         monkeypatch.setenv(variable, WEBHOOK_SECRET)
     example = load(Path(__file__).parents[2] / "fallback" / "rules.example.toml")
     for index, rule in enumerate(example.rules):
-        triggers = list(Trigger) if "*" in rule.on else [Trigger(t) for t in rule.on]
+        triggers = MESSAGE_TRIGGERS if "*" in rule.on else {Trigger(t) for t in rule.on}
         for trigger in triggers:
             failed = trigger in (Trigger.ABORTED, Trigger.BOUNCED)
             request = FallbackRequest(

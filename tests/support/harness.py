@@ -11,11 +11,13 @@ import aio_pika
 
 from tests.support.waiting import wait_until
 from txmail.core.broker import Broker
+from txmail.core.command import Configuration
+from txmail.core.rules_file import read_rules_file
 from txmail.core.settings import Settings
 from txmail.core.topology import Topology
 from txmail.workers.store import open_store
 from txmail.workers.store.protocol import Store
-from txmail.workers.timeouts import DeliveryTimeouts
+from txmail.workers.timeouts import delivery_timeouts
 from txmail.workers.worker import run_worker
 
 
@@ -30,14 +32,21 @@ async def publisher(settings: Settings) -> AsyncIterator[Broker]:
         await broker.close()
 
 
+def configuration(settings: Settings) -> Configuration:
+    """What ``txmail.cli`` reads for a worker: the settings, and their rules file if any."""
+    rules_file = None if settings.rules is None else read_rules_file(settings.rules)
+    return Configuration(settings, rules_file)
+
+
 @asynccontextmanager
 async def running_worker(settings: Settings) -> AsyncIterator[Store]:
-    """A worker (tracker and sweeper) until the block ends; yields its store."""
+    """A worker (tracker, sweeper, health monitor) until the block ends; yields its store."""
+    config = configuration(settings)
     store = await open_store(
-        settings.database_url, DeliveryTimeouts(settings.delivery_timeout), settings.republish_after
+        settings.database_url, delivery_timeouts(config), settings.republish_after
     )
     stop = asyncio.Event()
-    task = asyncio.create_task(run_worker(settings, store, stop))
+    task = asyncio.create_task(run_worker(config, store, stop))
     try:
         yield store
     finally:

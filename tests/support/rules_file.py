@@ -19,11 +19,16 @@ def rule(*handlers: str, on: tuple[str, ...] = ("*",), **more: Any) -> dict[str,
 
 
 def rules_toml(
-    *rules: Table, handlers: Mapping[str, Table] | None = None, tracking: Table | None = None
+    *rules: Table,
+    handlers: Mapping[str, Table] | None = None,
+    tracking: Table | None = None,
+    health: Table | None = None,
 ) -> str:
     document: dict[str, Any] = {}
     if tracking is not None:
         document["tracking"] = dict(tracking)
+    if health is not None:
+        document["health"] = dict(health)
     if handlers:
         document["handlers"] = {name: dict(table) for name, table in handlers.items()}
     if rules:
@@ -36,8 +41,9 @@ def write_rules_file(
     *rules: Table,
     handlers: Mapping[str, Table] | None = None,
     tracking: Table | None = None,
+    health: Table | None = None,
 ) -> Path:
-    path.write_text(rules_toml(*rules, handlers=handlers, tracking=tracking))
+    path.write_text(rules_toml(*rules, handlers=handlers, tracking=tracking, health=health))
     return path
 
 

@@ -34,8 +34,9 @@ SESSION_COOKIE = "txmail_session"
 SESSION_LIFETIME = 12 * 3600  # seconds: one shift on call
 CSRF_HEADER = "X-Txmail-Csrf"
 SIGN_IN = "/sign-in"
-# The health checks, the contract (nothing secret in it), and the way in.
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", SIGN_IN})
+# The health checks, the contract (nothing secret in it), the metrics (counts under
+# bounded labels, nothing personal: Prometheus scrapes without a token), the way in.
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/metrics", SIGN_IN})
 STATIC = "/static/"
 
 

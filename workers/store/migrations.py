@@ -12,6 +12,7 @@ from typing import Final
 from txmail.core.database import Migration
 from txmail.core.sql import POSTGRES as POSTGRES_DIALECT
 from txmail.core.sql import Column, Dialect, Kind
+from txmail.workers.health.tables import health_tables
 from txmail.workers.store.protocol import NotMigrated
 
 HOW_TO_MIGRATE = "run `txmail migrate` or start a worker"
@@ -127,6 +128,7 @@ def migrations(dialect: Dialect) -> tuple[Migration, ...]:
                     WHERE kind = 'fallback_attempt'""",
             ),
         ),
+        (6, health_tables(dialect)),
     )
 
 

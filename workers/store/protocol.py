@@ -2,8 +2,8 @@
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, Protocol
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel
 
@@ -11,6 +11,9 @@ from txmail.core.errors import TxmailError
 from txmail.core.events import FallbackRequest
 from txmail.workers.state import Event, Outcome, Registered, StatusSeen
 from txmail.workers.watermark import WorkerProgress
+
+if TYPE_CHECKING:  # the health store builds on this module's types
+    from txmail.workers.health.store import HealthStore
 
 
 class StoreUnavailable(TxmailError):
@@ -71,6 +74,8 @@ class MessageView(BaseModel):
     outcome: Outcome
     reason: str | None
     deadline: datetime | None
+    # The learned ("auto") delivery timeout its deadline was armed with, if any.
+    learned_timeout: timedelta | None = None
     statuses: dict[str, StatusSeen]
     registration: Registered | None
     decision: DecisionView | None
@@ -88,6 +93,14 @@ class StoreCounts:
     pending_deadlines: int
     # Timeouts decided before a `delivered` Braze had stamped in time arrived.
     premature_fallbacks: int
+
+
+@dataclass(frozen=True)
+class Tally:
+    """What the metrics count in the store: messages by outcome, deadlines armed."""
+
+    outcomes: dict[str, int]
+    pending_deadlines: int
 
 
 # --- What the console and its JSON endpoints count and list --------------------------
@@ -147,6 +160,10 @@ class Delivery:
 
 
 class Store(Protocol):
+    # Braze's health, in the same database; ``apply`` and ``claim_due`` record what
+    # their batch tells about it in their own transaction.
+    health: "HealthStore"
+
     async def apply(self, events: Sequence[TrackedEvent], now: datetime) -> list[PendingRequest]:
         """Record events and merge them into their messages in one transaction.
 
@@ -201,6 +218,9 @@ class Store(Protocol):
 
     async def deliveries(self, since: datetime, limit: int) -> list[Delivery]:
         """Braze's times of up to ``limit`` delivered messages created since, newest first."""
+
+    async def tally(self) -> Tally:
+        """One pass over the messages, for the metrics."""
 
     async def ping(self) -> None:
         """Raise StoreUnavailable unless the database answers (NotMigrated when it has

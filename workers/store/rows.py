@@ -15,6 +15,7 @@ from txmail.workers.state import (
     deadline,
     evolve,
     fallback_request,
+    keep_learned_timeout,
     outcome,
     reason,
 )
@@ -47,6 +48,7 @@ class MessageRow:
 def to_row(
     message: Message, timeouts: DeliveryTimeouts, request: FallbackRequest | None
 ) -> MessageRow:
+    message = keep_learned_timeout(message, timeouts)
     return MessageRow(
         key=message.key,
         dispatch_id=message.dispatch_id,
@@ -117,6 +119,7 @@ def view(
         outcome=Outcome(outcome),
         reason=reason,
         deadline=deadline,
+        learned_timeout=message.learned_timeout,
         statuses=message.statuses,
         registration=message.registration,
         decision=None

@@ -16,7 +16,10 @@ from typing import TypeVar
 
 from txmail.core.events import NUL, FallbackRequest
 from txmail.core.sql import Database, Row, Sql, optional_time, schema_version
-from txmail.workers.state import Message, claim_deadline
+from txmail.workers.health.observations import observe
+from txmail.workers.health.store import HealthStore, record_sends
+from txmail.workers.metrics import observe_braze_delivery
+from txmail.workers.state import Decision, Message, claim_deadline
 from txmail.workers.store.migrations import (
     EVENTS,
     MESSAGES,
@@ -36,6 +39,7 @@ from txmail.workers.store.protocol import (
     PendingDeadlines,
     PendingRequest,
     StoreCounts,
+    Tally,
     TimelineEntry,
     TrackedEvent,
 )
@@ -106,6 +110,7 @@ _COUNTS = """SELECT
         WHERE decision_request IS NOT NULL AND decision_published_at IS NULL),
     (SELECT count(*) FROM messages WHERE deadline IS NOT NULL),
     (SELECT count(*) FROM messages WHERE outcome = 'premature_fallback')"""
+_TALLY = "SELECT outcome, count(*), count(deadline) FROM messages GROUP BY outcome"
 
 
 _ATTEMPTS_SINCE = "kind = 'fallback_attempt' AND received_at >= ?"
@@ -137,6 +142,7 @@ class SqlStore:
         self._timeouts = timeouts
         self._republish_after = republish_after
         self._migrations = migrations(database.dialect)
+        self.health = HealthStore(database, self._read, timeouts)
 
     async def open(self) -> None:
         """Connect for writing."""
@@ -186,11 +192,17 @@ class SqlStore:
                 keys,
             )
             loaded: dict[str, str | None] = {key: summary for key, summary in locked}
-            rows, decided = to_rows(evolve_all(loaded, events, now), self._timeouts)
+            changed[:] = evolve_all(loaded, events, now)
+            rows, decided = to_rows(changed, self._timeouts)
             await self._write_messages(db, rows, now)
+            # Braze's health counts what the batch tells, committed with it.
+            await record_sends(db, observe(events, decided))
             return decided
 
-        return await self._database.transaction(work)
+        changed: list[tuple[Message, Decision | None]] = []
+        decided = await self._database.transaction(work)
+        observe_braze_delivery((message for message, _ in changed), events)  # once committed
+        return decided
 
     async def _write_messages(self, db: Sql, rows: Sequence[MessageRow], now: datetime) -> None:
         publish_after = now + self._republish_after
@@ -230,6 +242,7 @@ class SqlStore:
             ]
             rows, decided = to_rows(changed, self._timeouts)
             await self._write_messages(db, rows, now)
+            await record_sends(db, observe((), decided))  # timeouts count for Braze's health
             return decided
 
         return await self._database.transaction(work)
@@ -352,6 +365,14 @@ class SqlStore:
         async def work(db: Sql) -> StoreCounts:
             (row,) = await db.fetch(_COUNTS)
             return StoreCounts(*row)
+
+        return await self._read(work)
+
+    async def tally(self) -> Tally:
+        async def work(db: Sql) -> Tally:
+            rows = await db.fetch(_TALLY)
+            outcomes = {outcome: count for outcome, count, _ in rows}
+            return Tally(outcomes, sum(armed for _, _, armed in rows))
 
         return await self._read(work)
 

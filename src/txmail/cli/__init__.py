@@ -82,7 +82,8 @@ routes (on TXMAIL_HTTP_HOST:TXMAIL_HTTP_PORT):
   POST /v1/sends    register a send's recipient and variables (token: TXMAIL_API_TOKEN)
   GET  /healthz     200 while the process runs
   GET  /readyz      200 while connected to RabbitMQ, else 503
-  GET  /openapi.json  this API's OpenAPI 3.1 document"""
+  GET  /openapi.json  this API's OpenAPI 3.1 document
+  GET  /metrics     Prometheus metrics (see the README's Metrics section)"""
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -112,9 +112,9 @@ EXIT_CODES: dict[str, dict[int, str]] = {
     },
     "migrate": {0: "the schema is up to date", 2: _BAD_CONFIG + ", or the store cannot be written"},
     "status": {
-        0: "found",
+        0: "found (or, with --health, Braze's health printed)",
         1: "nothing is known about the id",
-        2: _BAD_CONFIG + ", or the store cannot be read",
+        2: _BAD_CONFIG + ", the store cannot be read, or neither an id nor --health (or both)",
     },
     "check-config": {
         0: "valid (warnings, if any, on stderr)",

@@ -10,6 +10,7 @@ and ``is_ready`` is false, so callers can answer 503 instead of hanging.
 import asyncio
 import hashlib
 import itertools
+import time
 from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -26,6 +27,7 @@ from aio_pika.exceptions import ChannelClosed, ChannelNotFoundEntity, DeliveryEr
 
 from txmail.core.errors import BrokerUnavailable, ExchangeUnusable, NotTaken
 from txmail.core.kept_connection import BROKER_ERRORS, KeptConnection
+from txmail.core.metrics import PUBLISH_CONFIRM_SECONDS
 from txmail.core.readable import readable
 from txmail.core.topology import Topology
 
@@ -203,6 +205,7 @@ class Broker:
         lanes = self._connection.current
         if lanes is None:
             raise BrokerUnavailable("not connected to RabbitMQ")
+        started = time.perf_counter()
         publishes = [self._publishing(m, lanes) for m in messages]
         try:
             async with asyncio.timeout(self._publish_timeout):
@@ -214,6 +217,7 @@ class Broker:
             raise NotTaken(f"RabbitMQ did not take it: {readable(error)}") from error
         except BROKER_ERRORS as error:
             raise BrokerUnavailable(f"RabbitMQ did not confirm: {readable(error)}") from error
+        PUBLISH_CONFIRM_SECONDS.observe(time.perf_counter() - started)
 
     def _publishing(self, message: Outgoing, lanes: Sequence[_Lane]) -> Awaitable[Any]:
         if message.exchange is not None and message.exchange != TO_QUEUE:

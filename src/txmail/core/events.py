@@ -11,7 +11,7 @@ import math
 import re
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import (
     AfterValidator,
@@ -169,6 +169,16 @@ class Trigger(StrEnum):
     BOUNCED = "bounced"
     TIMEOUT = "timeout"  # sent or processed, but not delivered before the deadline
     NOT_SENT = "not_sent"  # registered, but Braze never reported even a `sent` in time
+    # A change of Braze's health (workers/health/), routed by rules like a fallback;
+    # about Braze (or a campaign), not about one message.
+    BRAZE_DEGRADED = "braze_degraded"
+    BRAZE_RECOVERED = "braze_recovered"
+
+
+# What a rule's `"*"` matches: every trigger about one message, not a health change.
+MESSAGE_TRIGGERS: Final = frozenset(
+    {Trigger.ABORTED, Trigger.BOUNCED, Trigger.TIMEOUT, Trigger.NOT_SENT}
+)
 
 
 class Recipient(BaseModel):
@@ -271,3 +281,32 @@ class FallbackAttempt(BaseModel):
     @property
     def event_id(self) -> str:
         return event_id(self.model_dump(mode="json"))
+
+
+# --- Braze's health --------------------------------------------------------------
+# The workers publish a HealthChange on `health.<health>` when Braze (overall, or for
+# one campaign) becomes degraded or recovers, with a fallback request of trigger
+# `braze_<health>` for the rules to route.
+
+HEALTH_CHANGE_TYPE: Final = "health_change"
+# The prefix of a health change's id, which is its fallback request's idempotency key.
+HEALTH_CHANGE_PREFIX: Final = "txh_"
+
+
+class HealthChange(BaseModel):
+    """Braze became degraded, or recovered, overall (``campaign_api_id`` None) or for
+    one campaign, judged on the figures it carries."""
+
+    model_config = ConfigDict(frozen=True)
+
+    change_id: StrictStr
+    health: Literal["degraded", "recovered"]
+    campaign_api_id: StrictStr | None
+    at: datetime
+    reason: StrictStr
+    # The rolling figures it was judged on: sends, p95 latency in seconds, rates.
+    figures: dict[str, int | float | None]
+
+    @property
+    def routing_key(self) -> str:
+        return f"health.{self.health}"

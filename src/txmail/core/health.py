@@ -7,8 +7,10 @@ Each part says what keeps it from being ready; the 503 body lists all of it.
 from collections.abc import Awaitable, Callable, Sequence
 
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
 from txmail.core.http import json_error, json_errors
+from txmail.core.metrics import add_metrics_route
 
 # What keeps a part from being ready, as sentences for an operator; empty: ready.
 Readiness = Callable[[], Awaitable[list[str]]]
@@ -38,8 +40,12 @@ def add_health_routes(app: web.Application, readiness: Readiness) -> None:
     app.router.add_get("/readyz", readyz)
 
 
-def create_health_app(readiness: Readiness) -> web.Application:
-    """The health port of a process without an HTTP API of its own (worker, executor)."""
+def create_health_app(
+    readiness: Readiness, metrics: Sequence[CollectorRegistry]
+) -> web.Application:
+    """The health and metrics port of a process without an HTTP API of its own (worker,
+    executor)."""
     app = web.Application(middlewares=[json_errors])
     add_health_routes(app, readiness)
+    add_metrics_route(app, metrics)
     return app

@@ -1,9 +1,11 @@
 """The rules file (TOML, at ``TXMAIL_RULES``): its one schema, read by every process.
 
-``[tracking]`` (the workers' delivery timeouts), ``[[rules]]`` (which handlers run for
-which fallback) and ``[handlers.NAME]`` tables, each naming its ``type``. What a handler
-table holds besides its type is its type's to say: the fallback executor checks it
-(``txmail.fallback.configured``), since only it may read the handlers' secrets.
+``[tracking]`` (the workers' delivery timeouts, each a duration or "auto"), ``[health]``
+(when Braze counts as degraded: ``txmail.core.health_settings``), ``[[rules]]`` (which
+handlers run for which fallback) and ``[handlers.NAME]`` tables, each naming its
+``type``. What a handler table holds besides its type is its type's to say: the
+fallback executor checks it (``txmail.fallback.configured``), since only it may read
+the handlers' secrets.
 
 Every problem is named with its place, e.g. ``rules[1].handlers[0]: unknown handler
 'smss'`` (indexes count from 0), and all of them at once.
@@ -27,9 +29,9 @@ from pydantic import (
     field_validator,
 )
 
-from txmail.core.durations import PositiveWrittenDuration
 from txmail.core.errors import ConfigError
 from txmail.core.events import Trigger
+from txmail.core.health_settings import CampaignTimeoutSetting, HealthRules, TimeoutSetting
 
 # Handler names end up in AMQP headers and idempotency keys: keep them plain.
 _HANDLER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
@@ -40,19 +42,10 @@ ANY: Literal["*"] = "*"
 Location = tuple[str | int, ...]
 
 
-class CampaignTracking(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    delivery_timeout: PositiveWrittenDuration
-
-
-class Tracking(BaseModel):
+class Tracking(TimeoutSetting):
     """``[tracking]``: how long a sent email may take to be delivered (read by the workers)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    delivery_timeout: PositiveWrittenDuration | None = None
-    campaigns: dict[str, CampaignTracking] = Field(default_factory=dict)
+    campaigns: dict[str, CampaignTimeoutSetting] = Field(default_factory=dict)
 
 
 class Mode(StrEnum):
@@ -124,6 +117,7 @@ class HandlerTable:
 class RulesFile:
     path: Path
     tracking: Tracking
+    health: HealthRules
     handlers: dict[str, HandlerTable]
     rules: list[Rule]
 
@@ -134,6 +128,7 @@ class _FileShape(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     tracking: dict[str, Any] = Field(default_factory=dict)
+    health: dict[str, Any] = Field(default_factory=dict)
     handlers: dict[str, dict[str, Any]] = Field(default_factory=dict)
     rules: list[dict[str, Any]] = Field(default_factory=list)
 
@@ -168,6 +163,11 @@ def check_rules_file(path: Path) -> tuple[RulesFile | None, list[str]]:
         tracking = Tracking.model_validate(shape.tracking)
     except ValidationError as error:
         problems += describe(error, ("tracking",))
+    health = HealthRules()
+    try:
+        health = HealthRules.model_validate(shape.health)
+    except ValidationError as error:
+        problems += describe(error, ("health",))
 
     handlers: dict[str, HandlerTable] = {}
     for name, table in shape.handlers.items():
@@ -185,7 +185,9 @@ def check_rules_file(path: Path) -> tuple[RulesFile | None, list[str]]:
             problems += describe(error, where)
         problems += _unknown_handlers(raw.get("handlers"), shape.handlers, where)
 
-    return RulesFile(path=path, tracking=tracking, handlers=handlers, rules=rules), problems
+    return RulesFile(
+        path=path, tracking=tracking, health=health, handlers=handlers, rules=rules
+    ), problems
 
 
 def _read(path: Path) -> tuple[dict[str, Any] | None, list[str]]:

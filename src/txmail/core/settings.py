@@ -74,7 +74,7 @@ class Settings(BaseSettings):
     api_port: int = Field(default=8081, ge=0, le=65535)
     # Unset: all interfaces when a token guards the API, else 127.0.0.1 (see workers/api.py).
     api_host: str | None = None
-    # /healthz and /readyz of `txmail worker` and `txmail fallback` (0: any free port).
+    # /healthz, /readyz and /metrics of `txmail worker` and `txmail fallback` (0: any free port).
     metrics_port: int = Field(default=9464, ge=0, le=65535)
 
     # --- fallback executor (see the README's "Fallbacks" section) ---

@@ -26,6 +26,7 @@ DATABASE_ERRORS = (sqlite3.Error, asyncpg.PostgresError)
 class Kind(Enum):
     TEXT = "text"
     INTEGER = "integer"
+    BIG_INTEGER = "big integer"  # beyond 2^31: a duration in microseconds
     TIME = "time"
 
 
@@ -58,14 +59,19 @@ class Dialect:
 # SQLite keeps times as microseconds since the epoch: integers sort and index well there.
 # It has no row locks: a write transaction holds the whole file (BEGIN IMMEDIATE).
 SQLITE = Dialect(
-    {Kind.TEXT: "TEXT", Kind.INTEGER: "INTEGER", Kind.TIME: "INTEGER"},
+    {Kind.TEXT: "TEXT", Kind.INTEGER: "INTEGER", Kind.BIG_INTEGER: "INTEGER", Kind.TIME: "INTEGER"},
     for_update="",
     skip_locked="",
     row_id="rowid",
     json_field="json_extract({column}, '$.{dotted}')",
 )
 POSTGRES = Dialect(
-    {Kind.TEXT: "TEXT", Kind.INTEGER: "INTEGER", Kind.TIME: "TIMESTAMPTZ"},
+    {
+        Kind.TEXT: "TEXT",
+        Kind.INTEGER: "INTEGER",
+        Kind.BIG_INTEGER: "BIGINT",
+        Kind.TIME: "TIMESTAMPTZ",
+    },
     for_update=" FOR UPDATE",
     skip_locked=" FOR UPDATE SKIP LOCKED",
     row_id="ctid",

@@ -120,7 +120,8 @@ class Topology:
         tracker = await channel.declare_queue(
             self.tracker_queue, durable=True, arguments=self.quorum_arguments()
         )
-        for pattern in ("postback.#", "send.#", "fallback.result.#"):
+        # health.#: the workers' own changes of Braze's health come back as a record.
+        for pattern in ("postback.#", "send.#", "fallback.result.#", "health.#"):
             await tracker.bind(events, routing_key=pattern)
         fallback = await channel.declare_queue(
             self.fallback_queue, durable=True, arguments=self.quorum_arguments()
