@@ -44,6 +44,7 @@ from tests.support.burst_load import (
 )
 from tests.support.waiting import wait_until
 from txmail.core.events import utc_now
+from txmail.core.settings import Settings
 from txmail.core.topology import Topology
 
 AMQP_URL = os.environ.get("TXMAIL_AMQP_URL", "amqp://guest:guest@localhost:5672/")
@@ -112,7 +113,9 @@ async def deployment() -> AsyncIterator[tuple[Pipeline, dict[str, str], Pausable
         await admin.close()
         connection = await aio_pika.connect(AMQP_URL)
         async with connection:
-            await Topology(namespace).delete(await connection.channel())
+            # With the delay queues the executor declared for its (default) schedule.
+            delays = tuple(Settings(namespace=namespace).fallback_retry_schedule)
+            await Topology(namespace, delays).delete(await connection.channel())
 
 
 async def run(messages: int, concurrency: int) -> None:
