@@ -27,7 +27,7 @@ import aiohttp
 from aiohttp import web
 
 from tests.support.ports import free_port
-from tests.support.processes import TXMAIL
+from tests.support.processes import TXMAIL, wait_stopped
 from tests.support.rules_file import webhook_to
 from tests.support.servers import verify_standard_webhook
 from tests.support.waiting import wait_until
@@ -244,12 +244,7 @@ class Pipeline:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
         for name, process in self.processes.items():
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-                raise AssertionError(f"{name} ignored SIGTERM") from None
+            wait_stopped(process, name, timeout=15)
 
 
 @contextmanager

@@ -67,12 +67,20 @@ def worker_process(settings: Settings, log: Path) -> Iterator[subprocess.Popen[b
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-                raise AssertionError(f"worker ignored SIGTERM; log: {log.read_text()}") from None
+            wait_stopped(process, "worker", timeout=10, log=log)
+
+
+def wait_stopped(
+    process: "subprocess.Popen[bytes]", name: str, timeout: float, log: Path | None = None
+) -> None:
+    """Wait for a process sent SIGTERM to end by itself; kill it and fail if it does not."""
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        shown = f"; log: {log.read_text()}" if log is not None else ""
+        raise AssertionError(f"{name} ignored SIGTERM{shown}") from None
 
 
 async def wait_for_line(
