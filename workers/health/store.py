@@ -264,7 +264,7 @@ class HealthStore:
             )
             return [HealthChange.model_validate_json(body) for (body,) in rows]
 
-        changes = await self._database.transaction(work)
+        changes = await self._database.autocommit(work)  # one statement
         return sorted(changes, key=lambda c: c.at)
 
     async def mark_published(self, change_ids: Sequence[str], now: datetime) -> None:
@@ -276,7 +276,7 @@ class HealthStore:
                 list(change_ids),
             )
 
-        await self._database.transaction(work)
+        await self._database.autocommit(work)  # one statement
 
     async def refresh_learned(self) -> None:
         """The learned timeouts by campaign, as the deployment last learned them."""

@@ -97,6 +97,7 @@ _REPORT_PROGRESS = "ON CONFLICT (worker_id) DO UPDATE SET " + ", ".join(
 _FIND = """SELECT outcome, reason, deadline, summary, decision_request,
     decision_published_at, created_at, updated_at FROM messages """
 _DUE_BY = "SELECT summary FROM messages WHERE deadline <= ? ORDER BY deadline LIMIT ?"
+_ANY_DUE = "SELECT 1 FROM messages WHERE deadline <= ? LIMIT 1"
 # Settled: no deadline armed, no decision waiting to be published.
 _SETTLED_BEFORE = """SELECT message_key FROM messages WHERE created_at < ?
     AND deadline IS NULL
@@ -233,9 +234,18 @@ class SqlStore:
     async def claim_due(
         self, now: datetime, limit: int, due_by: datetime | None = None
     ) -> list[PendingRequest]:
+        by = now if due_by is None else due_by
+
+        async def any_due(db: Sql) -> bool:
+            return bool(await db.fetch(_ANY_DUE, by))
+
+        # Most sweeps find nothing due: one statement says so, without a transaction.
+        if not await self._database.autocommit(any_due):
+            return []
+
         async def work(db: Sql) -> list[PendingRequest]:
             query = _DUE_BY + db.dialect.skip_locked
-            due = await db.fetch(query, now if due_by is None else due_by, limit)
+            due = await db.fetch(query, by, limit)
             changed = [
                 claim_deadline(Message.model_validate_json(summary), self._timeouts, now, due_by)
                 for (summary,) in due
@@ -266,15 +276,18 @@ class SqlStore:
                 ],
                 _REPORT_PROGRESS,
             )
-            await db.execute("DELETE FROM worker_progress WHERE heartbeat < ?", forget_before)
-            return [
+            reported = [
                 WorkerProgress(
                     row[0], db.time(row[1]), *(optional_time(db, value) for value in row[2:6])
                 )
                 for row in await db.fetch(f"SELECT {_PROGRESS} FROM worker_progress")  # noqa: S608
             ]
+            if any(r.heartbeat < forget_before for r in reported):  # rarely: a worker left
+                await db.execute("DELETE FROM worker_progress WHERE heartbeat < ?", forget_before)
+            return [r for r in reported if r.heartbeat >= forget_before]
 
-        return await self._database.transaction(work)
+        # Every worker reports every sweep: its own row is one statement on its own.
+        return await self._database.autocommit(work)
 
     async def claim_unpublished(self, now: datetime, limit: int) -> list[PendingRequest]:
         async def work(db: Sql) -> list[Row]:
@@ -290,7 +303,7 @@ class SqlStore:
                 limit,
             )
 
-        claimed = await self._database.transaction(work)
+        claimed = await self._database.autocommit(work)  # one statement
         return [PendingRequest(k, FallbackRequest.model_validate_json(r)) for k, r in claimed]
 
     async def mark_published(self, message_keys: Sequence[str], now: datetime) -> None:
@@ -302,7 +315,7 @@ class SqlStore:
                 list(message_keys),
             )
 
-        await self._database.transaction(work)
+        await self._database.autocommit(work)  # one statement
 
     async def purge(self, created_before: datetime, limit: int) -> int:
         async def work(db: Sql) -> int:

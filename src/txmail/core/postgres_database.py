@@ -67,6 +67,8 @@ class _PostgresSql:
     async def insert_many(
         self, table: str, columns: Sequence[Column], rows: Sequence[Row], tail: str = ""
     ) -> None:
+        if not rows:
+            return
         # One array per column, unnested: one statement however many rows.
         names = ", ".join(c.name for c in columns)
         arrays = ", ".join(f"${i}::{POSTGRES.types[c.kind]}[]" for i, c in enumerate(columns, 1))
@@ -134,15 +136,24 @@ class PostgresDatabase:
     async def transaction(
         self, work: Callable[[Sql], Awaitable[T]], *, reads_only: bool = False
     ) -> T:
+        async def in_transaction(connection: PostgresConnection) -> T:
+            async with connection.transaction(readonly=reads_only):
+                return await work(_PostgresSql(connection))
+
+        return await self._on_a_connection(in_transaction)
+
+    async def autocommit(self, work: Callable[[Sql], Awaitable[T]]) -> T:
+        # No BEGIN and COMMIT: two round trips fewer, which is most of what an idle
+        # sweep costs.
+        return await self._on_a_connection(lambda connection: work(_PostgresSql(connection)))
+
+    async def _on_a_connection(self, work: Callable[[PostgresConnection], Awaitable[T]]) -> T:
         if self._pool is None:
             raise self._unavailable("the PostgreSQL database is not open")
         for attempt in range(1, _ATTEMPTS + 1):
             try:
-                async with (
-                    self._pool.acquire() as connection,
-                    connection.transaction(readonly=reads_only),
-                ):
-                    return await work(_PostgresSql(connection))
+                async with self._pool.acquire() as connection:
+                    return await work(connection)
             except _RETRYABLE as error:
                 if attempt == _ATTEMPTS:
                     raise self._unavailable(f"PostgreSQL: {readable(error)}") from error

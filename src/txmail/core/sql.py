@@ -101,8 +101,8 @@ class Sql(Protocol):
     async def insert_many(
         self, table: str, columns: Sequence[Column], rows: Sequence[Row], tail: str = ""
     ) -> None:
-        """Insert ``rows`` (values in ``columns``' order) in one go; ``tail`` is the
-        ON CONFLICT clause."""
+        """Insert ``rows`` (values in ``columns``' order) in one go, or nothing at all
+        when there are none; ``tail`` is the ON CONFLICT clause."""
 
     async def lock_keys(self, keys: Sequence[str]) -> None:
         """Hold, until the transaction ends, a lock on each key, rows or no rows yet:
@@ -161,6 +161,11 @@ class Database(Protocol):
         self, work: Callable[[Sql], Awaitable[T]], *, reads_only: bool = False
     ) -> T:
         """Run ``work`` in one transaction; ``reads_only`` takes no write lock."""
+
+    async def autocommit(self, work: Callable[[Sql], Awaitable[T]]) -> T:
+        """Run ``work`` with each statement committed on its own: for one statement, or
+        statements that need not commit together. Like a transaction that loses a race,
+        ``work`` may be run again, so it must be safe to repeat."""
 
     async def migrate(self, versions_table: str, migrations: Sequence[Migration]) -> list[int]:
         """Apply what is missing; ConfigError when this user or file may not."""

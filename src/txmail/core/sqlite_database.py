@@ -58,6 +58,8 @@ class _SqliteSql:
     async def insert_many(
         self, table: str, columns: Sequence[Column], rows: Sequence[Row], tail: str = ""
     ) -> None:
+        if not rows:
+            return
         names = ", ".join(c.name for c in columns)
         marks = ", ".join("?" for _ in columns)
         sql = f"INSERT INTO {table} ({names}) VALUES ({marks}) {tail}"  # noqa: S608
@@ -136,6 +138,13 @@ class SqliteDatabase:
                 await self.run(lambda: _roll_back(connection))
                 raise
             return result
+
+    async def autocommit(self, work: Callable[[Sql], Awaitable[T]]) -> T:
+        async with self._turn:
+            connection = self._connection
+            if connection is None:
+                raise self._unavailable(f"the SQLite database {self._path} is not open")
+            return await work(_SqliteSql(self, connection))
 
     async def migrate(self, versions_table: str, migrations: Sequence[Migration]) -> list[int]:
         try:
