@@ -1,7 +1,7 @@
 """The deployment's one health state, in the database every worker shares.
 
-- ``record_sends``: in the store's own transaction, what a batch (``apply``) or a
-  sweep (``claim_due``) tells about its sends (observations.py), merged per send:
+- ``sends_recorded``: written in the store's own statement, what a batch (``apply``) or
+  a sweep (``claim_due``) tells about its sends (observations.py), merged per send:
   earliest time, largest lag, in any order. Committed with the batch, so recorded
   before the ack, and applied again with it.
 - ``judge``: one worker at a time (a lock on one key), at most once per ``every`` for
@@ -22,7 +22,7 @@ from pydantic import BaseModel
 
 from txmail.core.events import HEALTH_CHANGE_PREFIX, HealthChange
 from txmail.core.health_settings import HealthRules
-from txmail.core.sql import Database, Sql, optional_time
+from txmail.core.sql import Database, Insert, Sql, optional_time
 from txmail.workers.health.evaluate import Health, ScopeState, evaluate
 from txmail.workers.health.figures import (
     NO_SENDS,
@@ -99,9 +99,9 @@ class Reads(Protocol):
     async def __call__(self, work: Callable[[Sql], Awaitable[T]]) -> T: ...
 
 
-async def record_sends(db: Sql, observations: Sequence[SendObservation]) -> None:
-    """Merge a batch's pieces (one per send, in key order) into ``health_sends``."""
-    await db.insert_many(
+def sends_recorded(observations: Sequence[SendObservation]) -> Insert:
+    """A batch's pieces (one per send, in key order), merged into ``health_sends``."""
+    return Insert(
         "health_sends",
         HEALTH_SENDS,
         [
@@ -219,13 +219,14 @@ class HealthStore:
                 )
                 if why is not None:
                     changes.append(_change(scope, state, why, figured, now))
-            await db.insert_many("health_state", HEALTH_STATE, written, _WRITE_STATE)
-            if changes:
-                await db.insert_many(
+            await db.insert_many(
+                Insert("health_state", HEALTH_STATE, written, _WRITE_STATE),
+                Insert(
                     "health_changes",
                     HEALTH_CHANGES,
                     [(c.change_id, now, c.model_dump_json(), None, now) for c in changes],
-                )
+                ),
+            )
             await self._learn(db, {s.campaign_api_id or "" for s in samples}, rules, now)
             purge = _PURGE.format(skip_locked=db.dialect.skip_locked)
             await db.execute(purge, now - KEEP_SENDS, PURGE_BATCH)
@@ -244,8 +245,7 @@ class HealthStore:
             latencies = [db.time(delivered) - db.time(sent) for sent, delivered in rows]
             timeout = learn_timeout(latencies, bounds, self._timeouts.default, rules.min_sends)
             learned.append((campaign, timeout // _MICROSECOND, len(latencies), now))
-        if learned:
-            await db.insert_many("learned_timeouts", LEARNED_TIMEOUTS, learned, _WRITE_LEARNED)
+        await db.insert_many(Insert("learned_timeouts", LEARNED_TIMEOUTS, learned, _WRITE_LEARNED))
 
     async def claim_unpublished(
         self, now: datetime, republish_after: timedelta, limit: int

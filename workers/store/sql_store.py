@@ -15,9 +15,9 @@ from datetime import datetime, timedelta
 from typing import TypeVar
 
 from txmail.core.events import NUL, FallbackRequest
-from txmail.core.sql import Database, Row, Sql, optional_time, schema_version
+from txmail.core.sql import Database, Insert, Row, Sql, optional_time, schema_version
 from txmail.workers.health.observations import observe
-from txmail.workers.health.store import HealthStore, record_sends
+from txmail.workers.health.store import HealthStore, sends_recorded
 from txmail.workers.metrics import observe_braze_delivery
 from txmail.workers.state import Decision, Message, claim_deadline
 from txmail.workers.store.migrations import (
@@ -174,18 +174,10 @@ class SqlStore:
 
     async def apply(self, events: Sequence[TrackedEvent], now: datetime) -> list[PendingRequest]:
         async def work(db: Sql) -> list[PendingRequest]:
-            await db.insert_many(
-                "events",
-                EVENTS,
-                [
-                    (e.event_id, e.message_key, e.kind, e.label, e.received_at, e.body)
-                    for e in _earliest_of_each(events)
-                ],
-                _KEEP_EARLIEST_ARRIVAL,
-            )
             keys = message_keys(events)
             # A key may have no row yet: lock it as a key, so two workers creating the
-            # same message take turns, then lock the rows there are.
+            # same message take turns, then lock the rows there are. Locked first, so
+            # that only the lock's holder inserts a key's events.
             await db.lock_keys(keys)
             locked = await db.fetch(
                 f"SELECT message_key, summary FROM messages WHERE {db.is_in('message_key')} "  # noqa: S608
@@ -195,9 +187,18 @@ class SqlStore:
             loaded: dict[str, str | None] = {key: summary for key, summary in locked}
             changed[:] = evolve_all(loaded, events, now)
             rows, decided = to_rows(changed, self._timeouts)
-            await self._write_messages(db, rows, now)
+            events_kept = Insert(
+                "events",
+                EVENTS,
+                [
+                    (e.event_id, e.message_key, e.kind, e.label, e.received_at, e.body)
+                    for e in _earliest_of_each(events)
+                ],
+                _KEEP_EARLIEST_ARRIVAL,
+            )
             # Braze's health counts what the batch tells, committed with it.
-            await record_sends(db, observe(events, decided))
+            sends = sends_recorded(observe(events, decided))
+            await db.insert_many(events_kept, self._messages_written(rows, now), sends)
             return decided
 
         changed: list[tuple[Message, Decision | None]] = []
@@ -205,9 +206,9 @@ class SqlStore:
         observe_braze_delivery((message for message, _ in changed), events)  # once committed
         return decided
 
-    async def _write_messages(self, db: Sql, rows: Sequence[MessageRow], now: datetime) -> None:
+    def _messages_written(self, rows: Sequence[MessageRow], now: datetime) -> Insert:
         publish_after = now + self._republish_after
-        await db.insert_many(
+        return Insert(
             "messages",
             _WRITTEN,
             [
@@ -251,8 +252,8 @@ class SqlStore:
                 for (summary,) in due
             ]
             rows, decided = to_rows(changed, self._timeouts)
-            await self._write_messages(db, rows, now)
-            await record_sends(db, observe((), decided))  # timeouts count for Braze's health
+            timeouts_seen = sends_recorded(observe((), decided))  # they count for Braze's health
+            await db.insert_many(self._messages_written(rows, now), timeouts_seen)
             return decided
 
         return await self._database.transaction(work)
@@ -262,19 +263,21 @@ class SqlStore:
     ) -> list[WorkerProgress]:
         async def work(db: Sql) -> list[WorkerProgress]:
             await db.insert_many(
-                "worker_progress",
-                WORKER_PROGRESS,
-                [
-                    (
-                        progress.worker_id,
-                        progress.heartbeat,
-                        progress.applied_until,
-                        progress.event_time,
-                        progress.heard_at,
-                        progress.holding,
-                    )
-                ],
-                _REPORT_PROGRESS,
+                Insert(
+                    "worker_progress",
+                    WORKER_PROGRESS,
+                    [
+                        (
+                            progress.worker_id,
+                            progress.heartbeat,
+                            progress.applied_until,
+                            progress.event_time,
+                            progress.heard_at,
+                            progress.holding,
+                        )
+                    ],
+                    _REPORT_PROGRESS,
+                )
             )
             reported = [
                 WorkerProgress(

@@ -22,7 +22,7 @@ from txmail.core.database import (
 )
 from txmail.core.errors import ConfigError
 from txmail.core.readable import readable
-from txmail.core.sql import POSTGRES, Column, Row, Sql, apply_migrations
+from txmail.core.sql import POSTGRES, Insert, Row, Sql, apply_migrations
 
 T = TypeVar("T")
 
@@ -64,18 +64,26 @@ class _PostgresSql:
     async def fetch(self, sql: str, *args: Any) -> list[Row]:
         return [tuple(r) for r in await self._connection.fetch(_numbered(sql), *args)]
 
-    async def insert_many(
-        self, table: str, columns: Sequence[Column], rows: Sequence[Row], tail: str = ""
-    ) -> None:
-        if not rows:
+    async def insert_many(self, *inserts: Insert) -> None:
+        # One array per column, unnested; the tables after the first in WITH clauses:
+        # one statement however many tables and rows.
+        args: list[list[Any]] = []
+        statements = []
+        for insert in (i for i in inserts if i.rows):
+            arrays = []
+            for i, column in enumerate(insert.columns):
+                args.append([row[i] for row in insert.rows])
+                arrays.append(f"${len(args)}::{POSTGRES.types[column.kind]}[]")
+            names = ", ".join(c.name for c in insert.columns)
+            statements.append(
+                f"INSERT INTO {insert.table} ({names}) "  # noqa: S608
+                f"SELECT * FROM unnest({', '.join(arrays)}) {insert.tail}"
+            )
+        if not statements:
             return
-        # One array per column, unnested: one statement however many rows.
-        names = ", ".join(c.name for c in columns)
-        arrays = ", ".join(f"${i}::{POSTGRES.types[c.kind]}[]" for i, c in enumerate(columns, 1))
-        await self._connection.execute(
-            f"INSERT INTO {table} ({names}) SELECT * FROM unnest({arrays}) {tail}",  # noqa: S608
-            *([row[i] for row in rows] for i in range(len(columns))),
-        )
+        *first, last = statements
+        with_clauses = ", ".join(f"_{n} AS ({s})" for n, s in enumerate(first))
+        await self._connection.execute(f"WITH {with_clauses} {last}" if first else last, *args)
 
     async def lock_keys(self, keys: Sequence[str]) -> None:
         # In one order (of the locks' numbers) so two transactions never wait in a

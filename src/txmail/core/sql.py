@@ -79,6 +79,17 @@ POSTGRES = Dialect(
 )
 
 
+@dataclass(frozen=True)
+class Insert:
+    """Rows for one table, values in ``columns``' order; ``tail`` is the ON CONFLICT
+    clause."""
+
+    table: str
+    columns: Sequence[Column]
+    rows: Sequence[Row]
+    tail: str = ""
+
+
 class Sql(Protocol):
     """A connection inside one transaction."""
 
@@ -98,11 +109,9 @@ class Sql(Protocol):
 
     async def fetch(self, sql: str, *args: Any) -> list[Row]: ...
 
-    async def insert_many(
-        self, table: str, columns: Sequence[Column], rows: Sequence[Row], tail: str = ""
-    ) -> None:
-        """Insert ``rows`` (values in ``columns``' order) in one go, or nothing at all
-        when there are none; ``tail`` is the ON CONFLICT clause."""
+    async def insert_many(self, *inserts: Insert) -> None:
+        """Insert every row of each of ``inserts``, in one round trip however many
+        tables and rows (nothing for an insert without rows)."""
 
     async def lock_keys(self, keys: Sequence[str]) -> None:
         """Hold, until the transaction ends, a lock on each key, rows or no rows yet:

@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 from txmail.core.database import BUSY_TIMEOUT_MS, Migration, connect_sqlite, from_micros, to_micros
 from txmail.core.errors import ConfigError
-from txmail.core.sql import SQLITE, Column, Row, Sql, apply_migrations
+from txmail.core.sql import SQLITE, Insert, Row, Sql, apply_migrations
 
 T = TypeVar("T")
 
@@ -55,16 +55,20 @@ class _SqliteSql:
         params = [_value(a) for a in args]
         return await self._database.run(lambda: self._connection.execute(sql, params).fetchall())
 
-    async def insert_many(
-        self, table: str, columns: Sequence[Column], rows: Sequence[Row], tail: str = ""
-    ) -> None:
-        if not rows:
-            return
-        names = ", ".join(c.name for c in columns)
-        marks = ", ".join("?" for _ in columns)
-        sql = f"INSERT INTO {table} ({names}) VALUES ({marks}) {tail}"  # noqa: S608
-        params = [[_value(v) for v in row] for row in rows]
-        await self._database.run(lambda: self._connection.executemany(sql, params))
+    async def insert_many(self, *inserts: Insert) -> None:
+        batches = []
+        for insert in (i for i in inserts if i.rows):
+            names = ", ".join(c.name for c in insert.columns)
+            marks = ", ".join("?" for _ in insert.columns)
+            sql = f"INSERT INTO {insert.table} ({names}) VALUES ({marks}) {insert.tail}"  # noqa: S608
+            batches.append((sql, [[_value(v) for v in row] for row in insert.rows]))
+
+        def insert_all() -> None:
+            for sql, params in batches:
+                self._connection.executemany(sql, params)
+
+        if batches:
+            await self._database.run(insert_all)  # one trip to the database's thread
 
     async def lock_keys(self, keys: Sequence[str]) -> None:
         """Nothing to do: a write transaction holds the whole file."""
