@@ -64,6 +64,11 @@ def observe_timeout(pending: PendingRequest) -> SendObservation | None:
     )
 
 
+def _tells_something(piece: SendObservation) -> bool:
+    times = (piece.sent_at, piece.delivered_at, piece.failed_at, piece.timed_out_at, piece.lag)
+    return any(time is not None for time in times)
+
+
 def _first(a: T | None, b: T | None) -> T | None:
     return b if a is None else a if b is None else min(a, b)
 
@@ -86,11 +91,12 @@ def observe(
     events: Iterable[TrackedEvent], decided: Iterable[PendingRequest]
 ) -> list[SendObservation]:
     """What a batch tells, one piece per send (one statement writes a row once), in
-    message key order (concurrent writers lock in one order)."""
+    message key order (concurrent writers lock in one order). A piece with no time at
+    all (a postback without Braze's times) tells nothing, and costs no row."""
     pieces = [observe_event(e) for e in events] + [observe_timeout(p) for p in decided]
     sends: dict[str, SendObservation] = {}
     for piece in pieces:
-        if piece is not None:
+        if piece is not None and _tells_something(piece):
             kept = sends.get(piece.message_key)
             sends[piece.message_key] = piece if kept is None else _merged(kept, piece)
     return [sends[key] for key in sorted(sends)]
