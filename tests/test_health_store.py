@@ -15,6 +15,7 @@ from tests.support.factories import postback
 from tests.support.health import NOW, RULES, pieces
 from txmail.core.health_settings import AutoBounds
 from txmail.workers.health.evaluate import Health
+from txmail.workers.status import describe
 from txmail.workers.store import open_store
 from txmail.workers.store.protocol import Store, TrackedEvent
 from txmail.workers.timeouts import DeliveryTimeouts
@@ -128,6 +129,7 @@ async def test_a_timeout_is_stamped_with_brazes_health_for_its_campaign_when_cla
     assert message.decision is not None
     assert message.decision.request is not None
     assert message.decision.request.braze_health == "degraded"
+    assert "  on the deadline   2026-11-29T11:59:00+00:00, Braze degraded" in describe(message)
 
 
 async def test_a_republished_timeout_keeps_the_health_it_was_claimed_with(store: Store) -> None:
