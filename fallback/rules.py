@@ -2,9 +2,10 @@
 
 A rule matches when the trigger is one of ``on`` (``"*"``: any trigger about a message,
 not a change of Braze's health, which a rule names: ``on = ["braze_degraded"]``), the
-campaign one of ``campaigns`` (``"*"`` matches any, also none), and, when the rule has a
-``reason`` regex, the request has a reason that the regex finds (``re.search``). The
-rules' schema is ``txmail.core.rules_file``.
+campaign one of ``campaigns`` (``"*"`` matches any, also none), when the rule has
+``when_braze``, the request was stamped with that health of Braze's (only deadline
+triggers are), and, when the rule has a ``reason`` regex, the request has a reason that
+the regex finds (``re.search``). The rules' schema is ``txmail.core.rules_file``.
 """
 
 from collections.abc import Sequence
@@ -18,6 +19,8 @@ def matches(rule: Rule, request: FallbackRequest) -> bool:
     if not named and not (ANY in rule.on and request.trigger in MESSAGE_TRIGGERS):
         return False
     if ANY not in rule.campaigns and request.campaign_api_id not in rule.campaigns:
+        return False
+    if rule.when_braze is not None and request.braze_health != rule.when_braze:
         return False
     if rule.reason is not None:
         return request.reason is not None and rule.reason.search(request.reason) is not None

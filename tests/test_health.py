@@ -16,7 +16,7 @@ from txmail.core.events import (
     HealthChange,
 )
 from txmail.core.health_settings import AutoBounds, HealthRules
-from txmail.workers.health.evaluate import Health, ScopeState, evaluate
+from txmail.workers.health.evaluate import DegradedScopes, Health, ScopeState, evaluate
 from txmail.workers.health.figures import OVERALL, SendSample, Settled, by_scope, campaign_scope
 from txmail.workers.health.learned import learn_timeout
 
@@ -139,6 +139,16 @@ def test_one_slow_campaign_is_degraded_alone() -> None:
     assert [h for _, h in judge(sends, minutes(20), campaign_scope("slow"))] == [Health.DEGRADED]
     assert judge(sends, minutes(20), campaign_scope("fast")) == []
     assert judge(sends, minutes(20), OVERALL) == []  # 1 send in 25 is slow: p95 still fast
+
+
+def test_a_message_is_degraded_when_braze_is_overall_or_for_its_campaign() -> None:
+    slow_campaign = DegradedScopes(frozenset({campaign_scope("slow")}))
+    assert slow_campaign.health_of("slow") == "degraded"
+    assert slow_campaign.health_of("fast") == "healthy"
+    assert slow_campaign.health_of(None) == "healthy"
+    overall = DegradedScopes(frozenset({OVERALL}))
+    assert overall.health_of("fast") == overall.health_of(None) == "degraded"
+    assert DegradedScopes(frozenset()).health_of("slow") == "healthy"
 
 
 BOUNDS = AutoBounds(min=timedelta(seconds=30), max=timedelta(minutes=30))

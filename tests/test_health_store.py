@@ -1,7 +1,8 @@
 """The deployment's one health state, on SQLite and PostgreSQL: the pieces of a send
 merged in any order, several workers judging at once record a change once, the outbox
-of changes, learned timeouts kept across a restart. Sends are recorded the way the
-tracker records them: postbacks applied to the store."""
+of changes, learned timeouts kept across a restart, the health a timeout is claimed
+with. Sends are recorded the way the tracker records them: postbacks applied to the
+store."""
 
 import asyncio
 import random
@@ -10,11 +11,13 @@ from datetime import timedelta
 
 import pytest
 
+from tests.support.factories import postback
 from tests.support.health import NOW, RULES, pieces
 from txmail.core.health_settings import AutoBounds
 from txmail.workers.health.evaluate import Health
+from txmail.workers.status import describe
 from txmail.workers.store import open_store
-from txmail.workers.store.protocol import Store
+from txmail.workers.store.protocol import Store, TrackedEvent
 from txmail.workers.timeouts import DeliveryTimeouts
 
 FIXED = DeliveryTimeouts(timedelta(minutes=10))
@@ -96,3 +99,49 @@ async def test_learned_timeouts_are_kept_across_a_restart(database_url: str) -> 
         await restarted.close()
     assert fresh.for_campaign("c") == timedelta(seconds=200)  # p99 100 s x 2
     assert fresh.for_campaign("other") == timedelta(minutes=10)  # nothing learned yet
+
+
+def late_send(send: str, campaign: str | None) -> list[TrackedEvent]:
+    """A `sent` that reached txmail at NOW, 11 minutes after Braze sent it: past FIXED."""
+    sent_at = (NOW - timedelta(minutes=11)).isoformat()
+    ids = {"external_send_id": send, "campaign_api_id": campaign}
+    return [postback(f"d-{send}", "sent", NOW, sent_at=sent_at, **ids)]
+
+
+async def test_a_timeout_is_stamped_with_brazes_health_for_its_campaign_when_claimed(
+    store: Store,
+) -> None:
+    # Campaign "slow" degraded alone: 10 slow sends are too few to move the overall p95.
+    await store.apply(
+        [p for i in range(10) for p in pieces(f"slow:{i}", 120, "slow")]
+        + [p for i in range(290) for p in pieces(f"fast:{i}", 2, "fast")],
+        NOW,
+    )
+    changes = await store.health.judge(NOW, RULES, EVERY)
+    assert [c.campaign_api_id for c in changes] == ["slow"]
+    await store.apply(late_send("a", "slow") + late_send("b", "fast") + late_send("c", None), NOW)
+    claimed = await store.claim_due(NOW, 10)
+    stamped = {p.request.external_send_id: p.request.braze_health for p in claimed}
+    assert stamped == {"a": "degraded", "b": "healthy", "c": "healthy"}
+    # Stored with the decision, before anything is published.
+    message = await store.find(external_send_id="a")
+    assert message is not None
+    assert message.decision is not None
+    assert message.decision.request is not None
+    assert message.decision.request.braze_health == "degraded"
+    assert "  on the deadline   2026-11-29T11:59:00+00:00, Braze degraded" in describe(message)
+
+
+async def test_a_republished_timeout_keeps_the_health_it_was_claimed_with(store: Store) -> None:
+    """Invariant 3: the copy published again must match the rule the first matched."""
+    await store.apply(late_send("a", "c"), NOW)
+    (first,) = await store.claim_due(NOW, 10)
+    assert first.request.braze_health == "healthy"
+    await store.apply([p for i in range(20) for p in pieces(f"send:{i}", 120, "c")], NOW)
+    assert len(await store.health.judge(NOW, RULES, EVERY)) == 2  # degraded, overall and "c"
+    later = NOW + timedelta(minutes=1)
+    await store.apply(late_send("b", "c"), later)
+    (second,) = await store.claim_due(later, 10)
+    assert second.request.braze_health == "degraded"  # the health did change
+    republished = await store.claim_unpublished(later, 10)
+    assert [p.request for p in republished if p.message_key == first.message_key] == [first.request]

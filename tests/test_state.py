@@ -114,7 +114,7 @@ def test_after_a_timeout_any_order_of_the_rest_gives_the_same_outcome(
     rest: list[Event], data: st.DataObject
 ) -> None:
     claimed, decision = claim_deadline(
-        fold([postback_event("sent")]), TIMEOUTS, T0 + timedelta(hours=1)
+        fold([postback_event("sent")]), TIMEOUTS, T0 + timedelta(hours=1), braze_health="healthy"
     )
     assert decision is not None
     copies = data.draw(st.lists(st.sampled_from(rest))) if rest else []
@@ -127,7 +127,7 @@ def test_after_a_timeout_any_order_of_the_rest_gives_the_same_outcome(
 
 def test_a_delivered_stamped_in_time_after_a_timeout_is_a_premature_fallback() -> None:
     claimed, _ = claim_deadline(
-        fold([postback_event("sent")]), TIMEOUTS, T0 + timedelta(minutes=10)
+        fold([postback_event("sent")]), TIMEOUTS, T0 + timedelta(minutes=10), braze_health="healthy"
     )
     assert claimed.decision is not None
     assert claimed.decision.deadline == T0 + timedelta(minutes=10)
@@ -188,14 +188,21 @@ def test_deadline_is_armed_from_sent_at_and_uses_the_campaign_timeout() -> None:
 
 def test_deadline_claim_then_delivered_is_delivered_late() -> None:
     message = fold([postback_event("sent")])
-    unchanged, none = claim_deadline(message, TIMEOUTS, T0 + timedelta(minutes=9))
+    unchanged, none = claim_deadline(
+        message, TIMEOUTS, T0 + timedelta(minutes=9), braze_health="healthy"
+    )
     assert none is None
     assert unchanged == message
-    claimed, decision = claim_deadline(message, TIMEOUTS, T0 + timedelta(minutes=10))
+    claimed, decision = claim_deadline(
+        message, TIMEOUTS, T0 + timedelta(minutes=10), braze_health="healthy"
+    )
     assert decision is not None
     assert decision.trigger == Trigger.TIMEOUT
     assert outcome(claimed) == Outcome.TIMED_OUT
-    assert claim_deadline(claimed, TIMEOUTS, T0 + timedelta(hours=1))[1] is None
+    assert (
+        claim_deadline(claimed, TIMEOUTS, T0 + timedelta(hours=1), braze_health="healthy")[1]
+        is None
+    )
     late, again = evolve(claimed, [postback_event("delivered", 700)], T0 + timedelta(minutes=12))
     assert again is None
     assert outcome(late) == Outcome.DELIVERED_LATE
@@ -206,11 +213,13 @@ def test_a_delivered_stamped_after_the_deadline_leaves_it_armed_whatever_the_ord
     # Heard of before the sweeper got to the deadline, or after: one timeout either way.
     first = fold([postback_event("sent"), late])
     assert deadline(first, TIMEOUTS) == T0 + timedelta(minutes=10)
-    claimed_after, decision = claim_deadline(first, TIMEOUTS, T0 + timedelta(minutes=12))
+    claimed_after, decision = claim_deadline(
+        first, TIMEOUTS, T0 + timedelta(minutes=12), braze_health="healthy"
+    )
     assert decision is not None
     assert decision.trigger == Trigger.TIMEOUT
     claimed_before, _ = claim_deadline(
-        fold([postback_event("sent")]), TIMEOUTS, T0 + timedelta(hours=1)
+        fold([postback_event("sent")]), TIMEOUTS, T0 + timedelta(hours=1), braze_health="healthy"
     )
     delivered_after, _ = evolve(claimed_before, [late], T0 + timedelta(hours=1))
     assert outcome(claimed_after) == outcome(delivered_after) == Outcome.DELIVERED_LATE
@@ -227,13 +236,30 @@ def test_a_delivered_stamped_by_the_deadline_or_ahead_of_its_arrival_disarms_it(
 def test_registration_without_sent_is_not_sent_with_its_own_timeout() -> None:
     message = fold([registration_event(recipient={"phone": "+15550100"}, delivery_timeout="90s")])
     assert deadline(message, TIMEOUTS) == T0 + timedelta(seconds=90)
-    claimed, decision = claim_deadline(message, TIMEOUTS, T0 + timedelta(seconds=90))
+    claimed, decision = claim_deadline(
+        message, TIMEOUTS, T0 + timedelta(seconds=90), braze_health="healthy"
+    )
     assert decision is not None
     assert decision.trigger == Trigger.NOT_SENT
     request = fallback_request(claimed)
     assert request.recipient.phone == "+15550100"
     assert request.dispatch_id is None
     assert request.external_send_id == "o1"
+
+
+def test_a_claimed_deadline_keeps_braze_health_in_its_request() -> None:
+    sent = fold([postback_event("sent")])
+    claimed, decision = claim_deadline(
+        sent, TIMEOUTS, T0 + timedelta(minutes=10), braze_health="degraded"
+    )
+    assert decision is not None
+    assert decision.braze_health == "degraded"
+    # Kept in the message the store persists, so the request read back is the same.
+    stored = Message.model_validate_json(claimed.model_dump_json())
+    assert fallback_request(stored).braze_health == "degraded"
+    assert fallback_request(stored) == fallback_request(claimed)
+    bounced, _ = evolve(sent, [postback_event("bounced", 60)], T0 + timedelta(minutes=1))
+    assert fallback_request(bounced).braze_health is None  # only deadlines are stamped
 
 
 def test_unreadable_sent_at_falls_back_to_arrival() -> None:

@@ -17,13 +17,20 @@ from typing import Final
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from txmail.core.events import FallbackRequest, Postback, Recipient, SendRegistration, Trigger
+from txmail.core.events import (
+    DEADLINE_TRIGGERS,
+    BrazeHealth,
+    FallbackRequest,
+    Postback,
+    Recipient,
+    SendRegistration,
+    Trigger,
+)
 from txmail.workers.timeouts import DeliveryTimeouts
 
 # Failures in rank order: a bounce is the later, more definite verdict of the two.
 FAILURES: Final = ("bounced", "aborted")
 ARMING: Final = ("sent", "processed")
-LATE_TRIGGERS: Final = frozenset({Trigger.TIMEOUT, Trigger.NOT_SENT})
 
 
 class Outcome(StrEnum):
@@ -84,6 +91,8 @@ class Decision(_Frozen):
     decided_at: datetime
     # The deadline a timeout was decided on; None for failures (and older decisions).
     deadline: datetime | None = None
+    # Braze's health when the deadline was claimed; None for failures (and older ones).
+    braze_health: BrazeHealth | None = None
 
 
 class Message(_Frozen):
@@ -186,7 +195,7 @@ def outcome(message: Message) -> Outcome:
     if failed := failure(message):
         return Outcome(failed)
     decision = message.decision
-    late = decision is not None and decision.trigger in LATE_TRIGGERS
+    late = decision is not None and decision.trigger in DEADLINE_TRIGGERS
     delivered = message.statuses.get("delivered")
     if delivered is None:
         return Outcome.TIMED_OUT if late else Outcome.IN_FLIGHT
@@ -327,19 +336,29 @@ def evolve(message: Message, events: list[Event], now: datetime) -> tuple[Messag
 
 
 def claim_deadline(
-    message: Message, timeouts: DeliveryTimeouts, now: datetime, due_by: datetime | None = None
+    message: Message,
+    timeouts: DeliveryTimeouts,
+    now: datetime,
+    due_by: datetime | None = None,
+    *,
+    braze_health: BrazeHealth | None,
 ) -> tuple[Message, Decision | None]:
     """Decide a timeout when the deadline has passed (the sweeper's half of the race).
 
     ``due_by`` (default ``now``) is how far the events are known to be applied: a
     deadline after it may still meet a `delivered` that arrived in time.
+    ``braze_health`` is Braze's health for this message as the claiming transaction
+    reads it; the decision keeps it, so its request is the same on every publish.
     """
     due = deadline(message, timeouts)
     if due is None or due > (now if due_by is None else due_by):
         return message, None
     sent = any(s in message.statuses for s in (*ARMING, "delivered"))
     decision = Decision(
-        trigger=Trigger.TIMEOUT if sent else Trigger.NOT_SENT, decided_at=now, deadline=due
+        trigger=Trigger.TIMEOUT if sent else Trigger.NOT_SENT,
+        decided_at=now,
+        deadline=due,
+        braze_health=braze_health,
     )
     return message.model_copy(update={"decision": decision}), decision
 
@@ -363,4 +382,5 @@ def fallback_request(message: Message) -> FallbackRequest:
         recipient=registration.recipient if registration else Recipient(),
         variables=dict(registration.variables) if registration else {},
         decided_at=message.decision.decided_at,
+        braze_health=message.decision.braze_health,
     )

@@ -121,7 +121,9 @@ def describe(message: MessageView) -> str:
             f"{published}"
         )
         if decision.deadline:
-            lines.append(f"  on the deadline   {_time(decision.deadline)}")
+            health = decision.request.braze_health if decision.request else None
+            while_braze = f", Braze {health}" if health else ""
+            lines.append(f"  on the deadline   {_time(decision.deadline)}{while_braze}")
     attempt = last_fallback_attempt(message)
     if attempt:
         lines.append(

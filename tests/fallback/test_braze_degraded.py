@@ -1,6 +1,7 @@
 """Through the real pipeline: postbacks whose Braze times show delivery slowing down
-make Braze degraded once, and a rule sends that to a webhook receiver. Real RabbitMQ,
-worker, executor and SQLite; the receiver is a small real HTTP server."""
+make Braze degraded once, and a rule sends that to a webhook receiver; a timeout
+while Braze is degraded goes to the rule for that. Real RabbitMQ, worker, executor and
+SQLite; the receiver is a small real HTTP server."""
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -116,3 +117,66 @@ async def test_delivery_slowing_down_degrades_once_and_a_rule_calls_the_webhook(
     assert call.body["data"]["trigger"] == "braze_degraded"
     assert call.body["data"]["reason"] == change.reason
     assert "p95 sent→delivered" in change.reason
+
+
+async def post_late_send(broker: Broker, send: str) -> None:
+    """A `sent` that Braze stamped 11 minutes ago: past the default 10-minute timeout."""
+    now = utc_now()
+    sent_at = (now - timedelta(minutes=11)).isoformat()
+    late = raw_postback(f"d-{send}", "sent", sent_at=sent_at, external_send_id=send)
+    await broker.publish([outgoing_postback(late, now)])
+
+
+async def test_a_timeout_while_braze_is_degraded_goes_to_the_degraded_rule(
+    fallback_settings: Settings, receiver: Receiver, tmp_path: Path
+) -> None:
+    hook = receiver_handlers(receiver)["ops-hook"]
+    path = write_rules_file(
+        tmp_path / "rules.toml",
+        rule("relay-hook", on=("timeout",), when_braze="degraded"),
+        rule("ops-hook", on=("timeout",)),
+        handlers={"relay-hook": hook, "ops-hook": hook},
+        health=HEALTH,
+    )
+    settings = fallback_settings.model_copy(
+        update={
+            "rules": path,
+            "sweep_interval": timedelta(milliseconds=50),
+            # A late `sent` alone brings no Braze time past its deadline: the watermark
+            # reaches it after this much silence.
+            "max_lateness": timedelta(milliseconds=300),
+        }
+    )
+
+    async def degraded() -> bool:
+        overall = (await store.health.report()).overall
+        return overall is not None and overall.health == "degraded"
+
+    def handler_of(send: str) -> list[str]:
+        return [
+            c.body["data"]["handler"]
+            for c in receiver.webhook.calls
+            if c.body["data"]["external_send_id"] == send
+        ]
+
+    async with (
+        running_worker(settings) as store,
+        running_executor(settings, configure(read_rules_file(path))),
+        publisher(settings) as broker,
+    ):
+        await post_late_send(broker, "late-healthy")  # one send: too few to judge
+        await wait_until(lambda: bool(handler_of("late-healthy")), what="the first timeout handled")
+        await post_sends(broker, 0, timedelta(seconds=5), utc_now())
+        await wait_until(degraded, what="Braze judged degraded")
+        await post_late_send(broker, "late-degraded")
+        await wait_until(
+            lambda: bool(handler_of("late-degraded")), what="the second timeout handled"
+        )
+
+    assert handler_of("late-healthy") == ["ops-hook"]
+    assert handler_of("late-degraded") == ["relay-hook"]
+    stamps = {
+        c.body["data"]["external_send_id"]: c.body["data"]["braze_health"]
+        for c in receiver.webhook.calls
+    }
+    assert stamps == {"late-healthy": "healthy", "late-degraded": "degraded"}

@@ -4,7 +4,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from txmail.core.events import MESSAGE_TRIGGERS, FallbackRequest, Trigger
+from txmail.core.events import MESSAGE_TRIGGERS, BrazeHealth, FallbackRequest, Trigger
 from txmail.core.rules_file import Rule
 from txmail.fallback.rules import matches, select_rule
 
@@ -21,7 +21,9 @@ RULES = [
 ]
 
 
-def request(trigger: str, campaign: str | None, reason: str | None) -> FallbackRequest:
+def request(
+    trigger: str, campaign: str | None, reason: str | None, braze: BrazeHealth | None = None
+) -> FallbackRequest:
     return FallbackRequest(
         idempotency_key="k",
         trigger=Trigger(trigger),
@@ -30,6 +32,7 @@ def request(trigger: str, campaign: str | None, reason: str | None) -> FallbackR
         campaign_api_id=campaign,
         reason=reason,
         decided_at=datetime(2026, 1, 1, tzinfo=UTC),
+        braze_health=braze,
     )
 
 
@@ -65,3 +68,30 @@ def test_a_star_trigger_matches_every_message_trigger_but_no_health_change() -> 
     named = Rule.model_validate({"on": ["braze_degraded"], "handlers": ["a"]})
     assert matches(named, request(Trigger.BRAZE_DEGRADED.value, None, None))
     assert not matches(named, request(Trigger.BRAZE_RECOVERED.value, None, None))
+
+
+WHILE_BRAZE = [
+    Rule.model_validate({"on": ["timeout"], "when_braze": "degraded", "handlers": ["mailer"]}),
+    Rule.model_validate(
+        {"on": ["timeout", "not_sent"], "when_braze": "healthy", "handlers": ["a"]}
+    ),
+    Rule.model_validate({"on": ["*"], "handlers": ["sms"]}),
+]
+
+
+@pytest.mark.parametrize(
+    ("trigger", "braze", "expected"),
+    [
+        ("timeout", "degraded", 0),
+        ("timeout", "healthy", 1),
+        ("not_sent", "healthy", 1),
+        ("not_sent", "degraded", 2),  # the first rule names only timeouts
+        ("timeout", None, 2),  # decided before requests were stamped: no `when_braze` rule
+        ("bounced", None, 2),
+    ],
+)
+def test_when_braze_matches_only_requests_stamped_with_that_health(
+    trigger: str, braze: BrazeHealth | None, expected: int
+) -> None:
+    found = select_rule(WHILE_BRAZE, request(trigger, "welcome", None, braze))
+    assert (found[0] if found else None) == expected

@@ -14,7 +14,14 @@ from tests.support.processes import spawn, wait_for_line
 from tests.support.servers import WEBHOOK_SECRET
 from txmail.cli import main
 from txmail.core.errors import ConfigError
-from txmail.core.events import MESSAGE_TRIGGERS, FallbackRequest, Recipient, Trigger
+from txmail.core.events import (
+    DEADLINE_TRIGGERS,
+    MESSAGE_TRIGGERS,
+    BrazeHealth,
+    FallbackRequest,
+    Recipient,
+    Trigger,
+)
 from txmail.core.rules_file import Mode, read_rules_file
 from txmail.core.settings import Settings
 from txmail.fallback.configured import FallbackRules, check_file, configure
@@ -227,6 +234,20 @@ INVALID = [
         "rules[0].mode: Input should be 'first_success' or 'all'",
     ),
     (HOOK + '[[rules]]\non = ["bounced"]\nhandlers = ["hook"]\nwhen = 1\n', "rules[0].when:"),
+    (
+        HOOK + '[[rules]]\non = ["timeout"]\nwhen_braze = "slow"\nhandlers = ["hook"]\n',
+        "rules[0].when_braze: Input should be 'degraded' or 'healthy'",
+    ),
+    (
+        HOOK
+        + '[[rules]]\non = ["timeout", "bounced"]\nwhen_braze = "degraded"\nhandlers = ["hook"]\n',
+        "rules[0].when_braze: Braze's health is known only for timeout and not_sent requests: "
+        'on = ["timeout"] (or "not_sent", or both), not \'bounced\'',
+    ),
+    (
+        HOOK + '[[rules]]\non = ["*"]\nwhen_braze = "healthy"\nhandlers = ["hook"]\n',
+        "rules[0].when_braze: Braze's health is known only for timeout and not_sent requests",
+    ),
 ]
 
 
@@ -323,7 +344,7 @@ def test_the_documented_example_is_valid(monkeypatch: pytest.MonkeyPatch) -> Non
         monkeypatch.setenv(variable, WEBHOOK_SECRET)
     example = Path(__file__).parents[2] / "fallback" / "rules.example.toml"
     rules_file = load(example)
-    assert len(rules_file.rules) == 4
+    assert len(rules_file.rules) == 5
 
 
 def test_the_documented_example_can_serve_every_trigger_its_rules_take(
@@ -338,7 +359,11 @@ def test_the_documented_example_can_serve_every_trigger_its_rules_take(
     example = load(Path(__file__).parents[2] / "fallback" / "rules.example.toml")
     for index, rule in enumerate(example.rules):
         triggers = MESSAGE_TRIGGERS if "*" in rule.on else {Trigger(t) for t in rule.on}
-        for trigger in triggers:
+        stamps: dict[Trigger, tuple[BrazeHealth | None, ...]] = {
+            trigger: ("degraded", "healthy") if trigger in DEADLINE_TRIGGERS else (None,)
+            for trigger in triggers
+        }
+        for trigger, braze_health in ((t, h) for t in triggers for h in stamps[t]):
             failed = trigger in (Trigger.ABORTED, Trigger.BOUNCED)
             request = FallbackRequest(
                 idempotency_key="txm_1",
@@ -350,6 +375,7 @@ def test_the_documented_example_can_serve_every_trigger_its_rules_take(
                 recipient=Recipient(email="jane@example.com", phone="+15550001111"),
                 variables={"first_name": "Jane"},
                 decided_at=datetime(2026, 11, 27, tzinfo=UTC),
+                braze_health=braze_health,
             )
             if not matches(rule, request):
                 continue

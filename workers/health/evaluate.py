@@ -11,13 +11,26 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
 
+from txmail.core.events import BrazeHealth
 from txmail.core.health_settings import HealthRules
-from txmail.workers.health.figures import Figures
+from txmail.workers.health.figures import OVERALL, Figures, campaign_scope
 
 
 class Health(StrEnum):
     HEALTHY = "healthy"
     DEGRADED = "degraded"
+
+
+@dataclass(frozen=True)
+class DegradedScopes:
+    """The scopes the deployment last judged degraded (``health_state``)."""
+
+    scopes: frozenset[str]
+
+    def health_of(self, campaign_api_id: str | None) -> BrazeHealth:
+        """Braze's health for a message: degraded overall or for its own campaign."""
+        mine = campaign_api_id is not None and campaign_scope(campaign_api_id) in self.scopes
+        return "degraded" if mine or OVERALL in self.scopes else "healthy"
 
 
 @dataclass(frozen=True)

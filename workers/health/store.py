@@ -10,6 +10,8 @@
   change of health into ``health_changes``: an outbox, so a change is recorded exactly
   once and published after the commit (monitor.py), like a fallback decision.
 - ``learned``: the timeouts learned for ``auto`` campaigns, updated by ``judge``.
+- ``degraded_scopes``: in the sweep's transaction that claims deadlines, the health
+  each timeout's request is stamped with.
 """
 
 import hashlib
@@ -23,7 +25,7 @@ from pydantic import BaseModel
 from txmail.core.events import HEALTH_CHANGE_PREFIX, HealthChange
 from txmail.core.health_settings import HealthRules
 from txmail.core.sql import Database, Insert, Sql, optional_time
-from txmail.workers.health.evaluate import Health, ScopeState, evaluate
+from txmail.workers.health.evaluate import DegradedScopes, Health, ScopeState, evaluate
 from txmail.workers.health.figures import (
     NO_SENDS,
     OVERALL,
@@ -119,6 +121,12 @@ def sends_recorded(observations: Sequence[SendObservation]) -> Insert:
         ],
         _MERGE_SEND,
     )
+
+
+async def degraded_scopes(db: Sql) -> DegradedScopes:
+    """What the deployment last judged degraded, read in the caller's transaction."""
+    rows = await db.fetch("SELECT scope FROM health_state WHERE health = ?", Health.DEGRADED.value)
+    return DegradedScopes(frozenset(scope for (scope,) in rows))
 
 
 class ScopeReport(BaseModel):

@@ -17,7 +17,7 @@ from typing import TypeVar
 from txmail.core.events import NUL, FallbackRequest
 from txmail.core.sql import Database, Insert, Row, Sql, optional_time, schema_version
 from txmail.workers.health.observations import observe
-from txmail.workers.health.store import HealthStore, sends_recorded
+from txmail.workers.health.store import HealthStore, degraded_scopes, sends_recorded
 from txmail.workers.metrics import observe_braze_delivery
 from txmail.workers.state import Decision, Message, claim_deadline
 from txmail.workers.store.migrations import (
@@ -247,10 +247,18 @@ class SqlStore:
         async def work(db: Sql) -> list[PendingRequest]:
             query = _DUE_BY + db.dialect.skip_locked
             due = await db.fetch(query, by, limit)
-            changed = [
-                claim_deadline(Message.model_validate_json(summary), self._timeouts, now, due_by)
-                for (summary,) in due
-            ]
+            if not due:
+                return []  # taken by another sweeper since
+            # Read in this transaction and stored with the decision: a republished
+            # request carries the same health, so it matches the same rule (invariant 3).
+            degraded = await degraded_scopes(db)
+            changed = []
+            for (summary,) in due:
+                message = Message.model_validate_json(summary)
+                health = degraded.health_of(message.campaign_api_id)
+                changed.append(
+                    claim_deadline(message, self._timeouts, now, due_by, braze_health=health)
+                )
             rows, decided = to_rows(changed, self._timeouts)
             timeouts_seen = sends_recorded(observe((), decided))  # they count for Braze's health
             await db.insert_many(self._messages_written(rows, now), timeouts_seen)

@@ -179,6 +179,12 @@ class Trigger(StrEnum):
 MESSAGE_TRIGGERS: Final = frozenset(
     {Trigger.ABORTED, Trigger.BOUNCED, Trigger.TIMEOUT, Trigger.NOT_SENT}
 )
+# Decided when a message's deadline passes: their requests carry Braze's health then.
+DEADLINE_TRIGGERS: Final = frozenset({Trigger.TIMEOUT, Trigger.NOT_SENT})
+
+# Braze's health as a deadline's claim saw it: degraded when the deployment was judged
+# degraded overall or for the message's campaign (README, Braze's health).
+BrazeHealth = Literal["degraded", "healthy"]
 
 
 class Recipient(BaseModel):
@@ -239,6 +245,10 @@ class FallbackRequest(BaseModel):
     recipient: Recipient = Field(default_factory=Recipient)
     variables: dict[str, StrictStr | int | float | bool] = Field(default_factory=dict)
     decided_at: datetime
+    # Stamped on a deadline trigger's request when the deadline is claimed, stored with
+    # it, never at publish time: a republished copy must match the same rule (invariant
+    # 3). None for the other triggers.
+    braze_health: BrazeHealth | None = None
 
     @property
     def routing_key(self) -> str:

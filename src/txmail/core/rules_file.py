@@ -30,7 +30,7 @@ from pydantic import (
 )
 
 from txmail.core.errors import ConfigError
-from txmail.core.events import Trigger
+from txmail.core.events import DEADLINE_TRIGGERS, BrazeHealth, Trigger
 from txmail.core.health_settings import CampaignTimeoutSetting, HealthRules, TimeoutSetting
 
 # Handler names end up in AMQP headers and idempotency keys: keep them plain.
@@ -79,6 +79,8 @@ class Rule(BaseModel):
     reason: Annotated[re.Pattern[str], BeforeValidator(_compiled)] | None = None
     handlers: list[str] = Field(min_length=1)
     mode: Mode = Mode.FIRST_SUCCESS
+    # Matches only requests stamped with this health of Braze's: the deadline triggers'.
+    when_braze: BrazeHealth | None = None
 
     @field_validator("on", "campaigns", "handlers", mode="before")
     @classmethod
@@ -93,6 +95,21 @@ class Rule(BaseModel):
     def _no_empty_campaign(cls, value: list[str]) -> list[str]:
         if any(not campaign.strip() for campaign in value):
             raise ValueError("a campaign id cannot be empty (use '*' for any campaign)")
+        return value
+
+    @field_validator("when_braze")
+    @classmethod
+    def _only_for_deadline_triggers(
+        cls, value: BrazeHealth | None, info: ValidationInfo
+    ) -> BrazeHealth | None:
+        # A rule that could never match is refused rather than silently skipped.
+        on: list[str] = info.data.get("on", [])  # absent when `on` itself is invalid
+        unstamped = [t for t in on if t not in DEADLINE_TRIGGERS]
+        if value is not None and unstamped:
+            raise ValueError(
+                "Braze's health is known only for timeout and not_sent requests: "
+                f'on = ["timeout"] (or "not_sent", or both), not {unstamped[0]!r}'
+            )
         return value
 
     @field_validator("handlers")
