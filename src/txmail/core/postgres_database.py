@@ -134,15 +134,24 @@ class PostgresDatabase:
     async def transaction(
         self, work: Callable[[Sql], Awaitable[T]], *, reads_only: bool = False
     ) -> T:
+        async def in_transaction(connection: PostgresConnection) -> T:
+            async with connection.transaction(readonly=reads_only):
+                return await work(_PostgresSql(connection))
+
+        return await self._on_connection(in_transaction)
+
+    async def statement(self, sql: str, *args: Any) -> int:
+        # Outside a transaction block PostgreSQL runs a statement as a transaction.
+        return await self._on_connection(lambda c: _PostgresSql(c).execute(sql, *args))
+
+    async def _on_connection(self, work: Callable[[PostgresConnection], Awaitable[T]]) -> T:
+        """``work`` on a connection of the pool, run again when it lost a race."""
         if self._pool is None:
             raise self._unavailable("the PostgreSQL database is not open")
         for attempt in range(1, _ATTEMPTS + 1):
             try:
-                async with (
-                    self._pool.acquire() as connection,
-                    connection.transaction(readonly=reads_only),
-                ):
-                    return await work(_PostgresSql(connection))
+                async with self._pool.acquire() as connection:
+                    return await work(connection)
             except _RETRYABLE as error:
                 if attempt == _ATTEMPTS:
                     raise self._unavailable(f"PostgreSQL: {readable(error)}") from error

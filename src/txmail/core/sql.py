@@ -43,6 +43,9 @@ class Dialect:
     for_update: str  # appended to a SELECT that locks the rows it reads
     skip_locked: str  # ... that takes only rows nobody else holds
     row_id: str  # the column every table has that names a row
+    # An expression reading the clock leases are judged on, as a time column holds it,
+    # for a statement that has no round trip of its own to spare on ``Sql.now``.
+    clock: str
     # An expression reading a text field of a JSON text column, from ``column``,
     # ``dotted`` (a.b) and ``commas`` (a,b) paths.
     json_field: str
@@ -63,6 +66,9 @@ SQLITE = Dialect(
     for_update="",
     skip_locked="",
     row_id="rowid",
+    # The system clock, as ``now`` reads it, in microseconds (to the millisecond: no
+    # finer in SQLite).
+    clock="CAST((julianday('now') - 2440587.5) * 86400000000 AS INTEGER)",
     json_field="json_extract({column}, '$.{dotted}')",
 )
 POSTGRES = Dialect(
@@ -75,6 +81,8 @@ POSTGRES = Dialect(
     for_update=" FOR UPDATE",
     skip_locked=" FOR UPDATE SKIP LOCKED",
     row_id="ctid",
+    # When the statement began: one value however often a statement reads it.
+    clock="statement_timestamp()",
     json_field="({column}::jsonb #>> '{{{commas}}}')",
 )
 
@@ -161,6 +169,10 @@ class Database(Protocol):
         self, work: Callable[[Sql], Awaitable[T]], *, reads_only: bool = False
     ) -> T:
         """Run ``work`` in one transaction; ``reads_only`` takes no write lock."""
+
+    async def statement(self, sql: str, *args: Any) -> int:
+        """Run one statement as a transaction of its own; returns how many rows it
+        changed. One round trip, where ``transaction`` adds a BEGIN and a COMMIT."""
 
     async def migrate(self, versions_table: str, migrations: Sequence[Migration]) -> list[int]:
         """Apply what is missing; ConfigError when this user or file may not."""
