@@ -156,6 +156,7 @@ class PostgresDatabase:
         return await self._on_a_connection(lambda connection: work(_PostgresSql(connection)))
 
     async def _on_a_connection(self, work: Callable[[PostgresConnection], Awaitable[T]]) -> T:
+        """``work`` on a connection of the pool, run again when it lost a race."""
         if self._pool is None:
             raise self._unavailable("the PostgreSQL database is not open")
         for attempt in range(1, _ATTEMPTS + 1):

@@ -43,6 +43,9 @@ class Dialect:
     for_update: str  # appended to a SELECT that locks the rows it reads
     skip_locked: str  # ... that takes only rows nobody else holds
     row_id: str  # the column every table has that names a row
+    # An expression reading the clock leases are judged on, as a time column holds it,
+    # for a statement that has no round trip of its own to spare on ``Sql.now``.
+    clock: str
     # An expression reading a text field of a JSON text column, from ``column``,
     # ``dotted`` (a.b) and ``commas`` (a,b) paths.
     json_field: str
@@ -63,6 +66,9 @@ SQLITE = Dialect(
     for_update="",
     skip_locked="",
     row_id="rowid",
+    # The system clock, as ``now`` reads it, in microseconds (to the millisecond: no
+    # finer in SQLite).
+    clock="CAST((julianday('now') - 2440587.5) * 86400000000 AS INTEGER)",
     json_field="json_extract({column}, '$.{dotted}')",
 )
 POSTGRES = Dialect(
@@ -75,6 +81,8 @@ POSTGRES = Dialect(
     for_update=" FOR UPDATE",
     skip_locked=" FOR UPDATE SKIP LOCKED",
     row_id="ctid",
+    # When the statement began: one value however often a statement reads it.
+    clock="statement_timestamp()",
     json_field="({column}::jsonb #>> '{{{commas}}}')",
 )
 

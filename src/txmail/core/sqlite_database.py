@@ -11,7 +11,7 @@ import json
 import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -26,6 +26,8 @@ T = TypeVar("T")
 def _value(value: Any) -> Any:
     if isinstance(value, datetime):
         return to_micros(value)
+    if isinstance(value, timedelta):  # added to a time: microseconds too
+        return value // timedelta(microseconds=1)
     if isinstance(value, list):
         return json.dumps(value)  # read back by json_each (``is_in``)
     return value
@@ -148,6 +150,8 @@ class SqliteDatabase:
             connection = self._connection
             if connection is None:
                 raise self._unavailable(f"the SQLite database {self._path} is not open")
+            # In autocommit mode each statement is a transaction, taking the write
+            # lock itself.
             return await work(_SqliteSql(self, connection))
 
     async def migrate(self, versions_table: str, migrations: Sequence[Migration]) -> list[int]:
