@@ -77,6 +77,7 @@ def template_context(request: FallbackRequest) -> dict[str, str]:
         "decided_at": request.decided_at.isoformat(),
         "recipient_email": request.recipient.email,
         "recipient_phone": request.recipient.phone,
+        "braze_health": request.braze_health,
     }
     for name, value in own.items():
         if value is None:

@@ -51,3 +51,14 @@ def test_a_missing_name_is_a_permanent_failure_saying_which() -> None:
 def test_an_invalid_template_is_refused_when_loaded() -> None:
     with pytest.raises(ValueError, match="invalid template"):
         TextTemplate("costs $")
+
+
+def test_a_timeout_names_braze_health_and_a_bounce_does_not() -> None:
+    timeout = REQUEST.model_copy(
+        update={"trigger": Trigger.TIMEOUT, "reason": None, "braze_health": "degraded"}
+    )
+    body = TextTemplate("Braze is $braze_health")
+
+    assert body.render(template_context(timeout), "body") == "Braze is degraded"
+    with pytest.raises(PermanentFailure, match=r"\$braze_health"):
+        body.render(template_context(REQUEST), "body")
