@@ -1,6 +1,7 @@
 """The functional core, in microseconds: invariant 2 (docs/architecture.md) and the
 decision rules."""
 
+import json
 from datetime import UTC, datetime, timedelta
 
 from hypothesis import given
@@ -9,6 +10,7 @@ from hypothesis import strategies as st
 from tests.support.braze import BRAZE_EXAMPLES
 from txmail.core.events import Postback, SendRegistration, Trigger, event_id
 from txmail.workers.state import (
+    Decision,
     Event,
     Message,
     Outcome,
@@ -271,3 +273,14 @@ def test_a_sent_at_after_the_arrival_does_not_postpone_the_deadline() -> None:
     # A clock ahead, or a wrong offset: Braze cannot have sent it after we heard of it.
     ahead = fold([postback_event("sent", 5, sent_at="2026-01-01T00:00:05-12:00")])
     assert deadline(ahead, TIMEOUTS) == T0 + timedelta(minutes=10, seconds=5)
+
+
+def test_a_decision_without_braze_health_is_stored_as_the_version_before_wrote_it() -> None:
+    # That version's models refuse unknown fields: during an upgrade its workers must
+    # still read every failure decided by a newer one.
+    bounced = Decision(trigger=Trigger.BOUNCED, decided_at=T0)
+    timed_out = Decision(trigger=Trigger.TIMEOUT, decided_at=T0, braze_health="degraded")
+
+    assert "braze_health" not in json.loads(bounced.model_dump_json())
+    assert json.loads(timed_out.model_dump_json())["braze_health"] == "degraded"
+    assert Decision.model_validate_json(bounced.model_dump_json()) == bounced

@@ -24,7 +24,7 @@ from pydantic import BaseModel
 
 from txmail.core.events import HEALTH_CHANGE_PREFIX, HealthChange
 from txmail.core.health_settings import HealthRules
-from txmail.core.sql import Database, Insert, Sql, optional_time
+from txmail.core.sql import Database, Insert, Row, Sql, optional_time
 from txmail.workers.health.evaluate import DegradedScopes, Health, ScopeState, evaluate
 from txmail.workers.health.figures import (
     NO_SENDS,
@@ -260,8 +260,8 @@ class HealthStore:
     ) -> list[HealthChange]:
         """Changes whose publish is due, leased to this caller for ``republish_after``."""
 
-        async def work(db: Sql) -> list[HealthChange]:
-            rows = await db.fetch(
+        async def work(db: Sql) -> list[Row]:
+            return await db.fetch(
                 f"""UPDATE health_changes SET publish_after = ? WHERE change_id IN (
                     SELECT change_id FROM health_changes
                     WHERE published_at IS NULL AND publish_after <= ?
@@ -270,10 +270,9 @@ class HealthStore:
                 now,
                 limit,
             )
-            return [HealthChange.model_validate_json(body) for (body,) in rows]
 
-        changes = await self._database.autocommit(work)  # one statement
-        return sorted(changes, key=lambda c: c.at)
+        claimed = await self._database.autocommit(work)  # one statement
+        return sorted((HealthChange.model_validate_json(b) for (b,) in claimed), key=lambda c: c.at)
 
     async def mark_published(self, change_ids: Sequence[str], now: datetime) -> None:
         async def work(db: Sql) -> None:

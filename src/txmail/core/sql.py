@@ -99,7 +99,8 @@ class Insert:
 
 
 class Sql(Protocol):
-    """A connection inside one transaction."""
+    """A connection inside one transaction (or, under ``Database.autocommit``, running
+    each statement as a transaction of its own)."""
 
     dialect: Dialect
 
@@ -182,7 +183,9 @@ class Database(Protocol):
     async def autocommit(self, work: Callable[[Sql], Awaitable[T]]) -> T:
         """Run ``work`` with each statement committed on its own: for one statement, or
         statements that need not commit together. Like a transaction that loses a race,
-        ``work`` may be run again, so it must be safe to repeat."""
+        ``work`` may be run again, so it must be safe to repeat. Nothing here holds
+        across statements: ``lock_keys`` holds nothing, and ``insert_many`` of several
+        tables is one statement on PostgreSQL but several on SQLite."""
 
     async def migrate(self, versions_table: str, migrations: Sequence[Migration]) -> list[int]:
         """Apply what is missing; ConfigError when this user or file may not."""
