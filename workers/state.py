@@ -13,9 +13,9 @@ sticky: once made, it is part of the message and never made again (invariant 3).
 import hashlib
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any, Final
+from typing import Final
 
-from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
+from pydantic import BaseModel, ConfigDict, Field
 
 from txmail.core.events import (
     DEADLINE_TRIGGERS,
@@ -92,17 +92,9 @@ class Decision(_Frozen):
     # The deadline a timeout was decided on; None for failures (and older decisions).
     deadline: datetime | None = None
     # Braze's health when the deadline was claimed; None for failures (and older ones).
-    braze_health: BrazeHealth | None = None
-
-    @model_serializer(mode="wrap")
-    def _as_older_txmail_reads_it(self, write: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        # Without a stamp, written without the field: a worker of the version before it
-        # (whose models refuse unknown fields) still reads every failure's summary
-        # during an upgrade.
-        written: dict[str, Any] = write(self)
-        if self.braze_health is None:
-            written.pop("braze_health", None)
-        return written
+    # Without one, written without the field: a worker of the version before it (whose
+    # models refuse unknown fields) still reads every failure's summary in an upgrade.
+    braze_health: BrazeHealth | None = Field(default=None, exclude_if=lambda h: h is None)
 
 
 class Message(_Frozen):
