@@ -30,6 +30,7 @@ import aiohttp
 import asyncpg
 import pytest
 
+from tests.support.amqp import queue_depth
 from tests.support.broker_url import host_and_port, via_port
 from tests.support.burst_load import (
     PausableReceiver,
@@ -195,14 +196,7 @@ async def stop_all(running: Pipeline, *names: str) -> None:
 
 async def waiting_in(settings: Settings, queues: Iterable[str]) -> dict[str, int]:
     """How many messages wait in each queue (not counting those a consumer holds)."""
-    connection = await aio_pika.connect(settings.amqp_url)
-    async with connection:
-        channel = await connection.channel()
-        waiting = {}
-        for name in queues:
-            queue = await channel.declare_queue(name, passive=True)
-            waiting[name] = queue.declaration_result.message_count or 0
-        return waiting
+    return {name: await queue_depth(settings.amqp_url, name) for name in queues}
 
 
 def drained(settings: Settings, queues: Iterable[str]) -> Any:
