@@ -56,6 +56,8 @@ log = structlog.get_logger(__name__)
 REQUEUE_PAUSE = 1.0
 # How often the ledger is asked again while its database is away.
 LEDGER_RETRY_INTERVAL = 1.0
+# How often a request held for want of a publishing connection looks for it again.
+PUBLISHER_RETRY_INTERVAL = 0.25
 # How often each executor deletes ledger rows past TXMAIL_RETENTION.
 PURGE_INTERVAL = 3600.0
 
@@ -187,7 +189,20 @@ class FallbackExecutor:
                 await pause(self._stopping, LEDGER_RETRY_INTERVAL)
             await self._requeue(message)
         except (BrokerUnavailable, *BROKER_ERRORS) as error:
-            log.warning("outcome not recorded, requeueing", error=readable(error))
+            if self._broker.is_ready:
+                log.warning("outcome not recorded, requeueing", error=readable(error))
+            else:
+                # The consumer and the publishing connection come back from an outage
+                # each on its own backoff (txmail.core.backoff), seconds apart: requeued
+                # every REQUEUE_PAUSE meanwhile, the request would spend the queue's
+                # delivery limit and be dead-lettered. Held until it can be published.
+                log.warning(
+                    "outcome not recorded: holding the request until RabbitMQ takes "
+                    "publishes again",
+                    error=readable(error),
+                )
+                while not self._stopping.is_set() and not self._broker.is_ready:
+                    await pause(self._stopping, PUBLISHER_RETRY_INTERVAL)
             await self._requeue(message)
         except Exception:
             # A bug, not bad input: requeued; the queue's delivery limit dead-letters

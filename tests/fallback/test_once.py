@@ -24,6 +24,7 @@ from txmail.core.events import utc_now
 from txmail.core.settings import Settings
 from txmail.core.topology import Topology
 from txmail.fallback.configured import FallbackRules
+from txmail.fallback.executor.chain import LEASE_MARGIN
 from txmail.fallback.executor.service import running_executor
 from txmail.workers.decisions import request_message
 from txmail.workers.store import open_store
@@ -211,6 +212,8 @@ async def test_a_success_the_ledger_cannot_record_is_kept_in_the_retry(
     attempt_log: AttemptLog,
 ) -> None:
     rules = write_rules(rule("ops-hook", "sms", mode="all"))
+    # The success is tried for the whole lease before the chain goes on to the sms.
+    hook_lease = rules.handlers["ops-hook"].config.timeout + LEASE_MARGIN
     proxy = TcpProxy(*host_and_port(postgres_schema_url))
     await proxy.start()
     settings = fallback_settings.model_copy(
@@ -224,8 +227,17 @@ async def test_a_success_the_ledger_cannot_record_is_kept_in_the_retry(
             await wait_until(lambda: receiver.webhook.hold_next is None, what="the webhook call")
             await proxy.cut()  # the database goes while the webhook is being called
             gate.set()
+
+            def kept_for_the_retry() -> bool:
+                # Per handler: one attempt's events are confirmed together but may be
+                # published on different channels, so they arrive in either order.
+                return attempt_log.outcomes("ops-hook") == ["succeeded"] and (
+                    attempt_log.outcomes("sms") == ["retrying"]
+                )
+
             await wait_until(
-                lambda: attempt_log.outcomes() == ["succeeded", "retrying"],
+                kept_for_the_retry,
+                timeout=hook_lease.total_seconds() + 10,
                 what="the webhook's success kept, the sms left for the retry",
             )
             assert receiver.sms.calls == []
