@@ -139,12 +139,17 @@ async def test_processes_must_be_a_positive_number(settings: Settings) -> None:
     assert b"--processes" in stderr
 
 
-async def test_children_stop_when_the_parent_is_killed(settings: Settings) -> None:
+async def test_children_stop_when_the_parent_is_killed(settings: Settings, tmp_path: Path) -> None:
     """A supervisor SIGKILLed (OOM killer, kill -9) leaves no ingress holding the port."""
     port = free_port()
-    parent = await spawn("ingress", "--processes", "2", env=ingress_env(settings, port))
+    # Output to a file, not a pipe: the children inherit it, and asyncio's wait() for
+    # a process with pipes returns only once every holder of them has closed them.
+    with (tmp_path / "ingress.log").open("wb") as log:
+        parent = await spawn(
+            "ingress", "--processes", "2", env=ingress_env(settings, port), stdout=log, stderr=log
+        )
     await wait_until(lambda: len(children_of(parent.pid)) == 2, 20, "two children")
     children = children_of(parent.pid)
     parent.kill()
-    await parent.wait()
+    await asyncio.wait_for(parent.wait(), 10)
     await wait_until(lambda: not any(running(c) for c in children), 20, "the children gone")
