@@ -3,10 +3,10 @@
 import asyncio
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+from aio_pika.abc import AbstractChannel, AbstractQueue
 
 from tests.support.waiting import wait_until
-from txmail.core.consumer import Consumer
+from txmail.core.consumer import Consumer, Received
 from txmail.core.settings import Settings
 
 
@@ -17,7 +17,7 @@ async def test_a_consumer_cancelled_by_the_broker_consumes_again(settings: Setti
     async def declare(channel: AbstractChannel) -> AbstractQueue:
         return await channel.declare_queue(name, auto_delete=True)
 
-    async def on_message(message: AbstractIncomingMessage) -> None:
+    async def on_message(message: Received) -> None:
         received.append(message.body)
         await message.ack()
 
