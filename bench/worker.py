@@ -1,4 +1,5 @@
-"""Worker benchmark: raw queue rate, worker end-to-end rate on both stores, one sweep.
+"""Worker benchmark: raw queue rate (aio-pika, and txmail's Consumer), worker end-to-end
+rate on both stores, one sweep.
 
 Run with ``.venv/bin/python -m bench.worker`` against the local RabbitMQ and PostgreSQL
 (or TXMAIL_BENCH_AMQP_URL / TXMAIL_BENCH_POSTGRES_URL). Not part of CI.
@@ -20,6 +21,7 @@ import asyncpg
 
 from txmail.core.broker import Broker, Outgoing
 from txmail.core.command import Configuration
+from txmail.core.consumer import Consumer, Received
 from txmail.core.events import POSTBACK_TYPE, event_id, postback_routing_key, utc_now
 from txmail.core.settings import Settings
 from txmail.core.topology import Topology
@@ -85,8 +87,9 @@ async def namespace_with_backlog(count: int) -> AsyncIterator[Settings]:
             await topology.delete(await connection.channel())
 
 
-async def raw_consume_rate(ack_every: int) -> float:
-    """Consume the backlog doing nothing but ack, every ``ack_every`` messages at once."""
+async def raw_consume_rate(ack_every: int) -> tuple[float, float]:
+    """Consume the backlog with aio-pika doing nothing but ack, every ``ack_every``
+    messages at once: msg/s, and CPU µs per delivery."""
     async with namespace_with_backlog(EVENTS) as settings:
         connection = await aio_pika.connect(AMQP_URL)
         async with connection:
@@ -104,10 +107,43 @@ async def raw_consume_rate(ack_every: int) -> float:
                 if seen == EVENTS:
                     done.set()
 
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.process_time()
             await queue.consume(on_message)
             await done.wait()
-            return EVENTS / (time.perf_counter() - started)
+            return _rate_and_cpu(started, cpu)
+
+
+async def consumer_rate(ack_every: int) -> tuple[float, float]:
+    """The same through txmail's Consumer (aiormq's deliveries, as the worker takes them)."""
+    async with namespace_with_backlog(EVENTS) as settings:
+        topology = Topology(settings.namespace)
+        done = asyncio.Event()
+        seen = 0
+
+        async def on_message(message: Received) -> None:
+            nonlocal seen
+            seen += 1
+            if seen % ack_every == 0 or seen == EVENTS:
+                await message.ack(multiple=True)
+            if seen == EVENTS:
+                done.set()
+
+        consumer = Consumer(
+            AMQP_URL, topology.tracker_queue, 2 * settings.batch_size, topology.declare, on_message
+        )
+        started, cpu = time.perf_counter(), time.process_time()
+        consumer.start()
+        await done.wait()
+        measured = _rate_and_cpu(started, cpu)
+        await consumer.close()
+        return measured
+
+
+def _rate_and_cpu(started: float, cpu: float) -> tuple[float, float]:
+    return (
+        EVENTS / (time.perf_counter() - started),
+        (time.process_time() - cpu) / EVENTS * 1_000_000,
+    )
 
 
 async def worker_rate(database_url: str) -> float:
@@ -224,9 +260,15 @@ async def sqlite_sweep(path: Path) -> tuple[float, float]:
 
 
 async def main() -> None:
-    print(f"raw consume, ack each:     {await raw_consume_rate(1):8.0f} msg/s")
-    raw = await raw_consume_rate(200)
-    print(f"raw consume, ack per 200:  {raw:8.0f} msg/s  (the worker's ack pattern; the baseline)")
+    each, each_cpu = await raw_consume_rate(1)
+    print(f"raw consume, ack each:     {each:8.0f} msg/s, {each_cpu:5.1f} CPU-µs each")
+    raw, raw_cpu = await raw_consume_rate(200)
+    print(
+        f"raw consume, ack per 200:  {raw:8.0f} msg/s, {raw_cpu:5.1f} CPU-µs each"
+        "  (the worker's ack pattern; the baseline)"
+    )
+    taken, taken_cpu = await consumer_rate(200)
+    print(f"Consumer, ack per 200:     {taken:8.0f} msg/s, {taken_cpu:5.1f} CPU-µs each")
     with tempfile.TemporaryDirectory() as scratch:
         on_sqlite = await worker_rate(f"sqlite:///{Path(scratch) / 'bench.db'}")
         print(

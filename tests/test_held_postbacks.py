@@ -7,11 +7,12 @@ deadline in play, so only the held postback's own Braze time can hold its deadli
 from datetime import timedelta
 
 import aio_pika
-from aio_pika.abc import AbstractIncomingMessage
+from pamqp.commands import Basic
 
 from tests.support.factories import outgoing_postback, postback, raw_postback
 from tests.support.harness import publisher
 from tests.support.waiting import wait_until
+from txmail.core.consumer import Received
 from txmail.core.events import utc_now
 from txmail.core.settings import Settings
 from txmail.core.topology import Topology
@@ -56,13 +57,13 @@ async def test_a_delivered_in_one_workers_inbox_is_not_timed_out_by_anothers_pro
             # This worker took the `delivered` from the queue and has not applied it yet.
             tracker = Tracker(settings.amqp_url, topology, store, broker, 10, 0.005)
             async with await aio_pika.connect(settings.amqp_url) as connection:
-                channel = await connection.channel()
-                queue = await channel.get_queue(topology.tracker_queue, ensure=False)
-                taken: list[AbstractIncomingMessage] = []
+                channel = await (await connection.channel()).get_underlay_channel()
+                taken: list[Received] = []
 
                 async def take() -> bool:
-                    if (message := await queue.get(fail=False)) is not None:
-                        taken.append(message)
+                    got = await channel.basic_get(topology.tracker_queue)
+                    if isinstance(got.delivery, Basic.GetOk):
+                        taken.append(Received(got))
                     return bool(taken)
 
                 await wait_until(take, what="the delivered on the tracker queue")

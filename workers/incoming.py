@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from aio_pika.abc import AbstractIncomingMessage
 from pydantic import ValidationError
 
+from txmail.core.consumer import Received
 from txmail.core.errors import TxmailError
 from txmail.core.events import (
     FALLBACK_ATTEMPT_TYPE,
@@ -39,7 +39,7 @@ class Delivery:
     """A delivery from the tracker queue, decoded as it arrives: the watermark needs the
     Braze times of the postbacks a worker holds, not only of those it applied."""
 
-    message: AbstractIncomingMessage
+    message: Received
     received_at: datetime
     # The event, or why it is none (reported when the delivery is handled).
     decoded: TrackedEvent | Exception
@@ -47,7 +47,7 @@ class Delivery:
     braze_time: datetime | None
 
 
-def arrive(message: AbstractIncomingMessage, now: datetime) -> Delivery:
+def arrive(message: Received, now: datetime) -> Delivery:
     arrived = received_at(message.headers, message.timestamp, now)
     try:
         event = decode(message.type, message.body, message.headers, message.timestamp, now)

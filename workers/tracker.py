@@ -16,10 +16,9 @@ from collections.abc import Awaitable, Sequence
 from datetime import datetime
 
 import structlog
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
 from txmail.core.broker import BROKER_ERRORS, Broker
-from txmail.core.consumer import Consumer
+from txmail.core.consumer import Consumer, Received
 from txmail.core.events import utc_now
 from txmail.core.readable import readable
 from txmail.core.topology import Topology
@@ -51,7 +50,7 @@ class Tracker:
         self._inbox: Inbox[Delivery] = Inbox(batch_size, batch_wait)
         # Room for the next batch to arrive while this one commits.
         self._consumer = Consumer(
-            amqp_url, topology.tracker_queue, 2 * batch_size, self._declare, self._arrive
+            amqp_url, topology.tracker_queue, 2 * batch_size, topology.declare, self._arrive
         )
         # When the oldest event of the batch being applied reached txmail.
         self._in_hand: datetime | None = None
@@ -134,13 +133,9 @@ class Tracker:
     def _consuming_session(self) -> int | None:
         return self._consumer.times_up if self._consumer.is_consuming else None
 
-    async def _arrive(self, message: AbstractIncomingMessage) -> None:
+    async def _arrive(self, message: Received) -> None:
         """The consumer callback: decoded at once, so that its Braze time counts."""
         await self._inbox.put(arrive(message, utc_now()))
-
-    async def _declare(self, channel: AbstractChannel) -> AbstractQueue:
-        await self._topology.declare(channel)
-        return await channel.get_queue(self._topology.tracker_queue, ensure=False)
 
     async def _handle(self, batch: Sequence[Delivery], stop: asyncio.Event) -> None:
         # Set before the first await, so that no sweep sees the batch neither waiting

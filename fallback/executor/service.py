@@ -16,11 +16,10 @@ from contextlib import AsyncExitStack, asynccontextmanager, suppress
 
 import aiohttp
 import structlog
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from pydantic import ValidationError
 
 from txmail.core.broker import BROKER_ERRORS, Broker, Outgoing
-from txmail.core.consumer import Consumer
+from txmail.core.consumer import Consumer, Received
 from txmail.core.errors import BrokerUnavailable, ConfigError
 from txmail.core.events import (
     FALLBACK_ATTEMPT_TYPE,
@@ -114,7 +113,7 @@ class FallbackExecutor:
             settings.amqp_url,
             self._topology.fallback_queue,
             settings.fallback_prefetch,
-            self._declare,
+            self._topology.declare,
             self._on_message,
         )
         self._in_flight: set[asyncio.Task[None]] = set()
@@ -136,10 +135,6 @@ class FallbackExecutor:
         if not await self.ledger_reachable():
             problems.append("call ledger unavailable: no handler is called")
         return problems
-
-    async def _declare(self, channel: AbstractChannel) -> AbstractQueue:
-        await self._topology.declare(channel)
-        return await channel.get_queue(self._topology.fallback_queue, ensure=False)
 
     async def ledger_reachable(self) -> bool:
         """For readiness: without its ledger the executor calls no handler."""
@@ -172,13 +167,13 @@ class FallbackExecutor:
             await asyncio.gather(*unfinished, return_exceptions=True)
         await self._consumer.close()
 
-    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+    async def _on_message(self, message: Received) -> None:
         # Each request in its own task, so up to `prefetch` run at the same time.
         task = asyncio.create_task(self._handle(message))
         self._in_flight.add(task)
         task.add_done_callback(self._in_flight.discard)
 
-    async def _handle(self, message: AbstractIncomingMessage) -> None:
+    async def _handle(self, message: Received) -> None:
         try:
             await self._process(message)
         except LedgerUnavailable as error:
@@ -210,13 +205,13 @@ class FallbackExecutor:
             log.exception("fallback request failed unexpectedly, requeueing")
             await self._requeue(message)
 
-    async def _requeue(self, message: AbstractIncomingMessage) -> None:
+    async def _requeue(self, message: Received) -> None:
         await asyncio.sleep(REQUEUE_PAUSE)
         # If the channel is gone the broker requeues it by itself.
         with suppress(*BROKER_ERRORS):
             await message.nack(requeue=True)
 
-    async def _process(self, message: AbstractIncomingMessage) -> None:
+    async def _process(self, message: Received) -> None:
         try:
             request = FallbackRequest.model_validate_json(message.body)
         except ValidationError as error:
@@ -296,15 +291,13 @@ class FallbackExecutor:
         )
         return Outgoing.event(attempt, attempt.event_id, FALLBACK_ATTEMPT_TYPE)
 
-    def _retry(self, message: AbstractIncomingMessage, after: RequestProgress) -> Outgoing:
+    def _retry(self, message: Received, after: RequestProgress) -> Outgoing:
         delay = self._schedule.delay_before(after.attempt)
         assert delay is not None  # noqa: S101 -- decide() only retries within the schedule
         queue = self._topology.fallback_delay_queue(delay)
         return retry_copy(message, after, queue, RetrySchedule.jittered(delay))
 
-    def _parked(
-        self, message: AbstractIncomingMessage, after: RequestProgress, reason: str
-    ) -> Outgoing:
+    def _parked(self, message: Received, after: RequestProgress, reason: str) -> Outgoing:
         queue = self._topology.fallback_parking_queue
         return parked_copy(message, after, queue, reason, utc_now())
 

@@ -14,9 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Final
 
-from aio_pika.abc import AbstractIncomingMessage
-
-from txmail.core.broker import TO_QUEUE, Outgoing
+from txmail.core.broker import TO_QUEUE, Outgoing, Republishable
 
 ATTEMPT: Final = "x-txmail-attempt"
 SUCCEEDED: Final = "x-txmail-succeeded"
@@ -69,7 +67,7 @@ class RequestProgress:
 
 
 def retry_copy(
-    message: AbstractIncomingMessage,
+    message: Republishable,
     after: RequestProgress,
     delay_queue: str,
     expiration: timedelta,
@@ -79,7 +77,7 @@ def retry_copy(
 
 
 def parked_copy(
-    message: AbstractIncomingMessage,
+    message: Republishable,
     after: RequestProgress,
     parking_queue: str,
     reason: str,
@@ -90,7 +88,7 @@ def parked_copy(
     return Outgoing.again(message, TO_QUEUE, parking_queue, headers)
 
 
-def replayed_copy(message: AbstractIncomingMessage, fallback_queue: str) -> Outgoing:
+def replayed_copy(message: Republishable, fallback_queue: str) -> Outgoing:
     """A parked request back on the fallback queue, its retries started over."""
     progress = RequestProgress.from_headers(message.headers).for_replay()
     return Outgoing.again(message, TO_QUEUE, fallback_queue, progress.to_headers())

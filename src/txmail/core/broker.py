@@ -18,11 +18,7 @@ from typing import Any, Protocol
 
 import aio_pika
 import aiormq
-from aio_pika.abc import (
-    AbstractChannel,
-    AbstractConnection,
-    AbstractIncomingMessage,
-)
+from aio_pika.abc import AbstractChannel, AbstractConnection
 from aio_pika.exceptions import ChannelClosed, ChannelNotFoundEntity, DeliveryError
 
 from txmail.core.errors import BrokerUnavailable, ExchangeUnusable, NotTaken
@@ -31,7 +27,7 @@ from txmail.core.metrics import PUBLISH_CONFIRM_SECONDS
 from txmail.core.readable import readable
 from txmail.core.topology import Topology
 
-__all__ = ["BROKER_ERRORS", "Broker", "Outgoing"]
+__all__ = ["BROKER_ERRORS", "Broker", "Outgoing", "Republishable"]
 
 # aio-pika holds a channel's lock until each publish frame is written to the socket,
 # so one channel writes one publish at a time; a few channels keep several in the
@@ -40,6 +36,22 @@ PUBLISH_CHANNELS = 4
 
 # Outgoing.exchange for the default exchange: the routing key names a queue of ours.
 TO_QUEUE = ""
+
+
+class Republishable(Protocol):
+    """A message received, as much of it as a copy needs: a delivery from a Consumer
+    (txmail.core.consumer.Received) or one aio-pika got from a queue (``txmail dlq``)."""
+
+    @property
+    def body(self) -> bytes: ...
+    @property
+    def headers(self) -> Mapping[str, Any] | None: ...
+    @property
+    def message_id(self) -> str | None: ...
+    @property
+    def type(self) -> str | None: ...
+    @property
+    def content_type(self) -> str | None: ...
 
 
 class Event(Protocol):
@@ -74,7 +86,7 @@ class Outgoing:
     @classmethod
     def again(
         cls,
-        message: AbstractIncomingMessage,
+        message: Republishable,
         exchange: str,
         routing_key: str,
         headers: Mapping[str, Any],
