@@ -87,6 +87,23 @@ async def namespace_with_backlog(count: int) -> AsyncIterator[Settings]:
             await topology.delete(await connection.channel())
 
 
+class Acking:
+    """A consumer's callback that does nothing but ack, every ``every`` deliveries at
+    once, and says when the whole backlog was taken."""
+
+    def __init__(self, every: int) -> None:
+        self._every = every
+        self._seen = 0
+        self.done = asyncio.Event()
+
+    async def __call__(self, message: Received | aio_pika.abc.AbstractIncomingMessage) -> None:
+        self._seen += 1
+        if self._seen % self._every == 0 or self._seen == EVENTS:
+            await message.ack(multiple=True)
+        if self._seen == EVENTS:
+            self.done.set()
+
+
 async def raw_consume_rate(ack_every: int) -> tuple[float, float]:
     """Consume the backlog with aio-pika doing nothing but ack, every ``ack_every``
     messages at once: msg/s, and CPU µs per delivery."""
@@ -96,20 +113,10 @@ async def raw_consume_rate(ack_every: int) -> tuple[float, float]:
             channel = await connection.channel()
             await channel.set_qos(prefetch_count=2 * settings.batch_size)
             queue = await channel.get_queue(Topology(settings.namespace).tracker_queue)
-            done = asyncio.Event()
-            seen = 0
-
-            async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
-                nonlocal seen
-                seen += 1
-                if seen % ack_every == 0 or seen == EVENTS:
-                    await message.ack(multiple=True)
-                if seen == EVENTS:
-                    done.set()
-
+            acking = Acking(ack_every)
             started, cpu = time.perf_counter(), time.process_time()
-            await queue.consume(on_message)
-            await done.wait()
+            await queue.consume(acking)
+            await acking.done.wait()
             return _rate_and_cpu(started, cpu)
 
 
@@ -117,23 +124,13 @@ async def consumer_rate(ack_every: int) -> tuple[float, float]:
     """The same through txmail's Consumer (aiormq's deliveries, as the worker takes them)."""
     async with namespace_with_backlog(EVENTS) as settings:
         topology = Topology(settings.namespace)
-        done = asyncio.Event()
-        seen = 0
-
-        async def on_message(message: Received) -> None:
-            nonlocal seen
-            seen += 1
-            if seen % ack_every == 0 or seen == EVENTS:
-                await message.ack(multiple=True)
-            if seen == EVENTS:
-                done.set()
-
+        acking = Acking(ack_every)
         consumer = Consumer(
-            AMQP_URL, topology.tracker_queue, 2 * settings.batch_size, topology.declare, on_message
+            AMQP_URL, topology.tracker_queue, 2 * settings.batch_size, topology.declare, acking
         )
         started, cpu = time.perf_counter(), time.process_time()
         consumer.start()
-        await done.wait()
+        await acking.done.wait()
         measured = _rate_and_cpu(started, cpu)
         await consumer.close()
         return measured
