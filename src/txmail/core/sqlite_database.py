@@ -132,9 +132,7 @@ class SqliteDatabase:
         self, work: Callable[[Sql], Awaitable[T]], *, reads_only: bool = False
     ) -> T:
         async with self._turn:
-            connection = self._connection
-            if connection is None:
-                raise self._unavailable(f"the SQLite database {self._path} is not open")
+            connection = self._open_connection()
             begin = "BEGIN" if reads_only else "BEGIN IMMEDIATE"
             await self.run(lambda: connection.execute(begin))
             try:
@@ -147,12 +145,14 @@ class SqliteDatabase:
 
     async def autocommit(self, work: Callable[[Sql], Awaitable[T]]) -> T:
         async with self._turn:
-            connection = self._connection
-            if connection is None:
-                raise self._unavailable(f"the SQLite database {self._path} is not open")
             # In autocommit mode each statement is a transaction, taking the write
             # lock itself.
-            return await work(_SqliteSql(self, connection))
+            return await work(_SqliteSql(self, self._open_connection()))
+
+    def _open_connection(self) -> sqlite3.Connection:
+        if self._connection is None:
+            raise self._unavailable(f"the SQLite database {self._path} is not open")
+        return self._connection
 
     async def migrate(self, versions_table: str, migrations: Sequence[Migration]) -> list[int]:
         try:
