@@ -55,8 +55,6 @@ log = structlog.get_logger(__name__)
 REQUEUE_PAUSE = 1.0
 # How often the ledger is asked again while its database is away.
 LEDGER_RETRY_INTERVAL = 1.0
-# How often a request held for want of a publishing connection looks for it again.
-PUBLISHER_RETRY_INTERVAL = 0.25
 # How often each executor deletes ledger rows past TXMAIL_RETENTION.
 PURGE_INTERVAL = 3600.0
 
@@ -196,8 +194,7 @@ class FallbackExecutor:
                     "publishes again",
                     error=readable(error),
                 )
-                while not self._stopping.is_set() and not self._broker.is_ready:
-                    await pause(self._stopping, PUBLISHER_RETRY_INTERVAL)
+                await unless_stopped(self._broker.wait_ready(), self._stopping)
             await self._requeue(message)
         except Exception:
             # A bug, not bad input: requeued; the queue's delivery limit dead-letters
