@@ -24,7 +24,7 @@ from pydantic import BaseModel
 
 from txmail.core.events import HEALTH_CHANGE_PREFIX, HealthChange
 from txmail.core.health_settings import HealthRules
-from txmail.core.sql import Database, Insert, Row, Sql, optional_time
+from txmail.core.sql import Database, Insert, Outbox, Sql, optional_time
 from txmail.workers.health.evaluate import DegradedScopes, Health, ScopeState, evaluate
 from txmail.workers.health.figures import (
     NO_SENDS,
@@ -88,6 +88,8 @@ _PURGE = f"""DELETE FROM health_sends WHERE message_key IN (
 _WRITE_STATE = "ON CONFLICT (scope) DO UPDATE SET " + ", ".join(
     f"{c.name} = excluded.{c.name}" for c in HEALTH_STATE[1:]
 )
+# Changes are recorded in the judging transaction and published after it (monitor.py).
+_CHANGES = Outbox("health_changes", "change_id", "body", "published_at")
 _WRITE_LEARNED = "ON CONFLICT (campaign) DO UPDATE SET " + ", ".join(
     f"{c.name} = excluded.{c.name}" for c in LEARNED_TIMEOUTS[1:]
 )
@@ -259,31 +261,11 @@ class HealthStore:
         self, now: datetime, republish_after: timedelta, limit: int
     ) -> list[HealthChange]:
         """Changes whose publish is due, leased to this caller for ``republish_after``."""
-
-        async def work(db: Sql) -> list[Row]:
-            return await db.fetch(
-                f"""UPDATE health_changes SET publish_after = ? WHERE change_id IN (
-                    SELECT change_id FROM health_changes
-                    WHERE published_at IS NULL AND publish_after <= ?
-                    ORDER BY publish_after LIMIT ?{db.dialect.skip_locked}) RETURNING body""",  # noqa: S608
-                now + republish_after,
-                now,
-                limit,
-            )
-
-        claimed = await self._database.autocommit(work)  # one statement
-        return sorted((HealthChange.model_validate_json(b) for (b,) in claimed), key=lambda c: c.at)
+        claimed = await _CHANGES.claim(self._database, now, republish_after, limit)
+        return sorted((HealthChange.model_validate_json(b) for _, b in claimed), key=lambda c: c.at)
 
     async def mark_published(self, change_ids: Sequence[str], now: datetime) -> None:
-        async def work(db: Sql) -> None:
-            await db.execute(
-                "UPDATE health_changes SET published_at = ? "  # noqa: S608
-                f"WHERE {db.is_in('change_id')} AND published_at IS NULL",
-                now,
-                list(change_ids),
-            )
-
-        await self._database.autocommit(work)  # one statement
+        await _CHANGES.mark_published(self._database, change_ids, now)
 
     async def refresh_learned(self) -> None:
         """The learned timeouts by campaign, as the deployment last learned them."""

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from typing import TypeVar
 
 from txmail.core.events import NUL, FallbackRequest
-from txmail.core.sql import Database, Insert, Row, Sql, optional_time, schema_version
+from txmail.core.sql import Database, Insert, Outbox, Sql, optional_time, schema_version
 from txmail.workers.health.observations import observe
 from txmail.workers.health.store import HealthStore, degraded_scopes, sends_recorded
 from txmail.workers.metrics import observe_braze_delivery
@@ -98,6 +98,8 @@ _FIND = """SELECT outcome, reason, deadline, summary, decision_request,
     decision_published_at, created_at, updated_at FROM messages """
 _DUE_BY = "SELECT summary FROM messages WHERE deadline <= ? ORDER BY deadline LIMIT ?"
 _ANY_DUE = "SELECT 1 FROM messages WHERE deadline <= ? LIMIT 1"
+# Decisions are stored with their request before they are published (decisions.py).
+_DECISIONS = Outbox("messages", "message_key", "decision_request", "decision_published_at")
 # Settled: no deadline armed, no decision waiting to be published.
 _SETTLED_BEFORE = """SELECT message_key FROM messages WHERE created_at < ?
     AND deadline IS NULL
@@ -301,32 +303,11 @@ class SqlStore:
         return await self._database.autocommit(work)
 
     async def claim_unpublished(self, now: datetime, limit: int) -> list[PendingRequest]:
-        async def work(db: Sql) -> list[Row]:
-            return await db.fetch(
-                f"""UPDATE messages SET publish_after = ?
-                WHERE message_key IN (
-                    SELECT message_key FROM messages
-                    WHERE publish_after <= ? AND decision_published_at IS NULL
-                    ORDER BY publish_after LIMIT ?{db.dialect.skip_locked})
-                RETURNING message_key, decision_request""",  # noqa: S608
-                now + self._republish_after,
-                now,
-                limit,
-            )
-
-        claimed = await self._database.autocommit(work)  # one statement
+        claimed = await _DECISIONS.claim(self._database, now, self._republish_after, limit)
         return [PendingRequest(k, FallbackRequest.model_validate_json(r)) for k, r in claimed]
 
     async def mark_published(self, message_keys: Sequence[str], now: datetime) -> None:
-        async def work(db: Sql) -> None:
-            await db.execute(
-                "UPDATE messages SET decision_published_at = ? "  # noqa: S608
-                f"WHERE {db.is_in('message_key')} AND decision_published_at IS NULL",
-                now,
-                list(message_keys),
-            )
-
-        await self._database.autocommit(work)  # one statement
+        await _DECISIONS.mark_published(self._database, message_keys, now)
 
     async def purge(self, created_before: datetime, limit: int) -> int:
         async def work(db: Sql) -> int:

@@ -7,7 +7,7 @@ translates them and supplies the few parts that differ (locks, bulk inserts, the
 import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import Enum
 from typing import Any, Protocol, TypeVar
 
@@ -191,3 +191,47 @@ class Database(Protocol):
         """Apply what is missing; ConfigError when this user or file may not."""
 
     async def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Outbox:
+    """A table of records written to be published, each leased to one publisher at a
+    time (``publish_after``) and stamped once RabbitMQ confirmed it: the message
+    store's decisions and the health store's changes."""
+
+    table: str
+    key: str  # the column naming a record
+    body: str  # the column holding what is published
+    published_at: str  # the column stamped once confirmed
+
+    async def claim(
+        self, database: Database, now: datetime, lease: timedelta, limit: int
+    ) -> list[Row]:
+        """(key, body) of the records whose publish is due, leased to this caller for
+        ``lease``: one statement."""
+
+        async def work(db: Sql) -> list[Row]:
+            return await db.fetch(
+                f"""UPDATE {self.table} SET publish_after = ?
+                WHERE {self.key} IN (
+                    SELECT {self.key} FROM {self.table}
+                    WHERE publish_after <= ? AND {self.published_at} IS NULL
+                    ORDER BY publish_after LIMIT ?{db.dialect.skip_locked})
+                RETURNING {self.key}, {self.body}""",  # noqa: S608
+                now + lease,
+                now,
+                limit,
+            )
+
+        return await database.autocommit(work)
+
+    async def mark_published(self, database: Database, keys: Sequence[str], now: datetime) -> None:
+        async def work(db: Sql) -> None:
+            await db.execute(
+                f"UPDATE {self.table} SET {self.published_at} = ? "  # noqa: S608
+                f"WHERE {db.is_in(self.key)} AND {self.published_at} IS NULL",
+                now,
+                list(keys),
+            )
+
+        await database.autocommit(work)
