@@ -36,9 +36,24 @@ def _listening(host: str, port: int) -> bool:
 
 
 @pytest.fixture(autouse=True)
-def _unconfigured_logging() -> Iterator[None]:
-    """A test that runs ``txmail.cli.main`` configures logging with loggers cached on
-    first use, which ``structlog.testing.capture_logs`` in later tests could not see."""
+def _plain_logging() -> Iterator[None]:
+    """structlog's console output, with tracebacks rendered plainly as production does
+    (``txmail.core.logs``): its default renders them with rich and every local variable,
+    which took a loaded machine seconds per logged failure, so a test of repeated
+    failures missed its deadline.
+
+    Reset afterwards: a test that runs ``txmail.cli.main`` configures logging with
+    loggers cached on first use, which ``structlog.testing.capture_logs`` in later tests
+    could not see."""
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.dev.set_exc_info,
+            structlog.processors.TimeStamper(fmt="%Y-%m-%d %H:%M:%S", utc=False),
+            structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback),
+        ]
+    )
     yield
     structlog.reset_defaults()
 
