@@ -31,7 +31,7 @@ from txmail.fallback.executor.service import fallback_topology
 from txmail.fallback.parking.operations import BrokerParkedFallbacks
 from txmail.workers.api import create_api_app
 from txmail.workers.console.access import ApiTokens
-from txmail.workers.incoming import decode
+from txmail.workers.incoming import decode, received_at
 from txmail.workers.store import open_store
 from txmail.workers.store.protocol import Store
 from txmail.workers.timeouts import DeliveryTimeouts
@@ -123,7 +123,7 @@ async def test_schemathesis_finds_no_defect_in_the_ingress_and_the_api(
     now = utc_now()
     # Raises NotTheContract for a message no worker could apply, and the store raises
     # for one it could not keep.
-    events = [decode(m.type, m.body, m.headers, m.timestamp, now) for m in queued]
+    events = [decode(m.type, m.body, received_at(m.headers, m.timestamp, now)) for m in queued]
     await store.apply(events, now)
     before = await store.counts()
 

@@ -18,7 +18,7 @@ from txmail.core.events import (
     FallbackAttempt,
     Trigger,
 )
-from txmail.workers.incoming import decode
+from txmail.workers.incoming import decode, received_at
 from txmail.workers.state import Outcome
 from txmail.workers.store import open_store
 from txmail.workers.store.protocol import Store, TrackedEvent
@@ -262,7 +262,7 @@ async def test_a_received_at_header_without_a_utc_time_is_not_a_poison(store: St
     # Direct publishers set their own headers; this one has no UTC time (year 0).
     raw = {"dispatch_id": "d1", "status": "delivered", "metadata": {}}
     headers = {"received_at": "0001-01-01T00:00:00+14:00"}
-    event = decode(POSTBACK_TYPE, json.dumps(raw).encode(), headers, None, NOW)
+    event = decode(POSTBACK_TYPE, json.dumps(raw).encode(), received_at(headers, None, NOW))
     await store.apply([event], NOW)
     message = await store.find(dispatch_id="d1")
     assert message is not None

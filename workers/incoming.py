@@ -50,7 +50,7 @@ class Delivery:
 def arrive(message: Received, now: datetime) -> Delivery:
     arrived = received_at(message.headers, message.timestamp, now)
     try:
-        event = decode(message.type, message.body, message.headers, message.timestamp, now)
+        event = decode(message.type, message.body, arrived)
     except Exception as error:  # not only NotTheContract: a bug must not stop the consumer
         return Delivery(message, arrived, error, None)
     stamped = event_time(event.core) if isinstance(event.core, PostbackEvent) else None
@@ -80,14 +80,9 @@ def health_key(change_id: str) -> str:
     return f"health:{change_id}"
 
 
-def decode(
-    kind: str | None,
-    body: bytes,
-    headers: Mapping[str, Any],
-    timestamp: datetime | None,
-    now: datetime,
-) -> TrackedEvent:
-    """Turn one delivery into a TrackedEvent; raise NotTheContract saying why it is not one."""
+def decode(kind: str | None, body: bytes, arrived: datetime) -> TrackedEvent:
+    """Turn one delivery, which reached txmail ``arrived`` (``received_at``), into a
+    TrackedEvent; raise NotTheContract saying why it is not one."""
     try:
         text = body.decode()
         raw = json.loads(text)
@@ -98,7 +93,6 @@ def decode(
         eid = event_id(raw)
     except (ValueError, RecursionError) as error:  # UnicodeError is a ValueError
         raise NotTheContract(f"body is not JSON text: {error}") from None
-    arrived = received_at(headers, timestamp, now)
     try:
         if kind == POSTBACK_TYPE:
             postback = Postback.model_validate(raw)

@@ -12,6 +12,7 @@ from txmail.core.events import (
     postback_routing_key,
 )
 from txmail.workers.incoming import decode
+from txmail.workers.incoming import received_at as arrived_at
 from txmail.workers.store.protocol import TrackedEvent
 
 
@@ -20,8 +21,7 @@ def raw_postback(dispatch_id: str, status: str, **metadata: Any) -> dict[str, An
 
 
 def tracked(kind: str, raw: dict[str, Any], received_at: datetime) -> TrackedEvent:
-    headers = {"received_at": received_at.isoformat()}
-    return decode(kind, json.dumps(raw).encode(), headers, None, received_at)
+    return decode(kind, json.dumps(raw).encode(), received_at)
 
 
 def postback(dispatch_id: str, status: str, arrived: datetime, **metadata: Any) -> TrackedEvent:
@@ -47,7 +47,7 @@ def outgoing_postback(raw: dict[str, Any], received_at: datetime) -> Outgoing:
 def decoded(message: Outgoing, now: datetime) -> TrackedEvent | Exception:
     """``message`` as the tracker decodes it on delivery: the event, or why it is none."""
     try:
-        return decode(message.type, message.body, message.headers or {}, None, now)
+        return decode(message.type, message.body, arrived_at(message.headers or {}, None, now))
     except Exception as error:
         return error
 
