@@ -134,8 +134,10 @@ class SqliteDatabase:
         async with self._turn:
             connection = self._open_connection()
             begin = "BEGIN" if reads_only else "BEGIN IMMEDIATE"
-            await self.run(lambda: connection.execute(begin))
             try:
+                # Inside the try: a BEGIN cancelled while it waits for another process's
+                # lock still runs on the thread, and is rolled back right after it.
+                await self.run(lambda: connection.execute(begin))
                 result = await work(_SqliteSql(self, connection))
                 await self.run(lambda: connection.execute("COMMIT"))
             except BaseException:
