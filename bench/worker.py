@@ -19,6 +19,7 @@ from pathlib import Path
 import aio_pika
 import asyncpg
 
+from txmail.core import event_loop
 from txmail.core.broker import Broker, Outgoing
 from txmail.core.command import Configuration
 from txmail.core.consumer import Consumer, Received
@@ -309,4 +310,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    event_loop.run(main())  # as a service runs: uvloop, the collector tuned
