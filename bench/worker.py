@@ -2,12 +2,14 @@
 rate on both stores, one sweep.
 
 Run with ``.venv/bin/python -m bench.worker`` against the local RabbitMQ and PostgreSQL
-(or TXMAIL_BENCH_AMQP_URL / TXMAIL_BENCH_POSTGRES_URL). Not part of CI.
+(or TXMAIL_BENCH_AMQP_URL / TXMAIL_BENCH_POSTGRES_URL); ``--sweep-only`` runs just the
+sweep. Not part of CI.
 """
 
 import asyncio
 import json
 import os
+import sys
 import tempfile
 import time
 import uuid
@@ -256,7 +258,22 @@ async def sqlite_sweep(path: Path) -> tuple[float, float]:
     return finding, elapsed
 
 
-async def main() -> None:
+async def main(sweep_only: bool) -> None:
+    if not sweep_only:
+        await consume_and_worker_rates()
+    among = f"{DUE} due among {PENDING:,} pending"
+    finding, claiming = await postgres_sweep(POSTGRES_URL)
+    print(
+        f"sweep, PostgreSQL: find {finding * 1000:.1f} ms, claim {claiming * 1000:.1f} ms, {among}"
+    )
+    with tempfile.TemporaryDirectory() as scratch:
+        finding, claiming = await sqlite_sweep(Path(scratch) / "sweep.db")
+    print(
+        f"sweep, SQLite:     find {finding * 1000:.1f} ms, claim {claiming * 1000:.1f} ms, {among}"
+    )
+
+
+async def consume_and_worker_rates() -> None:
     each, each_cpu = await raw_consume_rate(1)
     print(f"raw consume, ack each:     {each:8.0f} msg/s, {each_cpu:5.1f} CPU-µs each")
     raw, raw_cpu = await raw_consume_rate(200)
@@ -282,17 +299,7 @@ async def main() -> None:
     print(
         f"worker end-to-end, Postgres: {on_postgres:6.0f} events/s ({on_postgres / raw:.0%} of raw)"
     )
-    among = f"{DUE} due among {PENDING:,} pending"
-    finding, claiming = await postgres_sweep(POSTGRES_URL)
-    print(
-        f"sweep, PostgreSQL: find {finding * 1000:.1f} ms, claim {claiming * 1000:.1f} ms, {among}"
-    )
-    with tempfile.TemporaryDirectory() as scratch:
-        finding, claiming = await sqlite_sweep(Path(scratch) / "sweep.db")
-    print(
-        f"sweep, SQLite:     find {finding * 1000:.1f} ms, claim {claiming * 1000:.1f} ms, {among}"
-    )
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    asyncio.run(main(sweep_only="--sweep-only" in sys.argv[1:]))
