@@ -184,7 +184,10 @@ async def postgres_sweep(url: str) -> tuple[float, float]:
         db = await asyncpg.connect(schema_url)
         now = utc_now()
         due = DUE + WARM_UP
-        rows = [
+        # A generator, not a list: a million rows kept alive in this process would make
+        # every full garbage collection during the claim walk them (tens of ms), which a
+        # worker's heap does not hold.
+        rows = (
             (
                 f"k{i}",
                 "in_flight",
@@ -194,7 +197,7 @@ async def postgres_sweep(url: str) -> tuple[float, float]:
                 now,
             )
             for i in range(PENDING + WARM_UP)
-        ]
+        )
         await db.copy_records_to_table(
             "messages",
             records=rows,
