@@ -1,7 +1,7 @@
 """The core's messages as table rows: shared by both backends so they store the same thing."""
 
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -85,9 +85,10 @@ def message_keys(events: Sequence[TrackedEvent]) -> list[str]:
 
 
 def to_rows(
-    changed: Sequence[tuple[Message, Decision | None]], timeouts: DeliveryTimeouts
+    changed: Iterable[tuple[Message, Decision | None]], timeouts: DeliveryTimeouts
 ) -> tuple[list[MessageRow], list[PendingRequest]]:
-    """Rows to write, and the fallback requests of the decisions made in this change."""
+    """Rows to write, and the fallback requests of the decisions made in this change.
+    ``changed`` may be a generator: each message is dropped once it is a row."""
     rows, decided = [], []
     for message, decision in changed:
         request = fallback_request(message) if decision else None

@@ -254,14 +254,15 @@ class SqlStore:
             # Read in this transaction and stored with the decision: a republished
             # request carries the same health, so it matches the same rule (invariant 3).
             degraded = await degraded_scopes(db)
-            changed = []
-            for (summary,) in due:
+
+            def claimed(summary: str) -> tuple[Message, Decision | None]:
                 message = Message.model_validate_json(summary)
                 health = degraded.health_of(message.campaign_api_id)
-                changed.append(
-                    claim_deadline(message, self._timeouts, now, due_by, braze_health=health)
-                )
-            rows, decided = to_rows(changed, self._timeouts)
+                return claim_deadline(message, self._timeouts, now, due_by, braze_health=health)
+
+            # One message at a time, not a list of them all: a thousand messages kept
+            # alive to the end make the collector's full pass (tens of ms) more frequent.
+            rows, decided = to_rows((claimed(summary) for (summary,) in due), self._timeouts)
             timeouts_seen = sends_recorded(observe((), decided))  # they count for Braze's health
             await db.insert_many(self._messages_written(rows, now), timeouts_seen)
             return decided
