@@ -9,6 +9,7 @@ parent (systemd, Kubernetes) sees the failure and restarts the whole group.
 """
 
 import ctypes
+import functools
 import os
 import signal
 import socket
@@ -35,8 +36,9 @@ def supervise_ingress(settings: Settings, processes: int) -> int:
         raise ConfigError("--processes needs a fixed TXMAIL_HTTP_PORT, not 0 (any free port)")
     _check_port_free(settings.http_host, settings.http_port)
     command = [sys.executable, "-m", "txmail.cli", "ingress", CHILD_OPTION]
+    end_with_parent = functools.partial(_end_with, os.getpid())
     started = (
-        subprocess.Popen(command, preexec_fn=_end_with_parent)  # noqa: S603 -- our own
+        subprocess.Popen(command, preexec_fn=end_with_parent)  # noqa: S603 -- our own
         for _ in range(processes)
     )
     children = {child.pid: child for child in started}
@@ -67,11 +69,17 @@ def supervise_ingress(settings: Settings, processes: int) -> int:
     return 1 if failed else 0
 
 
-def _end_with_parent() -> None:
+def _end_with(parent: int) -> None:
     """In each child before it runs: SIGTERM when the parent dies, even by SIGKILL, so
-    that no ingress is left holding the port without a supervisor (Linux prctl)."""
+    that no ingress is left holding the port without a supervisor (Linux prctl).
+
+    A parent that died between the fork and the prctl sends nothing: the child then has
+    another parent already, and ends here. (Seen: a supervisor killed as soon as its
+    children existed left one serving for good.)"""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 def _check_port_free(host: str, port: int) -> None:
