@@ -303,3 +303,45 @@ async def test_two_workers_making_one_new_message_at_once_both_count(
     finally:
         for worker in workers:
             await worker.close()
+
+
+async def test_marking_published_locks_in_key_order_so_a_batch_never_deadlocks_with_it(
+    postgres_schema_url: str,
+) -> None:
+    # A batch locks its messages in key order. Marking decisions published must too: had
+    # it taken "b" (stored first, met first by a scan) and then waited for "a", a batch
+    # holding "a" and asking for "b" would deadlock, which PostgreSQL breaks after a
+    # second by failing one of them.
+    store = await open_store(postgres_schema_url, TIMEOUTS)
+    batch = await asyncpg.connect(postgres_schema_url)
+    try:
+        for dispatch_id in ("b", "a"):
+            await store.apply([postback(dispatch_id, "bounced", NOW, reason="550")], NOW)
+        await batch.execute("SET lock_timeout = '500ms'")  # before the deadlock check
+        transaction = batch.transaction()
+        await transaction.start()
+        lock = "SELECT 1 FROM messages WHERE message_key = $1 FOR UPDATE"
+        await batch.execute(lock, "dispatch:a")
+        later = NOW + timedelta(minutes=1)
+        marking = asyncio.ensure_future(store.mark_published(["dispatch:a", "dispatch:b"], later))
+
+        async def marking_waits() -> bool:
+            waiting = await batch.fetchval(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE wait_event_type = 'Lock' AND datname = current_database() "
+                "AND pid <> pg_backend_pid()"
+            )
+            return bool(waiting)
+
+        await wait_until(marking_waits, what="marking published waiting for the batch's lock")
+        await batch.execute(lock, "dispatch:b")  # raises LockNotAvailableError if held
+        await transaction.commit()
+        await asyncio.wait_for(marking, 10)
+        for dispatch_id in ("a", "b"):
+            message = await store.find(dispatch_id=dispatch_id)
+            assert message is not None
+            assert message.decision is not None
+            assert message.decision.published_at == later
+    finally:
+        await batch.close()
+        await store.close()

@@ -227,9 +227,15 @@ class Outbox:
 
     async def mark_published(self, database: Database, keys: Sequence[str], now: datetime) -> None:
         async def work(db: Sql) -> None:
+            # The rows locked in key order, as a batch locks its messages: in the order a
+            # scan met them, this could hold one a batch wants while waiting for one the
+            # batch holds, a deadlock PostgreSQL breaks only after deadlock_timeout.
             await db.execute(
-                f"UPDATE {self.table} SET {self.published_at} = ? "  # noqa: S608
-                f"WHERE {db.is_in(self.key)} AND {self.published_at} IS NULL",
+                f"""UPDATE {self.table} SET {self.published_at} = ?
+                WHERE {self.key} IN (
+                    SELECT {self.key} FROM {self.table}
+                    WHERE {db.is_in(self.key)} AND {self.published_at} IS NULL
+                    ORDER BY {self.key}{db.dialect.for_update})""",  # noqa: S608
                 now,
                 list(keys),
             )
