@@ -51,7 +51,7 @@ async def _serve_api(config: Configuration, parked: ParkedFallbacks) -> None:
 
 
 def api_command(config: Configuration, args: argparse.Namespace) -> int:
-    asyncio.run(_serve_api(config, args.parked_fallbacks(config.settings)))
+    event_loop.run(_serve_api(config, args.parked_fallbacks(config.settings)))
     return 0
 
 

@@ -57,7 +57,7 @@ def _process_count(text: str) -> int:
 
 def run_everything(config: Configuration, args: argparse.Namespace) -> int:
     rules = None if config.rules_file is None else configure(config.rules_file)
-    asyncio.run(run_all(config, rules))
+    event_loop.run(run_all(config, rules))
     return 0
 
 
