@@ -5,6 +5,8 @@ import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 from tests.support.amqp import drain
@@ -153,3 +155,17 @@ async def test_children_stop_when_the_parent_is_killed(settings: Settings, tmp_p
     parent.kill()
     await asyncio.wait_for(parent.wait(), 10)
     await wait_until(lambda: not any(running(c) for c in children), 20, "the children gone")
+
+
+def test_a_child_whose_supervisor_died_before_it_could_ask_to_follow_it_ends_at_once() -> None:
+    # The window no kill from a test can aim at: the supervisor gone between the fork and
+    # the child's prctl. The child then has another parent already; it must not run on.
+    check = (
+        "import os, sys; from txmail.cli.ingress_processes import _end_with; "
+        "_end_with(int(sys.argv[1])); print('running')"
+    )
+    for supervisor, runs in ((os.getpid(), True), (os.getpid() + 1_000_000, False)):
+        child = subprocess.run(
+            [sys.executable, "-c", check, str(supervisor)], capture_output=True, check=False
+        )
+        assert (child.stdout == b"running\n") is runs, (supervisor, child)
