@@ -1,5 +1,6 @@
 """Worker benchmark: raw queue rate (aio-pika, and txmail's Consumer), worker end-to-end
-rate on both stores, one sweep.
+rate on both stores (with its CPU per event and its time in the garbage collector), and
+the sweep's claims.
 
 Run with ``.venv/bin/python -m bench.worker`` against the local RabbitMQ and PostgreSQL
 (or TXMAIL_BENCH_AMQP_URL / TXMAIL_BENCH_POSTGRES_URL); ``--sweep-only`` runs just the
@@ -7,6 +8,7 @@ sweep. Not part of CI.
 """
 
 import asyncio
+import gc
 import json
 import os
 import statistics
@@ -16,6 +18,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
@@ -157,25 +160,62 @@ async def _applied(store: Store, external_send_id: str, status: str) -> bool:
     return found is not None and any(e.label == status for e in found.timeline)
 
 
-async def worker_rate(database_url: str) -> float:
+class CollectorTime:
+    """Seconds this process spent in the garbage collector since it was made."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._started = 0.0
+        gc.callbacks.append(self._timed)
+
+    def _timed(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.seconds += time.perf_counter() - self._started
+
+    def stop(self) -> None:
+        gc.callbacks.remove(self._timed)
+
+
+@dataclass(frozen=True)
+class WorkerRun:
+    rate: float  # events a second, published -> all committed
+    cpu_us: float  # the process's CPU per event, SQLite's thread included
+    collecting: float  # seconds in the garbage collector
+
+    def line(self, store: str, raw: float) -> str:
+        return (
+            f"worker end-to-end, {store:<11}{self.rate:6.0f} events/s ({self.rate / raw:.0%} of "
+            f"raw), {self.cpu_us:4.0f} CPU-µs each, {self.collecting * 1000:.0f} ms collecting"
+        )
+
+
+async def worker_rate(database_url: str) -> WorkerRun:
     async with namespace_with_backlog(EVENTS) as settings:
         settings = settings.model_copy(update={"database_url": database_url})
         store = await open_store(database_url, TIMEOUTS)
         stop = asyncio.Event()
-        started = time.perf_counter()
+        collector = CollectorTime()
+        started, cpu = time.perf_counter(), time.process_time()
         worker = asyncio.create_task(run_worker(Configuration(settings, None), store, stop))
         # One worker applies its batches in the queue's order: once the last postback is
         # in, every one is. Asking for it is two indexed reads, where counting the tables
         # each poll took the store's time from the worker being measured.
         while not await _applied(store, _LAST_KEY, "delivered"):  # noqa: ASYNC110 -- polls
             await asyncio.sleep(0.05)
-        elapsed = time.perf_counter() - started
+        measured = WorkerRun(
+            EVENTS / (time.perf_counter() - started),
+            (time.process_time() - cpu) / EVENTS * 1_000_000,
+            collector.seconds,
+        )
+        collector.stop()
         if (applied := (await store.counts()).events) != EVENTS:
             raise RuntimeError(f"{applied} of {EVENTS} events applied")
         stop.set()
         await worker
         await store.close()
-        return EVENTS / elapsed
+        return measured
 
 
 def _summary(key: str) -> str:
@@ -314,9 +354,7 @@ async def consume_and_worker_rates() -> None:
     print(f"Consumer, ack per 200:     {taken:8.0f} msg/s, {taken_cpu:5.1f} CPU-µs each")
     with tempfile.TemporaryDirectory() as scratch:
         on_sqlite = await worker_rate(f"sqlite:///{Path(scratch) / 'bench.db'}")
-        print(
-            f"worker end-to-end, SQLite: {on_sqlite:8.0f} events/s ({on_sqlite / raw:.0%} of raw)"
-        )
+    print(on_sqlite.line("SQLite:", raw))
     schema = f"txmail_bench_{uuid.uuid4().hex[:8]}"
     admin = await asyncpg.connect(POSTGRES_URL)
     await admin.execute(f'CREATE SCHEMA "{schema}"')
@@ -325,9 +363,7 @@ async def consume_and_worker_rates() -> None:
     finally:
         await admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
         await admin.close()
-    print(
-        f"worker end-to-end, Postgres: {on_postgres:6.0f} events/s ({on_postgres / raw:.0%} of raw)"
-    )
+    print(on_postgres.line("PostgreSQL:", raw))
 
 
 if __name__ == "__main__":
