@@ -28,16 +28,17 @@ YOUNG_COLLECTION_EVERY = 10_000  # allocations; CPython's default is 700
 
 
 def run(main: Coroutine[Any, Any, T]) -> T:
-    """What ``asyncio.run(main)`` does, on uvloop where it is installed."""
-    tune_collector()
+    """What ``asyncio.run(main)`` does, on uvloop where it is installed, with the
+    collector tuned."""
+    _tune_collector()
     if uvloop is None:
         return asyncio.run(main)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(main)
 
 
-def tune_collector() -> None:
-    gc.collect()
+def _tune_collector() -> None:
+    gc.collect()  # the start's garbage first: what is frozen is never collected
     gc.freeze()
     _, older, oldest = gc.get_threshold()
     gc.set_threshold(YOUNG_COLLECTION_EVERY, older, oldest)
