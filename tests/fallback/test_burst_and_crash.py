@@ -36,6 +36,7 @@ from txmail.core.durations import format_duration
 from txmail.core.events import POSTBACK_TYPE, utc_now
 from txmail.core.settings import Settings
 from txmail.core.topology import Topology
+from txmail.workers.state import message_key
 from txmail.workers.store import open_store
 from txmail.workers.store.protocol import Store
 from txmail.workers.timeouts import DeliveryTimeouts
@@ -82,21 +83,27 @@ class Backlog:
     def __init__(self, database_url: str, burst: Burst, started: float) -> None:
         self._url = database_url
         self._emitted = sorted(
-            (p.at, f"send:{p.body['metadata']['external_send_id']}", p.body["status"])
+            (p.at, message_key(p.body["metadata"]["external_send_id"], None), p.body["status"])
             for p in burst.postbacks
         )
         self._started = started
         self.worst = 0.0
 
-    async def sample(self) -> bool:
-        """Take one sample; true once every postback is applied."""
+    async def watch(self) -> None:
+        """Sample until every postback is applied."""
         connection = await asyncpg.connect(self._url)
         try:
-            rows = await connection.fetch(
-                "SELECT message_key, label FROM events WHERE kind = $1", POSTBACK_TYPE
-            )
+            # A sampler, five times a second: there is no event to wait on.
+            while not await self._sample(connection):  # noqa: ASYNC110
+                await asyncio.sleep(0.2)
         finally:
             await connection.close()
+
+    async def _sample(self, connection: asyncpg.Connection) -> bool:
+        """Take one sample; true once every postback is applied."""
+        rows = await connection.fetch(
+            "SELECT message_key, label FROM events WHERE kind = $1", POSTBACK_TYPE
+        )
         applied = {(r["message_key"], r["label"]) for r in rows}
         elapsed = time.monotonic() - self._started
         for at, key, status in self._emitted:
@@ -106,11 +113,6 @@ class Backlog:
                 self.worst = max(self.worst, elapsed - at)
                 return False
         return True
-
-    async def watch(self) -> None:
-        # A sampler, five times a second: there is no event to wait on.
-        while not await self.sample():  # noqa: ASYNC110
-            await asyncio.sleep(0.2)
 
 
 async def _queues_empty(settings: Settings) -> bool:
