@@ -204,11 +204,7 @@ async def worker_rate(database_url: str) -> WorkerRun:
         # each poll took the store's time from the worker being measured.
         while not await _applied(store, _LAST_KEY, "delivered"):  # noqa: ASYNC110 -- polls
             await asyncio.sleep(0.05)
-        measured = WorkerRun(
-            EVENTS / (time.perf_counter() - started),
-            (time.process_time() - cpu) / EVENTS * 1_000_000,
-            collector.seconds,
-        )
+        measured = WorkerRun(*_rate_and_cpu(started, cpu), collector.seconds)
         collector.stop()
         if (applied := (await store.counts()).events) != EVENTS:
             raise RuntimeError(f"{applied} of {EVENTS} events applied")
