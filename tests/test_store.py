@@ -327,9 +327,9 @@ async def test_marking_published_locks_in_key_order_so_a_batch_never_deadlocks_w
 
         async def marking_waits() -> bool:
             waiting = await batch.fetchval(
+                # Blocked by this connection, not by another test's on the same server.
                 "SELECT count(*) FROM pg_stat_activity "
-                "WHERE wait_event_type = 'Lock' AND datname = current_database() "
-                "AND pid <> pg_backend_pid()"
+                "WHERE pg_backend_pid() = ANY(pg_blocking_pids(pid))"
             )
             return bool(waiting)
 
