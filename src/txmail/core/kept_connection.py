@@ -18,6 +18,7 @@ from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 from yarl import URL
 
 from txmail.core.backoff import until_up
+from txmail.core.one_write_per_pass import write_once_per_pass
 from txmail.core.readable import readable
 
 log = structlog.get_logger(__name__)
@@ -122,7 +123,7 @@ class KeptConnection(Generic[T]):
     async def _open(self) -> tuple[AbstractConnection, T, Sequence[AbstractChannel]]:
         # Made here rather than by aio_pika.connect(), which drops a connection whose
         # attempt failed without closing it.
-        connection = aio_pika.Connection(URL(self._url))
+        connection = write_once_per_pass(aio_pika.Connection(URL(self._url)))
         try:
             async with asyncio.timeout(OPEN_TIMEOUT):
                 await connection.connect()
