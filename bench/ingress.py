@@ -2,11 +2,14 @@
 
 Runs, one after the other on this machine, at 64 concurrent connections:
   1. the ingress (`txmail ingress`, its own process) publishing to RabbitMQ with confirms;
-  2. a bare aiohttp handler (its own process) that answers 202 without publishing;
+  2. a bare aiohttp handler (its own process, on the services' event loop) that answers
+     202 without publishing;
   3. raw aio-pika publishing with confirms, 64 publishes in flight, of the same bodies.
 Prints postbacks per second, p50 and p99 latency of each, and the ratios, and for the
 two servers the CPU-ms their process spent per request (from /proc: a shared machine
-disturbs it less than the rates).
+disturbs it less than the rates) and its write calls per request (each a send: to the
+client, to RabbitMQ); and, when RabbitMQ runs on this machine, the CPU-ms it spent per
+request for the ingress and the raw publisher.
 
     python bench/ingress.py [--requests 20000] [--concurrency 64]
 
@@ -29,6 +32,7 @@ import aio_pika
 import aiohttp
 from aiohttp import web
 
+from txmail.core import event_loop
 from txmail.core.topology import Topology
 
 AMQP_URL = os.environ.get("TXMAIL_AMQP_URL", "amqp://guest:guest@localhost:5672/")
@@ -39,6 +43,35 @@ def cpu_seconds(pid: int) -> float:
     """User plus system time the process has used so far (Linux, /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime (fields 14, 15)
+
+
+def local_broker() -> int | None:
+    """The pid of RabbitMQ's Erlang VM when it runs on this machine."""
+    for comm in Path("/proc").glob("[0-9]*/comm"):
+        try:
+            if comm.read_text().strip() == "beam.smp":
+                return int(comm.parent.name)
+        except OSError:
+            continue  # ended while we looked
+    return None
+
+
+BROKER = local_broker()
+
+
+def broker_cpu_seconds() -> float | None:
+    return None if BROKER is None else cpu_seconds(BROKER)
+
+
+def since(before: float | None) -> float | None:
+    now = broker_cpu_seconds()
+    return None if before is None or now is None else now - before
+
+
+def write_calls(pid: int) -> int:
+    """The write system calls the process has made so far (Linux, /proc: syscw)."""
+    counters = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
+    return int(counters["syscw"])
 
 
 def body(i: int) -> bytes:
@@ -62,6 +95,8 @@ class Result:
     seconds: float
     latencies: list[float]
     cpu_seconds: float | None = None  # what the server process spent on the load
+    writes: int | None = None  # the write calls it made for it
+    broker_cpu_seconds: float | None = None  # what RabbitMQ spent on it
 
     @property
     def rate(self) -> float:
@@ -76,9 +111,15 @@ class Result:
             if self.cpu_seconds is None
             else f"   {self.cpu_seconds * 1000 / self.count:.2f} CPU-ms"
         )
+        writes = "" if self.writes is None else f"   {self.writes / self.count:.2f} writes"
+        broker = (
+            ""
+            if self.broker_cpu_seconds is None
+            else f"   RabbitMQ {self.broker_cpu_seconds * 1000 / self.count:.2f} CPU-ms"
+        )
         return (
             f"{self.name:<28} {self.rate:>10,.0f}/s   p50 {self.percentile(50):6.1f} ms"
-            f"   p99 {self.percentile(99):6.1f} ms{cpu}"
+            f"   p99 {self.percentile(99):6.1f} ms{cpu}{writes}{broker}"
         )
 
 
@@ -135,9 +176,11 @@ async def http_load(name: str, port: int, total: int, concurrency: int, pid: int
             raise SystemExit(f"{name}: got {status}")
 
     await run_load(name, min(500, total), concurrency, one)  # warm-up
-    before = cpu_seconds(pid)
+    before, writes_before, broker_before = cpu_seconds(pid), write_calls(pid), broker_cpu_seconds()
     result = await run_load(name, total, concurrency, one)
     result.cpu_seconds = cpu_seconds(pid) - before
+    result.writes = write_calls(pid) - writes_before
+    result.broker_cpu_seconds = since(broker_before)
     while not idle.empty():
         idle.get_nowait().writer.close()
     return result
@@ -159,7 +202,10 @@ async def raw_publish_load(namespace: str, total: int, concurrency: int) -> Resu
             await exchange.publish(message, "postback.delivered")
 
         await run_load("raw", min(500, total), concurrency, one)
-        return await run_load("raw aio-pika publish+confirm", total, concurrency, one)
+        broker_before = broker_cpu_seconds()
+        result = await run_load("raw aio-pika publish+confirm", total, concurrency, one)
+        result.broker_cpu_seconds = since(broker_before)
+        return result
 
 
 async def start(*args: str, env: dict[str, str]) -> asyncio.subprocess.Process:
@@ -256,6 +302,6 @@ if __name__ == "__main__":
     parser.add_argument("--serve-bare", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_bare:
-        asyncio.run(serve_bare(args.serve_bare))
+        event_loop.run(serve_bare(args.serve_bare))  # as the ingress runs: uvloop's writes
     else:
         asyncio.run(main(args.requests, args.concurrency))
