@@ -1,17 +1,19 @@
 """How fast the ingress takes postbacks, next to what bounds it.
 
-Runs, one after the other on this machine, at 64 concurrent connections:
+Runs, one after the other on this machine, at 64 concurrent connections, and again for
+each round:
   1. the ingress (`txmail ingress`, its own process) publishing to RabbitMQ with confirms;
   2. a bare aiohttp handler (its own process, on the services' event loop) that answers
      202 without publishing;
   3. raw aio-pika publishing with confirms, 64 publishes in flight, of the same bodies.
-Prints postbacks per second, p50 and p99 latency of each, and the ratios, and for the
-two servers the CPU-ms their process spent per request (from /proc: a shared machine
-disturbs it less than the rates) and its write calls per request (each a send: to the
-client, to RabbitMQ); and, when RabbitMQ runs on this machine, the CPU-ms it spent per
-request for the ingress and the raw publisher.
+Prints postbacks per second, p50 and p99 latency of each, and the ratios of the rates
+(their median over the rounds); and what each load cost per request, from /proc (a
+shared machine disturbs it less than the rates): the CPU-ms of the server's process and
+its write calls (each a send: to the client, to RabbitMQ), of this process (the load
+generator, or the raw publisher), and of RabbitMQ when it runs on this machine. On a
+machine where they all share the cores, those sums bound the ratios.
 
-    python bench/ingress.py [--requests 20000] [--concurrency 64]
+    python -m bench.ingress [--requests 20000] [--concurrency 64] [--rounds 3]
 
 Needs a RabbitMQ (TXMAIL_AMQP_URL, default localhost). Not a test: it never fails on speed.
 """
@@ -59,15 +61,6 @@ def local_broker() -> int | None:
 BROKER = local_broker()
 
 
-def broker_cpu_seconds() -> float | None:
-    return None if BROKER is None else cpu_seconds(BROKER)
-
-
-def since(before: float | None) -> float | None:
-    now = broker_cpu_seconds()
-    return None if before is None or now is None else now - before
-
-
 def write_calls(pid: int) -> int:
     """The write system calls the process has made so far (Linux, /proc: syscw)."""
     counters = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
@@ -89,14 +82,53 @@ def body(i: int) -> bytes:
 
 
 @dataclass
+class Spent:
+    """CPU and write calls, per request, of who took part in a load."""
+
+    server_cpu_ms: float | None  # the server's process (the ingress, the bare handler)
+    server_writes: float | None  # its write calls: each a send, to the client or RabbitMQ
+    generator_cpu_ms: float  # this process: the HTTP load generator, or the raw publisher
+    broker_cpu_ms: float | None  # RabbitMQ, when it runs on this machine
+
+
+class Meter:
+    """What the server's process, this one and RabbitMQ spend from now on."""
+
+    def __init__(self, server: int | None) -> None:
+        self._server = server
+        self._server_cpu = None if server is None else cpu_seconds(server)
+        self._server_writes = None if server is None else write_calls(server)
+        self._generator_cpu = time.process_time()
+        self._broker_cpu = None if BROKER is None else cpu_seconds(BROKER)
+
+    def per_request(self, count: int) -> Spent:
+        def ms(before: float | None, pid: int | None) -> float | None:
+            return (
+                None
+                if before is None or pid is None
+                else (cpu_seconds(pid) - before) * 1000 / count
+            )
+
+        writes = (
+            None
+            if self._server is None or self._server_writes is None
+            else (write_calls(self._server) - self._server_writes) / count
+        )
+        return Spent(
+            server_cpu_ms=ms(self._server_cpu, self._server),
+            server_writes=writes,
+            generator_cpu_ms=(time.process_time() - self._generator_cpu) * 1000 / count,
+            broker_cpu_ms=ms(self._broker_cpu, BROKER),
+        )
+
+
+@dataclass
 class Result:
     name: str
     count: int
     seconds: float
     latencies: list[float]
-    cpu_seconds: float | None = None  # what the server process spent on the load
-    writes: int | None = None  # the write calls it made for it
-    broker_cpu_seconds: float | None = None  # what RabbitMQ spent on it
+    spent: Spent | None = None
 
     @property
     def rate(self) -> float:
@@ -106,21 +138,24 @@ class Result:
         return statistics.quantiles(self.latencies, n=100)[int(p) - 1] * 1000
 
     def line(self) -> str:
-        cpu = (
-            ""
-            if self.cpu_seconds is None
-            else f"   {self.cpu_seconds * 1000 / self.count:.2f} CPU-ms"
-        )
-        writes = "" if self.writes is None else f"   {self.writes / self.count:.2f} writes"
-        broker = (
-            ""
-            if self.broker_cpu_seconds is None
-            else f"   RabbitMQ {self.broker_cpu_seconds * 1000 / self.count:.2f} CPU-ms"
-        )
         return (
-            f"{self.name:<28} {self.rate:>10,.0f}/s   p50 {self.percentile(50):6.1f} ms"
-            f"   p99 {self.percentile(99):6.1f} ms{cpu}{writes}{broker}"
+            f"{self.name:<28} {self.rate:>7,.0f}/s  p50 {self.percentile(50):5.1f} ms"
+            f"  p99 {self.percentile(99):5.1f} ms  {self._spent()}"
         )
+
+    def _spent(self) -> str:
+        if self.spent is None:
+            return ""
+        parts = []
+        if self.spent.server_cpu_ms is not None:
+            parts.append(
+                f"server {self.spent.server_cpu_ms:.2f} ({self.spent.server_writes:.2f} writes)"
+            )
+        generator = "load generator" if self.spent.server_cpu_ms is not None else "publisher"
+        parts.append(f"{generator} {self.spent.generator_cpu_ms:.2f}")
+        if self.spent.broker_cpu_ms is not None:
+            parts.append(f"RabbitMQ {self.spent.broker_cpu_ms:.2f}")
+        return "CPU-ms per request: " + ", ".join(parts)
 
 
 async def run_load(
@@ -176,11 +211,9 @@ async def http_load(name: str, port: int, total: int, concurrency: int, pid: int
             raise SystemExit(f"{name}: got {status}")
 
     await run_load(name, min(500, total), concurrency, one)  # warm-up
-    before, writes_before, broker_before = cpu_seconds(pid), write_calls(pid), broker_cpu_seconds()
+    meter = Meter(pid)
     result = await run_load(name, total, concurrency, one)
-    result.cpu_seconds = cpu_seconds(pid) - before
-    result.writes = write_calls(pid) - writes_before
-    result.broker_cpu_seconds = since(broker_before)
+    result.spent = meter.per_request(total)
     while not idle.empty():
         idle.get_nowait().writer.close()
     return result
@@ -202,9 +235,9 @@ async def raw_publish_load(namespace: str, total: int, concurrency: int) -> Resu
             await exchange.publish(message, "postback.delivered")
 
         await run_load("raw", min(500, total), concurrency, one)
-        broker_before = broker_cpu_seconds()
+        meter = Meter(None)
         result = await run_load("raw aio-pika publish+confirm", total, concurrency, one)
-        result.broker_cpu_seconds = since(broker_before)
+        result.spent = meter.per_request(total)
         return result
 
 
@@ -250,58 +283,60 @@ async def purge(namespace: str) -> None:
         await Topology(namespace).delete(await connection.channel())
 
 
-async def main(total: int, concurrency: int) -> None:
+async def main(total: int, concurrency: int, rounds: int) -> None:
     namespace = f"bench-{uuid.uuid4().hex[:8]}"
-    results: dict[str, Result] = {}
+    ingress = await start(
+        "-m",
+        "txmail.cli",
+        "ingress",
+        env={
+            "TXMAIL_NAMESPACE": namespace,
+            "TXMAIL_HTTP_HOST": "127.0.0.1",
+            "TXMAIL_HTTP_PORT": "18480",
+            "TXMAIL_LOG_LEVEL": "warning",
+            "TXMAIL_AMQP_URL": AMQP_URL,
+        },
+    )
+    bare = await start(__file__, "--serve-bare", "18481", env={})
+    print(f"{total} postbacks per load, {concurrency} concurrent, on {os.cpu_count()} cores")
+    # The three loads alternate, round after round: this machine's speed drifts over
+    # minutes, and each ratio compares loads run next to each other.
+    to_raw, to_bare = [], []
     try:
-        ingress = await start(
-            "-m",
-            "txmail.cli",
-            "ingress",
-            env={
-                "TXMAIL_NAMESPACE": namespace,
-                "TXMAIL_HTTP_HOST": "127.0.0.1",
-                "TXMAIL_HTTP_PORT": "18480",
-                "TXMAIL_LOG_LEVEL": "warning",
-                "TXMAIL_AMQP_URL": AMQP_URL,
-            },
-        )
-        try:
-            await wait_ready(18480, "/readyz")
-            results["ingress"] = await http_load(
-                "txmail ingress", 18480, total, concurrency, ingress.pid
-            )
-        finally:
-            ingress.terminate()
-            await ingress.wait()
-        bare = await start(__file__, "--serve-bare", "18481", env={})
-        try:
-            await wait_ready(18481, "/readyz")
-            results["bare"] = await http_load(
-                "bare aiohttp 202", 18481, total, concurrency, bare.pid
-            )
-        finally:
-            bare.terminate()
-            await bare.wait()
-        results["raw"] = await raw_publish_load(namespace, total, concurrency)
+        await wait_ready(18480, "/readyz")
+        await wait_ready(18481, "/readyz")
+        for round in range(1, rounds + 1):
+            results = [
+                await http_load("txmail ingress", 18480, total, concurrency, ingress.pid),
+                await http_load("bare aiohttp 202", 18481, total, concurrency, bare.pid),
+                await raw_publish_load(namespace, total, concurrency),
+            ]
+            for result in results:
+                print(f"round {round}  {result.line()}", flush=True)
+            to_raw.append(results[0].rate / results[2].rate)
+            to_bare.append(results[0].rate / results[1].rate)
     finally:
+        for server in (ingress, bare):
+            server.terminate()
+            await server.wait()
         await purge(namespace)
+    print(_ratio("ingress / raw publish rate", to_raw))
+    print(_ratio("ingress / bare handler rate", to_bare))
 
-    print(f"{total} postbacks, {concurrency} concurrent, on {os.cpu_count()} cores")
-    for result in results.values():
-        print(result.line())
-    ingress_rate = results["ingress"].rate
-    print(f"ingress / raw publish rate: {ingress_rate / results['raw'].rate:6.0%}")
-    print(f"ingress / bare handler rate: {ingress_rate / results['bare'].rate:6.0%}")
+
+def _ratio(name: str, each_round: list[float]) -> str:
+    rounds = ", ".join(f"{r:.0%}" for r in each_round)
+    return f"{name}: median {statistics.median(each_round):.0%} (rounds: {rounds})"
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=20000)
     parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--serve-bare", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_bare:
         event_loop.run(serve_bare(args.serve_bare))  # as the ingress runs: uvloop's writes
     else:
-        asyncio.run(main(args.requests, args.concurrency))
+        asyncio.run(main(args.requests, args.concurrency, args.rounds))
