@@ -182,6 +182,9 @@ class FallbackExecutor:
                 await pause(self._stopping, LEDGER_RETRY_INTERVAL)
             await self._requeue(message)
         except (BrokerUnavailable, *BROKER_ERRORS) as error:
+            # Looked at after the pause: a publish that failed because its connection
+            # died fails before the connection is known to be down.
+            await asyncio.sleep(REQUEUE_PAUSE)
             if self._broker.is_ready:
                 log.warning("outcome not recorded, requeueing", error=readable(error))
             else:
@@ -195,7 +198,7 @@ class FallbackExecutor:
                     error=readable(error),
                 )
                 await unless_stopped(self._broker.wait_ready(), self._stopping)
-            await self._requeue(message)
+            await _back_to_the_queue(message)
         except Exception:
             # A bug, not bad input: requeued; the queue's delivery limit dead-letters
             # a request that keeps failing, so it cannot loop for ever.
@@ -204,9 +207,7 @@ class FallbackExecutor:
 
     async def _requeue(self, message: Received) -> None:
         await asyncio.sleep(REQUEUE_PAUSE)
-        # If the channel is gone the broker requeues it by itself.
-        with suppress(*BROKER_ERRORS):
-            await message.nack(requeue=True)
+        await _back_to_the_queue(message)
 
     async def _process(self, message: Received) -> None:
         try:
@@ -356,3 +357,9 @@ async def running_executor(
 async def _ready(broker: Broker) -> bool:
     await broker.wait_ready()
     return True
+
+
+async def _back_to_the_queue(message: Received) -> None:
+    # If the channel is gone the broker requeues it by itself.
+    with suppress(*BROKER_ERRORS):
+        await message.nack(requeue=True)
