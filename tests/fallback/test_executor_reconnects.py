@@ -1,8 +1,8 @@
 """The executor's broker connections drop: it consumes and publishes again by itself,
 says it is not ready meanwhile, and runs the fallback that came in the meantime once."""
 
-import asyncio
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
 import aiohttp
@@ -13,13 +13,13 @@ from tests.support.fallback import AttemptLog, a_request, publish, receiver_hand
 from tests.support.readiness import is_not_consuming, is_ready, proxied
 from tests.support.rules_file import rule, write_rules_file
 from tests.support.servers import Receiver
+from tests.support.tcp_proxy import TcpProxy
 from tests.support.waiting import wait_until
 from txmail.core.broker import Broker
 from txmail.core.rules_file import read_rules_file
 from txmail.core.settings import Settings
 from txmail.fallback.configured import configure
 from txmail.fallback.executor.service import (
-    REQUEUE_PAUSE,
     FallbackExecutor,
     build_handlers,
     fallback_topology,
@@ -58,6 +58,33 @@ async def test_the_executor_consumes_again_and_runs_the_fallback_once(
         assert len(receiver.webhook.calls) == 1
 
 
+@asynccontextmanager
+async def publishing_through_a_proxy(
+    settings: Settings, receiver: Receiver, tmp_path: Path
+) -> AsyncIterator[tuple[TcpProxy, Broker, FallbackExecutor]]:
+    """An executor with a webhook rule that consumes straight from RabbitMQ and publishes
+    through a proxy the test can cut; not started."""
+    handlers = receiver_handlers(receiver)
+    rules = configure(
+        read_rules_file(
+            write_rules_file(tmp_path / "rules.toml", rule("ops-hook"), handlers=handlers)
+        )
+    )
+    async with AsyncExitStack() as stack:
+        proxy, cut_off = await stack.enter_async_context(proxied(settings))
+        ledger = await open_ledger(settings.database_url)
+        stack.push_async_callback(ledger.close)
+        broker = Broker(cut_off.amqp_url, fallback_topology(settings), settings.publish_timeout)
+        broker.start()
+        stack.push_async_callback(broker.close)
+        await broker.wait_ready()
+        http = await stack.enter_async_context(aiohttp.ClientSession())
+        ready = build_handlers(rules, HandlerResources(http, broker))
+        executor = FallbackExecutor(settings, rules, ready, broker, ledger)
+        stack.push_async_callback(executor.stop)
+        yield proxy, broker, executor
+
+
 async def test_a_request_is_held_while_only_the_publishing_connection_is_down(
     fallback_settings: Settings, receiver: Receiver, attempt_log: AttemptLog, tmp_path: Path
 ) -> None:
@@ -65,29 +92,14 @@ async def test_a_request_is_held_while_only_the_publishing_connection_is_down(
     on its own backoff. A request taken in between is called, then held until its
     outcome can be published: requeued every second instead, it would be dead-lettered
     at the queue's delivery limit."""
-    handlers = receiver_handlers(receiver)
-    rules = configure(
-        read_rules_file(
-            write_rules_file(tmp_path / "rules.toml", rule("ops-hook"), handlers=handlers)
-        )
-    )
-    topology = fallback_topology(fallback_settings)
-    async with AsyncExitStack() as stack:
-        proxy, cut_off = await stack.enter_async_context(proxied(fallback_settings))
-        ledger = await open_ledger(fallback_settings.database_url)
-        stack.push_async_callback(ledger.close)
-        # Publishing through the proxy; consuming (the executor's settings) straight.
-        broker = Broker(cut_off.amqp_url, topology, fallback_settings.publish_timeout)
-        broker.start()
-        stack.push_async_callback(broker.close)
-        await broker.wait_ready()
-        http = await stack.enter_async_context(aiohttp.ClientSession())
-        ready = build_handlers(rules, HandlerResources(http, broker))
-        executor = FallbackExecutor(fallback_settings, rules, ready, broker, ledger)
+    async with publishing_through_a_proxy(fallback_settings, receiver, tmp_path) as (
+        proxy,
+        broker,
+        executor,
+    ):
         await proxy.cut()
         await wait_until(lambda: not broker.is_ready, what="the publishing connection down")
         executor.start()
-        stack.push_async_callback(executor.stop)
         with capture_logs() as logs:
             await publish(fallback_settings, a_request())
             await wait_until(
@@ -101,7 +113,8 @@ async def test_a_request_is_held_while_only_the_publishing_connection_is_down(
             what="the outcome",
         )
     assert len(receiver.webhook.calls) == 1
-    assert await queue_depth(fallback_settings.amqp_url, topology.dead_letter_queue) == 0
+    dead_letters = fallback_topology(fallback_settings).dead_letter_queue
+    assert await queue_depth(fallback_settings.amqp_url, dead_letters) == 0
 
 
 async def test_an_outcome_lost_with_its_connection_is_held_not_requeued_at_once(
@@ -112,37 +125,22 @@ async def test_an_outcome_lost_with_its_connection_is_held_not_requeued_at_once(
     be held until RabbitMQ takes publishes again, as in any outage, and not requeued at
     once: delivered again while publishing is still down, it would spend a second
     delivery of the queue's limit on the same outage."""
-    handlers = receiver_handlers(receiver)
-    rules = configure(
-        read_rules_file(
-            write_rules_file(tmp_path / "rules.toml", rule("ops-hook"), handlers=handlers)
-        )
-    )
-    topology = fallback_topology(fallback_settings)
-    async with AsyncExitStack() as stack:
-        proxy, cut_off = await stack.enter_async_context(proxied(fallback_settings))
-        ledger = await open_ledger(fallback_settings.database_url)
-        stack.push_async_callback(ledger.close)
-        # Publishing through the proxy; consuming (the executor's settings) straight.
-        broker = Broker(cut_off.amqp_url, topology, fallback_settings.publish_timeout)
-        broker.start()
-        stack.push_async_callback(broker.close)
-        await broker.wait_ready()
-        http = await stack.enter_async_context(aiohttp.ClientSession())
-        ready = build_handlers(rules, HandlerResources(http, broker))
-        executor = FallbackExecutor(fallback_settings, rules, ready, broker, ledger)
+    async with publishing_through_a_proxy(fallback_settings, receiver, tmp_path) as (
+        proxy,
+        _,
+        executor,
+    ):
         executor.start()
-        stack.push_async_callback(executor.stop)
         with capture_logs() as logs:
             proxy.pause()  # the outcome's publish goes nowhere, and waits for its confirm
             await publish(fallback_settings, a_request())
             await wait_until(lambda: proxy.held > 0, what="the outcome's publish under way")
             await proxy.cut()
+            # Requeued at once, the request would come back, fail again and be held.
             await wait_until(
-                lambda: any("not recorded" in e["event"] for e in logs), what="the failure"
+                lambda: any("holding the request" in e["event"] for e in logs),
+                what="the request held",
             )
-            # Longer than the executor waits before it requeues a request.
-            await asyncio.sleep(REQUEUE_PAUSE * 3)
             proxy.resume()
             await proxy.start()
             await wait_until(
@@ -152,5 +150,4 @@ async def test_an_outcome_lost_with_its_connection_is_held_not_requeued_at_once(
             )
         failures = [e["event"] for e in logs if "not recorded" in e["event"]]
         assert len(failures) == 1, failures
-        assert "holding the request" in failures[0]
     assert len(receiver.webhook.calls) == 1
