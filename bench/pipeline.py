@@ -1,11 +1,11 @@
 """What the whole pipeline costs per postback, at a fixed offered rate.
 
-Two `txmail ingress`, three `txmail worker` on PostgreSQL, one `txmail fallback` with a
-webhook rule for every trigger and one `txmail api`, as separate processes on this
-machine. Postbacks (the burst test's mix: delivered, bounced, aborted, never delivered,
-some posted twice) are posted one per request, as Braze posts them, at ``--rate`` a
-second for ``--seconds``; then the bench waits until every fallback due was called and
-the queues are empty. Prints:
+Two `txmail ingress`, three `txmail worker` on PostgreSQL (``--ingresses``,
+``--workers``), one `txmail fallback` with a webhook rule for every trigger and one
+`txmail api`, as separate processes on this machine. Postbacks (the burst test's mix:
+delivered, bounced, aborted, never delivered, some posted twice) are posted one per
+request, as Braze posts them, at ``--rate`` a second for ``--seconds``; then the bench
+waits until every fallback due was called and the queues are empty. Prints:
 
 - the offered rate, and how far behind that schedule the acceptances fell at worst (a
   rate is sustained when that stays well under a second);
@@ -17,7 +17,7 @@ the queues are empty. Prints:
   the worker's write of the message, both stamped on this machine's clock) and
   bounce -> handler p50/p99 (a bounce or abort accepted to the webhook called).
 
-    python -m bench.pipeline [--rate 300] [--seconds 20]
+    python -m bench.pipeline [--rate 300] [--seconds 20] [--ingresses 2] [--workers 3]
 
 Needs RabbitMQ and PostgreSQL (TXMAIL_AMQP_URL, TXMAIL_BENCH_POSTGRES_URL, defaults on
 localhost) and Linux (/proc). Not a test: it never fails on speed.
@@ -95,10 +95,23 @@ async def _committed_latencies(database_url: str) -> list[float]:
     return [float(r["seconds"]) for r in rows]
 
 
+@dataclass(frozen=True)
+class Shape:
+    """How many of each process the deployment runs."""
+
+    ingresses: int
+    workers: int
+
+
 async def _measure(
-    running: Pipeline, env: dict[str, str], receiver: PausableReceiver, rate: float, seconds: float
+    running: Pipeline,
+    env: dict[str, str],
+    receiver: PausableReceiver,
+    shape: Shape,
+    rate: float,
+    seconds: float,
 ) -> Run:
-    urls = await start_deployment(running)
+    urls = await start_deployment(running, shape.ingresses, shape.workers)
     running.start("api", "api", TXMAIL_API_PORT=str(free_port()), TXMAIL_API_HOST="127.0.0.1")
     pids = {name: process.pid for name, process in running.processes.items()}
     await wait_until(lambda: _all_idle(pids), timeout=60, what="every process started")
@@ -120,9 +133,9 @@ async def _measure(
     return Run(offered_rate, offering, offered, burst, receiver, cpu, rss, committed)
 
 
-async def run(rate: float, seconds: float) -> None:
+async def run(shape: Shape, rate: float, seconds: float) -> None:
     async with deployment() as (running, env, receiver):
-        measured = await _measure(running, env, receiver, rate, seconds)
+        measured = await _measure(running, env, receiver, shape, rate, seconds)
     _report(measured)
 
 
@@ -166,8 +179,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, default=300, help="postbacks offered a second")
     parser.add_argument("--seconds", type=float, default=20, help="how long they are offered")
+    parser.add_argument("--ingresses", type=int, default=2, help="txmail ingress processes")
+    parser.add_argument("--workers", type=int, default=3, help="txmail worker processes")
     args = parser.parse_args()
-    asyncio.run(run(args.rate, args.seconds))
+    asyncio.run(run(Shape(args.ingresses, args.workers), args.rate, args.seconds))
 
 
 if __name__ == "__main__":
