@@ -10,11 +10,13 @@ order and any copies give the same row.
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from txmail.core.events import Trigger
 from txmail.workers.state import FAILURES, PostbackEvent, event_time
-from txmail.workers.store.protocol import PendingRequest, TrackedEvent
+
+if TYPE_CHECKING:  # the store records what these tell: it imports this module
+    from txmail.workers.store.protocol import PendingRequest, TrackedEvent
 
 T = TypeVar("T", datetime, timedelta)
 
@@ -32,7 +34,7 @@ class SendObservation:
     lag: timedelta | None = None
 
 
-def observe_event(event: TrackedEvent) -> SendObservation | None:
+def observe_event(event: "TrackedEvent") -> SendObservation | None:
     """The piece a postback gives; None for anything else, or a status not Braze's five."""
     core = event.core
     if not isinstance(core, PostbackEvent):
@@ -53,7 +55,7 @@ def observe_event(event: TrackedEvent) -> SendObservation | None:
     return observed if status == "processed" else None
 
 
-def observe_timeout(pending: PendingRequest) -> SendObservation | None:
+def observe_timeout(pending: "PendingRequest") -> SendObservation | None:
     request = pending.request
     if request.trigger is not Trigger.TIMEOUT:
         return None
@@ -88,7 +90,7 @@ def _merged(a: SendObservation, b: SendObservation) -> SendObservation:
 
 
 def observe(
-    events: Iterable[TrackedEvent], decided: Iterable[PendingRequest]
+    events: Iterable["TrackedEvent"], decided: Iterable["PendingRequest"]
 ) -> list[SendObservation]:
     """What a batch tells, one piece per send (one statement writes a row once), in
     message key order (concurrent writers lock in one order). A piece with no time at
