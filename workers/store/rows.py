@@ -2,9 +2,8 @@
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from txmail.core.events import FallbackRequest
 from txmail.workers.health.evaluate import DegradedScopes
@@ -32,8 +31,8 @@ from txmail.workers.store.protocol import (
 from txmail.workers.timeouts import DeliveryTimeouts
 
 
-@dataclass(frozen=True)
-class MessageRow:
+# A tuple: a frozen dataclass's ten fields cost a sweep's claim 4 % of its Python.
+class MessageRow(NamedTuple):
     key: str
     dispatch_id: str | None
     external_send_id: str | None
