@@ -31,6 +31,8 @@ from txmail.workers.timeouts import DeliveryTimeouts
 # Failures in rank order: a bounce is the later, more definite verdict of the two.
 FAILURES: Final = ("bounced", "aborted")
 ARMING: Final = ("sent", "processed")
+# What shows Braze sent the message: a deadline passed after one is a timeout.
+_SENDING: Final = frozenset({*ARMING, "delivered"})
 
 
 class Outcome(StrEnum):
@@ -189,7 +191,10 @@ def merge(message: Message, event: Event) -> Message:
 
 
 def failure(message: Message) -> str | None:
-    return next((s for s in FAILURES if s in message.statuses), None)
+    for status in FAILURES:  # a loop, not next() over a generator: asked several times a row
+        if status in message.statuses:
+            return status
+    return None
 
 
 def outcome(message: Message) -> Outcome:
@@ -355,7 +360,7 @@ def claim_deadline(
     due = deadline(message, timeouts)
     if due is None or due > (now if due_by is None else due_by):
         return message, None
-    sent = any(s in message.statuses for s in (*ARMING, "delivered"))
+    sent = not _SENDING.isdisjoint(message.statuses)
     decision = Decision(
         trigger=Trigger.TIMEOUT if sent else Trigger.NOT_SENT,
         decided_at=now,
