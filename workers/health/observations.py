@@ -8,9 +8,8 @@ order and any copies give the same row.
 """
 
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 from txmail.core.events import Trigger
 from txmail.workers.state import FAILURES, PostbackEvent, event_time
@@ -21,8 +20,8 @@ if TYPE_CHECKING:  # the store records what these tell: it imports this module
 T = TypeVar("T", datetime, timedelta)
 
 
-@dataclass(frozen=True)
-class SendObservation:
+# A tuple: as a frozen dataclass, one cost a sweep's claim 2 % of its Python.
+class SendObservation(NamedTuple):
     message_key: str
     campaign: str  # '' for a send without one
     sent_at: datetime | None = None
@@ -47,11 +46,11 @@ def observe_event(event: "TrackedEvent") -> SendObservation | None:
         lag=None if stamped is None else core.received_at - stamped,
     )
     if status == "sent":
-        return replace(observed, sent_at=stamped)
+        return observed._replace(sent_at=stamped)
     if status == "delivered":
-        return replace(observed, delivered_at=stamped)
+        return observed._replace(delivered_at=stamped)
     if status in FAILURES:
-        return replace(observed, failed_at=stamped or core.received_at, failure=status)
+        return observed._replace(failed_at=stamped or core.received_at, failure=status)
     return observed if status == "processed" else None
 
 
@@ -78,8 +77,7 @@ def _first(a: T | None, b: T | None) -> T | None:
 def _merged(a: SendObservation, b: SendObservation) -> SendObservation:
     lags = [lag for lag in (a.lag, b.lag) if lag is not None]
     earlier_failure = b.failed_at is not None and (a.failed_at is None or b.failed_at < a.failed_at)
-    return replace(
-        a,
+    return a._replace(
         sent_at=_first(a.sent_at, b.sent_at),
         delivered_at=_first(a.delivered_at, b.delivered_at),
         failed_at=_first(a.failed_at, b.failed_at),
