@@ -306,21 +306,20 @@ def deadline(message: Message, timeouts: DeliveryTimeouts) -> datetime | None:
 
 
 def _armed_deadline(message: Message, timeouts: DeliveryTimeouts) -> datetime | None:
-    armed = [message.statuses[s] for s in ARMING if s in message.statuses]
-    if armed:
-        sent = message.statuses.get("sent")
+    statuses = message.statuses
+    arrivals = [statuses[s].received_at for s in ARMING if s in statuses]
+    if arrivals:
+        arrived = min(arrivals)
+        sent = statuses.get("sent")
         sent_at = _parse_time(sent.timestamps.get("sent_at")) if sent else None
-        arrived = min(s.received_at for s in armed)
         # Never after the arrival: a clock ahead or a wrong offset must not postpone it.
-        starts = [None if sent_at is None or sent_at > arrived else sent_at, arrived]
+        starts = (arrived,) if sent_at is None or sent_at > arrived else (sent_at, arrived)
     elif message.registration is not None:
-        starts = [message.registration.received_at]
+        starts = (message.registration.received_at,)
     else:
         return None
     timeout = _timeout(message, timeouts)
     for start in starts:
-        if start is None:
-            continue
         try:
             # In UTC, so that the stores can keep it: a `sent_at` at either end of the
             # calendar can make a deadline that has no UTC time, like a timeout longer
