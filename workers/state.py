@@ -369,6 +369,10 @@ def claim_deadline(
     return message.model_copy(update={"decision": decision}), decision
 
 
+# Whom to reach for a message nobody registered: nobody (built once, it is frozen).
+_NOBODY: Final = Recipient()
+
+
 def fallback_request(message: Message) -> FallbackRequest:
     """What the fallback handlers get for a decided message."""
     if message.decision is None:
@@ -385,7 +389,7 @@ def fallback_request(message: Message) -> FallbackRequest:
         campaign_api_id=message.campaign_api_id,
         reason=reason(message),
         braze_timestamps=timestamps,
-        recipient=registration.recipient if registration else Recipient(),
+        recipient=registration.recipient if registration else _NOBODY,
         variables=dict(registration.variables) if registration else {},
         decided_at=message.decision.decided_at,
         braze_health=message.decision.braze_health,
