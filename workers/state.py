@@ -31,6 +31,8 @@ from txmail.workers.timeouts import DeliveryTimeouts
 # Failures in rank order: a bounce is the later, more definite verdict of the two.
 FAILURES: Final = ("bounced", "aborted")
 ARMING: Final = ("sent", "processed")
+# What shows Braze sent the message: a deadline passed after one is a timeout.
+_SENDING: Final = frozenset({*ARMING, "delivered"})
 
 
 class Outcome(StrEnum):
@@ -189,7 +191,10 @@ def merge(message: Message, event: Event) -> Message:
 
 
 def failure(message: Message) -> str | None:
-    return next((s for s in FAILURES if s in message.statuses), None)
+    for status in FAILURES:  # a loop, not next() over a generator: asked several times a row
+        if status in message.statuses:
+            return status
+    return None
 
 
 def outcome(message: Message) -> Outcome:
@@ -301,21 +306,20 @@ def deadline(message: Message, timeouts: DeliveryTimeouts) -> datetime | None:
 
 
 def _armed_deadline(message: Message, timeouts: DeliveryTimeouts) -> datetime | None:
-    armed = [message.statuses[s] for s in ARMING if s in message.statuses]
-    if armed:
-        sent = message.statuses.get("sent")
+    statuses = message.statuses
+    arrivals = [statuses[s].received_at for s in ARMING if s in statuses]
+    if arrivals:
+        arrived = min(arrivals)
+        sent = statuses.get("sent")
         sent_at = _parse_time(sent.timestamps.get("sent_at")) if sent else None
-        arrived = min(s.received_at for s in armed)
         # Never after the arrival: a clock ahead or a wrong offset must not postpone it.
-        starts = [None if sent_at is None or sent_at > arrived else sent_at, arrived]
+        starts = (arrived,) if sent_at is None or sent_at > arrived else (sent_at, arrived)
     elif message.registration is not None:
-        starts = [message.registration.received_at]
+        starts = (message.registration.received_at,)
     else:
         return None
     timeout = _timeout(message, timeouts)
     for start in starts:
-        if start is None:
-            continue
         try:
             # In UTC, so that the stores can keep it: a `sent_at` at either end of the
             # calendar can make a deadline that has no UTC time, like a timeout longer
@@ -355,7 +359,7 @@ def claim_deadline(
     due = deadline(message, timeouts)
     if due is None or due > (now if due_by is None else due_by):
         return message, None
-    sent = any(s in message.statuses for s in (*ARMING, "delivered"))
+    sent = not _SENDING.isdisjoint(message.statuses)
     decision = Decision(
         trigger=Trigger.TIMEOUT if sent else Trigger.NOT_SENT,
         decided_at=now,
@@ -363,6 +367,10 @@ def claim_deadline(
         braze_health=braze_health,
     )
     return message.model_copy(update={"decision": decision}), decision
+
+
+# Whom to reach for a message nobody registered: nobody (built once, it is frozen).
+_NOBODY: Final = Recipient()
 
 
 def fallback_request(message: Message) -> FallbackRequest:
@@ -381,7 +389,7 @@ def fallback_request(message: Message) -> FallbackRequest:
         campaign_api_id=message.campaign_api_id,
         reason=reason(message),
         braze_timestamps=timestamps,
-        recipient=registration.recipient if registration else Recipient(),
+        recipient=registration.recipient if registration else _NOBODY,
         variables=dict(registration.variables) if registration else {},
         decided_at=message.decision.decided_at,
         braze_health=message.decision.braze_health,

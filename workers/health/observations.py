@@ -8,19 +8,20 @@ order and any copies give the same row.
 """
 
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import TypeVar
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 from txmail.core.events import Trigger
 from txmail.workers.state import FAILURES, PostbackEvent, event_time
-from txmail.workers.store.protocol import PendingRequest, TrackedEvent
+
+if TYPE_CHECKING:  # the store records what these tell: it imports this module
+    from txmail.workers.store.protocol import PendingRequest, TrackedEvent
 
 T = TypeVar("T", datetime, timedelta)
 
 
-@dataclass(frozen=True)
-class SendObservation:
+# A tuple: as a frozen dataclass, one cost a sweep's claim 2 % of its Python.
+class SendObservation(NamedTuple):
     message_key: str
     campaign: str  # '' for a send without one
     sent_at: datetime | None = None
@@ -32,7 +33,7 @@ class SendObservation:
     lag: timedelta | None = None
 
 
-def observe_event(event: TrackedEvent) -> SendObservation | None:
+def observe_event(event: "TrackedEvent") -> SendObservation | None:
     """The piece a postback gives; None for anything else, or a status not Braze's five."""
     core = event.core
     if not isinstance(core, PostbackEvent):
@@ -45,15 +46,15 @@ def observe_event(event: TrackedEvent) -> SendObservation | None:
         lag=None if stamped is None else core.received_at - stamped,
     )
     if status == "sent":
-        return replace(observed, sent_at=stamped)
+        return observed._replace(sent_at=stamped)
     if status == "delivered":
-        return replace(observed, delivered_at=stamped)
+        return observed._replace(delivered_at=stamped)
     if status in FAILURES:
-        return replace(observed, failed_at=stamped or core.received_at, failure=status)
+        return observed._replace(failed_at=stamped or core.received_at, failure=status)
     return observed if status == "processed" else None
 
 
-def observe_timeout(pending: PendingRequest) -> SendObservation | None:
+def observe_timeout(pending: "PendingRequest") -> SendObservation | None:
     request = pending.request
     if request.trigger is not Trigger.TIMEOUT:
         return None
@@ -66,7 +67,7 @@ def observe_timeout(pending: PendingRequest) -> SendObservation | None:
 
 def _tells_something(piece: SendObservation) -> bool:
     times = (piece.sent_at, piece.delivered_at, piece.failed_at, piece.timed_out_at, piece.lag)
-    return any(time is not None for time in times)
+    return times.count(None) < len(times)  # some time known (counted in C, not a generator)
 
 
 def _first(a: T | None, b: T | None) -> T | None:
@@ -76,8 +77,7 @@ def _first(a: T | None, b: T | None) -> T | None:
 def _merged(a: SendObservation, b: SendObservation) -> SendObservation:
     lags = [lag for lag in (a.lag, b.lag) if lag is not None]
     earlier_failure = b.failed_at is not None and (a.failed_at is None or b.failed_at < a.failed_at)
-    return replace(
-        a,
+    return a._replace(
         sent_at=_first(a.sent_at, b.sent_at),
         delivered_at=_first(a.delivered_at, b.delivered_at),
         failed_at=_first(a.failed_at, b.failed_at),
@@ -88,7 +88,7 @@ def _merged(a: SendObservation, b: SendObservation) -> SendObservation:
 
 
 def observe(
-    events: Iterable[TrackedEvent], decided: Iterable[PendingRequest]
+    events: Iterable["TrackedEvent"], decided: Iterable["PendingRequest"]
 ) -> list[SendObservation]:
     """What a batch tells, one piece per send (one statement writes a row once), in
     message key order (concurrent writers lock in one order). A piece with no time at

@@ -2,16 +2,19 @@
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
+
+from pydantic import BaseModel
 
 from txmail.core.events import FallbackRequest
+from txmail.workers.health.evaluate import DegradedScopes
 from txmail.workers.state import (
     Decision,
     Event,
     Message,
     Outcome,
+    claim_deadline,
     deadline,
     evolve,
     fallback_request,
@@ -30,8 +33,8 @@ from txmail.workers.store.protocol import (
 from txmail.workers.timeouts import DeliveryTimeouts
 
 
-@dataclass(frozen=True)
-class MessageRow:
+# A tuple: a frozen dataclass's ten fields cost a sweep's claim 4 % of its Python.
+class MessageRow(NamedTuple):
     key: str
     dispatch_id: str | None
     external_send_id: str | None
@@ -43,6 +46,12 @@ class MessageRow:
     summary: str  # the core's Message as JSON: the one source the other columns derive from
     # Set only by the change that made the decision; the store keeps the first one.
     request: str | None
+
+
+def _json(model: BaseModel) -> str:
+    """``model.model_dump_json()``: the same serializer, called without that method's
+    sixteen keyword arguments, which cost a fifth of a fallback request's dump."""
+    return model.__pydantic_serializer__.to_json(model).decode()
 
 
 def to_row(
@@ -58,8 +67,8 @@ def to_row(
         reason=reason(message),
         deadline=deadline(message, timeouts),
         decision_trigger=message.decision.trigger.value if message.decision else None,
-        summary=message.model_dump_json(),
-        request=request.model_dump_json() if request else None,
+        summary=_json(message),
+        request=_json(request) if request else None,
     )
 
 
@@ -96,6 +105,26 @@ def to_rows(
         if request is not None:
             decided.append(PendingRequest(message.key, request))
     return rows, decided
+
+
+def claimed_rows(
+    due: Iterable[str],
+    timeouts: DeliveryTimeouts,
+    now: datetime,
+    due_by: datetime | None,
+    degraded: DegradedScopes,
+) -> tuple[list[MessageRow], list[PendingRequest]]:
+    """What a sweep writes for the summaries of the due messages it claimed, and the
+    requests of the timeouts it decided; ``degraded`` as the claiming transaction read it."""
+
+    def claimed(summary: str) -> tuple[Message, Decision | None]:
+        message = Message.model_validate_json(summary)
+        health = degraded.health_of(message.campaign_api_id)
+        return claim_deadline(message, timeouts, now, due_by, braze_health=health)
+
+    # One message at a time, not a list of them all: a thousand messages kept alive to
+    # the end make the collector's full pass (tens of ms) more frequent.
+    return to_rows((claimed(summary) for summary in due), timeouts)
 
 
 def view(

@@ -19,7 +19,7 @@ from txmail.core.sql import Database, Insert, Outbox, Sql, optional_time, schema
 from txmail.workers.health.observations import observe
 from txmail.workers.health.store import HealthStore, degraded_scopes, sends_recorded
 from txmail.workers.metrics import observe_braze_delivery
-from txmail.workers.state import Decision, Message, claim_deadline
+from txmail.workers.state import Decision, Message
 from txmail.workers.store.migrations import (
     EVENTS,
     MESSAGES,
@@ -45,6 +45,7 @@ from txmail.workers.store.protocol import (
 )
 from txmail.workers.store.rows import (
     MessageRow,
+    claimed_rows,
     evolve_all,
     failure_summary,
     message_keys,
@@ -254,15 +255,8 @@ class SqlStore:
             # Read in this transaction and stored with the decision: a republished
             # request carries the same health, so it matches the same rule (invariant 3).
             degraded = await degraded_scopes(db)
-
-            def claimed(summary: str) -> tuple[Message, Decision | None]:
-                message = Message.model_validate_json(summary)
-                health = degraded.health_of(message.campaign_api_id)
-                return claim_deadline(message, self._timeouts, now, due_by, braze_health=health)
-
-            # One message at a time, not a list of them all: a thousand messages kept
-            # alive to the end make the collector's full pass (tens of ms) more frequent.
-            rows, decided = to_rows((claimed(summary) for (summary,) in due), self._timeouts)
+            summaries = (summary for (summary,) in due)
+            rows, decided = claimed_rows(summaries, self._timeouts, now, due_by, degraded)
             timeouts_seen = sends_recorded(observe((), decided))  # they count for Braze's health
             await db.insert_many(self._messages_written(rows, now), timeouts_seen)
             return decided
