@@ -1,7 +1,7 @@
 """The AMQP connections' writer (txmail.core.one_write_per_pass): the frames written in
-one pass of the event loop leave as one TCP segment, in order, and a close sends what
-was written before it. Against a real TCP server on loopback; the segments are counted
-by the kernel (TCP_INFO), so this runs on Linux only."""
+one pass of the event loop leave as one TCP segment, in order, a close sends what was
+written before it, and aio-pika hands it to aiormq. Against a real TCP server on
+loopback, whose segments the kernel counts (TCP_INFO, so Linux only), and RabbitMQ."""
 
 import asyncio
 import socket
@@ -17,6 +17,7 @@ from aiormq.connection import SSLContextProvider
 from yarl import URL
 
 from tests.support.waiting import wait_until
+from txmail.core import one_write_per_pass
 from txmail.core.one_write_per_pass import write_once_per_pass
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="TCP_INFO is Linux's")
@@ -84,3 +85,16 @@ async def test_a_close_sends_what_was_written_before_it() -> None:
         writer.close()  # in the same pass as the write
         await asyncio.wait_for(ended.wait(), 5)
         assert bytes(received) == b"connection.close"
+
+
+async def test_aio_pika_hands_the_writer_to_aiormq(amqp_url: str) -> None:
+    """aio-pika passes the factory on to aiormq only as one of its keyword arguments:
+    pinned here against a real RabbitMQ, as an upgrade of either could drop it silently."""
+    connection = write_once_per_pass(aio_pika.Connection(URL(amqp_url)))
+    await connection.connect()
+    try:
+        assert connection.transport is not None
+        opened_by = getattr(connection.transport.connection, "_transport_factory", None)
+        assert type(opened_by).__module__ == one_write_per_pass.__name__
+    finally:
+        await connection.close()
