@@ -223,6 +223,16 @@ async def test_a_delivery_timeout_longer_than_the_calendar_never_falls_due(store
     assert await store.claim_due(NOW + timedelta(days=365 * 1000), 10) == []
 
 
+async def someone_waits_on(holder: asyncpg.Connection) -> bool:
+    """Whether a session waits for a lock ``holder`` holds: blocked by that connection,
+    not by another test's on the same server."""
+    waiting: int = await holder.fetchval(
+        "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
+        holder.get_server_pid(),
+    )
+    return waiting > 0
+
+
 async def test_an_event_for_a_message_purged_meanwhile_makes_it_anew(
     postgres_schema_url: str,
 ) -> None:
@@ -237,13 +247,9 @@ async def test_an_event_for_a_message_purged_meanwhile_makes_it_anew(
         await purger.execute("SELECT 1 FROM messages WHERE message_key = 'dispatch:d1' FOR UPDATE")
         late = asyncio.create_task(store.apply([postback("d1", "bounced", NOW)], NOW))
 
-        async def waiting_for_the_lock() -> bool:
-            waiting: int = await purger.fetchval(
-                "SELECT count(*) FROM pg_locks WHERE NOT granted AND locktype = 'transactionid'"
-            )
-            return waiting > 0
-
-        await wait_until(waiting_for_the_lock, what="the worker waiting for the row lock")
+        await wait_until(
+            lambda: someone_waits_on(purger), what="the worker waiting for the row lock"
+        )
         await purger.execute("DELETE FROM events WHERE message_key = 'dispatch:d1'")
         await purger.execute("DELETE FROM messages WHERE message_key = 'dispatch:d1'")
         await purge.commit()
@@ -324,16 +330,9 @@ async def test_marking_published_locks_in_key_order_so_a_batch_never_deadlocks_w
         await batch.execute(lock, "dispatch:a")
         later = NOW + timedelta(minutes=1)
         marking = asyncio.ensure_future(store.mark_published(["dispatch:a", "dispatch:b"], later))
-
-        async def marking_waits() -> bool:
-            waiting = await batch.fetchval(
-                # Blocked by this connection, not by another test's on the same server.
-                "SELECT count(*) FROM pg_stat_activity "
-                "WHERE pg_backend_pid() = ANY(pg_blocking_pids(pid))"
-            )
-            return bool(waiting)
-
-        await wait_until(marking_waits, what="marking published waiting for the batch's lock")
+        await wait_until(
+            lambda: someone_waits_on(batch), what="marking published waiting for the batch's lock"
+        )
         await batch.execute(lock, "dispatch:b")  # raises LockNotAvailableError if held
         await transaction.commit()
         await asyncio.wait_for(marking, 10)
