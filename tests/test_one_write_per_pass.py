@@ -53,14 +53,14 @@ async def peer() -> AsyncIterator[tuple[int, bytearray, asyncio.Event]]:
 
 async def connected_writer(port: int) -> asyncio.StreamWriter:
     """What aiormq gets from the factory a connection is given."""
-    connection = write_once_per_pass(aio_pika.Connection(URL(f"amqp://127.0.0.1:{port}/")))
-    factory = connection.kwargs["transport_factory"]
+    url = URL(f"amqp://127.0.0.1:{port}/")
+    factory = write_once_per_pass(aio_pika.Connection(url)).kwargs["transport_factory"]
     tls = SSLContextProvider(
         ssl_context=None,
         ssl_certs=SSLCerts(cert=None, key=None, capath=None, cafile=None, cadata=None, verify=True),
         loop=asyncio.get_running_loop(),
     )
-    _, writer = await factory.create(URL(f"amqp://127.0.0.1:{port}/"), ssl_context_provider=tls)
+    _, writer = await factory.create(url, ssl_context_provider=tls)
     assert isinstance(writer, asyncio.StreamWriter)
     return writer
 
